@@ -1,0 +1,34 @@
+// Package tlsmgr is meshd's identity layer: the built-in certificate
+// authority, the X.509-SVIDs every node presents, and the mutual-TLS
+// *tls.Config values the rest of meshd uses on every hop.
+//
+// It is the only package of meshd that imports go-spiffe. Other packages pass
+// SPIFFE IDs as plain strings ("spiffe://<td>/service/web") and receive
+// ready-made *tls.Config values, so swapping or upgrading the SPIFFE library
+// touches this package alone.
+//
+// The pieces:
+//
+//   - InitCA / LoadCA / CA.Issue / IssueFiles: the built-in CA behind
+//     `meshd ca init` and `meshd ca issue`. The root is a self-signed ECDSA
+//     P-256 certificate whose URI SAN names the trust domain (spiffe://<td>);
+//     leaves are X.509-SVIDs as the SPIFFE X509-SVID standard §4 and §5
+//     require: one SPIFFE URI SAN with a non-root path, digitalSignature,
+//     not a CA.
+//   - EdgeID / GatewayID / ServiceID: the SPIFFE IDs of meshd's roles.
+//   - Manager: a node's identity. It implements go-spiffe's x509svid.Source
+//     and x509bundle.Source; either it holds the CA key and mints its own
+//     short-lived SVID, renewing it at half-life, or it is given a
+//     certificate and key file (from `meshd ca issue`) and reloads them when
+//     they change. Every tls.Config it builds asks it for the SVID on each
+//     handshake, so a renewal reaches new connections without restarting a
+//     listener and without touching open connections.
+//   - Manager.ServerTLS / Manager.ClientTLS / PeerID: the mTLS configs.
+//     Verification is go-spiffe's (tlsconfig with x509svid and x509bundle
+//     sources and authorizers); nothing here verifies certificates by hand.
+//
+// Session resumption is off on both sides: go-spiffe's authorizer runs in
+// VerifyPeerCertificate, which crypto/tls skips on resumed sessions. As a
+// second line of defence every config also re-verifies resumed sessions in
+// VerifyConnection, in case a caller turns resumption back on.
+package tlsmgr

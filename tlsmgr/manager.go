@@ -1,0 +1,279 @@
+package tlsmgr
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+const (
+	// DefaultTTL is the SVID lifetime when Manager.TTL is zero.
+	DefaultTTL = time.Hour
+	// MinTTL is the shortest SVID lifetime Manager accepts: below it the
+	// renewal at half-life would race the handshakes using the SVID.
+	MinTTL = time.Second
+)
+
+// Manager is a node's identity. It holds the node's current X.509-SVID and
+// the trust bundle and implements go-spiffe's x509svid.Source and
+// x509bundle.Source, so every tls.Config it builds picks up a renewed SVID on
+// the next handshake without restarting listeners or dropping connections.
+//
+// Set the fields, then call Start; Close stops the renewal. The fields must
+// not change after Start.
+type Manager struct {
+	// CADir is the directory holding ca.crt and ca.key (written by
+	// `meshd ca init`): the node mints its own SVID with the CA key.
+	// Required; no default.
+	CADir string
+	// ID is this node's SPIFFE ID ("spiffe://<td>/service/web"); it must be
+	// in the CA's trust domain. Required; no default.
+	ID string
+	// TTL is the lifetime of each minted SVID; the SVID is renewed at
+	// half-life. Default DefaultTTL (1h); at least MinTTL (1s).
+	TTL time.Duration
+	// Logger receives renewal events and failures. Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock used for certificate validity. Default time.Now.
+	Now func() time.Time
+
+	renewals atomic.Uint64
+	cur      atomic.Pointer[identity]
+
+	mu      sync.Mutex
+	started bool
+	closed  bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+// Interface guards: the tls.Config builders hand the Manager itself to
+// go-spiffe as both sources.
+var (
+	_ x509svid.Source   = (*Manager)(nil)
+	_ x509bundle.Source = (*Manager)(nil)
+)
+
+// identity is one immutable generation of what the Manager serves; renewal
+// swaps the whole value so a handshake never sees a half-updated state.
+type identity struct {
+	svid   *x509svid.SVID
+	bundle *x509bundle.Bundle
+	issued time.Time // Now() when the SVID was minted
+}
+
+func (m *Manager) ttl() time.Duration {
+	if m.TTL == 0 {
+		return DefaultTTL
+	}
+	return m.TTL
+}
+
+func (m *Manager) logger() *slog.Logger {
+	if m.Logger == nil {
+		return slog.Default()
+	}
+	return m.Logger
+}
+
+func (m *Manager) now() time.Time {
+	if m.Now == nil {
+		return time.Now()
+	}
+	return m.Now()
+}
+
+// Validate checks the fields without touching the file system.
+func (m *Manager) Validate() error {
+	var errs []error
+	if m.CADir == "" {
+		errs = append(errs, errors.New("CADir is required"))
+	}
+	if m.ID == "" {
+		errs = append(errs, errors.New("ID is required"))
+	} else if id, err := spiffeid.FromString(m.ID); err != nil {
+		errs = append(errs, fmt.Errorf("ID %q: %w", m.ID, err))
+	} else if id.Path() == "" {
+		errs = append(errs, fmt.Errorf("ID %q: needs a non-root path", m.ID))
+	}
+	if m.TTL != 0 && m.TTL < MinTTL {
+		errs = append(errs, fmt.Errorf("TTL %v: must be at least %v", m.TTL, MinTTL))
+	}
+	return errors.Join(errs...)
+}
+
+// Start loads the CA from CADir, mints the first SVID and starts a goroutine
+// that renews it at half-life (on failure it retries with backoff and logs).
+// The goroutine stops when ctx is cancelled or Close is called. Start fails
+// if ca.key is missing: a node in this mode needs the CA key to mint its SVID.
+func (m *Manager) Start(ctx context.Context) error {
+	if err := m.Validate(); err != nil {
+		return fmt.Errorf("invalid manager: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.started || m.closed {
+		return errors.New("manager already started or closed")
+	}
+
+	ca, err := LoadCA(m.CADir)
+	if err != nil {
+		return err
+	}
+	if ca.Key == nil {
+		return fmt.Errorf("%s not found in %s: a node needs the CA key to mint its SVID", CAKeyFile, m.CADir)
+	}
+	id := spiffeid.RequireFromString(m.ID) // checked by Validate
+	if id.TrustDomain().Name() != ca.TrustDomain {
+		return fmt.Errorf("wrong trust domain: ID %q is not in trust domain %q of %s",
+			m.ID, ca.TrustDomain, filepath.Join(m.CADir, CACertFile))
+	}
+	td := id.TrustDomain()
+	bundle := x509bundle.FromX509Authorities(td, []*x509.Certificate{ca.Cert})
+
+	first, err := m.mint(ca, bundle)
+	if err != nil {
+		return err
+	}
+	m.cur.Store(first)
+
+	ctx, cancel := context.WithCancel(ctx)
+	m.started = true
+	m.cancel = cancel
+	m.done = make(chan struct{})
+	go m.renewLoop(ctx, ca, bundle)
+	m.logger().Info("svid minted", "id", m.ID, "serial", first.svid.Certificates[0].SerialNumber.Text(16),
+		"not_after", first.svid.Certificates[0].NotAfter)
+	return nil
+}
+
+func (m *Manager) mint(ca *CA, bundle *x509bundle.Bundle) (*identity, error) {
+	now := m.now()
+	svid, err := ca.mint(m.ID, m.ttl(), now)
+	if err != nil {
+		return nil, fmt.Errorf("mint svid: %w", err)
+	}
+	return &identity{svid: svid, bundle: bundle, issued: now}, nil
+}
+
+// renewLoop renews the SVID at half of its lifetime, as SPIRE agents do: the
+// other half leaves room for retries before the SVID expires.
+func (m *Manager) renewLoop(ctx context.Context, ca *CA, bundle *x509bundle.Bundle) {
+	defer close(m.done)
+	failures := 0
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		var wait time.Duration
+		if failures == 0 {
+			cur := m.cur.Load()
+			life := cur.svid.Certificates[0].NotAfter.Sub(cur.issued)
+			wait = cur.issued.Add(life / 2).Sub(m.now())
+		} else {
+			wait = m.backoff(failures)
+		}
+		timer.Reset(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		next, err := m.mint(ca, bundle)
+		if err != nil {
+			failures++
+			m.logger().Error("svid renewal failed", "id", m.ID, "attempt", failures,
+				"retry_in", m.backoff(failures), "not_after", m.NotAfter(), "err", err)
+			continue
+		}
+		failures = 0
+		m.cur.Store(next)
+		n := m.renewals.Add(1)
+		m.logger().Debug("svid renewed", "id", m.ID, "renewals", n,
+			"serial", next.svid.Certificates[0].SerialNumber.Text(16),
+			"not_after", next.svid.Certificates[0].NotAfter)
+	}
+}
+
+// backoff doubles from TTL/32 up to TTL/8, so retries stay well inside the
+// half-life the renewal keeps in reserve.
+func (m *Manager) backoff(failures int) time.Duration {
+	d := m.ttl() / 32
+	for i := 1; i < failures && d < m.ttl()/8; i++ {
+		d *= 2
+	}
+	return min(d, m.ttl()/8)
+}
+
+// Close stops the renewal goroutine and waits for it. The current SVID stays
+// available to open connections and to handshakes still in flight. Close is
+// idempotent and always returns nil.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.started || m.closed {
+		m.closed = true
+		return nil
+	}
+	m.closed = true
+	m.cancel()
+	<-m.done
+	return nil
+}
+
+// TrustDomain returns the trust domain name ("mesh.example"), or "" before
+// Start.
+func (m *Manager) TrustDomain() string {
+	cur := m.cur.Load()
+	if cur == nil {
+		return ""
+	}
+	return cur.bundle.TrustDomain().Name()
+}
+
+// GetX509SVID returns the current SVID; it implements x509svid.Source. The
+// returned value is shared and must not be modified.
+func (m *Manager) GetX509SVID() (*x509svid.SVID, error) {
+	cur := m.cur.Load()
+	if cur == nil {
+		return nil, errors.New("tlsmgr: manager not started: no svid")
+	}
+	return cur.svid, nil
+}
+
+// GetX509BundleForTrustDomain returns the bundle of the Manager's trust
+// domain; it implements x509bundle.Source. Any other trust domain is an
+// error, so peers of foreign trust domains never verify. The returned value
+// is shared and must not be modified.
+func (m *Manager) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	cur := m.cur.Load()
+	if cur == nil {
+		return nil, errors.New("tlsmgr: manager not started: no bundle")
+	}
+	if td != cur.bundle.TrustDomain() {
+		return nil, fmt.Errorf("tlsmgr: no bundle for trust domain %q (this node trusts only %q)", td.Name(), cur.bundle.TrustDomain().Name())
+	}
+	return cur.bundle, nil
+}
+
+// Renewals returns how many SVIDs were minted after the first.
+func (m *Manager) Renewals() uint64 { return m.renewals.Load() }
+
+// NotAfter returns the expiry of the current SVID, or the zero time before
+// Start.
+func (m *Manager) NotAfter() time.Time {
+	cur := m.cur.Load()
+	if cur == nil {
+		return time.Time{}
+	}
+	return cur.svid.Certificates[0].NotAfter
+}
