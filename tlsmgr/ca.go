@@ -348,7 +348,8 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 // Issue mints a leaf X.509-SVID for id, a full SPIFFE ID
 // ("spiffe://<td>/service/web") in the CA's trust domain with a non-root
 // path. The certificate is valid from now-1m (tolerating peers whose clock
-// is a little behind) to now+ttl, but never past the CA's own expiry; it has
+// is a little behind) to now+ttl rounded up to a whole second, but never
+// past the CA's own expiry; it has
 // exactly one URI SAN, KeyUsage digitalSignature, ExtKeyUsage serverAuth and
 // clientAuth, and is not a CA (X509-SVID standard §4.1, §4.3).
 //
@@ -388,7 +389,13 @@ func (ca *CA) issue(id string, ttl time.Duration, now time.Time) (certDER, keyDE
 		return nil, nil, fmt.Errorf("ca certificate is not valid at %s (valid %s to %s)",
 			now.UTC().Format(time.RFC3339), ca.Cert.NotBefore.UTC().Format(time.RFC3339), ca.Cert.NotAfter.UTC().Format(time.RFC3339))
 	}
+	// X.509 times have a resolution of one second (RFC 5280 §4.1.2.5) and
+	// crypto/x509 truncates; round up instead, or a 1 s SVID minted at
+	// hh:mm:ss.9 would live 100 ms and expire before its half-life renewal.
 	notAfter := now.Add(ttl)
+	if r := notAfter.Truncate(time.Second); !r.Equal(notAfter) {
+		notAfter = r.Add(time.Second)
+	}
 	if notAfter.After(ca.Cert.NotAfter) {
 		// A leaf outliving its issuer would fail verification anyway
 		// (RFC 5280 §6.1.3 checks every certificate of the path).

@@ -362,6 +362,17 @@ func TestIssue(t *testing.T) {
 		t.Error("SVID verifies after its TTL")
 	}
 
+	// X.509 stores whole seconds: the expiry is rounded up, never down, so
+	// a short-lived SVID lives at least its TTL.
+	c3, k3, err := ca.Issue(id, time.Second, now.Add(300*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid3, _ := x509svid.Parse(c3, k3)
+	if got := svid3.Certificates[0].NotAfter; !got.Equal(now.Add(2 * time.Second)) {
+		t.Errorf("1s SVID minted at +300ms: NotAfter %v, want %v", got, now.Add(2*time.Second))
+	}
+
 	// Two SVIDs never share a serial or a key.
 	cert2, key2, err := ca.Issue(id, time.Hour, now)
 	if err != nil {

@@ -178,7 +178,9 @@ func (m *Manager) renewLoop(ctx context.Context, ca *CA, bundle *x509bundle.Bund
 		if failures == 0 {
 			cur := m.cur.Load()
 			life := cur.svid.Certificates[0].NotAfter.Sub(cur.issued)
-			wait = cur.issued.Add(life / 2).Sub(m.now())
+			// Never spin: a lifetime cut short by the CA's own expiry still
+			// waits the smallest backoff step between attempts.
+			wait = max(cur.issued.Add(life/2).Sub(m.now()), m.backoff(1))
 		} else {
 			wait = m.backoff(failures)
 		}
