@@ -1,0 +1,363 @@
+// Command meshd runs a node of a global service mesh: an edge, an ingress
+// gateway or a sidecar, with mutual TLS on every hop and gossip instead of a
+// control plane. `meshd demo` runs a whole two-region mesh on loopback.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/tlsmgr"
+)
+
+// version is set at build time with -ldflags "-X main.version=..."; without
+// it the module version or VCS revision from the build info is used.
+var version = ""
+
+const usage = `meshd: one binary for a global service mesh
+
+Usage:
+  meshd run --role=edge|gateway|sidecar [flags]   run a node (meshd run -h)
+  meshd demo                                      a whole two-region mesh on loopback
+  meshd ca init --trust-domain TD --dir DIR       create a mesh CA and gossip key
+  meshd members [--admin ADDR]                    gossip members a node sees
+  meshd services [--admin ADDR]                   services a node sees
+  meshd version
+`
+
+// errUsage marks errors caused by the command line (exit code 2).
+var errUsage = errors.New("usage")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintf(os.Stderr, "meshd: %v\n", err)
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// run is meshd without the process: it returns what main reports.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("%w: no command given", errUsage)
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(ctx, args[1:], stderr)
+	case "demo":
+		return cmdDemo(ctx, args[1:], stdout, stderr)
+	case "ca":
+		return cmdCA(args[1:], stdout, stderr)
+	case "members":
+		return cmdTable(ctx, "members", args[1:], stdout, stderr)
+	case "services":
+		return cmdTable(ctx, "services", args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "meshd", buildVersion())
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown)"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	rev, dirty := "", false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "devel"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "-dirty"
+	}
+	return "devel-" + rev
+}
+
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parseFlags wraps flag errors so main exits 2 on them.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	return nil
+}
+
+// listFlag is a repeatable (or comma-separated) flag. Its first Set
+// replaces values that came from the config file instead of adding to them.
+type listFlag struct {
+	v   *[]string
+	set bool
+}
+
+func (l *listFlag) String() string {
+	if l.v == nil {
+		return ""
+	}
+	return strings.Join(*l.v, ",")
+}
+
+func (l *listFlag) Set(s string) error {
+	if !l.set {
+		*l.v, l.set = nil, true
+	}
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l.v = append(*l.v, p)
+		}
+	}
+	return nil
+}
+
+// configPath finds --config in args before the flags are parsed, so the
+// file's values become the flags' defaults and flags override the file.
+func configPath(args []string) string {
+	for i, a := range args {
+		if a == "--" {
+			break
+		}
+		for _, p := range []string{"--config=", "-config="} {
+			if v, ok := strings.CutPrefix(a, p); ok {
+				return v
+			}
+		}
+		if (a == "--config" || a == "-config") && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+	var cfg mesh.Config
+	var pos *mesh.Positions
+	if path := configPath(args); path != "" {
+		var err error
+		if pos, err = mesh.LoadFile(path, &cfg); err != nil {
+			return err
+		}
+	}
+	fs := newFlagSet("meshd run", stderr)
+	fs.String("config", "", "YAML file with any of these flags as keys; flags override it")
+	fs.StringVar(&cfg.Role, "role", cfg.Role, "edge, gateway or sidecar")
+	fs.StringVar(&cfg.Name, "name", cfg.Name, "node name, unique in its pools (default: host name)")
+	fs.StringVar(&cfg.Region, "region", cfg.Region, "region of the node (required for gateway and sidecar)")
+	fs.StringVar(&cfg.CADir, "ca-dir", cfg.CADir, "directory written by `meshd ca init`")
+	fs.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "refuse to start unless the CA is for this trust domain")
+	fs.DurationVar(&cfg.SVIDTTL, "svid-ttl", cfg.SVIDTTL, "lifetime of the node's SVID, renewed at half-life (default 1h)")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "mTLS mesh listener of gateways and sidecars (default :8443)")
+	fs.StringVar(&cfg.Advertise, "advertise", cfg.Advertise, "host:port peers dial to reach --listen (default: its bound address)")
+	fs.StringVar(&cfg.Service, "service", cfg.Service, "service the sidecar fronts")
+	fs.Var(&listFlag{v: &cfg.Domains}, "domains", "extra public host names of the sidecar's service (repeatable)")
+	fs.StringVar(&cfg.Upstream, "upstream", cfg.Upstream, "the app's plain HTTP address, e.g. 127.0.0.1:8080")
+	fs.StringVar(&cfg.Outbound, "outbound", cfg.Outbound, "sidecar listener for the app's calls to http://<service>.mesh/ (default 127.0.0.1:15001)")
+	fs.StringVar(&cfg.HealthPath, "health-path", cfg.HealthPath, "HTTP path of the app's health check (default: TCP connect)")
+	fs.DurationVar(&cfg.HealthInterval, "health-interval", cfg.HealthInterval, "interval of the app's health check (default 1s)")
+	fs.StringVar(&cfg.GossipAddr, "gossip-addr", cfg.GossipAddr, "region pool gossip address (default :7946)")
+	fs.Var(&listFlag{v: &cfg.Join}, "join", "region pool seed host:port (repeatable)")
+	fs.StringVar(&cfg.WANGossipAddr, "wan-gossip-addr", cfg.WANGossipAddr, "global pool gossip address (default :7947)")
+	fs.Var(&listFlag{v: &cfg.WANJoin}, "wan-join", "global pool seed host:port (repeatable)")
+	fs.StringVar(&cfg.PublicHTTP, "public-http", cfg.PublicHTTP, "edge: public HTTP listener")
+	fs.StringVar(&cfg.PublicDomain, "public-domain", cfg.PublicDomain, "edge: serve service S at S.<domain> (default localhost)")
+	admin := cfg.Admin
+	if pos == nil || pos.Lines["admin"] == 0 {
+		admin = "127.0.0.1:9901"
+	}
+	fs.StringVar(&cfg.Admin, "admin", admin, "admin API listener; empty disables it")
+	fs.DurationVar(&cfg.DrainDelay, "drain-delay", cfg.DrainDelay, "time between publishing draining and closing listeners (default 2s)")
+	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "bound on in-flight requests at shutdown (default 10s)")
+	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json (default text)")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error (default info)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return pos.Annotate(err)
+	}
+	logger := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	slog.SetDefault(logger)
+
+	node := &mesh.Node{Config: cfg, Logger: logger}
+	if err := node.Start(ctx); err != nil {
+		return pos.Annotate(err)
+	}
+	<-ctx.Done()
+	// Shutdown gets its own bounded context: the signal that ended ctx
+	// must not cut the drain short.
+	limit := cfg.DrainDelay + cfg.ShutdownGrace + 5*time.Second
+	sctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	return node.Shutdown(sctx)
+}
+
+func newLogger(w io.Writer, format, level string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func cmdCA(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "init" {
+		return fmt.Errorf("%w: meshd ca init --trust-domain TD --dir DIR", errUsage)
+	}
+	fs := newFlagSet("meshd ca init", stderr)
+	td := fs.String("trust-domain", "", "SPIFFE trust domain of the mesh, e.g. mesh.example")
+	dir := fs.String("dir", "", "directory to write ca.crt, ca.key and gossip.key into")
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	if *td == "" || *dir == "" {
+		return fmt.Errorf("%w: ca init needs --trust-domain and --dir", errUsage)
+	}
+	if err := tlsmgr.InitCA(*dir, *td); err != nil {
+		return fmt.Errorf("ca init: %w", err)
+	}
+	fmt.Fprintf(stdout, "wrote %s/{ca.crt,ca.key,gossip.key} for trust domain %s\n", *dir, *td)
+	fmt.Fprintf(stdout, "give every node --ca-dir %s; keep ca.key and gossip.key secret\n", *dir)
+	return nil
+}
+
+// cmdTable prints /v1/members or /v1/services of a node's admin API.
+func cmdTable(ctx context.Context, what string, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("meshd "+what, stderr)
+	admin := fs.String("admin", "127.0.0.1:9901", "admin address of the node to ask")
+	asJSON := fs.Bool("json", false, "print the raw JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*admin+"/v1/"+what, nil)
+	if err != nil {
+		return fmt.Errorf("admin: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the admin API at %s: %w", *admin, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("admin: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("admin %s answered %s", *admin, resp.Status)
+	}
+	if *asJSON {
+		_, err := stdout.Write(body)
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	switch what {
+	case "members":
+		var ms []mesh.MemberInfo
+		if err := json.Unmarshal(body, &ms); err != nil {
+			return fmt.Errorf("admin: bad answer: %w", err)
+		}
+		fmt.Fprintln(tw, "POOL\tNAME\tROLE\tREGION\tSTATE\tMESH ADDR\tGOSSIP\tSERVICES")
+		for _, m := range ms {
+			state := m.State
+			if m.Suspect {
+				state += " (suspect)"
+			}
+			var svcs []string
+			for _, s := range m.Services {
+				svcs = append(svcs, fmt.Sprintf("%s(%d)", s.Name, s.Healthy))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Pool, m.Name, m.Role, dash(m.Region), state,
+				dash(m.MeshAddr), m.Gossip, dash(strings.Join(svcs, " ")))
+		}
+	case "services":
+		var ss []mesh.ServiceInfo
+		if err := json.Unmarshal(body, &ss); err != nil {
+			return fmt.Errorf("admin: bad answer: %w", err)
+		}
+		fmt.Fprintln(tw, "SERVICE\tREGION\tHEALTHY\tINSTANCES\tGATEWAYS\tDOMAINS")
+		for _, s := range ss {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", s.Service, s.Region, s.Healthy,
+				dash(strings.Join(s.Instances, ",")), dash(strings.Join(s.Gateways, ",")), dash(strings.Join(s.Domains, ",")))
+		}
+	}
+	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("meshd demo", stderr)
+	opts := mesh.DemoOptions{}
+	fs.StringVar(&opts.HTTP, "http", "127.0.0.1:8480", "the edge's public HTTP address")
+	fs.StringVar(&opts.Admin, "admin", "127.0.0.1:9901", "the edge's admin address")
+	fs.StringVar(&opts.LogLevel, "log-level", "warn", "log level of the demo's nodes")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	opts.Stdout, opts.Stderr = stdout, stderr
+	return mesh.RunDemo(ctx, opts)
+}

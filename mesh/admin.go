@@ -1,0 +1,62 @@
+package mesh
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// Self is what /v1/self reports about the node.
+type Self struct {
+	Name     string            `json:"name"`
+	Role     string            `json:"role"`
+	Region   string            `json:"region,omitempty"`
+	ID       string            `json:"id"`
+	State    string            `json:"state"`
+	Ready    bool              `json:"ready"`
+	Addrs    map[string]string `json:"addrs"`
+	MeshAddr string            `json:"mesh_addr,omitempty"`
+}
+
+// adminHandler serves the admin API. It listens on loopback by default and
+// only reads state, so it needs no authentication of its own.
+func (n *Node) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !n.Ready() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("not ready\n"))
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("GET /v1/self", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, Self{Name: n.Config.Name, Role: n.Config.Role, Region: n.Config.Region, ID: n.ID(),
+			State: n.state(), Ready: n.Ready(), Addrs: n.Addrs(), MeshAddr: n.advertise})
+	})
+	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, nonNil(n.snap.Load().Members))
+	})
+	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, nonNil(n.snap.Load().Services))
+	})
+	return mux
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

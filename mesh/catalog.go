@@ -1,0 +1,311 @@
+package mesh
+
+import (
+	"sort"
+	"sync/atomic"
+
+	"github.com/meshd/meshd/proxy"
+)
+
+// Snapshot is the node's immutable view of the mesh, rebuilt on every
+// gossip change and read without locks by the request path.
+type Snapshot struct {
+	// local: service → ready, healthy instances in the node's own region
+	// (region pool; gateways and sidecars).
+	local map[string]*upstreamSet
+	// gateways: ready gateways of the node's own region (region pool; what a
+	// sidecar sends to when the callee is not in its region).
+	gateways *upstreamSet
+	// remote: service → gateways of the regions that have healthy instances,
+	// nearest region first (global pool; edges and gateways). For a gateway
+	// its own region is left out: those calls are served locally.
+	remote map[string]*upstreamSet
+	// known: every service name anybody publishes, healthy or not, so that
+	// "nobody runs this" (404) and "nothing healthy now" (503) differ.
+	known map[string]bool
+	// domains: public host name → service (from the services' Domains).
+	domains map[string]string
+
+	// Members and Services are what the admin API shows.
+	Members  []MemberInfo
+	Services []ServiceInfo
+}
+
+// MemberInfo is one member of a pool as the admin API shows it.
+type MemberInfo struct {
+	Pool     string          `json:"pool"`
+	Name     string          `json:"name"`
+	Role     string          `json:"role,omitempty"`
+	Region   string          `json:"region,omitempty"`
+	Gossip   string          `json:"gossip"`
+	MeshAddr string          `json:"addr,omitempty"`
+	State    string          `json:"state"`
+	Suspect  bool            `json:"suspect,omitempty"`
+	Services []ServiceRecord `json:"services,omitempty"`
+}
+
+// ServiceInfo is one service in one region as the node sees it.
+type ServiceInfo struct {
+	Service   string   `json:"service"`
+	Region    string   `json:"region"`
+	Healthy   int      `json:"healthy"`
+	Instances []string `json:"instances,omitempty"`
+	Gateways  []string `json:"gateways,omitempty"`
+	Domains   []string `json:"domains,omitempty"`
+}
+
+// upstreamSet holds candidates in preference order and every rotation of
+// the preferred group, precomputed so that round robin costs one atomic add
+// and no allocation per request.
+type upstreamSet struct {
+	rot  [][]*proxy.Upstream
+	next atomic.Uint64
+}
+
+// newUpstreamSet makes a set where requests rotate over first and fall back
+// to rest in order.
+func newUpstreamSet(first, rest []*proxy.Upstream) *upstreamSet {
+	s := &upstreamSet{}
+	if len(first) == 0 {
+		if len(rest) == 0 {
+			return nil
+		}
+		s.rot = [][]*proxy.Upstream{rest}
+		return s
+	}
+	for i := range first {
+		r := make([]*proxy.Upstream, 0, len(first)+len(rest))
+		r = append(r, first[i:]...)
+		r = append(r, first[:i]...)
+		r = append(r, rest...)
+		s.rot = append(s.rot, r)
+	}
+	return s
+}
+
+func (s *upstreamSet) pick() []*proxy.Upstream {
+	if s == nil {
+		return nil
+	}
+	if len(s.rot) == 1 {
+		return s.rot[0]
+	}
+	return s.rot[(s.next.Add(1)-1)%uint64(len(s.rot))]
+}
+
+// member is a decoded gossip member as the catalog builder uses it.
+type member struct {
+	gossipAddr string
+	suspect    bool
+	rec        *NodeRecord
+}
+
+// upstreamMaker builds (or reuses) the proxy.Upstream for a peer, with the
+// mTLS config that verifies the SPIFFE ID the catalog expects of it.
+type upstreamMaker interface {
+	instanceUpstream(service string, m *NodeRecord) *proxy.Upstream
+	gatewayUpstream(m *NodeRecord) *proxy.Upstream
+}
+
+// buildSnapshot folds the decoded members of the region pool (lan) and of
+// the global pool (wan) into a Snapshot for a node of region self.
+func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMaker) *Snapshot {
+	s := &Snapshot{
+		local:   map[string]*upstreamSet{},
+		remote:  map[string]*upstreamSet{},
+		known:   map[string]bool{},
+		domains: map[string]string{},
+	}
+	type svcRegion struct{ svc, region string }
+	infos := map[svcRegion]*ServiceInfo{}
+	info := func(svc, region string) *ServiceInfo {
+		k := svcRegion{svc, region}
+		if infos[k] == nil {
+			infos[k] = &ServiceInfo{Service: svc, Region: region}
+		}
+		return infos[k]
+	}
+	addDomains := func(svc string, ds []string) {
+		for _, d := range ds {
+			if _, taken := s.domains[d]; !taken {
+				s.domains[d] = svc
+			}
+		}
+	}
+
+	// Region pool: instances and the region's own gateways.
+	instances := map[string][]*proxy.Upstream{}
+	var gws []*proxy.Upstream
+	for _, m := range lan {
+		r := m.rec
+		s.Members = append(s.Members, memberInfo("region", m))
+		if r.Region != selfRegion {
+			continue // a region pool holds one region; ignore strays
+		}
+		ready := r.State == StateReady
+		switch r.Role {
+		case RoleSidecar:
+			for _, sv := range r.Services {
+				s.known[sv.Name] = true
+				addDomains(sv.Name, sv.Domains)
+				in := info(sv.Name, r.Region)
+				in.Domains = mergeSorted(in.Domains, sv.Domains)
+				if ready && sv.Healthy > 0 {
+					in.Healthy++
+					in.Instances = append(in.Instances, r.Name)
+					if u := mk.instanceUpstream(sv.Name, r); u != nil {
+						instances[sv.Name] = append(instances[sv.Name], u)
+					}
+				}
+			}
+		case RoleGateway:
+			if u := mk.gatewayUpstream(r); ready && u != nil {
+				gws = append(gws, u)
+			}
+		}
+	}
+	for svc, ups := range instances {
+		s.local[svc] = newUpstreamSet(ups, nil)
+	}
+	s.gateways = newUpstreamSet(gws, nil)
+
+	// Global pool: per region, the services its gateways summarize.
+	regionGWs := map[string][]*proxy.Upstream{}
+	svcRegions := map[string]map[string]bool{}
+	for _, m := range wan {
+		r := m.rec
+		s.Members = append(s.Members, memberInfo("global", m))
+		if r.Role != RoleGateway {
+			continue
+		}
+		for _, sv := range r.Services {
+			s.known[sv.Name] = true
+			addDomains(sv.Name, sv.Domains)
+			if selfRole == RoleGateway && r.Region == selfRegion {
+				continue // the region pool has the instance-level truth
+			}
+			in := info(sv.Name, r.Region)
+			in.Domains = mergeSorted(in.Domains, sv.Domains)
+			if r.State != StateReady {
+				continue
+			}
+			in.Gateways = append(in.Gateways, r.Name)
+			if sv.Healthy > in.Healthy {
+				in.Healthy = sv.Healthy
+			}
+			if sv.Healthy > 0 {
+				if svcRegions[sv.Name] == nil {
+					svcRegions[sv.Name] = map[string]bool{}
+				}
+				svcRegions[sv.Name][r.Region] = true
+			}
+		}
+		if r.State == StateReady && !(selfRole == RoleGateway && r.Region == selfRegion) {
+			if u := mk.gatewayUpstream(r); u != nil {
+				regionGWs[r.Region] = append(regionGWs[r.Region], u)
+			}
+		}
+	}
+	for svc, regions := range svcRegions {
+		order := make([]string, 0, len(regions))
+		for reg := range regions {
+			if selfRole == RoleGateway && reg == selfRegion {
+				continue
+			}
+			order = append(order, reg)
+		}
+		// Nearest first: the node's own region, then the others by name.
+		// Measured RTT ordering replaces the name order once gateways
+		// publish it.
+		sort.Slice(order, func(i, j int) bool {
+			if (order[i] == selfRegion) != (order[j] == selfRegion) {
+				return order[i] == selfRegion
+			}
+			return order[i] < order[j]
+		})
+		if len(order) == 0 {
+			continue
+		}
+		var rest []*proxy.Upstream
+		for _, reg := range order[1:] {
+			rest = append(rest, regionGWs[reg]...)
+		}
+		if set := newUpstreamSet(regionGWs[order[0]], rest); set != nil {
+			s.remote[svc] = set
+		}
+	}
+
+	for _, in := range infos {
+		sort.Strings(in.Instances)
+		sort.Strings(in.Gateways)
+		s.Services = append(s.Services, *in)
+	}
+	sort.Slice(s.Services, func(i, j int) bool {
+		a, b := s.Services[i], s.Services[j]
+		if a.Service != b.Service {
+			return a.Service < b.Service
+		}
+		return a.Region < b.Region
+	})
+	sort.SliceStable(s.Members, func(i, j int) bool {
+		if s.Members[i].Pool != s.Members[j].Pool {
+			return s.Members[i].Pool > s.Members[j].Pool // region before global
+		}
+		return s.Members[i].Name < s.Members[j].Name
+	})
+	return s
+}
+
+func memberInfo(pool string, m member) MemberInfo {
+	return MemberInfo{
+		Pool: pool, Name: m.rec.Name, Role: m.rec.Role, Region: m.rec.Region,
+		Gossip: m.gossipAddr, MeshAddr: m.rec.MeshAddr, State: m.rec.State,
+		Suspect: m.suspect, Services: m.rec.Services,
+	}
+}
+
+func mergeSorted(a, b []string) []string {
+	for _, x := range b {
+		found := false
+		for _, y := range a {
+			if x == y {
+				found = true
+				break
+			}
+		}
+		if !found {
+			a = append(a, x)
+		}
+	}
+	sort.Strings(a)
+	return a
+}
+
+// summarize is what a gateway publishes in the global pool for its region:
+// every service of the region with its count of healthy instances.
+func summarize(lan []member, region string) []ServiceRecord {
+	byName := map[string]*ServiceRecord{}
+	for _, m := range lan {
+		r := m.rec
+		if r.Role != RoleSidecar || r.Region != region {
+			continue
+		}
+		for _, sv := range r.Services {
+			sr := byName[sv.Name]
+			if sr == nil {
+				sr = &ServiceRecord{Name: sv.Name}
+				byName[sv.Name] = sr
+			}
+			sr.Domains = mergeSorted(sr.Domains, sv.Domains)
+			if r.State == StateReady && sv.Healthy > 0 {
+				sr.Healthy++
+			}
+		}
+	}
+	out := make([]ServiceRecord, 0, len(byName))
+	for _, sr := range byName {
+		out = append(out, *sr)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}

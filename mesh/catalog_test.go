@@ -1,0 +1,111 @@
+package mesh
+
+import (
+	"testing"
+
+	"github.com/meshd/meshd/proxy"
+)
+
+type fakeMaker struct{}
+
+func (fakeMaker) instanceUpstream(svc string, r *NodeRecord) *proxy.Upstream {
+	return &proxy.Upstream{Key: r.MeshAddr + "|" + svc, Addr: r.MeshAddr, Name: r.Name}
+}
+
+func (fakeMaker) gatewayUpstream(r *NodeRecord) *proxy.Upstream {
+	return &proxy.Upstream{Key: r.MeshAddr + "|gw", Addr: r.MeshAddr, Name: r.Name}
+}
+
+func sidecar(name, region, svc string, healthy int, state string) member {
+	return member{rec: &NodeRecord{Name: name, Role: RoleSidecar, Region: region, MeshAddr: "127.0.0.1:1", State: state,
+		Services: []ServiceRecord{{Name: svc, Healthy: healthy}}}}
+}
+
+func gateway(name, region string, svcs ...ServiceRecord) member {
+	return member{rec: &NodeRecord{Name: name, Role: RoleGateway, Region: region, MeshAddr: "127.0.0.2:1", State: StateReady, Services: svcs}}
+}
+
+func names(ups []*proxy.Upstream) []string {
+	var out []string
+	for _, u := range ups {
+		out = append(out, u.Name)
+	}
+	return out
+}
+
+func TestSnapshotLocalInstances(t *testing.T) {
+	lan := []member{
+		sidecar("web-1", "eu", "web", 1, StateReady),
+		sidecar("web-2", "eu", "web", 1, StateReady),
+		sidecar("web-3", "eu", "web", 0, StateReady),    // unhealthy
+		sidecar("web-4", "eu", "web", 1, StateDraining), // draining
+		sidecar("web-5", "us", "web", 1, StateReady),    // stray from another region
+		gateway("gw-eu", "eu"),
+	}
+	s := buildSnapshot(RoleGateway, "eu", lan, nil, fakeMaker{})
+	seen := map[string]int{}
+	for i := 0; i < 10; i++ {
+		ups := s.local["web"].pick()
+		if len(ups) != 2 {
+			t.Fatalf("candidates = %v, want web-1 and web-2", names(ups))
+		}
+		seen[ups[0].Name]++
+	}
+	if seen["web-1"] != 5 || seen["web-2"] != 5 {
+		t.Fatalf("round robin first picks = %v", seen)
+	}
+	if got := names(s.gateways.pick()); len(got) != 1 || got[0] != "gw-eu" {
+		t.Fatalf("gateways = %v", got)
+	}
+	sum := summarize(lan, "eu")
+	if len(sum) != 1 || sum[0].Name != "web" || sum[0].Healthy != 2 {
+		t.Fatalf("summary = %+v", sum)
+	}
+}
+
+func TestSnapshotEdgePrefersOwnRegion(t *testing.T) {
+	wan := []member{
+		gateway("gw-us", "us", ServiceRecord{Name: "web", Healthy: 1}, ServiceRecord{Name: "api", Healthy: 1}),
+		gateway("gw-eu", "eu", ServiceRecord{Name: "web", Healthy: 2}, ServiceRecord{Name: "api", Healthy: 0}),
+		gateway("gw-ap", "ap", ServiceRecord{Name: "web", Healthy: 1}),
+		{rec: &NodeRecord{Name: "edge-1", Role: RoleEdge, Region: "eu", State: StateReady}},
+	}
+	s := buildSnapshot(RoleEdge, "eu", nil, wan, fakeMaker{})
+	got := names(s.remote["web"].pick())
+	if len(got) != 3 || got[0] != "gw-eu" || got[1] != "gw-ap" || got[2] != "gw-us" {
+		t.Fatalf("web candidates = %v, want own region first, then others", got)
+	}
+	// api has no healthy instance in eu: only us.
+	if got := names(s.remote["api"].pick()); len(got) != 1 || got[0] != "gw-us" {
+		t.Fatalf("api candidates = %v", got)
+	}
+	if !s.known["api"] || s.known["nope"] {
+		t.Fatal("known services wrong")
+	}
+}
+
+func TestSnapshotGatewayRemoteSkipsOwnRegion(t *testing.T) {
+	wan := []member{
+		gateway("gw-eu", "eu", ServiceRecord{Name: "web", Healthy: 2}),
+		gateway("gw-us", "us", ServiceRecord{Name: "web", Healthy: 1}, ServiceRecord{Name: "api", Healthy: 1}),
+	}
+	s := buildSnapshot(RoleGateway, "eu", nil, wan, fakeMaker{})
+	if got := names(s.remote["web"].pick()); len(got) != 1 || got[0] != "gw-us" {
+		t.Fatalf("remote web = %v, want only gw-us", got)
+	}
+	if got := names(s.remote["api"].pick()); len(got) != 1 || got[0] != "gw-us" {
+		t.Fatalf("remote api = %v", got)
+	}
+}
+
+func TestSnapshotDomains(t *testing.T) {
+	lan := []member{{rec: &NodeRecord{Name: "web-1", Role: RoleSidecar, Region: "eu", MeshAddr: "127.0.0.1:1", State: StateReady,
+		Services: []ServiceRecord{{Name: "web", Healthy: 1, Domains: []string{"www.example.com"}}}}}}
+	s := buildSnapshot(RoleGateway, "eu", lan, nil, fakeMaker{})
+	if s.domains["www.example.com"] != "web" {
+		t.Fatalf("domains = %v", s.domains)
+	}
+	if sum := summarize(lan, "eu"); len(sum[0].Domains) != 1 {
+		t.Fatalf("summary lost domains: %+v", sum)
+	}
+}

@@ -1,0 +1,476 @@
+package mesh
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"reflect"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Roles a node can play.
+const (
+	RoleEdge    = "edge"
+	RoleGateway = "gateway"
+	RoleSidecar = "sidecar"
+)
+
+// Config is everything a node needs. The yaml tags are the keys of
+// `--config FILE` and match the flag names one for one.
+type Config struct {
+	// Role is edge, gateway or sidecar. Required.
+	Role string `yaml:"role"`
+	// Name identifies the node in its gossip pools and in its SPIFFE ID.
+	// Default: the host name.
+	Name string `yaml:"name"`
+	// Region the node runs in. Required for gateways and sidecars; an edge
+	// prefers its own region when it has the service. Default for an edge: "".
+	Region string `yaml:"region"`
+
+	// CADir holds ca.crt, ca.key and gossip.key written by `meshd ca init`.
+	// Required.
+	CADir string `yaml:"ca-dir"`
+	// TrustDomain, when set, must be the trust domain of the CA in CADir:
+	// a node pointed at another mesh's CA refuses to start. Default: the
+	// CA's.
+	TrustDomain string `yaml:"trust-domain"`
+	// SVIDTTL is the lifetime of the node's own SVID; it is renewed at
+	// half-life. Default 1h.
+	SVIDTTL time.Duration `yaml:"svid-ttl"`
+
+	// Listen is the mTLS mesh listener of gateways and sidecars.
+	// Default ":8443".
+	Listen string `yaml:"listen"`
+	// Advertise is the host:port other nodes dial to reach Listen.
+	// Default: Listen's bound address when Listen names a host.
+	Advertise string `yaml:"advertise"`
+
+	// Service is the service a sidecar fronts. Required for sidecars.
+	Service string `yaml:"service"`
+	// Domains are extra public host names of the sidecar's service.
+	Domains []string `yaml:"domains"`
+	// Upstream is the app's plain HTTP address, on loopback. Required for
+	// sidecars.
+	Upstream string `yaml:"upstream"`
+	// Outbound is the sidecar's plaintext listener for the app's calls to
+	// http://<service>.mesh/. Default "127.0.0.1:15001".
+	Outbound string `yaml:"outbound"`
+	// HealthPath, when set, makes the sidecar's health check an HTTP GET of
+	// that path on the app (2xx/3xx is healthy); otherwise a TCP connect.
+	HealthPath string `yaml:"health-path"`
+	// HealthInterval between two health checks of the app. Default 1s.
+	HealthInterval time.Duration `yaml:"health-interval"`
+
+	// GossipAddr is the region pool's bind address (gateways and sidecars).
+	// Default ":7946".
+	GossipAddr string `yaml:"gossip-addr"`
+	// Join lists region pool seeds.
+	Join []string `yaml:"join"`
+	// WANGossipAddr is the global pool's bind address (gateways and edges).
+	// Default ":7947".
+	WANGossipAddr string `yaml:"wan-gossip-addr"`
+	// WANJoin lists global pool seeds.
+	WANJoin []string `yaml:"wan-join"`
+
+	// PublicHTTP is the edge's public plain HTTP listener. Required for
+	// edges.
+	PublicHTTP string `yaml:"public-http"`
+	// PublicDomain: the edge serves service S at S.<PublicDomain>.
+	// Default "localhost".
+	PublicDomain string `yaml:"public-domain"`
+
+	// Admin is the admin API listener; empty disables it.
+	// Default "127.0.0.1:9901".
+	Admin string `yaml:"admin"`
+	// DrainDelay is how long a stopping node stays up after publishing
+	// "draining", so that peers move away before its listeners close.
+	// Default 2s.
+	DrainDelay time.Duration `yaml:"drain-delay"`
+	// ShutdownGrace bounds how long in-flight requests may take to finish
+	// once listeners stop. Default 10s.
+	ShutdownGrace time.Duration `yaml:"shutdown-grace"`
+
+	// LogFormat is text or json. Default text.
+	LogFormat string `yaml:"log-format"`
+	// LogLevel is debug, info, warn or error. Default info.
+	LogLevel string `yaml:"log-level"`
+}
+
+// FieldError is a configuration error that names its key and, when it came
+// from a file, the file position.
+type FieldError struct {
+	Field string
+	File  string
+	Line  int
+	Err   error
+}
+
+func (e *FieldError) Error() string {
+	if e.File != "" && e.Line > 0 {
+		return fmt.Sprintf("%s:%d: %s: %v", e.File, e.Line, e.Field, e.Err)
+	}
+	return fmt.Sprintf("%s: %v", e.Field, e.Err)
+}
+
+func (e *FieldError) Unwrap() error { return e.Err }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// SetDefaults fills every empty field that has a default.
+func (c *Config) SetDefaults() {
+	if c.Name == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.Name = strings.ToLower(strings.SplitN(h, ".", 2)[0])
+		}
+	}
+	if c.SVIDTTL == 0 {
+		c.SVIDTTL = time.Hour
+	}
+	if c.Listen == "" {
+		c.Listen = ":8443"
+	}
+	if c.Outbound == "" {
+		c.Outbound = "127.0.0.1:15001"
+	}
+	if c.HealthInterval == 0 {
+		c.HealthInterval = time.Second
+	}
+	if c.GossipAddr == "" {
+		c.GossipAddr = ":7946"
+	}
+	if c.WANGossipAddr == "" {
+		c.WANGossipAddr = ":7947"
+	}
+	if c.PublicDomain == "" {
+		c.PublicDomain = "localhost"
+	}
+	if c.DrainDelay == 0 {
+		c.DrainDelay = 2 * time.Second
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 10 * time.Second
+	}
+	if c.LogFormat == "" {
+		c.LogFormat = "text"
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+}
+
+// Validate checks every field the role uses; the error names the field.
+func (c *Config) Validate() error {
+	switch c.Role {
+	case RoleEdge, RoleGateway, RoleSidecar:
+	case "":
+		return fieldErr("role", "required: edge, gateway or sidecar")
+	default:
+		return fieldErr("role", "%q is not a role: want edge, gateway or sidecar", c.Role)
+	}
+	if err := validLabel(c.Name); err != nil {
+		return &FieldError{Field: "name", Err: err}
+	}
+	if c.Role != RoleEdge || c.Region != "" {
+		if err := validLabel(c.Region); err != nil {
+			return &FieldError{Field: "region", Err: err}
+		}
+	}
+	if c.CADir == "" {
+		return fieldErr("ca-dir", "required: the directory written by `meshd ca init`")
+	}
+	if c.SVIDTTL < time.Second {
+		// Shorter lifetimes would spend more time renewing than serving.
+		return fieldErr("svid-ttl", "%v is too short: at least 1s", c.SVIDTTL)
+	}
+	if c.DrainDelay < 0 {
+		return fieldErr("drain-delay", "must not be negative")
+	}
+	if c.ShutdownGrace < 0 {
+		return fieldErr("shutdown-grace", "must not be negative")
+	}
+	if c.HealthInterval < 0 {
+		return fieldErr("health-interval", "must not be negative")
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		return fieldErr("log-format", "%q: want text or json", c.LogFormat)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fieldErr("log-level", "%q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.Admin != "" {
+		if err := validHostPort(c.Admin); err != nil {
+			return &FieldError{Field: "admin", Err: err}
+		}
+	}
+	switch c.Role {
+	case RoleEdge:
+		if c.PublicHTTP == "" {
+			return fieldErr("public-http", "required for an edge: the public HTTP listener, e.g. :80")
+		}
+		if err := validHostPort(c.PublicHTTP); err != nil {
+			return &FieldError{Field: "public-http", Err: err}
+		}
+		if err := validDomain(c.PublicDomain); err != nil {
+			return &FieldError{Field: "public-domain", Err: err}
+		}
+		if err := validHostPort(c.WANGossipAddr); err != nil {
+			return &FieldError{Field: "wan-gossip-addr", Err: err}
+		}
+		for _, j := range c.WANJoin {
+			if err := validHostPort(j); err != nil {
+				return &FieldError{Field: "wan-join", Err: err}
+			}
+		}
+	case RoleGateway, RoleSidecar:
+		if err := validHostPort(c.Listen); err != nil {
+			return &FieldError{Field: "listen", Err: err}
+		}
+		if c.Advertise != "" {
+			if err := validHostPort(c.Advertise); err != nil {
+				return &FieldError{Field: "advertise", Err: err}
+			}
+			if host, port, _ := net.SplitHostPort(c.Advertise); host == "" || port == "0" {
+				return fieldErr("advertise", "%q: needs a host and a port other peers can dial", c.Advertise)
+			}
+		}
+		if err := validHostPort(c.GossipAddr); err != nil {
+			return &FieldError{Field: "gossip-addr", Err: err}
+		}
+		for _, j := range c.Join {
+			if err := validHostPort(j); err != nil {
+				return &FieldError{Field: "join", Err: err}
+			}
+		}
+	}
+	if c.Role == RoleGateway {
+		if err := validHostPort(c.WANGossipAddr); err != nil {
+			return &FieldError{Field: "wan-gossip-addr", Err: err}
+		}
+		for _, j := range c.WANJoin {
+			if err := validHostPort(j); err != nil {
+				return &FieldError{Field: "wan-join", Err: err}
+			}
+		}
+	}
+	if c.Role == RoleSidecar {
+		if err := validLabel(c.Service); err != nil {
+			return &FieldError{Field: "service", Err: err}
+		}
+		if c.Upstream == "" {
+			return fieldErr("upstream", "required for a sidecar: the app's address, e.g. 127.0.0.1:8080")
+		}
+		if err := validHostPort(c.Upstream); err != nil {
+			return &FieldError{Field: "upstream", Err: err}
+		}
+		if err := validHostPort(c.Outbound); err != nil {
+			return &FieldError{Field: "outbound", Err: err}
+		}
+		if c.HealthPath != "" && !strings.HasPrefix(c.HealthPath, "/") {
+			return fieldErr("health-path", "%q must start with /", c.HealthPath)
+		}
+		for _, d := range c.Domains {
+			if err := validDomain(d); err != nil {
+				return &FieldError{Field: "domains", Err: err}
+			}
+		}
+	}
+	return nil
+}
+
+// validLabel accepts names used in SPIFFE IDs and host names: lowercase
+// letters, digits and '-', 1 to 63 characters, starting with a letter or
+// digit, so that <service>.mesh and <service>.<domain> are valid hosts.
+func validLabel(s string) error {
+	if s == "" {
+		return errors.New("required")
+	}
+	if len(s) > 63 {
+		return fmt.Errorf("%q is longer than 63 characters", s)
+	}
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		switch {
+		case ch >= 'a' && ch <= 'z', ch >= '0' && ch <= '9':
+		case ch == '-' && i > 0 && i < len(s)-1:
+		default:
+			return fmt.Errorf("%q: use lowercase letters, digits and inner '-'", s)
+		}
+	}
+	return nil
+}
+
+func validDomain(s string) error {
+	if s == "" {
+		return errors.New("required")
+	}
+	if len(s) > 253 {
+		return fmt.Errorf("%q is longer than 253 characters", s)
+	}
+	for _, l := range strings.Split(s, ".") {
+		if err := validLabel(l); err != nil {
+			return fmt.Errorf("%q is not a domain name", s)
+		}
+	}
+	return nil
+}
+
+func validHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", s)
+	}
+	if host != "" && host != "localhost" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			if validDomain(strings.TrimSuffix(host, ".")) != nil {
+				return fmt.Errorf("%q: bad host %q", s, host)
+			}
+		}
+	}
+	var p int
+	if _, err := fmt.Sscanf(port, "%d", &p); err != nil || p < 0 || p > 65535 || fmt.Sprint(p) != port {
+		return fmt.Errorf("%q: bad port %q", s, port)
+	}
+	return nil
+}
+
+// LoadFile decodes a YAML config file into c. Unknown keys and values of
+// the wrong type are errors naming the key and its line; so are values that
+// Validate later refuses, through Positions.
+func LoadFile(path string, c *Config) (*Positions, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return decodeYAML(path, data, c)
+}
+
+// Positions maps the keys of a config file to their lines, so a Validate
+// error can point into the file.
+type Positions struct {
+	File  string
+	Lines map[string]int
+}
+
+// Annotate adds the file position to a *FieldError for a key of the file.
+func (p *Positions) Annotate(err error) error {
+	var fe *FieldError
+	if p == nil || !errors.As(err, &fe) || fe.File != "" {
+		return err
+	}
+	if line, ok := p.Lines[fe.Field]; ok {
+		cp := *fe
+		cp.File, cp.Line = p.File, line
+		return &cp
+	}
+	return err
+}
+
+func decodeYAML(path string, data []byte, c *Config) (*Positions, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	pos := &Positions{File: path, Lines: map[string]int{}}
+	if len(root.Content) == 0 {
+		return pos, nil // empty file: nothing set
+	}
+	doc := root.Content[0]
+	if doc.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("%s:%d: the config file must be a mapping of keys to values", path, doc.Line)
+	}
+	known := map[string]reflect.StructField{}
+	t := reflect.TypeOf(*c)
+	for i := 0; i < t.NumField(); i++ {
+		known[t.Field(i).Tag.Get("yaml")] = t.Field(i)
+	}
+	v := reflect.ValueOf(c).Elem()
+	for i := 0; i+1 < len(doc.Content); i += 2 {
+		k, val := doc.Content[i], doc.Content[i+1]
+		f, ok := known[k.Value]
+		if !ok {
+			return nil, &FieldError{Field: k.Value, File: path, Line: k.Line, Err: errors.New("unknown key")}
+		}
+		if _, dup := pos.Lines[k.Value]; dup {
+			return nil, &FieldError{Field: k.Value, File: path, Line: k.Line, Err: errors.New("given twice")}
+		}
+		pos.Lines[k.Value] = k.Line
+		fv := v.FieldByIndex(f.Index)
+		if err := decodeValue(val, fv); err != nil {
+			return nil, &FieldError{Field: k.Value, File: path, Line: val.Line, Err: err}
+		}
+	}
+	return pos, nil
+}
+
+func decodeValue(n *yaml.Node, fv reflect.Value) error {
+	switch fv.Interface().(type) {
+	case time.Duration:
+		if n.Kind != yaml.ScalarNode {
+			return errors.New("want a duration such as 30s or 1h")
+		}
+		d, err := time.ParseDuration(n.Value)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration such as 30s or 1h", n.Value)
+		}
+		fv.SetInt(int64(d))
+		return nil
+	case string:
+		if n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+			return errors.New("want a string")
+		}
+		fv.SetString(n.Value)
+		return nil
+	case []string:
+		var out []string
+		switch n.Kind {
+		case yaml.ScalarNode:
+			out = []string{n.Value}
+		case yaml.SequenceNode:
+			for _, e := range n.Content {
+				if e.Kind != yaml.ScalarNode {
+					return fmt.Errorf("line %d: want a list of strings", e.Line)
+				}
+				out = append(out, e.Value)
+			}
+		default:
+			return errors.New("want a list of strings")
+		}
+		fv.Set(reflect.ValueOf(out))
+		return nil
+	}
+	return fmt.Errorf("unsupported field type %s", fv.Type())
+}
+
+// MarshalYAML-free rendering of a config for `meshd run --print-config`
+// and golden tests: one key per line, in field order, zero values omitted.
+func (c *Config) String() string {
+	var b bytes.Buffer
+	v := reflect.ValueOf(*c)
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		fv := v.Field(i)
+		if fv.IsZero() {
+			continue
+		}
+		key := t.Field(i).Tag.Get("yaml")
+		switch x := fv.Interface().(type) {
+		case []string:
+			fmt.Fprintf(&b, "%s: [%s]\n", key, strings.Join(x, ", "))
+		default:
+			fmt.Fprintf(&b, "%s: %v\n", key, x)
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,153 @@
+package mesh
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func validSidecar() Config {
+	c := Config{Role: RoleSidecar, Name: "web-1", Region: "eu", CADir: "/ca", Service: "web", Upstream: "127.0.0.1:8080"}
+	c.SetDefaults()
+	return c
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name  string
+		edit  func(*Config)
+		field string // "" = valid
+	}{
+		{"valid sidecar", func(c *Config) {}, ""},
+		{"valid edge", func(c *Config) { c.Role, c.Region, c.PublicHTTP = RoleEdge, "", ":80" }, ""},
+		{"valid gateway", func(c *Config) { c.Role = RoleGateway }, ""},
+		{"no role", func(c *Config) { c.Role = "" }, "role"},
+		{"bad role", func(c *Config) { c.Role = "router" }, "role"},
+		{"bad name", func(c *Config) { c.Name = "Web_1" }, "name"},
+		{"no region", func(c *Config) { c.Region = "" }, "region"},
+		{"no ca", func(c *Config) { c.CADir = "" }, "ca-dir"},
+		{"tiny ttl", func(c *Config) { c.SVIDTTL = time.Millisecond }, "svid-ttl"},
+		{"no upstream", func(c *Config) { c.Upstream = "" }, "upstream"},
+		{"bad upstream", func(c *Config) { c.Upstream = "localhost" }, "upstream"},
+		{"bad port", func(c *Config) { c.Listen = "127.0.0.1:99999" }, "listen"},
+		{"bad join", func(c *Config) { c.Join = []string{"10.0.0.1"} }, "join"},
+		{"bad service", func(c *Config) { c.Service = "web.api" }, "service"},
+		{"bad domain", func(c *Config) { c.Domains = []string{"a..b"} }, "domains"},
+		{"bad health path", func(c *Config) { c.HealthPath = "health" }, "health-path"},
+		{"edge needs public-http", func(c *Config) { c.Role = RoleEdge }, "public-http"},
+		{"bad log format", func(c *Config) { c.LogFormat = "xml" }, "log-format"},
+		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "log-level"},
+		{"advertise port 0", func(c *Config) { c.Advertise = "10.0.0.1:0" }, "advertise"},
+		{"negative drain", func(c *Config) { c.DrainDelay = -time.Second }, "drain-delay"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := validSidecar()
+			tt.edit(&c)
+			err := c.Validate()
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("want valid, got %v", err)
+				}
+				return
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) {
+				t.Fatalf("want a FieldError for %s, got %v", tt.field, err)
+			}
+			if fe.Field != tt.field {
+				t.Fatalf("error names %q, want %q (%v)", fe.Field, tt.field, err)
+			}
+			if !strings.HasPrefix(err.Error(), tt.field+": ") {
+				t.Fatalf("message %q does not start with the field", err)
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "meshd.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadFile(t *testing.T) {
+	p := writeFile(t, `# a sidecar
+role: sidecar
+name: web-1
+region: eu
+ca-dir: /etc/meshd/ca
+service: web
+upstream: 127.0.0.1:8080
+join: [10.0.0.5:7946, 10.0.0.6:7946]
+domains: www.example.com
+svid-ttl: 30m
+`)
+	var c Config
+	pos, err := LoadFile(p, &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Role != "sidecar" || c.Service != "web" || c.SVIDTTL != 30*time.Minute ||
+		len(c.Join) != 2 || c.Join[1] != "10.0.0.6:7946" || len(c.Domains) != 1 {
+		t.Fatalf("decoded %+v", c)
+	}
+	if pos.Lines["upstream"] != 7 {
+		t.Fatalf("upstream line = %d, want 7", pos.Lines["upstream"])
+	}
+	// A value Validate refuses is reported at its line in the file.
+	c.Region = "EU"
+	err = pos.Annotate(c.Validate())
+	if err == nil || !strings.Contains(err.Error(), p+":4: region:") {
+		t.Fatalf("annotated error = %v", err)
+	}
+}
+
+func TestLoadFileErrors(t *testing.T) {
+	tests := []struct {
+		name, body, want string
+	}{
+		{"unknown key", "role: edge\nlisten-addr: :80\n", ":2: listen-addr: unknown key"},
+		{"bad duration", "role: edge\n\nsvid-ttl: soon\n", `:3: svid-ttl: "soon" is not a duration`},
+		{"list for string", "role: [edge]\n", ":1: role: want a string"},
+		{"duplicate", "role: edge\nrole: gateway\n", "role"},
+		{"not a mapping", "- role\n", "must be a mapping"},
+		{"syntax", "role: [edge\n", "yaml"},
+		{"map in list", "join:\n  - a: b\n", "join"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var c Config
+			_, err := LoadFile(writeFile(t, tt.body), &c)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+	var c Config
+	if _, err := LoadFile(filepath.Join(t.TempDir(), "missing.yaml"), &c); err == nil {
+		t.Fatal("missing file accepted")
+	}
+}
+
+func FuzzLoadConfig(f *testing.F) {
+	f.Add([]byte("role: edge\npublic-http: :80\n"))
+	f.Add([]byte("join: [a:1, b:2]\nsvid-ttl: 1h\n"))
+	f.Add([]byte("- x\n"))
+	f.Add([]byte("{role: {a: b}}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var c Config
+		pos, err := decodeYAML("f.yaml", data, &c)
+		if err != nil {
+			return
+		}
+		c.SetDefaults()
+		_ = pos.Annotate(c.Validate())
+	})
+}

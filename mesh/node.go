@@ -1,0 +1,581 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meshd/meshd/gossip"
+	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/tlsmgr"
+)
+
+// Node is one meshd process in one role. Fill Config, then Start; stop with
+// Shutdown. A Node is not reusable after Shutdown.
+type Node struct {
+	// Config is the node's configuration; Start applies defaults and
+	// validates it.
+	Config Config
+	// Logger receives the node's logs. Default slog.Default().
+	Logger *slog.Logger
+
+	ids      *tlsmgr.Manager
+	td       string
+	lan, wan *gossip.Cluster
+	pool     *proxy.Pool
+
+	meshSrv, outSrv, publicSrv, adminSrv *proxy.Server
+	advertise                            string
+
+	snap     atomic.Pointer[Snapshot]
+	ready    atomic.Bool // started and not draining
+	draining atomic.Bool
+	healthy  atomic.Bool // sidecar: the app answers its health check
+
+	kick   chan struct{}
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex // guards the fields below (rebuild path only)
+	upstreams map[string]*proxy.Upstream
+	badRecs   map[string]string // member name → last bad record refused, to log once
+	lastWAN   string            // last global record published (gateway)
+	lastLAN   string
+	stopped   bool
+}
+
+// Addrs reports the bound address of each listener the node runs, keyed by
+// "mesh", "outbound", "public-http", "admin", "gossip", "wan-gossip".
+func (n *Node) Addrs() map[string]string {
+	m := map[string]string{}
+	for name, s := range map[string]*proxy.Server{"mesh": n.meshSrv, "outbound": n.outSrv, "public-http": n.publicSrv, "admin": n.adminSrv} {
+		if s != nil {
+			m[name] = s.BoundAddr()
+		}
+	}
+	if n.lan != nil {
+		m["gossip"] = n.lan.Addr()
+	}
+	if n.wan != nil {
+		m["wan-gossip"] = n.wan.Addr()
+	}
+	return m
+}
+
+// Snapshot returns the node's current view of the mesh.
+func (n *Node) Snapshot() *Snapshot { return n.snap.Load() }
+
+// ID is the node's SPIFFE ID.
+func (n *Node) ID() string { return n.Config.spiffeID(n.td) }
+
+func (c *Config) spiffeID(td string) string {
+	var id string
+	switch c.Role {
+	case RoleEdge:
+		id, _ = tlsmgr.EdgeID(td, c.Name)
+	case RoleGateway:
+		id, _ = tlsmgr.GatewayID(td, c.Region, c.Name)
+	case RoleSidecar:
+		id, _ = tlsmgr.ServiceID(td, c.Service)
+	}
+	return id
+}
+
+// Start brings the node up: identity, listeners, gossip, then the record
+// that tells peers it is ready. A start that fails half way closes what it
+// opened and returns an error that names what failed.
+func (n *Node) Start(ctx context.Context) (err error) {
+	if n.Logger == nil {
+		n.Logger = slog.Default()
+	}
+	n.Config.SetDefaults()
+	if err := n.Config.Validate(); err != nil {
+		return err
+	}
+	c := &n.Config
+	n.Logger = n.Logger.With("node", c.Name, "role", c.Role)
+	n.kick = make(chan struct{}, 1)
+	n.upstreams = map[string]*proxy.Upstream{}
+	n.badRecs = map[string]string{}
+	n.snap.Store(&Snapshot{})
+
+	bg, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	var closers []func()
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				closers[i]()
+			}
+			cancel()
+			n.wg.Wait()
+		}
+	}()
+
+	// Identity first: without it nothing else may talk to the mesh.
+	ca, err := tlsmgr.LoadCA(c.CADir)
+	if err != nil {
+		return fmt.Errorf("ca-dir: %w", err)
+	}
+	n.td = ca.TrustDomain
+	if c.TrustDomain != "" && c.TrustDomain != n.td {
+		return fieldErr("trust-domain", "the node expects %q but the CA in %s is for %q", c.TrustDomain, c.CADir, n.td)
+	}
+	id := c.spiffeID(n.td)
+	if id == "" {
+		return fmt.Errorf("name: cannot form a SPIFFE ID for this node in trust domain %q", n.td)
+	}
+	n.ids = &tlsmgr.Manager{CADir: c.CADir, ID: id, TTL: c.SVIDTTL, Logger: n.Logger}
+	if err := n.ids.Start(bg); err != nil {
+		return fmt.Errorf("identity: %w", err)
+	}
+	closers = append(closers, func() { n.ids.Close() })
+	key, err := tlsmgr.ReadGossipKey(c.CADir)
+	if err != nil {
+		return fmt.Errorf("ca-dir: %w", err)
+	}
+
+	n.pool = &proxy.Pool{HTTP2: true}
+	closers = append(closers, n.pool.CloseIdle)
+
+	startServer := func(name string, s *proxy.Server) error {
+		if err := s.Start(bg); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		closers = append(closers, func() { s.Shutdown(context.Background()) })
+		n.Logger.Info("listening", "listener", name, "addr", s.BoundAddr())
+		return nil
+	}
+
+	via := c.Name
+	switch c.Role {
+	case RoleGateway, RoleSidecar:
+		// Any identity of the trust domain may call; the handler decides
+		// what each identity may ask for.
+		h := &proxy.Handler{Pool: n.pool, Via: via, Logger: n.Logger}
+		if c.Role == RoleGateway {
+			h.Route = n.gatewayRoute
+		} else {
+			app := &proxy.Upstream{Key: "app|" + c.Upstream, Addr: c.Upstream, Name: "app"}
+			h.Route = func(out *http.Request) ([]*proxy.Upstream, error) {
+				out.Header.Del(HeaderService)
+				return []*proxy.Upstream{app}, nil
+			}
+		}
+		n.meshSrv = &proxy.Server{Addr: c.Listen, TLS: n.ids.ServerTLS(nil), Handler: h, Logger: n.Logger}
+		if err := startServer("listen", n.meshSrv); err != nil {
+			return err
+		}
+		n.advertise = c.Advertise
+		if n.advertise == "" {
+			host, port, _ := net.SplitHostPort(n.meshSrv.BoundAddr())
+			if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+				return fieldErr("advertise", "required when listen (%s) binds every interface: give the address peers dial", c.Listen)
+			}
+			n.advertise = net.JoinHostPort(host, port)
+		}
+	}
+	if c.Role == RoleSidecar {
+		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Logger: n.Logger}, Logger: n.Logger}
+		if err := startServer("outbound", n.outSrv); err != nil {
+			return err
+		}
+	}
+	if c.Role == RoleEdge {
+		n.publicSrv = &proxy.Server{Addr: c.PublicHTTP, Handler: &proxy.Handler{Pool: n.pool, Via: via, Public: true, Route: n.edgeRoute, Logger: n.Logger}, Logger: n.Logger}
+		if err := startServer("public-http", n.publicSrv); err != nil {
+			return err
+		}
+	}
+	if c.Admin != "" {
+		n.adminSrv = &proxy.Server{Addr: c.Admin, Handler: n.adminHandler(), Logger: n.Logger}
+		if err := startServer("admin", n.adminSrv); err != nil {
+			return err
+		}
+	}
+
+	// Gossip last among the listeners: peers learn of the node only once
+	// it can serve.
+	if c.Role == RoleSidecar {
+		n.healthy.Store(n.checkApp(ctx))
+	}
+	onChange := func() {
+		select {
+		case n.kick <- struct{}{}:
+		default:
+		}
+	}
+	if c.Role != RoleEdge {
+		n.lan = &gossip.Cluster{Name: c.Name, BindAddr: c.GossipAddr, Profile: gossip.LAN, Key: key,
+			Label: "meshd/" + n.td + "/region/" + c.Region, Join: c.Join, Logger: n.Logger.With("pool", "region"), OnChange: onChange}
+		rec, _ := n.lanRecord().Encode()
+		if err := n.lan.Start(bg); err != nil {
+			return fmt.Errorf("gossip-addr: %w", err)
+		}
+		closers = append(closers, func() { n.lan.Shutdown() })
+		n.Logger.Info("listening", "listener", "gossip", "addr", n.lan.Addr())
+		if err := n.lan.SetRecord(rec); err != nil {
+			return fmt.Errorf("gossip: %w", err)
+		}
+	}
+	if c.Role != RoleSidecar {
+		n.wan = &gossip.Cluster{Name: c.Name, BindAddr: c.WANGossipAddr, Profile: gossip.WAN, Key: key,
+			Label: "meshd/" + n.td + "/global", Join: c.WANJoin, Logger: n.Logger.With("pool", "global"), OnChange: onChange}
+		if err := n.wan.Start(bg); err != nil {
+			return fmt.Errorf("wan-gossip-addr: %w", err)
+		}
+		closers = append(closers, func() { n.wan.Shutdown() })
+		n.Logger.Info("listening", "listener", "wan-gossip", "addr", n.wan.Addr())
+	}
+	n.ready.Store(true)
+	n.publish()
+	n.rebuild()
+
+	n.wg.Add(1)
+	go n.loop(bg)
+	if c.Role == RoleSidecar {
+		n.wg.Add(1)
+		go n.healthLoop(bg)
+	}
+	n.Logger.Info("node started", "id", id, "mesh", n.advertise)
+	return nil
+}
+
+// loop rebuilds the snapshot after each gossip change, from one goroutine.
+func (n *Node) loop(ctx context.Context) {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.kick:
+			n.rebuild()
+			n.publish() // a gateway's global record follows its region
+		}
+	}
+}
+
+// Shutdown stops the node in the order ARCHITECTURE.md fixes: publish
+// draining, wait DrainDelay for peers to move away, stop listeners letting
+// in-flight requests finish (bounded by ShutdownGrace and ctx), leave
+// gossip. It returns once everything is closed.
+func (n *Node) Shutdown(ctx context.Context) error {
+	n.mu.Lock()
+	if n.stopped {
+		n.mu.Unlock()
+		return nil
+	}
+	n.stopped = true
+	n.mu.Unlock()
+	c := &n.Config
+	n.Logger.Info("draining", "drain_delay", c.DrainDelay)
+	n.draining.Store(true)
+	n.ready.Store(false)
+	n.publish()
+
+	t := time.NewTimer(c.DrainDelay)
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		t.Stop()
+	}
+
+	graceCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.ShutdownGrace)
+	defer cancel()
+	var errs []error
+	var wg sync.WaitGroup
+	for _, s := range []*proxy.Server{n.publicSrv, n.meshSrv, n.outSrv} {
+		if s == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Shutdown(graceCtx); err != nil {
+				n.Logger.Warn("listener did not finish in time", "addr", s.BoundAddr(), "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+
+	leaveCtx, cancelLeave := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+	defer cancelLeave()
+	for _, g := range []*gossip.Cluster{n.lan, n.wan} {
+		if g == nil {
+			continue
+		}
+		if err := g.Leave(leaveCtx); err != nil {
+			n.Logger.Warn("gossip leave", "err", err)
+			g.Shutdown()
+		}
+	}
+	n.cancel()
+	n.wg.Wait()
+	if n.adminSrv != nil {
+		n.adminSrv.Shutdown(graceCtx)
+	}
+	n.pool.CloseIdle()
+	if err := n.ids.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	n.Logger.Info("node stopped")
+	return errors.Join(errs...)
+}
+
+func (n *Node) state() string {
+	if n.draining.Load() {
+		return StateDraining
+	}
+	return StateReady
+}
+
+// lanRecord is what the node publishes in its region pool.
+func (n *Node) lanRecord() *NodeRecord {
+	c := &n.Config
+	r := &NodeRecord{Name: c.Name, Role: c.Role, Region: c.Region, MeshAddr: n.advertise, State: n.state()}
+	if c.Role == RoleSidecar {
+		h := 0
+		if n.healthy.Load() {
+			h = 1
+		}
+		r.Services = []ServiceRecord{{Name: c.Service, Domains: c.Domains, Healthy: h}}
+	}
+	return r
+}
+
+// wanRecord is what the node publishes in the global pool; a gateway
+// summarizes its region there.
+func (n *Node) wanRecord() *NodeRecord {
+	c := &n.Config
+	r := &NodeRecord{Name: c.Name, Role: c.Role, Region: c.Region, MeshAddr: n.advertise, State: n.state()}
+	if c.Role == RoleGateway && n.lan != nil {
+		r.Services = summarize(n.decode(n.lan.Members()), c.Region)
+	}
+	return r
+}
+
+// publish sends the node's records to its pools when they changed.
+func (n *Node) publish() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, p := range []struct {
+		g    *gossip.Cluster
+		rec  func() *NodeRecord
+		last *string
+	}{{n.lan, n.lanRecord, &n.lastLAN}, {n.wan, n.wanRecord, &n.lastWAN}} {
+		if p.g == nil {
+			continue
+		}
+		b, err := p.rec().Encode()
+		if err != nil {
+			n.Logger.Error("cannot encode own record", "err", err)
+			continue
+		}
+		if string(b) == *p.last {
+			continue
+		}
+		if err := p.g.SetRecord(b); err != nil {
+			n.Logger.Error("cannot publish record", "err", err)
+			continue
+		}
+		*p.last = string(b)
+	}
+}
+
+// decode turns gossip members into records, refusing (and logging once)
+// those that do not decode or that claim another member's name.
+func (n *Node) decode(ms []gossip.Member) []member {
+	out := make([]member, 0, len(ms))
+	for _, m := range ms {
+		if m.Record == nil {
+			continue
+		}
+		rec, err := DecodeRecord(m.Record)
+		if err == nil && rec.Name != m.Name {
+			err = fmt.Errorf("record names %q but the member is %q", rec.Name, m.Name)
+		}
+		if err != nil {
+			n.logBadRecord(m.Name, string(m.Record), err)
+			continue
+		}
+		out = append(out, member{gossipAddr: m.Addr, suspect: m.Suspect, rec: rec})
+	}
+	return out
+}
+
+func (n *Node) logBadRecord(name, raw string, err error) {
+	if n.badRecs[name] == raw {
+		return
+	}
+	n.badRecs[name] = raw
+	n.Logger.Warn("refused a gossip record", "member", name, "err", err)
+}
+
+// rebuild folds both pools into a new Snapshot and swaps it in.
+func (n *Node) rebuild() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var lan, wan []member
+	if n.lan != nil {
+		lan = n.decode(n.lan.Members())
+	}
+	if n.wan != nil {
+		wan = n.decode(n.wan.Members())
+	}
+	used := map[string]bool{}
+	s := buildSnapshot(n.Config.Role, n.Config.Region, lan, wan, &trackingMaker{n, used})
+	// Forget upstreams (and their pooled connections) nobody routes to.
+	for k := range n.upstreams {
+		if !used[k] {
+			delete(n.upstreams, k)
+		}
+	}
+	n.pool.Forget(func(key string) bool { return used[key] })
+	n.snap.Store(s)
+}
+
+type trackingMaker struct {
+	n    *Node
+	used map[string]bool
+}
+
+func (t *trackingMaker) instanceUpstream(service string, r *NodeRecord) *proxy.Upstream {
+	id, err := tlsmgr.ServiceID(t.n.td, service)
+	if err != nil {
+		return nil
+	}
+	return t.upstream(r, id)
+}
+
+func (t *trackingMaker) gatewayUpstream(r *NodeRecord) *proxy.Upstream {
+	id, err := tlsmgr.GatewayID(t.n.td, r.Region, r.Name)
+	if err != nil {
+		return nil
+	}
+	return t.upstream(r, id)
+}
+
+// upstream returns the shared Upstream for a peer at its address, dialed
+// with an mTLS config that accepts only the SPIFFE ID the catalog expects:
+// a node that lies in gossip about its address or its service fails the
+// handshake.
+func (t *trackingMaker) upstream(r *NodeRecord, id string) *proxy.Upstream {
+	key := r.MeshAddr + "|" + id
+	t.used[key] = true
+	if u := t.n.upstreams[key]; u != nil {
+		return u
+	}
+	cfg, err := t.n.ids.ClientTLS(id, "h2", "http/1.1")
+	if err != nil {
+		t.n.Logger.Warn("cannot build client TLS", "peer", id, "err", err)
+		return nil
+	}
+	u := &proxy.Upstream{Key: key, Addr: r.MeshAddr, TLS: cfg, Name: r.Name}
+	t.n.upstreams[key] = u
+	return u
+}
+
+// peerRole returns the role part of a verified caller's SPIFFE ID.
+func (n *Node) peerRole(r *http.Request) string {
+	if r.TLS == nil {
+		return ""
+	}
+	id, ok := tlsmgr.PeerID(r.TLS)
+	if !ok {
+		return ""
+	}
+	path, ok := strings.CutPrefix(id, "spiffe://"+n.td+"/")
+	if !ok {
+		return ""
+	}
+	role, _, _ := strings.Cut(path, "/")
+	return role
+}
+
+// edgeRoute: public Host → service → nearest region with healthy instances
+// → one of its gateways.
+func (n *Node) edgeRoute(out *http.Request) ([]*proxy.Upstream, error) {
+	s := n.snap.Load()
+	svc, ok := publicService(out.Host, n.Config.PublicDomain, s.domains)
+	if !ok {
+		return nil, errNoHost(out.Host)
+	}
+	out.Header.Set(HeaderService, svc)
+	if ups := s.remote[svc].pick(); len(ups) > 0 {
+		return ups, nil
+	}
+	if s.known[svc] {
+		return nil, errNoHealthy(svc)
+	}
+	return nil, errNoHost(out.Host)
+}
+
+// gatewayRoute serves the region's instances; a call for a service that
+// runs only elsewhere goes to the nearest region's gateway, but only for
+// callers that are not gateways themselves, so a request crosses at most
+// one gateway-to-gateway hop and can never loop.
+func (n *Node) gatewayRoute(out *http.Request) ([]*proxy.Upstream, error) {
+	svc := out.Header.Get(HeaderService)
+	if svc == "" {
+		var ok bool
+		if svc, ok = meshService(out.Host); !ok {
+			return nil, errNoHost(out.Host)
+		}
+		out.Header.Set(HeaderService, svc)
+	}
+	s := n.snap.Load()
+	if ups := s.local[svc].pick(); len(ups) > 0 {
+		return ups, nil
+	}
+	if n.peerRole(out) != "gateway" {
+		if ups := s.remote[svc].pick(); len(ups) > 0 {
+			return ups, nil
+		}
+	}
+	if s.known[svc] {
+		return nil, errNoHealthy(svc)
+	}
+	return nil, errUnknownService(svc)
+}
+
+// outboundRoute serves an app's call to http://<service>.mesh/: an instance
+// of the region directly, else the region's gateway. Any other host is
+// refused: the outbound listener is not an open proxy.
+func (n *Node) outboundRoute(out *http.Request) ([]*proxy.Upstream, error) {
+	svc, ok := meshService(out.Host)
+	if !ok {
+		return nil, &proxy.StatusError{Code: http.StatusNotFound,
+			Msg: fmt.Sprintf("meshd: the outbound listener routes only <service>.mesh hosts, not %q", truncate(out.Host, 100))}
+	}
+	out.Header.Set(HeaderService, svc)
+	s := n.snap.Load()
+	if ups := s.local[svc].pick(); len(ups) > 0 {
+		return ups, nil
+	}
+	if ups := s.gateways.pick(); len(ups) > 0 {
+		return ups, nil
+	}
+	if s.known[svc] {
+		return nil, errNoHealthy(svc)
+	}
+	return nil, errUnknownService(svc)
+}
+
+// Ready reports whether the node serves: started, not draining, and for a
+// sidecar, its app healthy.
+func (n *Node) Ready() bool {
+	if !n.ready.Load() {
+		return false
+	}
+	if n.Config.Role == RoleSidecar {
+		return n.healthy.Load()
+	}
+	return true
+}

@@ -1,0 +1,135 @@
+package mesh
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+)
+
+// Node states published in records.
+const (
+	StateReady    = "ready"
+	StateDraining = "draining"
+)
+
+// recordVersion is the wire version of NodeRecord; a node that sees a newer
+// one ignores fields it does not know and keeps routing on what it does.
+const recordVersion = 1
+
+// maxRecordBytes bounds a record. It matches the gossip layer's limit.
+const maxRecordBytes = 64 << 10
+
+// NodeRecord is what a node publishes about itself in one gossip pool.
+// In the region pool a sidecar lists its one service with Healthy 0 or 1;
+// in the global pool a gateway lists every service of its region with the
+// count of healthy instances.
+type NodeRecord struct {
+	V        int             `json:"v"`
+	Name     string          `json:"name"`
+	Role     string          `json:"role"`
+	Region   string          `json:"region,omitempty"`
+	MeshAddr string          `json:"addr,omitempty"`
+	State    string          `json:"state"`
+	Services []ServiceRecord `json:"services,omitempty"`
+	Prefixes []string        `json:"prefixes,omitempty"`
+	Load     float64         `json:"load,omitempty"`
+}
+
+// ServiceRecord is one service in a NodeRecord.
+type ServiceRecord struct {
+	Name    string   `json:"name"`
+	Domains []string `json:"domains,omitempty"`
+	Healthy int      `json:"healthy"`
+	Weight  int      `json:"weight,omitempty"`
+}
+
+// Encode renders the record for gossip.
+func (r *NodeRecord) Encode() ([]byte, error) {
+	cp := *r
+	cp.V = recordVersion
+	b, err := json.Marshal(&cp)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxRecordBytes {
+		return nil, fmt.Errorf("node record is %d bytes, over the %d byte limit", len(b), maxRecordBytes)
+	}
+	return b, nil
+}
+
+// DecodeRecord parses and validates a record received from gossip. Gossip
+// input comes from any key holder, so every field is checked before the
+// catalog trusts it: names must be valid labels, the address a host:port,
+// counts non-negative. A record that fails is refused whole.
+func DecodeRecord(b []byte) (*NodeRecord, error) {
+	if len(b) == 0 {
+		return nil, errors.New("empty record")
+	}
+	if len(b) > maxRecordBytes {
+		return nil, fmt.Errorf("record of %d bytes is over the %d byte limit", len(b), maxRecordBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	var r NodeRecord
+	if err := dec.Decode(&r); err != nil {
+		return nil, fmt.Errorf("record: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("record: trailing data")
+	}
+	if r.V < 1 {
+		return nil, fmt.Errorf("record: version %d unknown", r.V)
+	}
+	if err := validLabel(r.Name); err != nil {
+		return nil, fmt.Errorf("record name: %w", err)
+	}
+	switch r.Role {
+	case RoleEdge, RoleGateway, RoleSidecar:
+	default:
+		return nil, fmt.Errorf("record %s: unknown role %q", r.Name, r.Role)
+	}
+	if r.Region != "" || r.Role != RoleEdge {
+		if err := validLabel(r.Region); err != nil {
+			return nil, fmt.Errorf("record %s region: %w", r.Name, err)
+		}
+	}
+	switch r.State {
+	case StateReady, StateDraining:
+	default:
+		return nil, fmt.Errorf("record %s: unknown state %q", r.Name, r.State)
+	}
+	if r.Role != RoleEdge {
+		ap, err := netip.ParseAddrPort(r.MeshAddr)
+		if err != nil || ap.Port() == 0 || ap.Addr().IsUnspecified() {
+			return nil, fmt.Errorf("record %s: bad mesh address %q", r.Name, r.MeshAddr)
+		}
+	}
+	seen := make(map[string]bool, len(r.Services))
+	for _, s := range r.Services {
+		if err := validLabel(s.Name); err != nil {
+			return nil, fmt.Errorf("record %s service: %w", r.Name, err)
+		}
+		if seen[s.Name] {
+			return nil, fmt.Errorf("record %s: service %s listed twice", r.Name, s.Name)
+		}
+		seen[s.Name] = true
+		if s.Healthy < 0 || s.Weight < 0 {
+			return nil, fmt.Errorf("record %s service %s: negative count", r.Name, s.Name)
+		}
+		for _, d := range s.Domains {
+			if err := validDomain(d); err != nil {
+				return nil, fmt.Errorf("record %s service %s domain: %w", r.Name, s.Name, err)
+			}
+		}
+	}
+	for _, p := range r.Prefixes {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			return nil, fmt.Errorf("record %s: bad prefix %q", r.Name, p)
+		}
+	}
+	if r.Load < 0 || r.Load != r.Load {
+		return nil, fmt.Errorf("record %s: bad load", r.Name)
+	}
+	return &r, nil
+}
