@@ -259,7 +259,9 @@ func TestEndToEndTwoRegions(t *testing.T) {
 		t.Fatalf("second ca init succeeded: %s", out)
 	}
 	common := []string{"--ca-dir", caDir, "--listen", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--wan-gossip-addr", "127.0.0.1:0"}
-	node := func(name string, args ...string) *proc { return startNode(t, name, append(append([]string{}, common...), args...)...) }
+	node := func(name string, args ...string) *proc {
+		return startNode(t, name, append(append([]string{}, common...), args...)...)
+	}
 
 	gwEU := node("gw-eu", "--role", "gateway", "--region", "eu")
 	gwUS := node("gw-us", "--role", "gateway", "--region", "us", "--wan-join", gwEU.addr("wan-gossip"))
