@@ -22,6 +22,9 @@ const (
 	// MinTTL is the shortest SVID lifetime Manager accepts: below it the
 	// renewal at half-life would race the handshakes using the SVID.
 	MinTTL = time.Second
+	// DefaultPollInterval is how often file mode looks for new files when
+	// Manager.PollInterval is zero.
+	DefaultPollInterval = 2 * time.Second
 )
 
 // Manager is a node's identity. It holds the node's current X.509-SVID and
@@ -46,6 +49,18 @@ type Manager struct {
 	Logger *slog.Logger
 	// Now is the clock used for certificate validity. Default time.Now.
 	Now func() time.Time
+
+	// CertFile and KeyFile switch the Manager to file mode: instead of
+	// minting, it loads its SVID from these PEM files (written by
+	// `meshd ca issue`, see IssueFiles) and reloads them when they change;
+	// CADir then needs only ca.crt, and ID may be empty (it is taken from the
+	// certificate; when set, the certificate must carry exactly it). Set both
+	// or neither. Default "" (mint with the CA key).
+	CertFile string
+	KeyFile  string
+	// PollInterval is how often file mode checks CertFile, KeyFile and
+	// ca.crt for changes. Default DefaultPollInterval (2s).
+	PollInterval time.Duration
 
 	renewals atomic.Uint64
 	cur      atomic.Pointer[identity]
@@ -96,18 +111,29 @@ func (m *Manager) now() time.Time {
 // Validate checks the fields without touching the file system.
 func (m *Manager) Validate() error {
 	var errs []error
+	fileMode := m.CertFile != "" || m.KeyFile != ""
 	if m.CADir == "" {
 		errs = append(errs, errors.New("CADir is required"))
 	}
-	if m.ID == "" {
+	if fileMode && (m.CertFile == "" || m.KeyFile == "") {
+		errs = append(errs, errors.New("CertFile and KeyFile must be set together"))
+	}
+	switch {
+	case m.ID == "" && !fileMode:
 		errs = append(errs, errors.New("ID is required"))
-	} else if id, err := spiffeid.FromString(m.ID); err != nil {
-		errs = append(errs, fmt.Errorf("ID %q: %w", m.ID, err))
-	} else if id.Path() == "" {
-		errs = append(errs, fmt.Errorf("ID %q: needs a non-root path", m.ID))
+	case m.ID == "":
+	default:
+		if id, err := spiffeid.FromString(m.ID); err != nil {
+			errs = append(errs, fmt.Errorf("ID %q: %w", m.ID, err))
+		} else if id.Path() == "" {
+			errs = append(errs, fmt.Errorf("ID %q: needs a non-root path", m.ID))
+		}
 	}
 	if m.TTL != 0 && m.TTL < MinTTL {
 		errs = append(errs, fmt.Errorf("TTL %v: must be at least %v", m.TTL, MinTTL))
+	}
+	if m.PollInterval < 0 {
+		errs = append(errs, fmt.Errorf("PollInterval %v: must not be negative", m.PollInterval))
 	}
 	return errors.Join(errs...)
 }
@@ -116,6 +142,10 @@ func (m *Manager) Validate() error {
 // that renews it at half-life (on failure it retries with backoff and logs).
 // The goroutine stops when ctx is cancelled or Close is called. Start fails
 // if ca.key is missing: a node in this mode needs the CA key to mint its SVID.
+//
+// In file mode (CertFile and KeyFile set) Start instead loads and verifies
+// the certificate and key against ca.crt, and the goroutine polls the three
+// files and reloads them when they change.
 func (m *Manager) Start(ctx context.Context) error {
 	if err := m.Validate(); err != nil {
 		return fmt.Errorf("invalid manager: %w", err)
@@ -126,22 +156,16 @@ func (m *Manager) Start(ctx context.Context) error {
 		return errors.New("manager already started or closed")
 	}
 
-	ca, err := LoadCA(m.CADir)
-	if err != nil {
-		return err
+	var (
+		first *identity
+		loop  func(context.Context)
+		err   error
+	)
+	if m.CertFile != "" {
+		first, loop, err = m.prepareFiles()
+	} else {
+		first, loop, err = m.prepareMint()
 	}
-	if ca.Key == nil {
-		return fmt.Errorf("%s not found in %s: a node needs the CA key to mint its SVID", CAKeyFile, m.CADir)
-	}
-	id := spiffeid.RequireFromString(m.ID) // checked by Validate
-	if id.TrustDomain().Name() != ca.TrustDomain {
-		return fmt.Errorf("wrong trust domain: ID %q is not in trust domain %q of %s",
-			m.ID, ca.TrustDomain, filepath.Join(m.CADir, CACertFile))
-	}
-	td := id.TrustDomain()
-	bundle := x509bundle.FromX509Authorities(td, []*x509.Certificate{ca.Cert})
-
-	first, err := m.mint(ca, bundle)
 	if err != nil {
 		return err
 	}
@@ -151,10 +175,42 @@ func (m *Manager) Start(ctx context.Context) error {
 	m.started = true
 	m.cancel = cancel
 	m.done = make(chan struct{})
-	go m.renewLoop(ctx, ca, bundle)
-	m.logger().Info("svid minted", "id", m.ID, "serial", first.svid.Certificates[0].SerialNumber.Text(16),
-		"not_after", first.svid.Certificates[0].NotAfter)
+	go func() {
+		defer close(m.done)
+		loop(ctx)
+	}()
+	leaf := first.svid.Certificates[0]
+	m.logger().Info("svid ready", "id", first.svid.ID.String(), "serial", leaf.SerialNumber.Text(16),
+		"not_after", leaf.NotAfter, "source", m.source())
 	return nil
+}
+
+func (m *Manager) source() string {
+	if m.CertFile != "" {
+		return m.CertFile
+	}
+	return "minted by ca in " + m.CADir
+}
+
+func (m *Manager) prepareMint() (*identity, func(context.Context), error) {
+	ca, err := LoadCA(m.CADir)
+	if err != nil {
+		return nil, nil, err
+	}
+	if ca.Key == nil {
+		return nil, nil, fmt.Errorf("%s not found in %s: a node needs the CA key to mint its SVID", CAKeyFile, m.CADir)
+	}
+	id := spiffeid.RequireFromString(m.ID) // checked by Validate
+	if id.TrustDomain().Name() != ca.TrustDomain {
+		return nil, nil, fmt.Errorf("wrong trust domain: ID %q is not in trust domain %q of %s",
+			m.ID, ca.TrustDomain, filepath.Join(m.CADir, CACertFile))
+	}
+	bundle := x509bundle.FromX509Authorities(id.TrustDomain(), []*x509.Certificate{ca.Cert})
+	first, err := m.mint(ca, bundle)
+	if err != nil {
+		return nil, nil, err
+	}
+	return first, func(ctx context.Context) { m.renewLoop(ctx, ca, bundle) }, nil
 }
 
 func (m *Manager) mint(ca *CA, bundle *x509bundle.Bundle) (*identity, error) {
@@ -169,7 +225,6 @@ func (m *Manager) mint(ca *CA, bundle *x509bundle.Bundle) (*identity, error) {
 // renewLoop renews the SVID at half of its lifetime, as SPIRE agents do: the
 // other half leaves room for retries before the SVID expires.
 func (m *Manager) renewLoop(ctx context.Context, ca *CA, bundle *x509bundle.Bundle) {
-	defer close(m.done)
 	failures := 0
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -216,7 +271,7 @@ func (m *Manager) backoff(failures int) time.Duration {
 	return min(d, m.ttl()/8)
 }
 
-// Close stops the renewal goroutine and waits for it. The current SVID stays
+// Close stops the renewal (or file polling) goroutine and waits for it. The current SVID stays
 // available to open connections and to handshakes still in flight. Close is
 // idempotent and always returns nil.
 func (m *Manager) Close() error {
@@ -267,7 +322,8 @@ func (m *Manager) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bun
 	return cur.bundle, nil
 }
 
-// Renewals returns how many SVIDs were minted after the first.
+// Renewals returns how many SVIDs were minted (or, in file mode, loaded)
+// after the first.
 func (m *Manager) Renewals() uint64 { return m.renewals.Load() }
 
 // NotAfter returns the expiry of the current SVID, or the zero time before

@@ -1,0 +1,199 @@
+package tlsmgr
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// IssueFiles mints an SVID for id with the CA in dir and writes it to
+// outCert (PEM, mode 0644) and outKey (PKCS#8 PEM, mode 0600); it backs
+// `meshd ca issue`. Existing files are replaced, because re-issuing is how a
+// node in file mode gets its next certificate. Each file is written to a
+// temporary file and renamed into place, so a Manager polling them never
+// reads half a file; the key is written first, and a Manager that sees the
+// new key with the old certificate refuses the mismatched pair and waits
+// for the certificate.
+func IssueFiles(dir, id string, ttl time.Duration, outCert, outKey string) error {
+	if outCert == "" || outKey == "" {
+		return errors.New("output certificate and key paths are required")
+	}
+	if filepath.Clean(outCert) == filepath.Clean(outKey) {
+		return fmt.Errorf("certificate and key must be different files, both are %s", outCert)
+	}
+	ca, err := LoadCA(dir)
+	if err != nil {
+		return err
+	}
+	if ca.Key == nil {
+		return fmt.Errorf("%s not found in %s: issuing needs the CA key", CAKeyFile, dir)
+	}
+	certPEM, keyPEM, err := ca.Issue(id, ttl, time.Now())
+	if err != nil {
+		return err
+	}
+	if err := writeAtomic(outKey, keyPEM, 0o600); err != nil {
+		return err
+	}
+	return writeAtomic(outCert, certPEM, 0o644)
+}
+
+// writeAtomic writes data to a temporary file next to p and renames it over
+// p (rename is atomic within a directory on POSIX file systems).
+func writeAtomic(p string, data []byte, mode fs.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	tmp := f.Name()
+	fail := func(err error) error {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	if err := f.Chmod(mode); err != nil {
+		return fail(err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := f.Close(); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return nil
+}
+
+// fileStamp identifies one version of the files file mode watches.
+type fileStamp [3]struct {
+	mod  time.Time
+	size int64
+}
+
+func (m *Manager) watched() [3]string {
+	return [3]string{m.CertFile, m.KeyFile, filepath.Join(m.CADir, CACertFile)}
+}
+
+// stamp stats the watched files; os.Stat follows symlinks, so a Kubernetes
+// secret volume that swaps its ..data link counts as a change.
+func (m *Manager) stamp() (fileStamp, error) {
+	var st fileStamp
+	for i, p := range m.watched() {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return st, fmt.Errorf("stat %s: %w", p, err)
+		}
+		st[i].mod, st[i].size = fi.ModTime(), fi.Size()
+	}
+	return st, nil
+}
+
+// loadFiles reads ca.crt, CertFile and KeyFile and checks that they form a
+// usable identity: the pair matches, the SVID verifies against ca.crt now,
+// and its ID is the configured one (or, with no ID configured, any ID of
+// want's trust domain; want is zero at Start).
+func (m *Manager) loadFiles(want spiffeid.TrustDomain) (*identity, error) {
+	ca, err := LoadCA(m.CADir)
+	if err != nil {
+		return nil, err
+	}
+	svid, err := x509svid.Load(m.CertFile, m.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load svid from %s and %s: %w", m.CertFile, m.KeyFile, err)
+	}
+	if svid.ID.TrustDomain().Name() != ca.TrustDomain {
+		return nil, fmt.Errorf("wrong trust domain: %s holds %q, not in trust domain %q of %s",
+			m.CertFile, svid.ID, ca.TrustDomain, filepath.Join(m.CADir, CACertFile))
+	}
+	if !want.IsZero() && svid.ID.TrustDomain() != want {
+		return nil, fmt.Errorf("%s changed trust domain from %q to %q: restart the node", m.CertFile, want.Name(), svid.ID.TrustDomain().Name())
+	}
+	if m.ID != "" && svid.ID.String() != m.ID {
+		return nil, fmt.Errorf("%s holds %q, want %q", m.CertFile, svid.ID, m.ID)
+	}
+	bundle := x509bundle.FromX509Authorities(svid.ID.TrustDomain(), []*x509.Certificate{ca.Cert})
+	// Serving an SVID that peers will refuse helps no one: check it the way
+	// they will, with go-spiffe against the bundle, at the current time.
+	if _, _, err := x509svid.Verify(svid.Certificates, bundle, x509svid.WithTime(m.now())); err != nil {
+		return nil, fmt.Errorf("%s does not verify against %s: %w", m.CertFile, filepath.Join(m.CADir, CACertFile), err)
+	}
+	return &identity{svid: svid, bundle: bundle, issued: m.now()}, nil
+}
+
+func (m *Manager) prepareFiles() (*identity, func(context.Context), error) {
+	st, err := m.stamp()
+	if err != nil {
+		return nil, nil, err
+	}
+	first, err := m.loadFiles(spiffeid.TrustDomain{})
+	if err != nil {
+		return nil, nil, err
+	}
+	return first, func(ctx context.Context) { m.pollLoop(ctx, st) }, nil
+}
+
+// pollLoop reloads the files when their stamp changes. A failed load keeps
+// the current SVID and is not retried until the files change again, so a
+// bad file is logged once, not every poll.
+func (m *Manager) pollLoop(ctx context.Context, good fileStamp) {
+	interval := m.PollInterval
+	if interval == 0 {
+		interval = DefaultPollInterval
+	}
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	var failed fileStamp
+	warnedExpiry := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		st, err := m.stamp()
+		switch {
+		case err != nil:
+			if st != failed {
+				m.logger().Warn("svid files unreadable; keeping the current svid", "err", err)
+			}
+			failed = st
+		case st == good || st == failed:
+		default:
+			cur := m.cur.Load()
+			next, err := m.loadFiles(cur.svid.ID.TrustDomain())
+			if err != nil {
+				failed = st
+				m.logger().Warn("svid reload failed; keeping the current svid", "err", err,
+					"not_after", m.NotAfter())
+				break
+			}
+			good, failed = st, fileStamp{}
+			m.cur.Store(next)
+			warnedExpiry = false
+			n := m.renewals.Add(1)
+			leaf := next.svid.Certificates[0]
+			m.logger().Info("svid reloaded", "id", next.svid.ID.String(), "renewals", n,
+				"serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter)
+		}
+		if !warnedExpiry && m.now().After(m.NotAfter()) {
+			warnedExpiry = true
+			m.logger().Error("svid expired and no valid replacement found; peers will refuse this node",
+				"cert", m.CertFile, "not_after", m.NotAfter())
+		}
+	}
+}
