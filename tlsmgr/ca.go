@@ -213,6 +213,11 @@ func parseGossipKey(data []byte) ([]byte, error) {
 	if len(s) == 0 {
 		return nil, errors.New("file is empty")
 	}
+	// encoding/base64 skips CR and LF anywhere; a key is one line, so a
+	// line break inside it means the file holds something else.
+	if i := bytes.IndexAny(s, " \t\r\n"); i >= 0 {
+		return nil, fmt.Errorf("whitespace at byte %d: want one line of standard base64", i)
+	}
 	key := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
 	n, err := base64.StdEncoding.Decode(key, s)
 	if err != nil {

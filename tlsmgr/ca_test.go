@@ -232,11 +232,12 @@ func TestReadGossipKey(t *testing.T) {
 		{"surrounding space", "  " + enc(32) + " \r\n", 32, ""},
 		{"empty", "", 0, "empty"},
 		{"only newline", "\n", 0, "empty"},
-		{"not base64", "this is not base64!!", 0, "not standard base64"},
+		{"not base64", "this-is-not-base64!!", 0, "not standard base64"},
 		{"url base64", strings.Repeat("-_", 22), 0, "not standard base64"},
 		{"31 bytes", enc(31), 0, "31 bytes"},
 		{"64 bytes", enc(64), 0, "64 bytes"},
-		{"two keys", enc(32) + "\n" + enc(32) + "\n", 0, "base64"},
+		{"two keys", enc(32) + "\n" + enc(32) + "\n", 0, "one line"},
+		{"wrapped key", enc(32)[:20] + "\n" + enc(32)[20:], 0, "one line"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
