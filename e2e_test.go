@@ -159,6 +159,20 @@ func startApp(t *testing.T, service, instance, region string) *app {
 	echo := mesh.EchoHandler(service, instance, region)
 	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.hits.Add(1)
+		if r.URL.Path == "/stream" {
+			// 40 chunks, 100ms apart: a 4s response.
+			fl := w.(http.Flusher)
+			for i := 0; i < 40; i++ {
+				fmt.Fprintf(w, "chunk %02d %s\n", i, strings.Repeat("x", 1000))
+				fl.Flush()
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			return
+		}
 		if r.URL.Path == "/headers" {
 			w.Header().Set("Content-Type", "application/json")
 			json.NewEncoder(w).Encode(r.Header)
@@ -232,6 +246,19 @@ func members(adminAddr string) ([]mesh.MemberInfo, error) {
 	return ms, json.Unmarshal(body, &ms)
 }
 
+func selfInfo(t *testing.T, adminAddr string) mesh.Self {
+	t.Helper()
+	_, body, err := get(adminAddr, adminAddr, "/v1/self")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s mesh.Self
+	if err := json.Unmarshal(body, &s); err != nil {
+		t.Fatalf("self: %v: %s", err, body)
+	}
+	return s
+}
+
 func hasMember(adminAddr, name string) (bool, error) {
 	ms, err := members(adminAddr)
 	if err != nil {
@@ -258,7 +285,9 @@ func TestEndToEndTwoRegions(t *testing.T) {
 	if out, err := exec.Command(meshdBin, "ca", "init", "--trust-domain", "e2e.meshd", "--dir", caDir).CombinedOutput(); err == nil {
 		t.Fatalf("second ca init succeeded: %s", out)
 	}
-	common := []string{"--ca-dir", caDir, "--listen", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--wan-gossip-addr", "127.0.0.1:0"}
+	// Two-second SVIDs: every node renews its identity each second while
+	// the test runs, so everything below also runs across renewals.
+	common := []string{"--ca-dir", caDir, "--svid-ttl", "2s", "--listen", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--wan-gossip-addr", "127.0.0.1:0"}
 	node := func(name string, args ...string) *proc {
 		return startNode(t, name, append(append([]string{}, common...), args...)...)
 	}
@@ -338,6 +367,34 @@ func TestEndToEndTwoRegions(t *testing.T) {
 		if !strings.Contains(strings.Join(resp.Header.Values("Via"), ","), "edge-eu") {
 			t.Fatalf("response Via = %q", resp.Header.Values("Via"))
 		}
+	})
+
+	t.Run("a streaming response survives SVID renewals", func(t *testing.T) {
+		before := selfInfo(t, scEU1.addr("admin")).SVIDRenewals
+		req, _ := http.NewRequest("GET", "http://"+public+"/stream", nil)
+		req.Host = "web.localhost"
+		c := &http.Client{Timeout: 30 * time.Second}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		n := 0
+		for sc.Scan() {
+			if want := fmt.Sprintf("chunk %02d ", n); !strings.HasPrefix(sc.Text(), want) {
+				t.Fatalf("line %d = %.20q, want %q", n, sc.Text(), want)
+			}
+			n++
+		}
+		if err := sc.Err(); err != nil || n != 40 {
+			t.Fatalf("stream ended after %d of 40 chunks: %v", n, err)
+		}
+		after := selfInfo(t, scEU1.addr("admin")).SVIDRenewals
+		if after < before+2 {
+			t.Fatalf("sidecar renewed its SVID %d times during the stream, want at least 2", after-before)
+		}
+		t.Logf("4s stream completed across %d SVID renewals of the sidecar", after-before)
 	})
 
 	t.Run("unknown host is 404", func(t *testing.T) {
@@ -513,10 +570,29 @@ func TestEndToEndTwoRegions(t *testing.T) {
 		})
 		t.Logf("gracefully stopped sidecar gone from its gateway %v after exit", time.Since(exited))
 		logs := scUS1.logs()
+		defer func() {
+			if t.Failed() {
+				t.Log(logs)
+			}
+		}()
 		iDrain, iStop := strings.Index(logs, `"draining"`), strings.Index(logs, `"node stopped"`)
 		if iDrain < 0 || iStop < iDrain {
 			t.Fatalf("shutdown did not drain then stop:\n%s", logs)
 		}
+	})
+
+	t.Run("SIGKILL of a gateway leaves the global pool within 30s", func(t *testing.T) {
+		if err := gwUS.stop(syscall.SIGKILL, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		killed := time.Now()
+		eventually(t, 30*time.Second, "gw-us gone from the edge", func() error {
+			if ok, err := hasMember(edge.addr("admin"), "gw-us"); err != nil || ok {
+				return fmt.Errorf("still there (err %v)", err)
+			}
+			return nil
+		})
+		t.Logf("SIGKILLed gateway out of the edge's global pool after %v", time.Since(killed))
 	})
 }
 
@@ -532,6 +608,13 @@ func TestRunErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
+	cfgFile := func(body string) string {
+		p := filepath.Join(t.TempDir(), "meshd.yaml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
 	base := []string{"run", "--role", "gateway", "--region", "eu", "--name", "gw", "--admin", "", "--listen", "127.0.0.1:0",
 		"--gossip-addr", "127.0.0.1:0", "--wan-gossip-addr", "127.0.0.1:0"}
 	tests := []struct {
@@ -547,7 +630,11 @@ func TestRunErrors(t *testing.T) {
 		{"missing ca", append(append([]string{}, base...), "--ca-dir", filepath.Join(dir, "nope")), 1, "ca-dir"},
 		{"wrong trust domain", append(append([]string{}, base...), "--ca-dir", caDir, "--trust-domain", "other.meshd"), 1, "trust-domain"},
 		{"port in use", append(append([]string{}, base...), "--ca-dir", caDir, "--listen", busy.Addr().String()), 1, "address already in use"},
-		{"bad config file", []string{"run", "--config", filepath.Join(dir, "missing.yaml")}, 1, "missing.yaml"},
+		{"missing config file", []string{"run", "--config", filepath.Join(dir, "missing.yaml")}, 1, "missing.yaml"},
+		{"unknown config key", []string{"run", "--config", cfgFile("role: gateway\nregoin: eu\n")}, 1, "meshd.yaml:2: regoin: unknown key"},
+		{"bad config value", []string{"run", "--config", cfgFile("role: gateway\n\nregion: EU\n")}, 1, "meshd.yaml:3: region:"},
+		// The flag overrides the file's bad log-level, so the error is the next one.
+		{"flag overrides file", []string{"run", "--config", cfgFile("role: gateway\nregion: eu\nlog-level: loud\n"), "--log-level", "info"}, 1, "ca-dir: required"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,6 +3,7 @@ package mesh
 import (
 	"encoding/json"
 	"net/http"
+	"time"
 )
 
 // Self is what /v1/self reports about the node.
@@ -15,6 +16,10 @@ type Self struct {
 	Ready    bool              `json:"ready"`
 	Addrs    map[string]string `json:"addrs"`
 	MeshAddr string            `json:"mesh_addr,omitempty"`
+	// SVIDNotAfter and SVIDRenewals tell when the node's identity expires
+	// and how often it was renewed since start.
+	SVIDNotAfter time.Time `json:"svid_not_after"`
+	SVIDRenewals uint64    `json:"svid_renewals"`
 }
 
 // adminHandler serves the admin API. It listens on loopback by default and
@@ -36,7 +41,8 @@ func (n *Node) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/self", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, Self{Name: n.Config.Name, Role: n.Config.Role, Region: n.Config.Region, ID: n.ID(),
-			State: n.state(), Ready: n.Ready(), Addrs: n.Addrs(), MeshAddr: n.advertise})
+			State: n.state(), Ready: n.Ready(), Addrs: n.Addrs(), MeshAddr: n.advertise,
+			SVIDNotAfter: n.ids.NotAfter(), SVIDRenewals: n.ids.Renewals()})
 	})
 	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, nonNil(n.snap.Load().Members))
