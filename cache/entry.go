@@ -1,0 +1,356 @@
+package cache
+
+import (
+	"net/http"
+	"net/textproto"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// field is one stored header field. Values are clipped (len == cap) so a
+// downstream append to a served header never writes into the entry.
+type field struct {
+	name   string
+	values []string
+}
+
+// entry is one stored response, or a Vary node (node=true) that only
+// names the request fields selecting among the variants of a URL. An
+// entry never changes after it is stored; a revalidation builds a new one.
+type entry struct {
+	key     string // full key: primary, or primary + vary suffix
+	primary string
+	node    bool
+	vary    []string // canonical Vary names (node and variants)
+
+	status    int
+	fields    []field // stored header fields, Content-Length excluded
+	fields304 []field // the subset a 304 carries (RFC 9110 §15.4.5)
+	body      []byte
+	clen      []string
+	header    http.Header // the stored fields as a header, for revalidation merges
+
+	reqTime  time.Time
+	respTime time.Time
+	date     time.Time
+	// initialAge is corrected_initial_age of RFC 9111 §4.2.3.
+	initialAge time.Duration
+	lifetime   time.Duration
+	cc         respCC
+
+	etag    string
+	lastMod time.Time
+	hasLM   bool
+	lmRaw   string
+
+	tags []string
+	cost int64
+	// until is when the entry stops being useful even for revalidation:
+	// the ristretto TTL is derived from it.
+	until time.Time
+
+	// live is true while the entry is counted in the index and gauges;
+	// release clears it exactly once.
+	live atomic.Bool
+	// ageMemo caches the Age header value of the last second served, so
+	// that hits within one second share one allocation.
+	ageMemo atomic.Pointer[ageValue]
+}
+
+type ageValue struct {
+	secs int64
+	v    []string
+}
+
+// currentAge implements RFC 9111 §4.2.3: corrected_initial_age plus
+// resident_time.
+func (e *entry) currentAge(now time.Time) time.Duration {
+	resident := now.Sub(e.respTime)
+	if resident < 0 {
+		resident = 0
+	}
+	return e.initialAge + resident
+}
+
+// ageHeader returns the Age field value for age, reusing the slice of the
+// previous hit in the same second.
+func (e *entry) ageHeader(age time.Duration) []string {
+	secs := int64(age / time.Second)
+	if m := e.ageMemo.Load(); m != nil && m.secs == secs {
+		return m.v
+	}
+	v := []string{strconv.FormatInt(secs, 10)}
+	e.ageMemo.Store(&ageValue{secs: secs, v: v})
+	return v
+}
+
+// hasValidator reports whether the entry can be revalidated (RFC 9111 §4.3.1).
+func (e *entry) hasValidator() bool { return e.etag != "" || e.hasLM }
+
+// noStale reports whether the entry may never be served stale:
+// must-revalidate, proxy-revalidate and s-maxage all forbid it for a
+// shared cache (RFC 9111 §5.2.2.2, §5.2.2.8, §5.2.2.10).
+func (e *entry) noStale() bool {
+	return e.cc.mustRevalidate || e.cc.proxyRevalidate || e.cc.sMaxAge != absent
+}
+
+// heuristicStatus lists the status codes that are cacheable by default
+// (RFC 9110 §15.1), which may get heuristic freshness (RFC 9111 §4.2.2).
+func heuristicStatus(code int) bool {
+	switch code {
+	case 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501:
+		return true
+	}
+	return false
+}
+
+// understoodStatus lists the final status codes whose caching semantics
+// meshd implements. 206 and 304 are left out: meshd stores full responses
+// only (RFC 9111 §3.3 allows not storing partial content).
+func understoodStatus(code int) bool {
+	switch code {
+	case 200, 201, 202, 203, 204, 205,
+		300, 301, 302, 303, 307, 308,
+		400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413,
+		414, 415, 416, 417, 421, 422, 426,
+		500, 501, 502, 503, 504, 505:
+		return true
+	}
+	return false
+}
+
+// storable decides whether a shared cache may store a response
+// (RFC 9111 §3, §3.5) and says why not. auth is whether the request
+// carried Authorization.
+func storable(status int, cc respCC, h http.Header, req reqCC, auth bool) (bool, string) {
+	switch {
+	case !understoodStatus(status):
+		return false, "status"
+	case req.noStore:
+		return false, "request no-store" // RFC 9111 §5.2.1.5
+	case cc.noStore && !cc.mustUnderstand:
+		return false, "no-store" // RFC 9111 §5.2.2.5; must-understand overrides, §5.2.2.3
+	case cc.private:
+		return false, "private" // RFC 9111 §5.2.2.7
+	case auth && !cc.public && cc.sMaxAge == absent && !cc.mustRevalidate:
+		return false, "authorization" // RFC 9111 §3.5
+	case len(h["Set-Cookie"]) > 0 && !cc.public:
+		return false, "set-cookie" // meshd policy, see doc.go
+	case len(h["Trailer"]) > 0:
+		return false, "trailer"
+	}
+	if _, star := parseVary(h["Vary"]); star {
+		return false, "vary" // RFC 9111 §4.1: never matches
+	}
+	_, hasExpires := h["Expires"]
+	if cc.public || cc.maxAge != absent || cc.sMaxAge != absent || hasExpires || heuristicStatus(status) || cc.invalid {
+		return true, ""
+	}
+	return false, "not cacheable"
+}
+
+// excluded reports whether a response field is never stored: hop-by-hop
+// fields (RFC 9111 §3.1), fields meshd computes itself (Age,
+// Content-Length, Cache-Status) or consumes (Cache-Tag, Surrogate-Key),
+// and Set-Cookie (see doc.go).
+func excluded(name string) bool {
+	switch name {
+	case "Connection", "Keep-Alive", "Proxy-Connection", "Te", "Transfer-Encoding",
+		"Upgrade", "Trailer", "Proxy-Authenticate", "Proxy-Authentication-Info",
+		"Age", "Content-Length", "Cache-Status", "Cache-Tag", "Surrogate-Key", "Set-Cookie":
+		return true
+	}
+	return false
+}
+
+// maxTags bounds the tags kept per entry, and maxTagLen their length, so a
+// hostile origin cannot grow the purge index without bound.
+const (
+	maxTags   = 64
+	maxTagLen = 256
+)
+
+// parseTags reads Cache-Tag (comma separated) and Surrogate-Key (space
+// separated) into one deduplicated list.
+func parseTags(h http.Header) []string {
+	var tags []string
+	add := func(lines []string) {
+		for _, l := range lines {
+			for t := range strings.FieldsFuncSeq(l, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
+				if len(t) <= maxTagLen && len(tags) < maxTags {
+					tags = append(tags, t)
+				}
+			}
+		}
+	}
+	add(h["Cache-Tag"])
+	add(h["Surrogate-Key"])
+	slices.Sort(tags)
+	return slices.Compact(tags)
+}
+
+// entryParams carries what newEntry needs beyond the response.
+type entryParams struct {
+	key, primary string
+	vary         []string
+	status       int
+	header       http.Header // as received (Age, Cache-Tag ... still there)
+	body         []byte
+	reqTime      time.Time
+	respTime     time.Time
+	tags         []string // used when header carries none (304 merges)
+	maxHeuristic time.Duration
+	keepStale    time.Duration
+}
+
+// newEntry builds the immutable entry of a response to store.
+func newEntry(p entryParams) *entry {
+	cc := parseRespCC(p.header["Cache-Control"])
+	e := &entry{
+		key:      p.key,
+		primary:  p.primary,
+		vary:     p.vary,
+		status:   p.status,
+		body:     p.body,
+		reqTime:  p.reqTime,
+		respTime: p.respTime,
+		cc:       cc,
+	}
+	e.tags = parseTags(p.header)
+	if e.tags == nil {
+		e.tags = p.tags
+	}
+	// Fields listed by Connection are hop-by-hop too (RFC 9110 §7.6.1).
+	var connFields []string
+	for _, l := range p.header["Connection"] {
+		for f := range strings.SplitSeq(l, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				connFields = append(connFields, textproto.CanonicalMIMEHeaderKey(f))
+			}
+		}
+	}
+	e.header = make(http.Header, len(p.header)+1)
+	for name, vals := range p.header {
+		if excluded(name) || slices.Contains(connFields, name) || slices.Contains(cc.privateFields, name) || len(vals) == 0 {
+			continue
+		}
+		e.header[name] = slices.Clip(slices.Clone(vals))
+	}
+	// A recipient with a clock adds a missing Date (RFC 9110 §6.6.1).
+	if d, err := http.ParseTime(firstValue(p.header["Date"])); err == nil {
+		e.date = d
+	} else {
+		e.date = p.respTime
+		e.header["Date"] = []string{p.respTime.UTC().Format(http.TimeFormat)}
+	}
+	names := make([]string, 0, len(e.header))
+	for name := range e.header {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		f := field{name: name, values: e.header[name]}
+		e.fields = append(e.fields, f)
+		switch name {
+		case "Cache-Control", "Content-Location", "Date", "Etag", "Expires", "Vary", "Last-Modified":
+			e.fields304 = append(e.fields304, f)
+		}
+	}
+	e.etag = firstValue(e.header["Etag"])
+	if lm := firstValue(e.header["Last-Modified"]); lm != "" {
+		if t, err := http.ParseTime(lm); err == nil {
+			e.lastMod, e.hasLM, e.lmRaw = t, true, lm
+		}
+	}
+	e.clen = []string{strconv.Itoa(len(p.body))}
+
+	// Age (RFC 9111 §4.2.3).
+	ageValue := time.Duration(0)
+	if a := firstMember(p.header["Age"]); a != "" {
+		if n, ok := parseDelta(directive{value: a, hasValue: true}); ok {
+			ageValue = time.Duration(n) * time.Second
+		}
+	}
+	apparent := p.respTime.Sub(e.date)
+	if apparent < 0 {
+		apparent = 0
+	}
+	corrected := ageValue + p.respTime.Sub(p.reqTime)
+	e.initialAge = max(apparent, corrected)
+	e.lifetime = lifetime(p.status, cc, p.header, e.date, e.lastMod, e.hasLM, p.maxHeuristic)
+
+	e.cost = int64(len(e.key)+len(e.primary)+len(e.body)) + 256
+	for _, f := range e.fields {
+		e.cost += int64(len(f.name)) + 16
+		for _, v := range f.values {
+			e.cost += int64(len(v)) + 16
+		}
+	}
+	for _, t := range e.tags {
+		e.cost += int64(len(t)) + 16
+	}
+	keep := e.lifetime - e.initialAge
+	if keep < 0 {
+		keep = 0
+	}
+	keep += time.Duration(max(cc.swr, cc.sie, 0)) * time.Second
+	keep += p.keepStale
+	e.until = p.respTime.Add(keep)
+	return e
+}
+
+// lifetime computes the freshness lifetime (RFC 9111 §4.2.1): s-maxage,
+// then max-age, then Expires minus Date, then a heuristic (§4.2.2) of 10%
+// of the time since Last-Modified, capped, for responses that allow one.
+func lifetime(status int, cc respCC, h http.Header, date, lastMod time.Time, hasLM bool, maxHeuristic time.Duration) time.Duration {
+	if cc.invalid {
+		return 0
+	}
+	if cc.sMaxAge != absent {
+		return time.Duration(cc.sMaxAge) * time.Second
+	}
+	if cc.maxAge != absent {
+		return time.Duration(cc.maxAge) * time.Second
+	}
+	if exp, ok := h["Expires"]; ok {
+		// Invalid dates, "0" included, mean "already expired"; so do
+		// several different values (RFC 9111 §5.3, §4.2.1).
+		if len(exp) != 1 {
+			return 0
+		}
+		t, err := http.ParseTime(exp[0])
+		if err != nil {
+			return 0
+		}
+		if d := t.Sub(date); d > 0 {
+			return d
+		}
+		return 0
+	}
+	if hasLM && (heuristicStatus(status) || cc.public) {
+		if d := date.Sub(lastMod) / 10; d > 0 {
+			return min(d, maxHeuristic)
+		}
+	}
+	return 0
+}
+
+func firstValue(v []string) string {
+	if len(v) == 0 {
+		return ""
+	}
+	return v[0]
+}
+
+// firstMember returns the first list member of a field that should be a
+// singleton (RFC 9111 §5.1 for Age).
+func firstMember(v []string) string {
+	s := firstValue(v)
+	if i := strings.IndexByte(s, ','); i >= 0 {
+		s = s[:i]
+	}
+	return strings.TrimSpace(s)
+}

@@ -1,0 +1,553 @@
+package cache
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// flight is one upstream request that concurrent requests for the same
+// URL wait for instead of making their own (request collapsing).
+type flight struct {
+	key  string
+	done chan struct{}
+	once sync.Once
+	e    *entry // the stored response, nil when there is none to share
+}
+
+// join returns the flight for key and whether the caller leads it. A
+// caller that may not lead (lead=false) gets nil when no flight exists.
+func (st *state) join(key string, lead bool) (*flight, bool) {
+	st.flightMu.Lock()
+	defer st.flightMu.Unlock()
+	if f := st.flights[key]; f != nil {
+		return f, false
+	}
+	if !lead {
+		return nil, false
+	}
+	f := &flight{key: key, done: make(chan struct{})}
+	st.flights[key] = f
+	return f, true
+}
+
+// finish releases a flight's waiters, once. e is what they may use.
+func (st *state) finish(f *flight, e *entry) {
+	f.once.Do(func() {
+		f.e = e
+		st.flightMu.Lock()
+		if st.flights[f.key] == f {
+			delete(st.flights, f.key)
+		}
+		st.flightMu.Unlock()
+		close(f.done)
+	})
+}
+
+// wait waits, boundedly, for a flight's result.
+func (st *state) wait(f *flight, r *http.Request) *entry {
+	t := time.NewTimer(st.collapseWait)
+	defer t.Stop()
+	select {
+	case <-f.done:
+		return f.e
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+	return nil
+}
+
+// usable reports whether a response another request brought can answer
+// r: same variant, and fresh enough for r's directives.
+func (st *state) usable(e *entry, r *http.Request, primary string, rc *reqCC) (time.Duration, bool) {
+	if e == nil || e.node || preconditioned(r.Header) {
+		return 0, false
+	}
+	if len(e.vary) > 0 {
+		if string(appendVaryKey([]byte(primary), e.vary, r.Header)) != e.key {
+			return 0, false
+		}
+	} else if e.key != primary {
+		return 0, false
+	}
+	age := e.currentAge(st.now())
+	return age, decide(e, rc, age) == vFresh
+}
+
+// miss handles a GET or HEAD that no stored response could answer
+// alone: old is the stored response that needs validation, if any.
+func (st *state) miss(w http.ResponseWriter, r *http.Request, next http.Handler, rc *reqCC, primary string, old *entry, reason string) {
+	if rc.onlyIfCached {
+		// RFC 9111 §5.2.1.7.
+		h := w.Header()
+		h["Cache-Status"] = []string{st.name + "; detail=only-if-cached"}
+		h["Content-Type"] = []string{"text/plain; charset=utf-8"}
+		w.WriteHeader(http.StatusGatewayTimeout)
+		_, _ = io.WriteString(w, "only-if-cached: no stored response\n")
+		return
+	}
+	// Only a plain GET may fetch for others and fill the store: a range,
+	// a precondition or no-store would bring something else.
+	lead := r.Method == http.MethodGet && !rc.noStore && len(r.Header["Range"]) == 0 &&
+		len(r.Header["If-Range"]) == 0 && !preconditioned(r.Header)
+	fe := &fetcher{st: st, next: next, r: r, rc: *rc, primary: primary, old: old, reason: reason, store: lead}
+	// A request with no-cache must see the origin's answer to a request
+	// made after it, so it never waits for another.
+	if !rc.noCache {
+		f, leader := st.join(primary, lead)
+		if f != nil && !leader {
+			if e := st.wait(f, r); e != nil {
+				if age, ok := st.usable(e, r, primary, rc); ok {
+					st.m.hits.Inc()
+					st.m.collapsed.Inc()
+					st.writeEntry(w, r, e, age, []string{st.name + "; fwd=" + reason + "; collapsed"})
+					return
+				}
+			}
+			if r.Context().Err() != nil {
+				return
+			}
+			fe.collapsedFail = true
+		} else {
+			fe.flight = f
+		}
+	}
+	fe.run(w)
+}
+
+// fetcher carries one upstream exchange.
+type fetcher struct {
+	st            *state
+	next          http.Handler
+	r             *http.Request
+	rc            reqCC
+	primary       string
+	old           *entry // stored response being validated, or nil
+	reason        string // Cache-Status fwd value
+	flight        *flight
+	store         bool // the response may be stored
+	collapsedFail bool
+	background    bool
+}
+
+type fwMode int
+
+const (
+	modeStream      fwMode = iota // the response goes to the client, maybe into the store too
+	modeNotModified               // a 304 to meshd's conditional request, absorbed
+	modeStaleError                // an error the stored response stands in for (RFC 5861 §4)
+)
+
+// run forwards the request and answers the client (w nil: background
+// refresh, nobody to answer).
+func (fe *fetcher) run(w http.ResponseWriter) {
+	st := fe.st
+	defer func() {
+		if fe.flight != nil {
+			st.finish(fe.flight, nil)
+		}
+	}()
+	conditional := fe.old != nil && fe.old.hasValidator()
+	for attempt := 0; ; attempt++ {
+		if conditional {
+			st.m.revalidations.Inc()
+		} else {
+			st.m.misses.Inc()
+		}
+		fw := &fillWriter{fe: fe, client: w, hdr: make(http.Header), conditional: conditional, gen: st.gen.Load()}
+		fw.stripped = fe.store || conditional
+		reqTime := st.now()
+		fe.next.ServeHTTP(fw, fe.upstreamRequest(conditional, fw.stripped))
+		fw.end()
+		switch fw.mode {
+		case modeNotModified:
+			st.m.notModified.Inc()
+			e, stored, ok := fe.refreshed(fw, reqTime)
+			if !ok {
+				if attempt == 0 {
+					// The 304 names another representation (RFC 9111
+					// §4.3.4): ask again without conditions.
+					conditional = false
+					continue
+				}
+				if w != nil {
+					copyHeader(w.Header(), fw.hdr)
+					w.WriteHeader(http.StatusNotModified)
+				}
+				return
+			}
+			st.settle()
+			if fe.flight != nil {
+				st.finish(fe.flight, e)
+			}
+			if w != nil {
+				status := st.name + "; fwd=" + fe.reason + "; fwd-status=304"
+				if fe.collapsedFail {
+					status += "; collapsed=?0"
+				}
+				if stored {
+					status += "; stored"
+				}
+				st.writeEntry(w, fe.r, e, e.currentAge(st.now()), []string{status})
+			}
+			return
+		case modeStaleError:
+			st.m.staleServed.Inc()
+			if w != nil {
+				status := st.name + "; fwd=" + fe.reason + "; fwd-status=" + strconv.Itoa(fw.status) + "; detail=stale-if-error"
+				st.writeEntry(w, fe.r, fe.old, fe.old.currentAge(st.now()), []string{status})
+			}
+			return
+		}
+		e := fw.storeResult(reqTime)
+		if e != nil {
+			// Make the entry visible before this exchange ends, so that
+			// the client's next request (and anyone arriving after the
+			// waiters are released) finds it: ristretto's Set is
+			// asynchronous.
+			st.settle()
+		}
+		if fe.flight != nil {
+			st.finish(fe.flight, e)
+		}
+		if e == nil && fe.old != nil && fw.status < 500 && !fe.background {
+			// A newer response replaced the stored one but cannot be
+			// stored itself: the old one must not be served again.
+			st.release(fe.old)
+			st.del(fe.old.key)
+		}
+		return
+	}
+}
+
+// upstreamRequest returns the request to forward: the client's own, or a
+// copy without its conditionals (meshd evaluates those itself when it may
+// store the response) and with the stored response's validators
+// (RFC 9111 §4.3.1).
+func (fe *fetcher) upstreamRequest(conditional, strip bool) *http.Request {
+	if !conditional && !strip {
+		return fe.r
+	}
+	r2 := fe.r.WithContext(fe.r.Context())
+	r2.Header = fe.r.Header.Clone()
+	if r2.Header == nil {
+		r2.Header = make(http.Header)
+	}
+	delete(r2.Header, "If-None-Match")
+	delete(r2.Header, "If-Modified-Since")
+	if conditional {
+		if fe.old.etag != "" {
+			r2.Header["If-None-Match"] = []string{fe.old.etag}
+		}
+		if fe.old.hasLM {
+			r2.Header["If-Modified-Since"] = []string{fe.old.lmRaw}
+		}
+	}
+	return r2
+}
+
+// staleOnError reports whether the stored response may answer instead of
+// a 500, 502, 503 or 504 (RFC 5861 §4; never past must-revalidate,
+// proxy-revalidate or s-maxage, RFC 9111 §4.2.4).
+func (fe *fetcher) staleOnError(code int, now time.Time) bool {
+	switch code {
+	case 500, 502, 503, 504:
+	default:
+		return false
+	}
+	old := fe.old
+	if old == nil || fe.background || old.noStale() || fe.rc.noCache {
+		return false
+	}
+	staleness := old.currentAge(now) - old.lifetime
+	return (old.cc.sie != absent && staleness <= secs(old.cc.sie)) ||
+		(fe.rc.staleIfError != absent && staleness <= secs(fe.rc.staleIfError))
+}
+
+// refreshed builds the stored response updated by a 304 (RFC 9111
+// §4.3.4, §3.2) and stores it when it still may be. ok is false when the
+// 304 is for a different representation.
+func (fe *fetcher) refreshed(fw *fillWriter, reqTime time.Time) (e *entry, stored, ok bool) {
+	st, old := fe.st, fe.old
+	if et := firstValue(fw.hdr["Etag"]); et != "" && (old.etag == "" || !etagEqual(et, old.etag, false)) {
+		return nil, false, false
+	}
+	merged := old.header.Clone()
+	for k, v := range fw.hdr {
+		switch k {
+		case "Content-Length", "Content-Range": // RFC 9111 §3.2
+			continue
+		}
+		merged[k] = v
+	}
+	e = newEntry(entryParams{
+		key: old.key, primary: old.primary, vary: old.vary, status: old.status,
+		header: merged, body: old.body, reqTime: reqTime, respTime: fw.respTime,
+		tags: old.tags, maxHeuristic: st.maxHeuristic, keepStale: st.keepStale,
+	})
+	_, auth := fe.r.Header["Authorization"]
+	names, star := parseVary(merged["Vary"])
+	if ok, _ := storable(old.status, e.cc, merged, fe.rc, auth); ok && !star && slices.Equal(names, old.vary) && fw.gen == st.gen.Load() {
+		stored = st.set(e)
+	} else {
+		st.release(old)
+		st.del(old.key)
+	}
+	return e, stored, true
+}
+
+// storeResult stores the streamed response when it was complete and
+// storable, and returns its entry.
+func (fw *fillWriter) storeResult(reqTime time.Time) *entry {
+	fe := fw.fe
+	st := fe.st
+	if !fw.tee || fw.failed || fw.gen != st.gen.Load() {
+		return nil
+	}
+	if cl := fw.hdr["Content-Length"]; len(cl) == 1 {
+		if n, ok := parseDigits(cl[0]); !ok || n != int64(len(fw.buf)) {
+			return nil // truncated
+		}
+	}
+	for k := range fw.hdr {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			return nil
+		}
+	}
+	return st.storeResponse(fe.r, fe.primary, fw.status, fw.hdr, fw.buf, reqTime, fw.respTime)
+}
+
+// storeResponse builds the entry of a response and stores it, with the
+// Vary node its URL needs.
+func (st *state) storeResponse(r *http.Request, primary string, status int, hdr http.Header, body []byte, reqTime, respTime time.Time) *entry {
+	names, _ := parseVary(hdr["Vary"])
+	key := primary
+	if len(names) > 0 {
+		key = string(appendVaryKey([]byte(primary), names, r.Header))
+	}
+	e := newEntry(entryParams{
+		key: key, primary: primary, vary: names, status: status, header: hdr, body: body,
+		reqTime: reqTime, respTime: respTime, maxHeuristic: st.maxHeuristic, keepStale: st.keepStale,
+	})
+	if len(names) > 0 {
+		st.ensureNode(primary, names, e.until)
+	}
+	st.set(e)
+	return e
+}
+
+// ensureNode stores the Vary node of a URL unless one with the same names
+// that lives at least as long is there.
+func (st *state) ensureNode(primary string, names []string, until time.Time) {
+	var cur *entry
+	if l, ok := st.acquire(); ok {
+		cur = st.get([]byte(primary))
+		l.n.Add(-1)
+	}
+	if cur != nil && cur.node && slices.Equal(cur.vary, names) {
+		if !cur.until.Before(until) {
+			return
+		}
+	}
+	n := &entry{key: primary, primary: primary, node: true, vary: names, until: until}
+	n.cost = int64(2*len(primary)) + 256
+	for _, v := range names {
+		n.cost += int64(len(v)) + 16
+	}
+	st.set(n)
+}
+
+// refreshInBackground revalidates a stale response for
+// stale-while-revalidate (RFC 5861 §3), once per URL at a time.
+func (st *state) refreshInBackground(r *http.Request, next http.Handler, old *entry, primary string) {
+	f, lead := st.join(primary, true)
+	if !lead {
+		return
+	}
+	st.bgMu.Lock()
+	if st.closing.Load() {
+		st.bgMu.Unlock()
+		st.finish(f, nil)
+		return
+	}
+	st.wg.Add(1)
+	st.bgMu.Unlock()
+	ctx, cancel := context.WithTimeout(st.ctx, st.refreshTimeout)
+	r2 := r.Clone(ctx)
+	r2.Method = http.MethodGet
+	for _, h := range [...]string{"Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since"} {
+		delete(r2.Header, h)
+	}
+	fe := &fetcher{
+		st: st, next: next, r: r2, primary: primary, old: old, reason: "stale", flight: f, store: true, background: true,
+		rc: reqCC{maxAge: absent, maxStale: absent, minFresh: absent, staleIfError: absent},
+	}
+	go func() {
+		defer st.wg.Done()
+		defer cancel()
+		defer func() {
+			// A handler may abort with a panic (http.ErrAbortHandler);
+			// in a background goroutine that must not end the process.
+			if v := recover(); v != nil {
+				st.finish(f, nil)
+				st.log.Warn("cache: background revalidation aborted", "url", primary, "panic", v)
+			}
+		}()
+		fe.run(nil)
+	}()
+}
+
+// fillWriter is the ResponseWriter the wrapped handler writes to on a
+// miss or revalidation. At WriteHeader it decides: absorb a 304 or an
+// error that the stored response answers, or stream the response to the
+// client while copying it, up to MaxObject, into the store.
+type fillWriter struct {
+	fe          *fetcher
+	client      http.ResponseWriter // nil for background refreshes
+	hdr         http.Header
+	conditional bool // meshd sent the stored response's validators
+	stripped    bool // the client's conditionals were removed upstream
+	gen         uint64
+	wrote       bool
+	status      int
+	mode        fwMode
+	sink        bool // the body goes to the client
+	tee         bool // the body goes into buf
+	failed      bool
+	buf         []byte
+	respTime    time.Time
+}
+
+var _ http.Flusher = (*fillWriter)(nil)
+
+func (fw *fillWriter) Header() http.Header { return fw.hdr }
+
+func (fw *fillWriter) WriteHeader(code int) {
+	if fw.wrote || code < 200 {
+		// 1xx responses are not relayed: the cache answers with one
+		// final response.
+		return
+	}
+	fe := fw.fe
+	st := fe.st
+	fw.wrote = true
+	fw.status = code
+	fw.respTime = st.now()
+	if fw.conditional && code == http.StatusNotModified {
+		fw.mode = modeNotModified
+		return
+	}
+	if fe.staleOnError(code, fw.respTime) {
+		fw.mode = modeStaleError
+		return
+	}
+	if fe.store && fw.gen == st.gen.Load() {
+		cc := parseRespCC(fw.hdr["Cache-Control"])
+		_, auth := fe.r.Header["Authorization"]
+		ok, _ := storable(code, cc, fw.hdr, fe.rc, auth)
+		if ok && len(fw.hdr["Content-Length"]) == 1 {
+			n, valid := parseDigits(fw.hdr["Content-Length"][0])
+			if !valid || n > st.maxObject {
+				ok = false
+			} else {
+				fw.buf = make([]byte, 0, n)
+			}
+		}
+		fw.tee = ok
+	}
+	if !fw.tee && fe.flight != nil {
+		// Nothing to share: release the waiters now, not after the body.
+		st.finish(fe.flight, nil)
+	}
+	if fw.client == nil {
+		return
+	}
+	status := st.name + "; fwd=" + fe.reason
+	if fe.collapsedFail {
+		status += "; collapsed=?0"
+	}
+	if fw.tee {
+		status += "; stored"
+	}
+	dst := fw.client.Header()
+	copyHeader(dst, fw.hdr)
+	if code == http.StatusOK && fw.stripped && (len(fe.r.Header["If-None-Match"]) > 0 || len(fe.r.Header["If-Modified-Since"]) > 0) {
+		lm, lmErr := http.ParseTime(firstValue(fw.hdr["Last-Modified"]))
+		date, _ := http.ParseTime(firstValue(fw.hdr["Date"]))
+		if condMatches(fe.r.Header, firstValue(fw.hdr["Etag"]), lm, lmErr == nil, date) {
+			delete(dst, "Content-Length")
+			dst["Cache-Status"] = append(slices.Clip(fw.hdr["Cache-Status"]), status+"; fwd-status=200")
+			fw.client.WriteHeader(http.StatusNotModified)
+			return
+		}
+	}
+	dst["Cache-Status"] = append(slices.Clip(fw.hdr["Cache-Status"]), status)
+	fw.client.WriteHeader(code)
+	fw.sink = true
+}
+
+// copyHeader copies the upstream header for the client, without the
+// purge tags (they are meshd's, not the client's).
+func copyHeader(dst, src http.Header) {
+	for k, v := range src {
+		switch k {
+		case "Cache-Tag", "Surrogate-Key":
+			continue
+		}
+		dst[k] = v
+	}
+}
+
+func (fw *fillWriter) Write(p []byte) (int, error) {
+	if !fw.wrote {
+		fw.WriteHeader(http.StatusOK)
+	}
+	if fw.mode != modeStream {
+		return len(p), nil
+	}
+	if fw.tee {
+		if int64(len(fw.buf)+len(p)) > fw.fe.st.maxObject {
+			// Too large: stop copying and let it stream through.
+			fw.tee, fw.buf = false, nil
+			if fw.fe.flight != nil {
+				fw.fe.st.finish(fw.fe.flight, nil)
+			}
+		} else {
+			fw.buf = append(fw.buf, p...)
+		}
+	}
+	if !fw.sink {
+		return len(p), nil
+	}
+	n, err := fw.client.Write(p)
+	if err != nil {
+		fw.failed = true
+	}
+	return n, err
+}
+
+func (fw *fillWriter) Flush() {
+	if !fw.wrote {
+		fw.WriteHeader(http.StatusOK)
+	}
+	if fw.sink {
+		if f, ok := fw.client.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+}
+
+// Unwrap gives http.ResponseController access to the client's writer.
+func (fw *fillWriter) Unwrap() http.ResponseWriter { return fw.client }
+
+// end completes a response the handler left without a status.
+func (fw *fillWriter) end() {
+	if !fw.wrote {
+		fw.WriteHeader(http.StatusOK)
+	}
+}
