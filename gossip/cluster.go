@@ -1,0 +1,578 @@
+package gossip
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Cluster is this node's membership in one gossip pool. Set the exported
+// fields, then call Start; a Cluster cannot be restarted after Shutdown.
+type Cluster struct {
+	// Name is this node's name, unique in the pool: 1 to MaxNameLen bytes
+	// of UTF-8 without control characters. Required.
+	Name string
+	// BindAddr is the "ip:port" to listen on, UDP and TCP; port 0 picks a
+	// free port (Addr then reports it). The host must be an IP literal, so
+	// that a name that resolves differently cannot widen the listener.
+	// Required.
+	BindAddr string
+	// AdvertiseAddr is the "ip:port" announced to peers, for NAT. Default:
+	// the bound address.
+	AdvertiseAddr string
+	// Profile selects LAN (the default) or WAN timings; see Profile.config.
+	Profile Profile
+	// Key is the pool's AES key, 16, 24 or 32 bytes. Required: gossip is
+	// always encrypted and authenticated, and messages without the key are
+	// refused.
+	Key []byte
+	// Label separates pools that share a key and network, for example
+	// "meshd/region/eu" and "meshd/global"; it is authenticated with every
+	// message, so pools with different labels never exchange messages.
+	// Required, at most 255 bytes.
+	Label string
+	// Join lists seed "host:port" addresses. Start tries them once (about
+	// 2 s at most) and, if none answers, keeps retrying in the background;
+	// while the pool has fewer members than seeds+1 they are re-joined
+	// every 30 s to heal partitions. Default: none (a pool of one until
+	// someone joins this node).
+	Join []string
+	// Logger receives this package's and memberlist's logs. Default:
+	// slog.Default().
+	Logger *slog.Logger
+	// OnChange, if set, is called after membership or any record changes
+	// (this node's own included). Calls come from one goroutine owned by
+	// the Cluster, never from memberlist's, one at a time, and are
+	// coalesced: a burst of changes may give a single call. A slow OnChange
+	// delays only later OnChange calls. Default: nil.
+	OnChange func()
+
+	mu      sync.Mutex // guards started and closed
+	started bool
+	closed  bool
+
+	// lifeMu serializes Leave and Shutdown: memberlist panics when Leave
+	// follows Shutdown.
+	lifeMu sync.Mutex
+
+	log       *slog.Logger
+	tm        timings
+	ml        *memberlist.Memberlist
+	addr      string // bound "ip:port"
+	selfAddr  atomic.Pointer[string]
+	seeds     []string
+	maxBcast  int
+	bcast     *memberlist.TransmitLimitedQueue
+	nMembers  atomic.Int32
+	cancel    context.CancelFunc
+	loopDone  chan struct{}
+	box       mailbox
+	jobs      jobQueue
+	changed   chan struct{} // wakes the OnChange goroutine
+	conflict  chan struct{} // wakes the join goroutine
+	firstJoin chan error    // the join goroutine's first attempt
+
+	// conflictAt is when a peer last reported an older address for our
+	// name (unix nanoseconds), see hooks.NotifyMerge.
+	conflictAt atomic.Int64
+
+	recMu       sync.Mutex // guards lastVersion and stores to self
+	lastVersion uint64
+	self        atomic.Pointer[record]
+
+	view atomic.Pointer[view]
+
+	susMu    sync.Mutex
+	suspects map[string]bool
+
+	badLog  rateLimiter
+	dropLog rateLimiter
+
+	st state // owned by the state goroutine
+}
+
+// Member is one member of the pool as this node sees it.
+type Member struct {
+	Name string
+	// Addr is the member's gossip "ip:port".
+	Addr string
+	// Record is the latest record known for the member, nil until known.
+	// Callers must not modify it.
+	Record []byte
+	// Suspect is set while a probe by this node has failed and the member
+	// has not answered since. memberlist does not expose suspicions it
+	// learns from other members' gossip, so those are not reflected.
+	Suspect bool
+}
+
+// initialJoinWait bounds how long Start waits for the first seed.
+const initialJoinWait = 2 * time.Second
+
+// Validate checks the fields and returns an error naming the first bad one.
+// It changes nothing.
+func (c *Cluster) Validate() error {
+	if err := checkName(c.Name); err != nil {
+		return fmt.Errorf("gossip: Name: %w", err)
+	}
+	if c.BindAddr == "" {
+		return errors.New("gossip: BindAddr is required")
+	}
+	if _, err := parseIPPort(c.BindAddr, true); err != nil {
+		return fmt.Errorf("gossip: BindAddr: %w", err)
+	}
+	if c.AdvertiseAddr != "" {
+		ap, err := parseIPPort(c.AdvertiseAddr, false)
+		if err != nil {
+			return fmt.Errorf("gossip: AdvertiseAddr: %w", err)
+		}
+		if ap.Addr().IsUnspecified() {
+			return fmt.Errorf("gossip: AdvertiseAddr: %s is not an address peers can reach", c.AdvertiseAddr)
+		}
+	}
+	if c.Profile != LAN && c.Profile != WAN {
+		return fmt.Errorf("gossip: Profile: unknown profile %d", int(c.Profile))
+	}
+	switch len(c.Key) {
+	case 0:
+		return errors.New("gossip: Key is required (16, 24 or 32 bytes): gossip is never sent unencrypted")
+	case 16, 24, 32:
+	default:
+		return fmt.Errorf("gossip: Key is %d bytes, want 16, 24 or 32", len(c.Key))
+	}
+	if c.Label == "" {
+		return errors.New("gossip: Label is required")
+	}
+	if len(c.Label) > memberlist.LabelMaxSize {
+		return fmt.Errorf("gossip: Label is %d bytes, limit %d", len(c.Label), memberlist.LabelMaxSize)
+	}
+	for i, s := range c.Join {
+		host, port, err := net.SplitHostPort(s)
+		if err == nil && host == "" {
+			err = errors.New("missing host")
+		}
+		if err == nil {
+			err = checkPort(port, false)
+		}
+		if err != nil {
+			return fmt.Errorf("gossip: Join[%d] %q: %w", i, s, err)
+		}
+	}
+	return nil
+}
+
+func checkPort(s string, zeroOK bool) error {
+	p, err := strconv.ParseUint(s, 10, 16)
+	if err != nil {
+		return fmt.Errorf("bad port %q", s)
+	}
+	if p == 0 && !zeroOK {
+		return errors.New("port 0")
+	}
+	return nil
+}
+
+func parseIPPort(s string, zeroPortOK bool) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("host %q is not an IP address", host)
+	}
+	if ip.Zone() != "" {
+		return netip.AddrPort{}, fmt.Errorf("host %q: zones are not supported", host)
+	}
+	if err := checkPort(port, zeroPortOK); err != nil {
+		return netip.AddrPort{}, err
+	}
+	p, _ := strconv.ParseUint(port, 10, 16)
+	return netip.AddrPortFrom(ip.Unmap(), uint16(p)), nil
+}
+
+// Start validates the fields, binds BindAddr and joins the pool. ctx bounds
+// only the start itself (the first join attempt); the Cluster then runs
+// until Leave or Shutdown. A Start that fails leaves nothing open.
+func (c *Cluster) Start(ctx context.Context) error {
+	c.mu.Lock()
+	if c.started || c.closed {
+		c.mu.Unlock()
+		return errors.New("gossip: Start called twice")
+	}
+	if err := c.Validate(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	if err := c.start(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	c.started = true
+	c.mu.Unlock()
+
+	if len(c.seeds) == 0 {
+		return nil
+	}
+	t := time.NewTimer(initialJoinWait)
+	defer t.Stop()
+	select {
+	case err := <-c.firstJoin:
+		if err != nil {
+			c.log.Warn("gossip: no seed answered; retrying in the background", "seeds", c.seeds, "err", err)
+		}
+	case <-t.C:
+		c.log.Warn("gossip: seeds slow to answer; retrying in the background", "seeds", c.seeds)
+	case <-ctx.Done():
+		c.log.Warn("gossip: start cancelled before a seed answered; retrying in the background", "seeds", c.seeds)
+	}
+	return nil
+}
+
+// start does the work of Start with c.mu held.
+func (c *Cluster) start() error {
+	bind, _ := parseIPPort(c.BindAddr, true)
+	c.log = c.Logger
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+	c.log = c.log.With("pool", c.Label, "node", c.Name)
+
+	cfg, tm := c.Profile.config()
+	c.tm = tm
+	cfg.Name = c.Name
+	cfg.Label = c.Label
+	cfg.SkipInboundLabelCheck = false
+	cfg.SecretKey = bytes.Clone(c.Key)
+	// Both default to true; set them anyway so that no future default can
+	// let unencrypted gossip in or out.
+	cfg.GossipVerifyIncoming = true
+	cfg.GossipVerifyOutgoing = true
+	h := &hooks{c: c}
+	cfg.Delegate = h
+	cfg.Events = h
+	cfg.Merge = h
+	cfg.Ping = h
+	cfg.DelegateProtocolVersion = 1
+	cfg.DelegateProtocolMin = 1
+	cfg.DelegateProtocolMax = 1
+	mlLog := newMemberlistLogger(c.log, c.markSuspect)
+	cfg.Logger = mlLog
+
+	nt, err := bindTransport(bind, mlLog)
+	if err != nil {
+		return fmt.Errorf("gossip: bind %s: %w", c.BindAddr, err)
+	}
+	cfg.Transport = nt
+	cfg.BindAddr = bind.Addr().String()
+	cfg.BindPort = nt.GetAutoBindPort()
+	c.addr = net.JoinHostPort(bind.Addr().String(), strconv.Itoa(cfg.BindPort))
+	if c.AdvertiseAddr != "" {
+		ap, _ := parseIPPort(c.AdvertiseAddr, false)
+		cfg.AdvertiseAddr = ap.Addr().String()
+		cfg.AdvertisePort = int(ap.Port())
+	}
+
+	// Space for one record broadcast in a gossip packet: the packet size
+	// less memberlist's compound header, label, AES-GCM overhead (version
+	// byte, 12-byte nonce, 16-byte tag) and the user-message framing, with
+	// room left for memberlist's own messages. Bigger records travel by
+	// request over TCP instead (see state.go).
+	c.maxBcast = cfg.UDPBufferSize - 2 - (2 + len(c.Label)) - 29 - 4 - 200
+	c.bcast = &memberlist.TransmitLimitedQueue{
+		NumNodes:       func() int { return int(c.nMembers.Load()) },
+		RetransmitMult: cfg.RetransmitMult,
+	}
+	c.nMembers.Store(1)
+	c.box.init(16 << 20)
+	c.jobs.init(4096)
+	c.suspects = make(map[string]bool)
+	c.badLog.every = 10 * time.Second
+	c.dropLog.every = 10 * time.Second
+	c.changed = make(chan struct{}, 1)
+	c.conflict = make(chan struct{}, 1)
+	c.firstJoin = make(chan error, 1)
+	c.loopDone = make(chan struct{})
+	c.st.init()
+
+	ml, err := memberlist.Create(cfg)
+	if err != nil {
+		_ = nt.Shutdown()
+		return fmt.Errorf("gossip: start memberlist: %w", err)
+	}
+	c.ml = ml
+	self := ml.LocalNode().Address()
+	c.selfAddr.Store(&self)
+	c.seeds = c.seedList(self)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	c.publish()
+	go c.run(ctx)
+	for range senders {
+		go c.sendLoop(ctx)
+	}
+	go c.notifyLoop(ctx)
+	go c.joinLoop(ctx)
+	if c.self.Load() != nil {
+		c.box.put(event{kind: evLocal})
+	}
+	return nil
+}
+
+// seedList drops this node's own address from Join and duplicates.
+func (c *Cluster) seedList(self string) []string {
+	var out []string
+	for _, s := range c.Join {
+		if s == self || s == c.addr || slices.Contains(out, s) {
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// bindTransport binds UDP and TCP on one port. With port 0 the kernel picks
+// the TCP port and the UDP bind of the same number can race with another
+// process, so that case is retried a few times, as memberlist itself does.
+func bindTransport(bind netip.AddrPort, l *log.Logger) (*memberlist.NetTransport, error) {
+	tries := 1
+	if bind.Port() == 0 {
+		tries = 10
+	}
+	var err error
+	for range tries {
+		var nt *memberlist.NetTransport
+		nt, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{bind.Addr().String()},
+			BindPort:  int(bind.Port()),
+			Logger:    l,
+		})
+		if err == nil {
+			return nt, nil
+		}
+		if !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
+	return nil, err
+}
+
+// Addr returns the bound "ip:port", or "" before Start.
+func (c *Cluster) Addr() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.started {
+		return ""
+	}
+	return c.addr
+}
+
+// SetRecord publishes this node's record (copied). Each call gets a new
+// version, greater than any earlier one from this node even across
+// restarts (unix nanoseconds, bumped past any older version peers still
+// hold for this name). It reaches members through a gossip broadcast when
+// small, a direct request otherwise, and push/pull anti-entropy in any case.
+// It may be called before Start; the record then goes out with the join.
+func (c *Cluster) SetRecord(rec []byte) error {
+	if len(rec) > MaxRecordSize {
+		return fmt.Errorf("gossip: record is %d bytes, limit %d", len(rec), MaxRecordSize)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errors.New("gossip: SetRecord after Shutdown")
+	}
+	c.setLocal(rec, 0)
+	if c.started {
+		c.box.put(event{kind: evLocal})
+	}
+	return nil
+}
+
+// setLocal stores a new version of this node's record, newer than atLeast.
+func (c *Cluster) setLocal(data []byte, atLeast uint64) {
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	v := uint64(time.Now().UnixNano())
+	v = max(v, c.lastVersion+1, atLeast+1)
+	c.lastVersion = v
+	if data == nil {
+		data = []byte{}
+	}
+	c.self.Store(&record{version: v, data: bytes.Clone(data)})
+}
+
+// Members returns the alive and suspect members, this node included, sorted
+// by Name; never dead or departed ones. It returns nil before Start and
+// after Leave or Shutdown.
+func (c *Cluster) Members() []Member {
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	v := c.view.Load()
+	if v == nil || closed {
+		return nil
+	}
+	out := slices.Clone(v.members)
+	self := c.self.Load()
+	c.susMu.Lock()
+	defer c.susMu.Unlock()
+	for i := range out {
+		if out[i].Name == c.Name {
+			if self != nil {
+				out[i].Record = self.data
+			}
+			continue
+		}
+		out[i].Suspect = c.suspects[out[i].Name]
+	}
+	return out
+}
+
+// JoinPeers contacts the given "host:port" addresses now and returns how
+// many answered; an error means none did. Start already joins the Join
+// field; this is for operators and tests.
+func (c *Cluster) JoinPeers(ctx context.Context, addrs ...string) (int, error) {
+	c.mu.Lock()
+	ok := c.started && !c.closed
+	c.mu.Unlock()
+	if !ok {
+		return 0, errors.New("gossip: JoinPeers on a cluster that is not running")
+	}
+	if len(addrs) == 0 {
+		return 0, errors.New("gossip: JoinPeers: no addresses")
+	}
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := c.ml.Join(addrs)
+		done <- result{n, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return r.n, fmt.Errorf("gossip: join %v: %w", addrs, r.err)
+		}
+		return r.n, nil
+	case <-ctx.Done():
+		return 0, fmt.Errorf("gossip: join %v: %w", addrs, ctx.Err())
+	}
+}
+
+// Leave tells the pool this node is leaving, waits until that message has
+// been gossiped (bounded by ctx, and by 3 s on LAN or 5 s on WAN when ctx
+// has no deadline), then shuts down. Peers drop the node at once instead of
+// waiting for failure detection. Leave after Shutdown does nothing.
+func (c *Cluster) Leave(ctx context.Context) error {
+	c.lifeMu.Lock()
+	defer c.lifeMu.Unlock()
+	c.mu.Lock()
+	running := c.started && !c.closed
+	c.mu.Unlock()
+	if !running {
+		return nil
+	}
+	timeout := c.tm.leaveTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
+	}
+	if ctx.Err() != nil || timeout <= 0 {
+		timeout = time.Nanosecond
+	}
+	err := c.ml.Leave(timeout)
+	if serr := c.shutdownLocked(); serr != nil && err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("gossip: leave: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops the node without telling the pool, as a crash would; peers
+// notice by failure detection. It is idempotent. It does not wait for an
+// OnChange call in progress, nor for network calls in flight, which end
+// within memberlist's TCP timeout.
+func (c *Cluster) Shutdown() error {
+	c.lifeMu.Lock()
+	defer c.lifeMu.Unlock()
+	return c.shutdownLocked()
+}
+
+func (c *Cluster) shutdownLocked() error {
+	c.mu.Lock()
+	if !c.started || c.closed {
+		c.closed = true
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	c.cancel()
+	err := c.ml.Shutdown()
+	<-c.loopDone
+	if err != nil {
+		return fmt.Errorf("gossip: shutdown: %w", err)
+	}
+	return nil
+}
+
+// markSuspect is called from memberlist's logger when a probe by this node
+// fails.
+func (c *Cluster) markSuspect(name string) {
+	if name == c.Name {
+		return
+	}
+	c.susMu.Lock()
+	was := c.suspects[name]
+	c.suspects[name] = true
+	c.susMu.Unlock()
+	if !was {
+		c.box.put(event{kind: evSuspect})
+	}
+}
+
+// clearSuspect is called when the member answers a probe or announces
+// itself.
+func (c *Cluster) clearSuspect(name string) {
+	c.susMu.Lock()
+	was := c.suspects[name]
+	delete(c.suspects, name)
+	c.susMu.Unlock()
+	if was {
+		c.box.put(event{kind: evSuspect})
+	}
+}
+
+// notifyLoop is the one goroutine that calls OnChange.
+func (c *Cluster) notifyLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.changed:
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if c.OnChange != nil {
+			c.OnChange()
+		}
+	}
+}
