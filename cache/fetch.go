@@ -51,6 +51,8 @@ func (st *state) finish(f *flight, e *entry) {
 
 // wait waits, boundedly, for a flight's result.
 func (st *state) wait(f *flight, r *http.Request) *entry {
+	st.waiting.Add(1)
+	defer st.waiting.Add(-1)
 	t := time.NewTimer(st.collapseWait)
 	defer t.Stop()
 	select {
@@ -284,6 +286,11 @@ func (fe *fetcher) refreshed(fw *fillWriter, reqTime time.Time) (e *entry, store
 			continue
 		}
 		merged[k] = v
+	}
+	if _, ok := fw.hdr["Date"]; !ok {
+		// The 304 is a message without Date: the time it was received
+		// stands in (RFC 9110 §6.6.1), not the old response's Date.
+		merged["Date"] = []string{fw.respTime.UTC().Format(http.TimeFormat)}
 	}
 	e = newEntry(entryParams{
 		key: old.key, primary: old.primary, vary: old.vary, status: old.status,

@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -139,3 +141,21 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func httpDate(t time.Time) string { return t.UTC().Format(http.TimeFormat) }
 
 func hasPrefix(s, p string) bool { return strings.HasPrefix(s, p) }
+
+func counterValue(t testing.TB, c prometheus.Collector) float64 {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 1)
+	c.Collect(ch)
+	var m dto.Metric
+	if err := (<-ch).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	}
+	t.Fatal("not a counter or gauge")
+	return 0
+}

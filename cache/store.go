@@ -256,6 +256,7 @@ type state struct {
 
 	flightMu sync.Mutex
 	flights  map[string]*flight
+	waiting  atomic.Int64 // requests waiting for a flight, for tests
 
 	idx index
 }
