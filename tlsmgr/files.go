@@ -190,6 +190,7 @@ func (m *Manager) pollLoop(ctx context.Context, good fileStamp) {
 			m.logger().Info("svid reloaded", "id", next.svid.ID.String(), "renewals", n,
 				"serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter)
 		}
+		m.polls.Add(1)
 		if !warnedExpiry && m.now().After(m.NotAfter()) {
 			warnedExpiry = true
 			m.logger().Error("svid expired and no valid replacement found; peers will refuse this node",

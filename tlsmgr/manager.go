@@ -63,6 +63,7 @@ type Manager struct {
 	PollInterval time.Duration
 
 	renewals atomic.Uint64
+	polls    atomic.Uint64 // file mode: completed polls, for tests
 	cur      atomic.Pointer[identity]
 
 	mu      sync.Mutex
@@ -232,7 +233,10 @@ func (m *Manager) renewLoop(ctx context.Context, ca *CA, bundle *x509bundle.Bund
 		var wait time.Duration
 		if failures == 0 {
 			cur := m.cur.Load()
-			life := cur.svid.Certificates[0].NotAfter.Sub(cur.issued)
+			// Half of the requested TTL: the certificate may live up to a
+			// second longer (its expiry is rounded up to whole seconds), or
+			// less when the CA expires first.
+			life := min(cur.svid.Certificates[0].NotAfter.Sub(cur.issued), m.ttl())
 			// Never spin: a lifetime cut short by the CA's own expiry still
 			// waits the smallest backoff step between attempts.
 			wait = max(cur.issued.Add(life/2).Sub(m.now()), m.backoff(1))
