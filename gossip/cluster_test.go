@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -517,4 +519,69 @@ func TestSetRecordLimit(t *testing.T) {
 	if m, _ := member(a, "a"); len(m.Record) != MaxRecordSize {
 		t.Errorf("record is %d bytes after a refused SetRecord", len(m.Record))
 	}
+}
+
+// lockedBuffer is a log sink safe for memberlist's goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestMalformedIsLoggedRateLimited(t *testing.T) {
+	t.Parallel()
+	var logs lockedBuffer
+	a := newNode(t, "a", func(c *Cluster) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	})
+	h := &hooks{c: a}
+	for i := range 50 {
+		h.NotifyMsg([]byte{wireVersion, kindRecord, byte(i)})
+	}
+	if err := a.SetRecord([]byte("mine")); err != nil {
+		t.Fatal(err)
+	}
+	// An older copy of our own record is ignored, not adopted.
+	h.NotifyMsg(encodeRecord(entry{Name: "a", Version: 1, Data: []byte("old")}))
+	waitFor(t, 5*time.Second, "a refusal logged", func() bool {
+		return strings.Contains(logs.String(), "refused malformed message")
+	})
+	if n := strings.Count(logs.String(), "refused malformed"); n != 1 {
+		t.Errorf("50 bad messages gave %d log lines, want 1:\n%s", n, logs.String())
+	}
+	if !seesExactly(a, "a") || !hasRecord(a, "a", []byte("mine")) {
+		t.Errorf("members %+v", a.Members())
+	}
+}
+
+func TestJoinRetriesInBackground(t *testing.T) {
+	t.Parallel()
+	// Reserve a port, free it, and give it to b as its seed before anyone
+	// listens there.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := l.Addr().String()
+	l.Close()
+	b := newNode(t, "b", func(c *Cluster) { c.Join = []string{seed} })
+	if !seesExactly(b, "b") {
+		t.Fatalf("b sees %v before the seed exists", names(b.Members()))
+	}
+	a := newNode(t, "a", func(c *Cluster) { c.BindAddr = seed })
+	d := waitFor(t, 10*time.Second, "b joins a once a is up", func() bool {
+		return seesExactly(a, "a", "b") && seesExactly(b, "a", "b")
+	})
+	t.Logf("background join succeeded %v after the seed came up", d)
 }
