@@ -102,6 +102,9 @@ type Cluster struct {
 	dropLog rateLimiter
 
 	st state // owned by the state goroutine
+
+	// tune, if set, adjusts timings before Start uses them (tests only).
+	tune func(*memberlist.Config, *timings)
 }
 
 // Member is one member of the pool as this node sees it.
@@ -251,6 +254,9 @@ func (c *Cluster) start() error {
 	c.log = c.log.With("pool", c.Label, "node", c.Name)
 
 	cfg, tm := c.Profile.config()
+	if c.tune != nil {
+		c.tune(cfg, &tm)
+	}
 	c.tm = tm
 	cfg.Name = c.Name
 	cfg.Label = c.Label

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 func TestJoinAndReplicate(t *testing.T) {
@@ -584,4 +586,27 @@ func TestJoinRetriesInBackground(t *testing.T) {
 		return seesExactly(a, "a", "b") && seesExactly(b, "a", "b")
 	})
 	t.Logf("background join succeeded %v after the seed came up", d)
+}
+
+// TestPartitionHeals: c's only seed dies and is replaced at the same
+// address by a node that knows nobody; c's periodic re-join of its seeds
+// (every rejoinEvery while the pool is smaller than seeds+1) merges them.
+func TestPartitionHeals(t *testing.T) {
+	t.Parallel()
+	fast := func(c *Cluster) {
+		c.tune = func(_ *memberlist.Config, tm *timings) { tm.rejoinEvery = 500 * time.Millisecond }
+	}
+	a := newNode(t, "a", fast)
+	c := newNode(t, "c", fast, joining(a))
+	waitFor(t, 5*time.Second, "c joined a", func() bool { return seesExactly(c, "a", "c") })
+	addr := a.Addr()
+	if err := a.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "c alone", func() bool { return seesExactly(c, "c") })
+	a2 := newNode(t, "a2", fast, func(n *Cluster) { n.BindAddr = addr })
+	d := waitFor(t, 10*time.Second, "c re-joined its seed", func() bool {
+		return seesExactly(c, "a2", "c") && seesExactly(a2, "a2", "c")
+	})
+	t.Logf("partition healed %v after the seed came back", d)
 }
