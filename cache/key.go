@@ -54,9 +54,12 @@ func appendKey(dst []byte, scheme, host, target string) ([]byte, bool) {
 		return dst, false
 	}
 	host = stripDefaultPort(scheme, host)
+	if host == "" || host[0] == ':' {
+		return dst, false
+	}
 	for i := 0; i < len(host); i++ {
 		c := host[i]
-		if c <= ' ' || c == '/' || c == '?' || c == '#' || c == 0x7f {
+		if c <= ' ' || c >= 0x7f || c == '/' || c == '?' || c == '#' || c == '\\' {
 			return dst, false
 		}
 	}
