@@ -777,3 +777,51 @@ func TestRunErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestIssuedIdentity: a node given only ca.crt, gossip.key and an SVID from
+// `meshd ca issue` runs without the CA key; an SVID for another identity is
+// refused at start.
+func TestIssuedIdentity(t *testing.T) {
+	dir := t.TempDir()
+	caDir, nodeDir := filepath.Join(dir, "ca"), filepath.Join(dir, "node")
+	if err := tlsmgr.InitCA(caDir, "issued.meshd"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(nodeDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"ca.crt", "gossip.key"} {
+		b, err := os.ReadFile(filepath.Join(caDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(nodeDir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	issue := func(id, name string) (string, string) {
+		cert, key := filepath.Join(nodeDir, name+".crt"), filepath.Join(nodeDir, name+".key")
+		out, err := exec.Command(meshdBin, "ca", "issue", "--dir", caDir, "--id", id, "--cert", cert, "--key", key, "--ttl", "1h").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ca issue: %v\n%s", err, out)
+		}
+		return cert, key
+	}
+	cert, key := issue("spiffe://issued.meshd/gateway/eu/gw-f", "gw")
+	args := []string{"--role", "gateway", "--region", "eu", "--ca-dir", nodeDir, "--listen", "127.0.0.1:0",
+		"--gossip-addr", "127.0.0.1:0", "--wan-gossip-addr", "127.0.0.1:0"}
+	p := startNode(t, "gw-f", append(append([]string{}, args...), "--cert-file", cert, "--key-file", key)...)
+	if id := selfInfo(t, p.addr("admin")).ID; id != "spiffe://issued.meshd/gateway/eu/gw-f" {
+		t.Fatalf("node runs as %q", id)
+	}
+	if err := p.stop(syscall.SIGTERM, 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	wrongCert, wrongKey := issue("spiffe://issued.meshd/service/web", "web")
+	cmd := exec.Command(meshdBin, append(append([]string{"run", "--name", "gw-f", "--admin", ""}, args...), "--cert-file", wrongCert, "--key-file", wrongKey)...)
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "meshd: ") || !strings.Contains(string(out), "spiffe://issued.meshd/service/web") {
+		t.Fatalf("a gateway with a sidecar's SVID started or said it unclearly (%v):\n%s", err, out)
+	}
+}

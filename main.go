@@ -34,6 +34,8 @@ Usage:
   meshd run --role=edge|gateway|sidecar [flags]   run a node (meshd run -h)
   meshd demo                                      a whole two-region mesh on loopback
   meshd ca init --trust-domain TD --dir DIR       create a mesh CA and gossip key
+  meshd ca issue --dir DIR --id SPIFFE-ID --cert F --key F [--ttl D]
+                                                  issue an SVID for a node without the CA key
   meshd members [--admin ADDR]                    gossip members a node sees
   meshd services [--admin ADDR]                   services a node sees
   meshd version
@@ -199,6 +201,8 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Region, "region", cfg.Region, "region of the node (required for gateway and sidecar)")
 	fs.StringVar(&cfg.CADir, "ca-dir", cfg.CADir, "directory written by `meshd ca init`")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "refuse to start unless the CA is for this trust domain")
+	fs.StringVar(&cfg.CertFile, "cert-file", cfg.CertFile, "SVID certificate from `meshd ca issue` (default: mint with the CA key)")
+	fs.StringVar(&cfg.KeyFile, "key-file", cfg.KeyFile, "SVID key from `meshd ca issue`")
 	fs.DurationVar(&cfg.SVIDTTL, "svid-ttl", cfg.SVIDTTL, "lifetime of the node's SVID, renewed at half-life (default 1h)")
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "mTLS mesh listener of gateways and sidecars (default :8443)")
 	fs.StringVar(&cfg.Advertise, "advertise", cfg.Advertise, "host:port peers dial to reach --listen (default: its bound address)")
@@ -257,8 +261,11 @@ func newLogger(w io.Writer, format, level string) *slog.Logger {
 }
 
 func cmdCA(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "issue" {
+		return cmdCAIssue(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "init" {
-		return fmt.Errorf("%w: meshd ca init --trust-domain TD --dir DIR", errUsage)
+		return fmt.Errorf("%w: meshd ca init|issue (meshd ca init -h)", errUsage)
 	}
 	fs := newFlagSet("meshd ca init", stderr)
 	td := fs.String("trust-domain", "", "SPIFFE trust domain of the mesh, e.g. mesh.example")
@@ -274,6 +281,26 @@ func cmdCA(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "wrote %s/{ca.crt,ca.key,gossip.key} for trust domain %s\n", *dir, *td)
 	fmt.Fprintf(stdout, "give every node --ca-dir %s; keep ca.key and gossip.key secret\n", *dir)
+	return nil
+}
+
+func cmdCAIssue(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("meshd ca issue", stderr)
+	dir := fs.String("dir", "", "CA directory written by `meshd ca init` (needs ca.key)")
+	id := fs.String("id", "", "SPIFFE ID to issue, e.g. spiffe://TD/service/web")
+	cert := fs.String("cert", "", "file to write the certificate to")
+	key := fs.String("key", "", "file to write the key to (mode 0600)")
+	ttl := fs.Duration("ttl", 30*24*time.Hour, "lifetime of the SVID")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" || *id == "" || *cert == "" || *key == "" {
+		return fmt.Errorf("%w: ca issue needs --dir, --id, --cert and --key", errUsage)
+	}
+	if err := tlsmgr.IssueFiles(*dir, *id, *ttl, *cert, *key); err != nil {
+		return fmt.Errorf("ca issue: %w", err)
+	}
+	fmt.Fprintf(stdout, "wrote %s and %s for %s, valid %v\n", *cert, *key, *id, *ttl)
 	return nil
 }
 

@@ -44,6 +44,13 @@ type Config struct {
 	// half-life. Default 1h.
 	SVIDTTL time.Duration `yaml:"svid-ttl"`
 
+	// CertFile and KeyFile, when set, hold the node's SVID issued by
+	// `meshd ca issue`; the node reloads them when they change and needs no
+	// CA key (CADir then needs only ca.crt and gossip.key). Default: the
+	// node mints its own SVID with the CA key.
+	CertFile string `yaml:"cert-file"`
+	KeyFile  string `yaml:"key-file"`
+
 	// Listen is the mTLS mesh listener of gateways and sidecars.
 	// Default ":8443".
 	Listen string `yaml:"listen"`
@@ -185,6 +192,12 @@ func (c *Config) Validate() error {
 	}
 	if c.CADir == "" {
 		return fieldErr("ca-dir", "required: the directory written by `meshd ca init`")
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		if c.CertFile == "" {
+			return fieldErr("cert-file", "required with key-file")
+		}
+		return fieldErr("key-file", "required with cert-file")
 	}
 	if c.SVIDTTL < time.Second {
 		// Shorter lifetimes would spend more time renewing than serving.

@@ -132,7 +132,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if id == "" {
 		return fmt.Errorf("name: cannot form a SPIFFE ID for this node in trust domain %q", n.td)
 	}
-	n.ids = &tlsmgr.Manager{CADir: c.CADir, ID: id, TTL: c.SVIDTTL, Logger: n.Logger}
+	n.ids = &tlsmgr.Manager{CADir: c.CADir, ID: id, TTL: c.SVIDTTL, CertFile: c.CertFile, KeyFile: c.KeyFile, Logger: n.Logger}
 	if err := n.ids.Start(bg); err != nil {
 		return fmt.Errorf("identity: %w", err)
 	}
