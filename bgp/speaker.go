@@ -78,6 +78,7 @@ type Speaker struct {
 	err        error // why the speaker stopped on its own, if it did
 	bgp        *server.BgpServer
 	log        *slog.Logger
+	baseLog    *slog.Logger
 	cancel     context.CancelFunc // ends the gobgp watch
 	kick       chan struct{}      // cap 1: work is waiting for the worker
 	quit       chan struct{}      // closed by Stop: the worker returns
@@ -241,7 +242,7 @@ func (s *Speaker) Start(ctx context.Context) (err error) {
 	s.started = true
 	s.init()
 	// Never server.GrpcListenAddress: the embedded speaker exposes no API.
-	srv := server.NewBgpServer(server.LoggerOption(newLibraryLogger(s.log, s.libErrors.Add, s.fail), nil))
+	srv := server.NewBgpServer(server.LoggerOption(newLibraryLogger(s.baseLog, s.libErrors.Add, s.fail), nil))
 	s.bgp = srv
 	s.mu.Unlock()
 	go srv.Serve()
@@ -298,6 +299,7 @@ func (s *Speaker) init() {
 	if base == nil {
 		base = slog.Default()
 	}
+	s.baseLog = base
 	s.log = base.With("component", "bgp")
 	s.kick = make(chan struct{}, 1)
 	s.quit = make(chan struct{})
