@@ -2,8 +2,11 @@ package mesh
 
 import (
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Self is what /v1/self reports about the node.
@@ -44,6 +47,7 @@ func (n *Node) adminHandler() http.Handler {
 			State: n.state(), Ready: n.Ready(), Addrs: n.Addrs(), MeshAddr: n.advertise,
 			SVIDNotAfter: n.ids.NotAfter(), SVIDRenewals: n.ids.Renewals()})
 	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(n.registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(n.Logger.Handler(), slog.LevelWarn)}))
 	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, nonNil(n.snap.Load().Members))
 	})

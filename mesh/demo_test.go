@@ -77,6 +77,25 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("instances seen: %v, want both eu instances", seen)
 	}
 
+	// The admin API reports the mesh, also to Prometheus.
+	admin := d.Edge.Addrs()["admin"]
+	for path, want := range map[string]string{
+		"/metrics":     `meshd_gossip_members{pool="global",region="eu",role="edge"} 3`,
+		"/v1/services": `"service": "web"`,
+		"/v1/members":  `"name": "gw-us"`,
+		"/readyz":      "ready",
+	} {
+		resp, err := http.Get("http://" + admin + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Fatalf("%s: %d, want %q in:\n%s", path, resp.StatusCode, want, body)
+		}
+	}
+
 	// A second demo on the same addresses fails with a clear message.
 	err := RunDemo(ctx, DemoOptions{HTTP: public, Admin: "127.0.0.1:0", Stdout: io.Discard, Stderr: io.Discard})
 	if err == nil || !strings.Contains(err.Error(), "is another meshd demo running?") {

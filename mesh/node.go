@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshd/meshd/gossip"
 	"github.com/meshd/meshd/proxy"
 	"github.com/meshd/meshd/tlsmgr"
@@ -38,6 +40,8 @@ type Node struct {
 	ready    atomic.Bool // started and not draining
 	draining atomic.Bool
 	healthy  atomic.Bool // sidecar: the app answers its health check
+
+	registry *prometheus.Registry
 
 	kick   chan struct{}
 	cancel context.CancelFunc
@@ -105,6 +109,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.upstreams = map[string]*proxy.Upstream{}
 	n.badRecs = map[string]string{}
 	n.snap.Store(&Snapshot{})
+	n.registry = n.newRegistry()
 
 	bg, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel

@@ -1,0 +1,63 @@
+package mesh
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the node's Prometheus collectors, served on the admin API's
+// /metrics. Values that already live elsewhere (snapshot, identity) are
+// read at scrape time, so the request path pays nothing for them.
+func (n *Node) newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	labels := prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshd_ready", Help: "1 while the node serves (started, not draining).", ConstLabels: labels},
+			func() float64 { return b2f(n.Ready()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshd_svid_expiry_seconds", Help: "Unix time the node's SVID expires.", ConstLabels: labels},
+			func() float64 { return float64(n.ids.NotAfter().Unix()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_svid_renewals_total", Help: "SVIDs minted or reloaded after the first.", ConstLabels: labels},
+			func() float64 { return float64(n.ids.Renewals()) }),
+		&memberCollector{n: n, desc: prometheus.NewDesc("meshd_gossip_members", "Members of each gossip pool the node sees.", []string{"pool"}, labels)},
+		&serviceCollector{n: n, desc: prometheus.NewDesc("meshd_service_healthy_instances", "Healthy instances of each service per region, as the node sees them.", []string{"service", "service_region"}, labels)},
+	)
+	return reg
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+type memberCollector struct {
+	n    *Node
+	desc *prometheus.Desc
+}
+
+func (c *memberCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *memberCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := map[string]int{}
+	for _, m := range c.n.snap.Load().Members {
+		counts[m.Pool]++
+	}
+	for pool, v := range counts {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(v), pool)
+	}
+}
+
+type serviceCollector struct {
+	n    *Node
+	desc *prometheus.Desc
+}
+
+func (c *serviceCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *serviceCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.n.snap.Load().Services {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(s.Healthy), s.Service, s.Region)
+	}
+}
