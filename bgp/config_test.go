@@ -425,3 +425,18 @@ func FuzzParseCommunity(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseRouterID(f *testing.F) {
+	for _, s := range []string{"192.0.2.1", "0.0.0.0", "255.255.255.255", "::1", "1.2.3.4%eth0", "01.2.3.4"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		a, err := ParseRouterID(s)
+		if err != nil {
+			return
+		}
+		if CheckRouterID(a) != nil || !a.Is4() || a.Zone() != "" {
+			t.Fatalf("ParseRouterID(%q) = %v, which is not a valid BGP Identifier", s, a)
+		}
+	})
+}

@@ -3,6 +3,7 @@ package bgp
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -198,7 +199,7 @@ func TestGateRunRetriesAndStops(t *testing.T) {
 			}
 			return nil
 		}}
-		g := &Gate{UpHold: -1}
+		g := &Gate{UpHold: -1, Logger: slog.New(slog.DiscardHandler)}
 		done := make(chan error, 1)
 		go func() { done <- g.Run(t.Context(), ready, log.apply) }()
 		ready <- true

@@ -13,6 +13,7 @@ import (
 // Status is the speaker's state for the admin endpoint /v1/bgp and for
 // `meshd bgp`. It is a copy: holding it holds no lock.
 type Status struct {
+	// ASN and RouterID are the speaker's configured identity.
 	ASN      uint32     `json:"asn"`
 	RouterID netip.Addr `json:"router_id"`
 	// Running is true between a successful Start and Stop.
@@ -39,7 +40,7 @@ type PrefixStatus struct {
 	// to the local RIB; peers that are up have it within their MRAI.
 	State string `json:"state"`
 	// Since is when State last changed (Start for the initial "withdrawn").
-	Since time.Time `json:"since"`
+	Since time.Time `json:"since,omitzero"`
 }
 
 // PeerStatus is one BGP neighbor.
@@ -50,7 +51,7 @@ type PeerStatus struct {
 	// "active", "opensent", "openconfirm" or "established".
 	State string `json:"state"`
 	// Since is when State last changed.
-	Since time.Time `json:"since"`
+	Since time.Time `json:"since,omitzero"`
 	// UptimeSeconds is how long the session has been established, 0 if it
 	// is not.
 	UptimeSeconds float64 `json:"uptime_seconds"`
