@@ -254,8 +254,7 @@ func newEntry(p entryParams) *entry {
 	for _, name := range names {
 		f := field{name: name, values: e.header[name]}
 		e.fields = append(e.fields, f)
-		switch name {
-		case "Cache-Control", "Content-Location", "Date", "Etag", "Expires", "Vary", "Last-Modified":
+		if in304(name, e.header) {
 			e.fields304 = append(e.fields304, f)
 		}
 	}
@@ -300,6 +299,19 @@ func newEntry(p entryParams) *entry {
 	keep += p.keepStale
 	e.until = p.respTime.Add(keep)
 	return e
+}
+
+// in304 reports whether a field goes into a 304 (RFC 9110 §15.4.5): the
+// ones a 200 would carry that guide caches, and Last-Modified only when
+// there is no ETag to validate with.
+func in304(name string, h http.Header) bool {
+	switch name {
+	case "Cache-Control", "Content-Location", "Date", "Etag", "Expires", "Vary":
+		return true
+	case "Last-Modified":
+		return len(h["Etag"]) == 0
+	}
+	return false
 }
 
 // lifetime computes the freshness lifetime (RFC 9111 §4.2.1): s-maxage,

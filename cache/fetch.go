@@ -482,17 +482,21 @@ func (fw *fillWriter) WriteHeader(code int) {
 		status += "; stored"
 	}
 	dst := fw.client.Header()
-	copyHeader(dst, fw.hdr)
 	if code == http.StatusOK && fw.stripped && (len(fe.r.Header["If-None-Match"]) > 0 || len(fe.r.Header["If-Modified-Since"]) > 0) {
 		lm, lmErr := http.ParseTime(firstValue(fw.hdr["Last-Modified"]))
 		date, _ := http.ParseTime(firstValue(fw.hdr["Date"]))
 		if condMatches(fe.r.Header, firstValue(fw.hdr["Etag"]), lm, lmErr == nil, date) {
-			delete(dst, "Content-Length")
+			for k, v := range fw.hdr {
+				if in304(k, fw.hdr) {
+					dst[k] = v
+				}
+			}
 			dst["Cache-Status"] = append(slices.Clip(fw.hdr["Cache-Status"]), status+"; fwd-status=200")
 			fw.client.WriteHeader(http.StatusNotModified)
 			return
 		}
 	}
+	copyHeader(dst, fw.hdr)
 	dst["Cache-Status"] = append(slices.Clip(fw.hdr["Cache-Status"]), status)
 	fw.client.WriteHeader(code)
 	fw.sink = true

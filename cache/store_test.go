@@ -284,3 +284,74 @@ func TestNormalizeURL(t *testing.T) {
 		}
 	}
 }
+
+func TestSweep(t *testing.T) {
+	s, o, clock, h := newTestStore(t, func(s *Store) { s.KeepStale = time.Minute })
+	o.header = hdr("Cache-Control", "max-age=10, stale-if-error=20")
+	do(h, "GET", "http://example.com/a")
+	o.header = hdr("Cache-Control", "max-age=600")
+	do(h, "GET", "http://example.com/b")
+	st := s.st.Load()
+	clock.Advance(80 * time.Second) // a: 10 + 20 + 60 = 90 s of use
+	if n := st.sweep(); n != 0 {
+		t.Fatalf("swept %d entries early", n)
+	}
+	clock.Advance(20 * time.Second)
+	if n := st.sweep(); n != 1 {
+		t.Fatalf("swept %d entries, want 1", n)
+	}
+	if got := counterValue(t, st.m.gauges[0]); got != 1 {
+		t.Fatalf("objects gauge %v, want 1", got)
+	}
+	if do(h, "GET", "http://example.com/b", "Cache-Control", "only-if-cached").Code != 200 {
+		t.Fatal("fresh entry swept")
+	}
+}
+
+// TestConcurrentUseAndClose hammers the store from many goroutines while
+// purging, then closes it under load: nothing may panic or race.
+func TestConcurrentUseAndClose(t *testing.T) {
+	clock := newClock()
+	s := &Store{Now: clock.Now, MaxBytes: 1 << 20, MaxObject: 1 << 12}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	o := &origin{clock: clock, header: hdr("Cache-Control", "max-age=1, stale-while-revalidate=5", "Etag", `"e"`, "Vary", "X-V")}
+	h := s.Middleware(o)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	const workers = 8
+	for w := range workers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := 0; i < 2000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				u := fmt.Sprintf("http://example.com/%d", i%7)
+				switch i % 11 {
+				case 0:
+					do(h, "POST", u)
+				case 1:
+					s.PurgePrefix("example.com/")
+				case 2:
+					clock.Advance(time.Second)
+				default:
+					do(h, "GET", u, "X-V", fmt.Sprint(w%2))
+				}
+			}
+		}()
+	}
+	for range workers / 2 {
+		<-done
+	}
+	close(stop)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range workers - workers/2 {
+		<-done
+	}
+}
