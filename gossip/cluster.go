@@ -302,7 +302,8 @@ func (c *Cluster) start() error {
 		RetransmitMult: cfg.RetransmitMult,
 	}
 	c.nMembers.Store(1)
-	c.box.init(16 << 20)
+	// Room for one push/pull state of the largest size memberlist accepts.
+	c.box.init(maxStateDecode + 4<<20)
 	c.jobs.init(4096)
 	c.suspects = make(map[string]bool)
 	c.badLog.every = 10 * time.Second
