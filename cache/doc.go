@@ -98,7 +98,11 @@
 // Surrogate-Key (space separated) fields, which never reach the client.
 // ristretto keeps only key hashes, so the Store keeps an index of full
 // keys and tags beside it, maintained from ristretto's OnExit callback so
-// that evictions, rejections and replacements keep it exact.
+// that evictions, rejections and replacements keep it exact. The same
+// index drives expiry: entries are stored without a ristretto TTL (whose
+// check reads the clock inside every Get) and a sweep once a minute
+// removes those past freshness, stale-while-revalidate/stale-if-error and
+// Store.KeepStale.
 //
 // # Hot path
 //

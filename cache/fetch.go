@@ -217,9 +217,11 @@ func (fe *fetcher) run(w http.ResponseWriter) {
 		if fe.flight != nil {
 			st.finish(fe.flight, e)
 		}
-		if e == nil && fe.old != nil && fw.status < 500 && !fe.background {
-			// A newer response replaced the stored one but cannot be
-			// stored itself: the old one must not be served again.
+		if e == nil && fe.store && fe.old != nil && fw.status < 500 && !fe.background {
+			// A newer full response replaced the stored one but cannot
+			// be stored itself: the old one must not be served again.
+			// (Only for requests that could have stored it: a client's
+			// no-store or Range must not evict what others use.)
 			st.release(fe.old)
 			st.del(fe.old.key)
 		}
