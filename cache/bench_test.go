@@ -132,3 +132,4 @@ func BenchmarkMissStore(b *testing.B) {
 		h.ServeHTTP(w, r)
 	}
 }
+

@@ -76,17 +76,11 @@ func nextDirective(s string) (d directive, rest string, ok bool) {
 		}
 		d.name = s[:j]
 		s = s[j:]
-		k := 0
-		for k < len(s) && (s[k] == ' ' || s[k] == '\t') {
-			k++
-		}
-		if k < len(s) && s[k] == '=' {
-			s = s[k+1:]
-			k = 0
-			for k < len(s) && (s[k] == ' ' || s[k] == '\t') {
-				k++
-			}
-			s = s[k:]
+		// The grammar has no whitespace around "=" (RFC 9111 §5.2): in
+		// "max-age = 5" the directive has no value, which makes it
+		// invalid rather than guessed at.
+		if s != "" && s[0] == '=' {
+			s = s[1:]
 			d.hasValue = true
 			if s != "" && s[0] == '"' {
 				d.quoted = true
