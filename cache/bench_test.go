@@ -132,4 +132,3 @@ func BenchmarkMissStore(b *testing.B) {
 		h.ServeHTTP(w, r)
 	}
 }
-
