@@ -51,6 +51,9 @@ func (n *Node) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, nonNil(n.snap.Load().Members))
 	})
+	mux.HandleFunc("GET /v1/bgp", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, n.bgpStatus())
+	})
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, nonNil(n.snap.Load().Services))
 	})

@@ -3,6 +3,7 @@ package mesh
 import (
 	"sort"
 	"sync/atomic"
+	"time"
 
 	"github.com/meshd/meshd/proxy"
 )
@@ -25,6 +26,10 @@ type Snapshot struct {
 	known map[string]bool
 	// domains: public host name → service (from the services' Domains).
 	domains map[string]string
+
+	// probeTargets are the mesh addresses of the global pool's ready
+	// gateways, which edges and gateways probe for reachability and RTT.
+	probeTargets []string
 
 	// Members and Services are what the admin API shows.
 	Members  []MemberInfo
@@ -109,7 +114,12 @@ type upstreamMaker interface {
 
 // buildSnapshot folds the decoded members of the region pool (lan) and of
 // the global pool (wan) into a Snapshot for a node of region self.
-func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMaker) *Snapshot {
+//
+// probe, when not nil, holds reachability and RTT of the global pool's
+// gateways: a gateway known to be down is left out, and regions are
+// ordered nearest first by measured RTT, the node's own region first while
+// it has a reachable gateway.
+func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMaker, probe *prober) *Snapshot {
 	s := &Snapshot{
 		local:   map[string]*upstreamSet{},
 		remote:  map[string]*upstreamSet{},
@@ -171,6 +181,7 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 
 	// Global pool: per region, the services its gateways summarize.
 	regionGWs := map[string][]*proxy.Upstream{}
+	regionRTT := map[string]time.Duration{} // best measured RTT; 0 = not measured
 	svcRegions := map[string]map[string]bool{}
 	for _, m := range wan {
 		r := m.rec
@@ -201,8 +212,16 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 			}
 		}
 		if r.State == StateReady && !(selfRole == RoleGateway && r.Region == selfRegion) {
+			s.probeTargets = append(s.probeTargets, r.MeshAddr)
+			res, known := probe.get(r.MeshAddr)
+			if known && !res.up {
+				continue
+			}
 			if u := mk.gatewayUpstream(r); u != nil {
 				regionGWs[r.Region] = append(regionGWs[r.Region], u)
+				if known && (regionRTT[r.Region] == 0 || res.rtt < regionRTT[r.Region]) {
+					regionRTT[r.Region] = res.rtt
+				}
 			}
 		}
 	}
@@ -214,15 +233,25 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 			}
 			order = append(order, reg)
 		}
-		// Nearest first: the node's own region, then the others by name.
-		// Measured RTT ordering replaces the name order once gateways
-		// publish it.
+		// Nearest first: the node's own region, then the others by
+		// measured RTT (unmeasured last), then by name.
 		sort.Slice(order, func(i, j int) bool {
-			if (order[i] == selfRegion) != (order[j] == selfRegion) {
-				return order[i] == selfRegion
+			a, b := order[i], order[j]
+			if (a == selfRegion) != (b == selfRegion) {
+				return a == selfRegion
 			}
-			return order[i] < order[j]
+			ra, rb := regionRTT[a], regionRTT[b]
+			if (ra == 0) != (rb == 0) {
+				return rb == 0
+			}
+			if ra != rb {
+				return ra < rb
+			}
+			return a < b
 		})
+		for len(order) > 0 && len(regionGWs[order[0]]) == 0 {
+			order = order[1:] // every gateway of that region is down
+		}
 		if len(order) == 0 {
 			continue
 		}

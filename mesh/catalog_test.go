@@ -42,7 +42,7 @@ func TestSnapshotLocalInstances(t *testing.T) {
 		sidecar("web-5", "us", "web", 1, StateReady),    // stray from another region
 		gateway("gw-eu", "eu"),
 	}
-	s := buildSnapshot(RoleGateway, "eu", lan, nil, fakeMaker{})
+	s := buildSnapshot(RoleGateway, "eu", lan, nil, fakeMaker{}, nil)
 	seen := map[string]int{}
 	for i := 0; i < 10; i++ {
 		ups := s.local["web"].pick()
@@ -70,7 +70,7 @@ func TestSnapshotEdgePrefersOwnRegion(t *testing.T) {
 		gateway("gw-ap", "ap", ServiceRecord{Name: "web", Healthy: 1}),
 		{rec: &NodeRecord{Name: "edge-1", Role: RoleEdge, Region: "eu", State: StateReady}},
 	}
-	s := buildSnapshot(RoleEdge, "eu", nil, wan, fakeMaker{})
+	s := buildSnapshot(RoleEdge, "eu", nil, wan, fakeMaker{}, nil)
 	got := names(s.remote["web"].pick())
 	if len(got) != 3 || got[0] != "gw-eu" || got[1] != "gw-ap" || got[2] != "gw-us" {
 		t.Fatalf("web candidates = %v, want own region first, then others", got)
@@ -89,7 +89,7 @@ func TestSnapshotGatewayRemoteSkipsOwnRegion(t *testing.T) {
 		gateway("gw-eu", "eu", ServiceRecord{Name: "web", Healthy: 2}),
 		gateway("gw-us", "us", ServiceRecord{Name: "web", Healthy: 1}, ServiceRecord{Name: "api", Healthy: 1}),
 	}
-	s := buildSnapshot(RoleGateway, "eu", nil, wan, fakeMaker{})
+	s := buildSnapshot(RoleGateway, "eu", nil, wan, fakeMaker{}, nil)
 	if got := names(s.remote["web"].pick()); len(got) != 1 || got[0] != "gw-us" {
 		t.Fatalf("remote web = %v, want only gw-us", got)
 	}
@@ -101,7 +101,7 @@ func TestSnapshotGatewayRemoteSkipsOwnRegion(t *testing.T) {
 func TestSnapshotDomains(t *testing.T) {
 	lan := []member{{rec: &NodeRecord{Name: "web-1", Role: RoleSidecar, Region: "eu", MeshAddr: "127.0.0.1:1", State: StateReady,
 		Services: []ServiceRecord{{Name: "web", Healthy: 1, Domains: []string{"www.example.com"}}}}}}
-	s := buildSnapshot(RoleGateway, "eu", lan, nil, fakeMaker{})
+	s := buildSnapshot(RoleGateway, "eu", lan, nil, fakeMaker{}, nil)
 	if s.domains["www.example.com"] != "web" {
 		t.Fatalf("domains = %v", s.domains)
 	}

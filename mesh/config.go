@@ -92,6 +92,29 @@ type Config struct {
 	// Default "localhost".
 	PublicDomain string `yaml:"public-domain"`
 
+	// Anycast lists the prefixes an edge announces over BGP while it can
+	// serve (e.g. 198.51.100.10/32; IPv6 too). Default: none, no BGP.
+	Anycast []string `yaml:"anycast"`
+	// BGPASN is the edge's local AS number. Required with Anycast.
+	BGPASN string `yaml:"bgp-asn"`
+	// BGPRouterID is the BGP identifier, an IPv4 address. Required with
+	// Anycast.
+	BGPRouterID string `yaml:"bgp-router-id"`
+	// BGPPeers are the routers to peer with: ADDR,ASN[,options] (see
+	// `meshd run -h`). Required with Anycast.
+	BGPPeers []string `yaml:"bgp-peer"`
+	// BGPListenPort accepts sessions on this TCP port. Default 0: dial out
+	// only.
+	BGPListenPort string `yaml:"bgp-listen-port"`
+	// BGPDrain is what SIGTERM does to the route: withdraw, or prepend
+	// (re-announce with the AS path prepended so traffic shifts without a
+	// blackhole). Default withdraw.
+	BGPDrain string `yaml:"bgp-drain"`
+	// BGPUpHold is how long the edge must be able to serve before it
+	// announces (again), so a flapping edge does not flap its route.
+	// Withdrawal is immediate. Default 5s.
+	BGPUpHold time.Duration `yaml:"bgp-up-hold"`
+
 	// Admin is the admin API listener; empty disables it.
 	// Default "127.0.0.1:9901".
 	Admin string `yaml:"admin"`
@@ -165,6 +188,12 @@ func (c *Config) SetDefaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 10 * time.Second
 	}
+	if c.BGPDrain == "" {
+		c.BGPDrain = "withdraw"
+	}
+	if c.BGPUpHold == 0 {
+		c.BGPUpHold = 5 * time.Second
+	}
 	if c.LogFormat == "" {
 		c.LogFormat = "text"
 	}
@@ -226,6 +255,9 @@ func (c *Config) Validate() error {
 		if err := validHostPort(c.Admin); err != nil {
 			return &FieldError{Field: "admin", Err: err}
 		}
+	}
+	if err := c.validateBGP(); err != nil {
+		return err
 	}
 	switch c.Role {
 	case RoleEdge:

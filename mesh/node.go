@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/meshd/meshd/bgp"
 	"github.com/meshd/meshd/gossip"
 	"github.com/meshd/meshd/proxy"
 	"github.com/meshd/meshd/tlsmgr"
@@ -42,6 +43,10 @@ type Node struct {
 	healthy  atomic.Bool // sidecar: the app answers its health check
 
 	registry *prometheus.Registry
+	probe    *prober      // edges and gateways: reachability of global pool gateways
+	speaker  *bgp.Speaker // edge with anycast prefixes
+	gate     *bgp.Gate    // announces only while the edge can serve
+	canServe chan bool    // latest "can serve" for the gate
 
 	kick   chan struct{}
 	cancel context.CancelFunc
@@ -211,12 +216,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if c.Role == RoleSidecar {
 		n.healthy.Store(n.checkApp(ctx))
 	}
-	onChange := func() {
-		select {
-		case n.kick <- struct{}{}:
-		default:
-		}
-	}
+	onChange := n.kickRebuild
 	if c.Role != RoleEdge {
 		n.lan = &gossip.Cluster{Name: c.Name, BindAddr: c.GossipAddr, Profile: gossip.LAN, Key: key,
 			Label: "meshd/" + n.td + "/region/" + c.Region, Join: c.Join, Logger: n.Logger.With("pool", "region"), OnChange: onChange}
@@ -245,12 +245,32 @@ func (n *Node) Start(ctx context.Context) (err error) {
 
 	n.wg.Add(1)
 	go n.loop(bg)
+	if c.Role != RoleSidecar {
+		n.probe = &prober{}
+		n.wg.Add(1)
+		go n.probeLoop(bg)
+	}
+	if err := n.startAnycast(bg); err != nil {
+		return err
+	}
+	if n.speaker != nil {
+		closers = append(closers, func() { n.stopAnycast(context.Background()) })
+		n.registry.MustRegister(n.speaker)
+	}
 	if c.Role == RoleSidecar {
 		n.wg.Add(1)
 		go n.healthLoop(bg)
 	}
 	n.Logger.Info("node started", "id", id, "mesh", n.advertise)
 	return nil
+}
+
+// kickRebuild asks the loop for a new snapshot; it never blocks.
+func (n *Node) kickRebuild() {
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
 }
 
 // loop rebuilds the snapshot after each gossip change, from one goroutine.
@@ -284,6 +304,8 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	n.draining.Store(true)
 	n.ready.Store(false)
 	n.publish()
+	n.signalCanServe()
+	n.drainAnycast(ctx)
 
 	t := time.NewTimer(c.DrainDelay)
 	select {
@@ -321,6 +343,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			g.Shutdown()
 		}
 	}
+	n.stopAnycast(context.WithoutCancel(ctx))
 	n.cancel()
 	n.wg.Wait()
 	if n.adminSrv != nil {
@@ -435,7 +458,7 @@ func (n *Node) rebuild() {
 		wan = n.decode(n.wan.Members())
 	}
 	used := map[string]bool{}
-	s := buildSnapshot(n.Config.Role, n.Config.Region, lan, wan, &trackingMaker{n, used})
+	s := buildSnapshot(n.Config.Role, n.Config.Region, lan, wan, &trackingMaker{n, used}, n.probe)
 	// Forget upstreams (and their pooled connections) nobody routes to.
 	for k := range n.upstreams {
 		if !used[k] {
