@@ -38,6 +38,7 @@ Usage:
                                                   issue an SVID for a node without the CA key
   meshd members [--admin ADDR]                    gossip members a node sees
   meshd services [--admin ADDR]                   services a node sees
+  meshd bgp [--admin ADDR]                        an edge's BGP sessions and announced prefixes
   meshd version
 `
 
@@ -77,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdTable(ctx, "members", args[1:], stdout, stderr)
 	case "services":
 		return cmdTable(ctx, "services", args[1:], stdout, stderr)
+	case "bgp":
+		return cmdTable(ctx, "bgp", args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "meshd", buildVersion())
 		return nil
@@ -143,8 +146,9 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 // listFlag is a repeatable (or comma-separated) flag. Its first Set
 // replaces values that came from the config file instead of adding to them.
 type listFlag struct {
-	v   *[]string
-	set bool
+	v       *[]string
+	set     bool
+	noComma bool // values contain commas themselves (--bgp-peer)
 }
 
 func (l *listFlag) String() string {
@@ -157,6 +161,10 @@ func (l *listFlag) String() string {
 func (l *listFlag) Set(s string) error {
 	if !l.set {
 		*l.v, l.set = nil, true
+	}
+	if l.noComma {
+		*l.v = append(*l.v, strings.TrimSpace(s))
+		return nil
 	}
 	for _, p := range strings.Split(s, ",") {
 		if p = strings.TrimSpace(p); p != "" {
@@ -218,6 +226,13 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Var(&listFlag{v: &cfg.WANJoin}, "wan-join", "global pool seed host:port (repeatable)")
 	fs.StringVar(&cfg.PublicHTTP, "public-http", cfg.PublicHTTP, "edge: public HTTP listener")
 	fs.StringVar(&cfg.PublicDomain, "public-domain", cfg.PublicDomain, "edge: serve service S at S.<domain> (default localhost)")
+	fs.Var(&listFlag{v: &cfg.Anycast}, "anycast", "edge: anycast prefix to announce over BGP while it can serve, e.g. 198.51.100.10/32 (repeatable)")
+	fs.StringVar(&cfg.BGPASN, "bgp-asn", cfg.BGPASN, "edge: local AS number")
+	fs.StringVar(&cfg.BGPRouterID, "bgp-router-id", cfg.BGPRouterID, "edge: BGP router ID (an IPv4 address)")
+	fs.Var(&listFlag{v: &cfg.BGPPeers, noComma: true}, "bgp-peer", "edge: BGP peer ADDR,ASN[,port=N,local=ADDR,password=P,multihop=TTL,hold=9s,connect-retry=5s,passive,bfd,bfd-interval=300ms,bfd-multiplier=3] (repeatable)")
+	fs.StringVar(&cfg.BGPListenPort, "bgp-listen-port", cfg.BGPListenPort, "edge: accept BGP sessions on this port (default: dial out only)")
+	fs.StringVar(&cfg.BGPDrain, "bgp-drain", cfg.BGPDrain, "edge: on SIGTERM, withdraw or prepend the route (default withdraw)")
+	fs.DurationVar(&cfg.BGPUpHold, "bgp-up-hold", cfg.BGPUpHold, "edge: serve this long before announcing (again) (default 5s)")
 	admin := cfg.Admin
 	if pos == nil || pos.Lines["admin"] == 0 {
 		admin = "127.0.0.1:9901"
@@ -354,6 +369,25 @@ func cmdTable(ctx context.Context, what string, args []string, stdout, stderr io
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Pool, m.Name, m.Role, dash(m.Region), state,
 				dash(m.MeshAddr), m.Gossip, dash(strings.Join(svcs, " ")))
+		}
+	case "bgp":
+		var st mesh.BGPStatus
+		if err := json.Unmarshal(body, &st); err != nil {
+			return fmt.Errorf("admin: bad answer: %w", err)
+		}
+		if !st.Enabled {
+			fmt.Fprintln(tw, "BGP is off on this node (no --anycast)")
+			return nil
+		}
+		fmt.Fprintf(tw, "ASN %d, router ID %s, can serve: %v, announce: %v\n\n", st.Speaker.ASN, st.Speaker.RouterID, st.Gate.CanServe, st.Gate.Announce)
+		fmt.Fprintln(tw, "PREFIX\tSTATE\tSINCE")
+		for _, p := range st.Speaker.Prefixes {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Prefix, p.State, p.Since.Format(time.RFC3339))
+		}
+		fmt.Fprintln(tw, "\nPEER\tASN\tSTATE\tUPTIME\tFLAPS\tBFD\tLAST ERROR")
+		for _, p := range st.Speaker.Peers {
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\t%s\n", p.Addr, p.ASN, p.State,
+				(time.Duration(p.UptimeSeconds) * time.Second).String(), p.Flaps, dash(p.BFD), dash(p.LastError))
 		}
 	case "services":
 		var ss []mesh.ServiceInfo
