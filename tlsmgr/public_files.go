@@ -3,10 +3,11 @@ package tlsmgr
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 )
@@ -18,14 +19,31 @@ type fileSet struct {
 	pairs []*tls.Certificate // in Files order; pairs[0] is the default
 	exact map[string]*tls.Certificate
 	wild  map[string]*tls.Certificate // key: the parent domain of "*.<parent>"
-	stamp []fileVersion
+	stamp fileVersion
 }
 
-// fileVersion identifies one version of a file: os.Stat follows symlinks,
-// so a Kubernetes secret volume that swaps its ..data link is a change.
-type fileVersion struct {
-	mod  time.Time
-	size int64
+// fileVersion identifies the contents of all of Files. It is a digest of
+// the bytes, not modification times and sizes: a replacement written within
+// the file system's timestamp granularity, with a key of the same length,
+// would otherwise go unnoticed. Files are a few kilobytes, so reading them
+// each poll costs little.
+type fileVersion [sha256.Size]byte
+
+// stampFiles reads every file of Files and digests them.
+func (p *PublicCerts) stampFiles() (fileVersion, error) {
+	h := sha256.New()
+	for _, f := range p.Files {
+		for _, name := range []string{f.Cert, f.Key} {
+			data, err := readSmallFile(name)
+			if err != nil {
+				return fileVersion{}, err
+			}
+			// Length-prefixed, so moving bytes between files changes the digest.
+			binary.Write(h, binary.BigEndian, uint64(len(data)))
+			h.Write(data)
+		}
+	}
+	return fileVersion(h.Sum(nil)), nil
 }
 
 // pick chooses the certificate for a server name: exact DNS SAN, then a
@@ -48,7 +66,7 @@ func (s *fileSet) pick(serverName string) *tls.Certificate {
 	return s.pairs[0]
 }
 
-func newFileSet(pairs []*tls.Certificate, stamp []fileVersion) *fileSet {
+func newFileSet(pairs []*tls.Certificate, stamp fileVersion) *fileSet {
 	s := &fileSet{pairs: pairs, exact: map[string]*tls.Certificate{}, wild: map[string]*tls.Certificate{}, stamp: stamp}
 	for _, c := range pairs {
 		for _, n := range c.Leaf.DNSNames {
@@ -63,33 +81,6 @@ func newFileSet(pairs []*tls.Certificate, stamp []fileVersion) *fileSet {
 		}
 	}
 	return s
-}
-
-// stampFiles stats every file of Files.
-func (p *PublicCerts) stampFiles() ([]fileVersion, error) {
-	st := make([]fileVersion, 0, 2*len(p.Files))
-	for _, f := range p.Files {
-		for _, name := range []string{f.Cert, f.Key} {
-			fi, err := os.Stat(name)
-			if err != nil {
-				return nil, fmt.Errorf("stat %s: %w", name, err)
-			}
-			st = append(st, fileVersion{fi.ModTime(), fi.Size()})
-		}
-	}
-	return st, nil
-}
-
-func sameStamp(a, b []fileVersion) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !a[i].mod.Equal(b[i].mod) || a[i].size != b[i].size {
-			return false
-		}
-	}
-	return true
 }
 
 // loadFileSet reads and checks every pair; any error fails the whole set.
@@ -184,7 +175,7 @@ func (p *PublicCerts) reloadFiles(why string) error {
 func (p *PublicCerts) pollFiles(ctx context.Context) {
 	t := time.NewTicker(p.pollInterval())
 	defer t.Stop()
-	var failed []fileVersion
+	var failed *fileVersion // the version last refused, nil if none
 	for {
 		select {
 		case <-ctx.Done():
@@ -195,22 +186,22 @@ func (p *PublicCerts) pollFiles(ctx context.Context) {
 		p.ocsp.refreshDue(ctx)
 		st, err := p.stampFiles()
 		if err != nil {
-			if failed != nil {
+			if failed != nil && *failed == (fileVersion{}) {
 				continue
 			}
-			failed = []fileVersion{}
+			failed = &fileVersion{}
 			p.logger().Warn("public certificate files unreadable; keeping the current certificates", "err", err)
 			continue
 		}
-		if sameStamp(st, p.files.Load().stamp) {
+		if st == p.files.Load().stamp {
 			failed = nil
 			continue
 		}
-		if failed != nil && sameStamp(st, failed) {
+		if failed != nil && st == *failed {
 			continue
 		}
 		if err := p.reloadFiles("file change"); err != nil {
-			failed = st
+			failed = &st
 			continue
 		}
 		failed = nil
