@@ -1,0 +1,88 @@
+package proxy
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"runtime"
+	"testing"
+)
+
+// benchClients is the number of concurrent clients in the proxy benchmarks.
+const benchClients = 50
+
+var benchBody = make([]byte, 1024)
+
+func benchUpstreamHandler(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Length", "1024")
+	_, _ = w.Write(benchBody)
+}
+
+// runClients sends GETs to url from benchClients goroutines for b.N requests.
+func runClients(b *testing.B, url string) {
+	client := &http.Client{Transport: &http.Transport{
+		MaxIdleConnsPerHost: benchClients * 2,
+		DisableCompression:  true,
+	}}
+	b.Cleanup(client.CloseIdleConnections)
+	// Warm the connections so the benchmark measures steady state.
+	for range 3 {
+		if resp, err := client.Get(url); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+	b.SetParallelism((benchClients + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := client.Get(url)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			n, _ := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || n != 1024 {
+				b.Errorf("status %d, %d bytes", resp.StatusCode, n)
+				return
+			}
+		}
+	})
+}
+
+// benchProxy forwards to up through a plain Server + Handler.
+func benchProxy(b *testing.B, up *Upstream, pool *Pool) {
+	// Info level: no per-request record, as in production.
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	h := &Handler{Route: fixedRoute(up), Pool: pool, Via: "bench", Logger: logger}
+	addr := startProxy(b, h)
+	runClients(b, "http://"+addr+"/")
+}
+
+// BenchmarkDirectH1 is the baseline: clients talk to the upstream directly.
+func BenchmarkDirectH1(b *testing.B) {
+	srv, _ := plainUpstream(b, http.HandlerFunc(benchUpstreamHandler))
+	runClients(b, srv.URL+"/")
+}
+
+// BenchmarkProxyH1: plain HTTP/1.1 client → proxy → plain HTTP/1.1 upstream.
+func BenchmarkProxyH1(b *testing.B) {
+	_, up := plainUpstream(b, http.HandlerFunc(benchUpstreamHandler))
+	benchProxy(b, up, &Pool{})
+}
+
+// BenchmarkProxyTLSH1: upstream leg over TLS with a pool of HTTP/1.1
+// connections (Pool.HTTP2 false).
+func BenchmarkProxyTLSH1(b *testing.B) {
+	_, up, _ := tlsUpstream(b, http.HandlerFunc(benchUpstreamHandler))
+	benchProxy(b, up, &Pool{HTTP2: false})
+}
+
+// BenchmarkProxyTLSH2: upstream leg over TLS multiplexed on HTTP/2
+// (Pool.HTTP2 true).
+func BenchmarkProxyTLSH2(b *testing.B) {
+	_, up, _ := tlsUpstream(b, http.HandlerFunc(benchUpstreamHandler))
+	benchProxy(b, up, &Pool{HTTP2: true})
+}

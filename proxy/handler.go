@@ -1,0 +1,538 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultMaxAttempts is Handler.MaxAttempts's default.
+const DefaultMaxAttempts = 3
+
+// StatusClientClosedRequest is the status recorded (never sent) when the
+// client went away before the response was complete; nginx's 499.
+const StatusClientClosedRequest = 499
+
+// Handler forwards each request to one of the upstreams its Route function
+// returns. It is an http.Handler; fields must not change after the first
+// request.
+type Handler struct {
+	// Route picks upstreams for the outgoing request. It receives the
+	// outgoing request after header hygiene, so it may add fields such as
+	// X-Mesh-Service, and it may read out.TLS, out.RemoteAddr and out.Host of
+	// the original request. It returns candidates in preference order, or an
+	// error: a *StatusError decides the status and message; any other error
+	// is answered with 502. Required.
+	Route func(out *http.Request) ([]*Upstream, error)
+	// Pool holds the upstream connections. Required.
+	Pool *Pool
+	// Via is this hop's pseudonym in the Via field, e.g. "meshd-edge-eu1";
+	// an RFC 9110 token. "<protocol> <Via>" is appended to Via on the
+	// forwarded request and on the response (RFC 9110 §7.6.3). Required.
+	Via string
+	// Public marks the edge's public listener: client-supplied X-Mesh-*,
+	// X-Forwarded-* and Forwarded fields are dropped, and X-Forwarded-For,
+	// X-Forwarded-Proto, X-Forwarded-Host and Forwarded are set from the
+	// real connection. When false (mesh hops) X-Forwarded-* and Forwarded
+	// are kept as sent: they come from a peer with a verified identity.
+	// Default false.
+	Public bool
+	// MaxAttempts bounds how many candidates one request is sent to.
+	// A request moves on to the next candidate only when it certainly did
+	// not reach the upstream (connect or TLS failure), or when it is
+	// idempotent and none of its body was read; never once response
+	// headers arrived and never after a timeout (retrying a slow upstream
+	// multiplies its load). Default 3.
+	MaxAttempts int
+	// Logger receives at most one debug record per request, and failures
+	// at warn level with their details (details never go to the client).
+	// Default slog.Default().
+	Logger *slog.Logger
+
+	once sync.Once
+	cfg  handlerConfig
+
+	requests   atomic.Int64
+	retries    atomic.Int64
+	failures   atomic.Int64
+	clientGone atomic.Int64
+}
+
+var _ http.Handler = (*Handler)(nil)
+
+// handlerConfig is what ServeHTTP derives from the fields once.
+type handlerConfig struct {
+	err         error
+	logger      *slog.Logger
+	maxAttempts int
+	// Via values by received protocol, built once.
+	via10, via11, via2, via3 string
+}
+
+// Stats are the handler's counters since it was created.
+type Stats struct {
+	Requests   int64 // requests served
+	Retries    int64 // attempts beyond the first
+	Failures   int64 // requests answered with an error status by this hop
+	ClientGone int64 // requests whose client went away (recorded as 499)
+}
+
+// Stats returns the handler's counters. It is safe to call at any time.
+func (h *Handler) Stats() Stats {
+	return Stats{
+		Requests:   h.requests.Load(),
+		Retries:    h.retries.Load(),
+		Failures:   h.failures.Load(),
+		ClientGone: h.clientGone.Load(),
+	}
+}
+
+// Validate reports a missing or bad field.
+func (h *Handler) Validate() error {
+	switch {
+	case h.Route == nil:
+		return errors.New("proxy: handler: Route is required")
+	case h.Pool == nil:
+		return errors.New("proxy: handler: Pool is required")
+	case !isToken(h.Via):
+		return fmt.Errorf("proxy: handler: Via %q is not a token (RFC 9110 §7.6.3)", h.Via)
+	case h.MaxAttempts < 0:
+		return fmt.Errorf("proxy: handler: MaxAttempts %d is negative", h.MaxAttempts)
+	}
+	return h.Pool.Validate()
+}
+
+func (h *Handler) config() *handlerConfig {
+	h.once.Do(func() {
+		c := &h.cfg
+		c.logger = h.Logger
+		if c.logger == nil {
+			c.logger = slog.Default()
+		}
+		c.err = h.Validate()
+		c.maxAttempts = orDefault(h.MaxAttempts, DefaultMaxAttempts)
+		c.via10 = "1.0 " + h.Via
+		c.via11 = "1.1 " + h.Via
+		c.via2 = "2 " + h.Via
+		c.via3 = "3 " + h.Via
+	})
+	return &h.cfg
+}
+
+// via returns the Via entry for a message received with the given protocol
+// version (RFC 9110 §7.6.3: major.minor, or the major version alone for
+// HTTP/2 and later).
+func (c *handlerConfig) via(major, minor int, pseudonym string) string {
+	switch {
+	case major == 1 && minor == 1:
+		return c.via11
+	case major == 2:
+		return c.via2
+	case major == 1 && minor == 0:
+		return c.via10
+	case major == 3:
+		return c.via3
+	case major >= 2:
+		return fmt.Sprintf("%d %s", major, pseudonym)
+	}
+	return fmt.Sprintf("%d.%d %s", major, minor, pseudonym)
+}
+
+// outgoing is the per-request state: the one allocation a forwarded request
+// costs this package besides its header.
+type outgoing struct {
+	req  http.Request
+	url  url.URL
+	body trackedBody
+}
+
+// trackedBody wraps the incoming body so the retry decision can tell whether
+// any of it was read. Close does not close the incoming body while nothing
+// was read: Go's transport closes a request body on every failure, and the
+// body must stay readable for the next candidate. The server closes the
+// incoming body itself when ServeHTTP returns.
+type trackedBody struct {
+	rc   io.ReadCloser
+	read atomic.Bool // some of the body was read
+	eof  atomic.Bool // the incoming body reported EOF
+}
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	if b.eof.Load() {
+		// Go's transport reads once more after the declared length to
+		// check for excess data. By then Go's HTTP/1 server may have
+		// closed the incoming body, which it does when the response
+		// header is written after the body hit EOF; that read must say
+		// EOF, not "read after close", or the transport drops the
+		// upstream connection under the response being streamed.
+		return 0, io.EOF
+	}
+	if !b.read.Load() {
+		b.read.Store(true)
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.eof.Store(true)
+	}
+	return n, err
+}
+
+func (b *trackedBody) Close() error {
+	if b.read.Load() {
+		return b.rc.Close()
+	}
+	return nil
+}
+
+// errBodyRead is what getBody reports once the body cannot be replayed.
+var errBodyRead = errors.New("proxy: request body already sent, cannot replay")
+
+// getBody lets Go's transport resend a request on a fresh connection when
+// the pooled one turned out to be closed before anything was read from the
+// body (an upstream's idle timeout racing a new request). Once a byte was
+// read the body cannot be replayed.
+func (o *outgoing) getBody() (io.ReadCloser, error) {
+	if o.body.read.Load() {
+		return nil, errBodyRead
+	}
+	return &o.body, nil
+}
+
+// prepare builds the outgoing request from r: same method, context (client
+// cancellation reaches the upstream), path, query, Host and body; a clean
+// header (see outgoingHeader).
+func (h *Handler) prepare(o *outgoing, r *http.Request, c *handlerConfig) {
+	o.req = *r
+	o.url = *r.URL
+	// Absolute-form targets (RFC 9112 §3.2.2): Go's server already took
+	// the authority as r.Host; the pool sets scheme and host per upstream,
+	// and credentials in the URI are never forwarded.
+	o.url.Scheme, o.url.Host, o.url.User = "", "", nil
+	o.req.URL = &o.url
+	o.req.RequestURI = ""
+	// The client's "Connection: close" is about its own connection, not
+	// about the pooled upstream one.
+	o.req.Close = false
+	o.req.TransferEncoding = nil
+	// Trailers are shared on purpose: the server fills in r.Trailer when
+	// the body is read to the end, before the transport sends them on.
+	o.req.Trailer = r.Trailer
+
+	fi := forwardInfo{via: c.via(r.ProtoMajor, r.ProtoMinor, h.Via), public: h.Public}
+	if h.Public {
+		fi.clientIP = clientIP(r.RemoteAddr)
+		fi.proto = "http"
+		if r.TLS != nil {
+			fi.proto = "https"
+		}
+		fi.host = r.Host
+	}
+	o.req.Header = outgoingHeader(r.Header, &fi)
+
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		// A nil body lets the transport retry on a stale pooled
+		// connection by itself, and tells the retry loop nothing can
+		// have been consumed.
+		o.req.Body = nil
+		o.req.GetBody = nil
+		o.req.ContentLength = 0
+	} else {
+		o.body.rc = r.Body
+		o.req.Body = &o.body
+		o.req.GetBody = o.getBody
+	}
+}
+
+// ServeHTTP forwards r to the first upstream that answers.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c := h.config()
+	h.requests.Add(1)
+	var start time.Time
+	debug := c.logger.Enabled(r.Context(), slog.LevelDebug)
+	if debug {
+		start = time.Now()
+	}
+	if c.err != nil {
+		h.failures.Add(1)
+		c.logger.Error("proxy: handler misconfigured", "err", c.err)
+		writeError(w, http.StatusInternalServerError, "meshd: proxy misconfigured")
+		return
+	}
+	if isUpgrade(r) || r.Method == http.MethodConnect {
+		// Protocol upgrades (WebSocket) and CONNECT tunnels need a
+		// bidirectional byte copy that this handler does not implement
+		// yet; 501 says so rather than forwarding a broken exchange.
+		h.failures.Add(1)
+		writeError(w, http.StatusNotImplemented, "meshd: protocol upgrade and CONNECT are not supported")
+		return
+	}
+
+	o := &outgoing{}
+	h.prepare(o, r, c)
+	ups, err := h.Route(&o.req)
+	if err == nil && len(ups) == 0 {
+		err = errNoUpstream
+	}
+	if err != nil {
+		h.fail(w, r, c, nil, 0, err)
+		return
+	}
+
+	var (
+		resp     *http.Response
+		u        *Upstream
+		attempts int
+	)
+	for _, cand := range ups {
+		if attempts == c.maxAttempts {
+			break
+		}
+		if cand == nil {
+			continue
+		}
+		if attempts > 0 {
+			h.retries.Add(1)
+		}
+		attempts++
+		u = cand
+		resp, err = h.Pool.RoundTrip(u, &o.req)
+		if err == nil || !retryable(r, o, err) {
+			break
+		}
+		c.logger.Debug("proxy: attempt failed, trying next candidate",
+			"upstream", u.name(), "addr", u.Addr, "attempt", attempts, "err", err)
+	}
+	if resp == nil && err == nil {
+		err = errNoUpstream // every candidate was nil
+	}
+	if err != nil {
+		h.fail(w, r, c, u, attempts, err)
+		return
+	}
+
+	rc := http.NewResponseController(w)
+	if o.req.Body != nil && r.ProtoMajor == 1 {
+		// The upstream may answer while the client is still sending
+		// (an early 413, or a streaming echo); without full duplex Go's
+		// HTTP/1 server would stop reading the request body once the
+		// response header is written. HTTP/2 is always full duplex.
+		_ = rc.EnableFullDuplex()
+	}
+	status := h.respond(w, r, c, rc, resp)
+	if debug {
+		c.logger.Debug("proxy: forwarded",
+			"method", r.Method, "host", r.Host, "path", r.URL.Path,
+			"status", status, "upstream", u.name(), "attempts", attempts,
+			"duration", time.Since(start))
+	}
+}
+
+// errNoUpstream: Route returned no candidate and no error.
+var errNoUpstream = &StatusError{Code: http.StatusServiceUnavailable, Msg: "meshd: no upstream available"}
+
+// retryable reports whether a request whose attempt failed with err may be
+// sent to the next candidate.
+func retryable(r *http.Request, o *outgoing, err error) bool {
+	if r.Context().Err() != nil {
+		return false // the client is gone
+	}
+	if isDialError(err) {
+		// Never connected: the upstream did not see the request.
+		return true
+	}
+	if isTimeout(err) {
+		// The upstream got the request and is slow; sending it to
+		// another one multiplies the load that made it slow.
+		return false
+	}
+	// The upstream may have seen the request. Resending is only safe when
+	// repeating it has no further effect (RFC 9110 §9.2.2) and no byte of
+	// the body was consumed, so the next upstream sees all of it.
+	return isIdempotent(r.Method) && !o.body.read.Load()
+}
+
+// isIdempotent reports RFC 9110 §9.2.2 idempotent methods.
+func isIdempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace,
+		http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// classify is the one place that decides what a client sees for a failure:
+// a *StatusError from Route keeps its status and message; a client that went
+// away gets 499 (logged, nothing written); timeouts give 504; anything else
+// 502. The message is a short fixed text: error details never reach the
+// client.
+func classify(ctx context.Context, err error) (int, string) {
+	if ctx.Err() != nil {
+		return StatusClientClosedRequest, ""
+	}
+	var se *StatusError
+	if errors.As(err, &se) {
+		if se.Code >= 400 && se.Code <= 599 {
+			return se.Code, se.Error()
+		}
+		return http.StatusBadGateway, "meshd: bad gateway"
+	}
+	if isTimeout(err) {
+		return http.StatusGatewayTimeout, "meshd: upstream timed out"
+	}
+	return http.StatusBadGateway, "meshd: bad gateway"
+}
+
+// fail answers a request that could not be forwarded. u is the last
+// upstream tried, nil when none was.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig, u *Upstream, attempts int, err error) {
+	code, msg := classify(r.Context(), err)
+	attrs := []any{"method", r.Method, "host", r.Host, "path", r.URL.Path,
+		"status", code, "attempts", attempts, "err", err}
+	if u != nil {
+		attrs = append(attrs, "upstream", u.name(), "addr", u.Addr)
+	}
+	if code == StatusClientClosedRequest {
+		h.clientGone.Add(1)
+		c.logger.Debug("proxy: client went away", attrs...)
+		return
+	}
+	h.failures.Add(1)
+	var se *StatusError
+	if errors.As(err, &se) {
+		// A routing decision, not a fault of this node: one debug record.
+		c.logger.Debug("proxy: not routed", attrs...)
+	} else {
+		c.logger.Warn("proxy: forwarding failed", attrs...)
+	}
+	writeError(w, code, msg)
+}
+
+// writeError sends a short plain-text error. no-store keeps a cache in front
+// of this handler from keeping a failure that is over in a moment.
+func writeError(w http.ResponseWriter, code int, msg string) {
+	hdr := w.Header()
+	hdr["Content-Type"] = []string{"text/plain; charset=utf-8"}
+	hdr["X-Content-Type-Options"] = []string{"nosniff"}
+	hdr["Cache-Control"] = []string{"no-store"}
+	w.WriteHeader(code)
+	_, _ = io.WriteString(w, msg+"\n")
+}
+
+// errUpstreamBody marks a failure to read the upstream's response body.
+type upstreamBodyError struct{ err error }
+
+func (e *upstreamBodyError) Error() string { return "read upstream body: " + e.err.Error() }
+func (e *upstreamBodyError) Unwrap() error { return e.err }
+
+// respond copies resp to w: header without hop-by-hop fields, Via, status,
+// body and trailers. It returns the status for the log. Once the status
+// line is sent no error status is possible, so failures are handled here.
+func (h *Handler) respond(w http.ResponseWriter, r *http.Request, c *handlerConfig, rc *http.ResponseController, resp *http.Response) int {
+	defer resp.Body.Close()
+	hdr := w.Header()
+	copyResponseHeader(hdr, resp.Header)
+	hdr["Via"] = appendVia(resp.Header["Via"], c.via(resp.ProtoMajor, resp.ProtoMinor, h.Via))
+	// Announce the upstream's trailers so the server sends them after the
+	// body (RFC 9110 §6.5.2); Go's transport lists their names in
+	// resp.Trailer before the body is read.
+	announced := len(resp.Trailer)
+	for k := range resp.Trailer {
+		hdr.Add("Trailer", k)
+	}
+	if announced > 0 {
+		// HTTP/1.1 carries trailers only in chunked framing (RFC 9112
+		// §7.1.2); an HTTP/2 upstream may send Content-Length as well,
+		// which would make the server drop them.
+		delete(hdr, "Content-Length")
+	}
+	w.WriteHeader(resp.StatusCode)
+
+	// Stream what has no declared length (chunked, HTTP/2 without
+	// Content-Length) and event streams: the client must see each piece
+	// when the upstream sends it, not when a buffer fills.
+	flush := resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	if flush || len(resp.Trailer) > 0 {
+		// Send the header now; with trailers this also keeps the server
+		// from computing a Content-Length, so it uses chunked encoding.
+		_ = rc.Flush()
+	}
+
+	err := copyBody(w, rc, resp.Body, flush)
+	if err != nil {
+		var ue *upstreamBodyError
+		if r.Context().Err() != nil || !errors.As(err, &ue) {
+			h.clientGone.Add(1)
+			c.logger.Debug("proxy: client went away during the response",
+				"method", r.Method, "host", r.Host, "path", r.URL.Path,
+				"status", StatusClientClosedRequest, "err", err)
+			return StatusClientClosedRequest
+		}
+		h.failures.Add(1)
+		c.logger.Warn("proxy: upstream response body failed",
+			"method", r.Method, "host", r.Host, "path", r.URL.Path, "err", err)
+		// The status line is gone; aborting makes the server reset the
+		// stream or close the connection, so the client sees a truncated
+		// response rather than one that looks complete.
+		panic(http.ErrAbortHandler)
+	}
+	// Trailers that were announced are set under their name; any the
+	// upstream added without announcing them go through TrailerPrefix.
+	for k, vv := range resp.Trailer {
+		if len(resp.Trailer) == announced {
+			hdr[k] = vv
+		} else {
+			hdr[http.TrailerPrefix+k] = vv
+		}
+	}
+	return resp.StatusCode
+}
+
+// bufPool holds the 32 KiB copy buffers; pointers to slices, so Put does not
+// allocate.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyBody streams src to w through a pooled buffer, flushing after each
+// write when flush is set. A read failure is returned as
+// *upstreamBodyError; a write failure as is.
+func copyBody(w io.Writer, rc *http.ResponseController, src io.Reader, flush bool) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return fmt.Errorf("write to client: %w", werr)
+			}
+			if flush {
+				if ferr := rc.Flush(); ferr != nil && !errors.Is(ferr, http.ErrNotSupported) {
+					return fmt.Errorf("flush to client: %w", ferr)
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return &upstreamBodyError{err: rerr}
+		}
+	}
+}
