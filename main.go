@@ -38,6 +38,8 @@ Usage:
                                                   issue an SVID for a node without the CA key
   meshd members [--admin ADDR]                    gossip members a node sees
   meshd services [--admin ADDR]                   services a node sees
+  meshd cache purge URL | --prefix P | --tag T [--admin ADDR]
+                                                  purge an edge's cache; gossip takes it to every edge
   meshd bgp [--admin ADDR]                        an edge's BGP sessions and announced prefixes
   meshd version
 `
@@ -80,6 +82,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdTable(ctx, "services", args[1:], stdout, stderr)
 	case "bgp":
 		return cmdTable(ctx, "bgp", args[1:], stdout, stderr)
+	case "cache":
+		return cmdCache(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "meshd", buildVersion())
 		return nil
@@ -226,6 +230,8 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Var(&listFlag{v: &cfg.WANJoin}, "wan-join", "global pool seed host:port (repeatable)")
 	fs.StringVar(&cfg.PublicHTTP, "public-http", cfg.PublicHTTP, "edge: public HTTP listener")
 	fs.StringVar(&cfg.PublicDomain, "public-domain", cfg.PublicDomain, "edge: serve service S at S.<domain> (default localhost)")
+	fs.StringVar(&cfg.CacheSize, "cache-size", cfg.CacheSize, "edge: HTTP cache size, 0 turns it off (default 256MiB)")
+	fs.StringVar(&cfg.CacheMaxObject, "cache-max-object", cfg.CacheMaxObject, "edge: largest response cached; larger ones stream through (default 8MiB)")
 	fs.Var(&listFlag{v: &cfg.Anycast}, "anycast", "edge: anycast prefix to announce over BGP while it can serve, e.g. 198.51.100.10/32 (repeatable)")
 	fs.StringVar(&cfg.BGPASN, "bgp-asn", cfg.BGPASN, "edge: local AS number")
 	fs.StringVar(&cfg.BGPRouterID, "bgp-router-id", cfg.BGPRouterID, "edge: BGP router ID (an IPv4 address)")
@@ -400,6 +406,56 @@ func cmdTable(ctx context.Context, what string, args []string, stdout, stderr io
 				dash(strings.Join(s.Instances, ",")), dash(strings.Join(s.Gateways, ",")), dash(strings.Join(s.Domains, ",")))
 		}
 	}
+	return nil
+}
+
+func cmdCache(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "purge" {
+		return fmt.Errorf("%w: meshd cache purge URL | --prefix P | --tag T", errUsage)
+	}
+	fs := newFlagSet("meshd cache purge", stderr)
+	admin := fs.String("admin", "127.0.0.1:9901", "admin address of the edge to ask")
+	var req mesh.PurgeRequest
+	fs.StringVar(&req.Prefix, "prefix", "", "purge every URL that starts with this (http(s)://host/path)")
+	fs.StringVar(&req.Tag, "tag", "", "purge every response tagged so by the origin (Cache-Tag or Surrogate-Key)")
+	// The URL may come before or after the flags.
+	rest := args[1:]
+	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+		req.URL, rest = rest[0], rest[1:]
+	}
+	if err := fs.Parse(rest); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() == 1 && req.URL == "" {
+		req.URL = fs.Arg(0)
+	} else if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	body, _ := json.Marshal(req)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+*admin+"/v1/cache/purge", strings.NewReader(string(body)))
+	if err != nil {
+		return fmt.Errorf("admin: %w", err)
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(hreq)
+	if err != nil {
+		return fmt.Errorf("cannot reach the admin API at %s: %w", *admin, err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("purge refused: %s", strings.TrimSpace(string(out)))
+	}
+	var res mesh.PurgeResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		return fmt.Errorf("admin: bad answer: %w", err)
+	}
+	fmt.Fprintf(stdout, "purged %d entries here; purge %s goes to %d edges\n", res.Removed, res.ID, res.Edges)
 	return nil
 }
 

@@ -51,6 +51,7 @@ func (n *Node) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, nonNil(n.snap.Load().Members))
 	})
+	mux.HandleFunc("POST /v1/cache/purge", n.purgeHandler)
 	mux.HandleFunc("GET /v1/bgp", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, n.bgpStatus())
 	})

@@ -92,6 +92,13 @@ type Config struct {
 	// Default "localhost".
 	PublicDomain string `yaml:"public-domain"`
 
+	// CacheSize bounds the edge's HTTP cache (headers and bodies); 0
+	// turns the cache off. Default "256MiB".
+	CacheSize string `yaml:"cache-size"`
+	// CacheMaxObject is the largest response the edge caches; larger ones
+	// stream through untouched. Default "8MiB".
+	CacheMaxObject string `yaml:"cache-max-object"`
+
 	// Anycast lists the prefixes an edge announces over BGP while it can
 	// serve (e.g. 198.51.100.10/32; IPv6 too). Default: none, no BGP.
 	Anycast []string `yaml:"anycast"`
@@ -188,6 +195,12 @@ func (c *Config) SetDefaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 10 * time.Second
 	}
+	if c.CacheSize == "" {
+		c.CacheSize = "256MiB"
+	}
+	if c.CacheMaxObject == "" {
+		c.CacheMaxObject = "8MiB"
+	}
 	if c.BGPDrain == "" {
 		c.BGPDrain = "withdraw"
 	}
@@ -269,6 +282,15 @@ func (c *Config) Validate() error {
 		}
 		if err := validDomain(c.PublicDomain); err != nil {
 			return &FieldError{Field: "public-domain", Err: err}
+		}
+		if _, err := parseSize(c.CacheSize); err != nil {
+			return &FieldError{Field: "cache-size", Err: err}
+		}
+		if max, err := parseSize(c.CacheMaxObject); err != nil || max == 0 {
+			if err == nil {
+				err = errors.New("must be more than 0")
+			}
+			return &FieldError{Field: "cache-max-object", Err: err}
 		}
 		if err := validHostPort(c.WANGossipAddr); err != nil {
 			return &FieldError{Field: "wan-gossip-addr", Err: err}

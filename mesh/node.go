@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshd/meshd/bgp"
+	"github.com/meshd/meshd/cache"
 	"github.com/meshd/meshd/gossip"
 	"github.com/meshd/meshd/proxy"
 	"github.com/meshd/meshd/tlsmgr"
@@ -43,6 +44,7 @@ type Node struct {
 	healthy  atomic.Bool // sidecar: the app answers its health check
 
 	registry *prometheus.Registry
+	cache    *cache.Store // edge: the HTTP cache; nil when off
 	probe    *prober      // edges and gateways: reachability of global pool gateways
 	speaker  *bgp.Speaker // edge with anycast prefixes
 	gate     *bgp.Gate    // announces only while the edge can serve
@@ -57,6 +59,8 @@ type Node struct {
 	badRecs   map[string]string // member name → last bad record refused, to log once
 	lastWAN   string            // last global record published (gateway)
 	lastLAN   string
+	purges    []PurgeRecord    // edge: purges accepted here, newest last
+	applied   map[string]int64 // edge: purge IDs applied here → unix time
 	stopped   bool
 }
 
@@ -113,6 +117,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.kick = make(chan struct{}, 1)
 	n.upstreams = map[string]*proxy.Upstream{}
 	n.badRecs = map[string]string{}
+	n.applied = map[string]int64{}
 	n.snap.Store(&Snapshot{})
 	n.registry = n.newRegistry()
 
@@ -199,7 +204,21 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	if c.Role == RoleEdge {
-		n.publicSrv = &proxy.Server{Addr: c.PublicHTTP, Handler: &proxy.Handler{Pool: n.pool, Via: via, Public: true, Route: n.edgeRoute, Logger: n.Logger}, Logger: n.Logger}
+		// The edge's chain: unknown hosts refused → cache → forward.
+		var h http.Handler = &proxy.Handler{Pool: n.pool, Via: via, Public: true, Route: n.edgeRoute, Logger: n.Logger}
+		size, _ := parseSize(c.CacheSize)
+		if size > 0 {
+			maxObj, _ := parseSize(c.CacheMaxObject)
+			n.cache = &cache.Store{MaxBytes: size, MaxObject: maxObj, Logger: n.Logger.With("part", "cache")}
+			if err := n.cache.Start(bg); err != nil {
+				return fmt.Errorf("cache-size: %w", err)
+			}
+			closers = append(closers, func() { n.cache.Close() })
+			n.registry.MustRegister(n.cache.Collectors()...)
+			h = n.cache.Middleware(h)
+		}
+		h = n.hostGate(h)
+		n.publicSrv = &proxy.Server{Addr: c.PublicHTTP, Handler: h, Logger: n.Logger}
 		if err := startServer("public-http", n.publicSrv); err != nil {
 			return err
 		}
@@ -239,6 +258,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		closers = append(closers, func() { n.wan.Shutdown() })
 		n.Logger.Info("listening", "listener", "wan-gossip", "addr", n.wan.Addr())
 	}
+	if c.Role != RoleSidecar {
+		n.probe = &prober{}
+	}
 	n.ready.Store(true)
 	n.publish()
 	n.rebuild()
@@ -246,7 +268,6 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.wg.Add(1)
 	go n.loop(bg)
 	if c.Role != RoleSidecar {
-		n.probe = &prober{}
 		n.wg.Add(1)
 		go n.probeLoop(bg)
 	}
@@ -350,6 +371,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		n.adminSrv.Shutdown(graceCtx)
 	}
 	n.pool.CloseIdle()
+	if n.cache != nil {
+		n.cache.Close()
+	}
 	if err := n.ids.Close(); err != nil {
 		errs = append(errs, err)
 	}
@@ -385,6 +409,9 @@ func (n *Node) wanRecord() *NodeRecord {
 	r := &NodeRecord{Name: c.Name, Role: c.Role, Region: c.Region, MeshAddr: n.advertise, State: n.state()}
 	if c.Role == RoleGateway && n.lan != nil {
 		r.Services = summarize(n.decode(n.lan.Members()), c.Region)
+	}
+	if c.Role == RoleEdge {
+		r.Purges = n.recentPurgesLocked(time.Now())
 	}
 	return r
 }
@@ -457,6 +484,7 @@ func (n *Node) rebuild() {
 	if n.wan != nil {
 		wan = n.decode(n.wan.Members())
 	}
+	n.applyRemotePurgesLocked(wan)
 	used := map[string]bool{}
 	s := buildSnapshot(n.Config.Role, n.Config.Region, lan, wan, &trackingMaker{n, used}, n.probe)
 	// Forget upstreams (and their pooled connections) nobody routes to.

@@ -34,6 +34,7 @@ type NodeRecord struct {
 	State    string          `json:"state"`
 	Services []ServiceRecord `json:"services,omitempty"`
 	Prefixes []string        `json:"prefixes,omitempty"`
+	Purges   []PurgeRecord   `json:"purges,omitempty"` // edge: recent cache purges for the other edges
 	Load     float64         `json:"load,omitempty"`
 }
 
@@ -127,6 +128,9 @@ func DecodeRecord(b []byte) (*NodeRecord, error) {
 		if _, err := netip.ParsePrefix(p); err != nil {
 			return nil, fmt.Errorf("record %s: bad prefix %q", r.Name, p)
 		}
+	}
+	if len(r.Purges) > 2*maxPurges {
+		return nil, fmt.Errorf("record %s: %d purges, over the limit", r.Name, len(r.Purges))
 	}
 	if r.Load < 0 || r.Load != r.Load {
 		return nil, fmt.Errorf("record %s: bad load", r.Name)
