@@ -174,7 +174,7 @@ func TestPublicFilesBadReplacement(t *testing.T) {
 			n := p.filePolls.Load()
 			waitFor(t, 5*time.Second, "five more polls", func() bool { return p.filePolls.Load() >= n+5 })
 			if n := logs.count("level=WARN"); n != 2 {
-				t.Errorf("refusal logged %d times, want 2 (Reload and the first poll):\n%s", n, logs.buf.String())
+				t.Errorf("refusal logged %d times, want 2 (Reload and the first poll):\n%s", n, logs.String())
 			}
 			leaf, err := servedCert(t, addr, "web.example")
 			if err != nil || leaf.SerialNumber.Cmp(serial) != 0 {

@@ -170,7 +170,7 @@ func serveTLS(t testing.TB, cfg *tls.Config) string {
 
 // dial handshakes with addr; cfg's ServerName is the SNI.
 func dial(addr string, cfg *tls.Config) (*tls.Conn, error) {
-	d := &net.Dialer{Timeout: 5 * time.Second}
+	d := &net.Dialer{Timeout: 30 * time.Second}
 	c, err := tls.DialWithDialer(d, "tcp", addr, cfg)
 	if err != nil {
 		return nil, err
@@ -221,4 +221,11 @@ func startPublic(t testing.TB, p *PublicCerts) *PublicCerts {
 	}
 	t.Cleanup(func() { p.Close() })
 	return p
+}
+
+// String returns everything logged so far.
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
