@@ -1,11 +1,12 @@
 // Package tlsmgr is meshd's identity layer: the built-in certificate
-// authority, the X.509-SVIDs every node presents, and the mutual-TLS
-// *tls.Config values the rest of meshd uses on every hop.
+// authority, the X.509-SVIDs every node presents, the mutual-TLS
+// *tls.Config values the rest of meshd uses on every hop, and the public
+// certificates of the edge.
 //
-// It is the only package of meshd that imports go-spiffe. Other packages pass
-// SPIFFE IDs as plain strings ("spiffe://<td>/service/web") and receive
-// ready-made *tls.Config values, so swapping or upgrading the SPIFFE library
-// touches this package alone.
+// It is the only package of meshd that imports go-spiffe and certmagic.
+// Other packages pass SPIFFE IDs as plain strings
+// ("spiffe://<td>/service/web") and receive ready-made *tls.Config values,
+// so swapping or upgrading either library touches this package alone.
 //
 // The pieces:
 //
@@ -26,8 +27,17 @@
 //   - Manager.ServerTLS / Manager.ClientTLS / PeerID: the mTLS configs.
 //     Verification is go-spiffe's (tlsconfig with x509svid and x509bundle
 //     sources and authorizers); nothing here verifies certificates by hand.
+//   - PublicCerts / InternalRoot: the certificates of the edge's public
+//     listener, from PEM files (chosen by SNI, reloaded on Reload and on
+//     change, OCSP-stapled when the certificate names a responder), from an
+//     internal CA of the node (a key of its own, never the SPIFFE CA) that
+//     issues on demand, or from an ACME CA through certmagic (on-demand,
+//     HTTP-01 and TLS-ALPN-01). Internal and ACME issuance happen only for
+//     names the Allow callback accepts, so arbitrary SNI gets nothing.
+//     PublicCerts.TLSConfig is the public policy: TLS 1.3 preferred, TLS 1.2
+//     with ECDHE AEAD suites only, ALPN h2 and http/1.1, session tickets on.
 //
-// Session resumption is off on both sides: go-spiffe's authorizer runs in
+// Session resumption is off on both sides of the mTLS configs: go-spiffe's authorizer runs in
 // VerifyPeerCertificate, which crypto/tls skips on resumed sessions. As a
 // second line of defence every config also re-verifies resumed sessions in
 // VerifyConnection, in case a caller turns resumption back on.
