@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -78,6 +79,8 @@ func tlsUpstream(t testing.TB, h http.Handler) (*httptest.Server, *Upstream, *at
 	t.Helper()
 	srv := httptest.NewUnstartedServer(h)
 	srv.EnableHTTP2 = true
+	// Handshakes cut short by the client's racing dials are expected.
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	var newConns atomic.Int64
 	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
 		if st == http.StateNew {
