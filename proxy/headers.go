@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 )
 
@@ -224,10 +225,15 @@ func isQuotable(s string) bool {
 }
 
 // clientIP returns the IP part of a "host:port" remote address without
-// allocating, or "" when addr is not of that form.
+// allocating, or "" when addr is not of that form. The host must parse as
+// an IP address: it is written into X-Forwarded-For and Forwarded, where
+// anything else (a quote, a comma) would let it forge entries.
 func clientIP(addr string) string {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
+		return ""
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
 		return ""
 	}
 	return host

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"net/netip"
 	"net/textproto"
 	"slices"
 	"strings"
@@ -167,6 +168,11 @@ func FuzzForwarding(f *testing.F) {
 		ip := clientIP(remote)
 		if ip != "" && !strings.Contains(remote, ip) {
 			t.Fatalf("clientIP(%q) = %q, not part of the address", remote, ip)
+		}
+		if ip != "" {
+			if _, err := netip.ParseAddr(ip); err != nil {
+				t.Fatalf("clientIP(%q) = %q, not an IP address", remote, ip)
+			}
 		}
 		v := forwardedValue(ip, "https", host)
 		if !strings.Contains(v, "proto=https") {
