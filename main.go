@@ -34,6 +34,7 @@ Usage:
   meshd run --role=edge|gateway|sidecar [flags]   run a node (meshd run -h)
   meshd demo                                      a whole two-region mesh on loopback
   meshd ca init --trust-domain TD --dir DIR       create a mesh CA and gossip key
+  meshd ca root [--data-dir DIR]                  print the root of an edge's internal public CA, to trust
   meshd ca issue --dir DIR --id SPIFFE-ID --cert F --key F [--ttl D]
                                                   issue an SVID for a node without the CA key
   meshd members [--admin ADDR]                    gossip members a node sees
@@ -230,6 +231,15 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Var(&listFlag{v: &cfg.WANJoin}, "wan-join", "global pool seed host:port (repeatable)")
 	fs.StringVar(&cfg.PublicHTTP, "public-http", cfg.PublicHTTP, "edge: public HTTP listener")
 	fs.StringVar(&cfg.PublicDomain, "public-domain", cfg.PublicDomain, "edge: serve service S at S.<domain> (default localhost)")
+	fs.StringVar(&cfg.PublicHTTPS, "public-https", cfg.PublicHTTPS, "edge: public TLS listener (HTTP/1.1 and HTTP/2); public-http then redirects to it")
+	fs.StringVar(&cfg.TLS, "tls", cfg.TLS, "edge: public certificates from files, internal or acme (default internal)")
+	fs.Var(&listFlag{v: &cfg.TLSCert, noComma: true}, "tls-cert", "edge: certificate PEM file for --tls files (repeatable, paired with --tls-key; chosen by SNI)")
+	fs.Var(&listFlag{v: &cfg.TLSKey, noComma: true}, "tls-key", "edge: key PEM file for --tls files (repeatable)")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "edge: internal CA and ACME state (default /var/lib/meshd as root, else ~/.local/share/meshd)")
+	fs.StringVar(&cfg.ACMECA, "acme-ca", cfg.ACMECA, "edge: ACME directory URL (default Let's Encrypt)")
+	fs.StringVar(&cfg.ACMECARoot, "acme-ca-root", cfg.ACMECARoot, "edge: PEM file to trust for the ACME CA (default: system roots)")
+	fs.StringVar(&cfg.ACMEEmail, "acme-email", cfg.ACMEEmail, "edge: contact of the ACME account")
+	fs.Var(&listFlag{v: &cfg.PublicHTTPAllow}, "public-http-allow", "edge: host served over plain HTTP instead of redirected to HTTPS (repeatable)")
 	fs.StringVar(&cfg.CacheSize, "cache-size", cfg.CacheSize, "edge: HTTP cache size, 0 turns it off (default 256MiB)")
 	fs.StringVar(&cfg.CacheMaxObject, "cache-max-object", cfg.CacheMaxObject, "edge: largest response cached; larger ones stream through (default 8MiB)")
 	fs.Var(&listFlag{v: &cfg.Anycast}, "anycast", "edge: anycast prefix to announce over BGP while it can serve, e.g. 198.51.100.10/32 (repeatable)")
@@ -262,7 +272,20 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := node.Start(ctx); err != nil {
 		return pos.Annotate(err)
 	}
-	<-ctx.Done()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for ctx.Err() == nil {
+		select {
+		case <-hup:
+			if err := node.Reload(); err != nil {
+				logger.Error("reload refused; still serving the previous configuration", "err", err)
+			} else {
+				logger.Info("reloaded")
+			}
+		case <-ctx.Done():
+		}
+	}
 	// Shutdown gets its own bounded context: the signal that ended ctx
 	// must not cut the drain short.
 	limit := cfg.DrainDelay + cfg.ShutdownGrace + 5*time.Second
@@ -284,6 +307,21 @@ func newLogger(w io.Writer, format, level string) *slog.Logger {
 func cmdCA(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "issue" {
 		return cmdCAIssue(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "root" {
+		fs := newFlagSet("meshd ca root", stderr)
+		var c mesh.Config
+		c.SetDefaults()
+		dir := fs.String("data-dir", c.DataDir, "the edge's --data-dir")
+		if err := parseFlags(fs, args[1:]); err != nil {
+			return err
+		}
+		pem, err := tlsmgr.InternalRoot(*dir)
+		if err != nil {
+			return fmt.Errorf("ca root: %w (an edge with --tls internal creates it on first start)", err)
+		}
+		_, err = stdout.Write(pem)
+		return err
 	}
 	if len(args) == 0 || args[0] != "init" {
 		return fmt.Errorf("%w: meshd ca init|issue (meshd ca init -h)", errUsage)
@@ -470,6 +508,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlagSet("meshd demo", stderr)
 	opts := mesh.DemoOptions{}
 	fs.StringVar(&opts.HTTP, "http", "127.0.0.1:8480", "the edge's public HTTP address")
+	fs.StringVar(&opts.HTTPS, "https", "127.0.0.1:8443", "the edge's public HTTPS address")
 	fs.StringVar(&opts.Admin, "admin", "127.0.0.1:9901", "the edge's admin address")
 	fs.StringVar(&opts.LogLevel, "log-level", "warn", "log level of the demo's nodes")
 	if err := parseFlags(fs, args); err != nil {

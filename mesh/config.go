@@ -92,6 +92,33 @@ type Config struct {
 	// Default "localhost".
 	PublicDomain string `yaml:"public-domain"`
 
+	// PublicHTTPS is the edge's public TLS listener (HTTP/1.1 and HTTP/2
+	// by ALPN). Default: none. With it, the public HTTP listener redirects
+	// to HTTPS (308), except ACME challenges and PublicHTTPAllow hosts.
+	PublicHTTPS string `yaml:"public-https"`
+	// TLS is where public certificates come from: files (TLSCert/TLSKey),
+	// internal (an internal CA issues them on demand for the hosts the
+	// catalog knows) or acme (an ACME CA, on demand, for the same hosts).
+	// Default internal.
+	TLS string `yaml:"tls"`
+	// TLSCert and TLSKey are the PEM files of TLS files, pairwise in
+	// order; the certificate is chosen by SNI.
+	TLSCert []string `yaml:"tls-cert"`
+	TLSKey  []string `yaml:"tls-key"`
+	// DataDir keeps the internal CA and ACME state. Default
+	// /var/lib/meshd for root, else ~/.local/share/meshd.
+	DataDir string `yaml:"data-dir"`
+	// ACMECA is the ACME directory URL. Default Let's Encrypt.
+	ACMECA string `yaml:"acme-ca"`
+	// ACMECARoot is a PEM file trusted for the ACME CA (a private CA such
+	// as Pebble). Default: the system roots.
+	ACMECARoot string `yaml:"acme-ca-root"`
+	// ACMEEmail is the ACME account's contact. Default none.
+	ACMEEmail string `yaml:"acme-email"`
+	// PublicHTTPAllow lists hosts served over plain HTTP instead of being
+	// redirected to HTTPS.
+	PublicHTTPAllow []string `yaml:"public-http-allow"`
+
 	// CacheSize bounds the edge's HTTP cache (headers and bodies); 0
 	// turns the cache off. Default "256MiB".
 	CacheSize string `yaml:"cache-size"`
@@ -195,6 +222,12 @@ func (c *Config) SetDefaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 10 * time.Second
 	}
+	if c.TLS == "" {
+		c.TLS = "internal"
+	}
+	if c.DataDir == "" {
+		c.DataDir = defaultDataDir()
+	}
 	if c.CacheSize == "" {
 		c.CacheSize = "256MiB"
 	}
@@ -282,6 +315,9 @@ func (c *Config) Validate() error {
 		}
 		if err := validDomain(c.PublicDomain); err != nil {
 			return &FieldError{Field: "public-domain", Err: err}
+		}
+		if err := c.validatePublicTLS(); err != nil {
+			return err
 		}
 		if _, err := parseSize(c.CacheSize); err != nil {
 			return &FieldError{Field: "cache-size", Err: err}

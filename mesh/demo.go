@@ -24,6 +24,9 @@ type DemoOptions struct {
 	// on the same machine fails clearly instead of starting beside the
 	// first. Default "127.0.0.1:8480".
 	HTTP string
+	// HTTPS is the edge's public TLS address, with certificates from an
+	// internal CA. Default "127.0.0.1:8443".
+	HTTPS string
 	// Admin is the edge's admin address. Default "127.0.0.1:9901", the
 	// address `meshd members` and `meshd services` ask by default.
 	Admin string
@@ -73,6 +76,9 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	if o.Admin == "" {
 		o.Admin = "127.0.0.1:9901"
 	}
+	if o.HTTPS == "" {
+		o.HTTPS = "127.0.0.1:8443"
+	}
 	if o.LogLevel == "" {
 		o.LogLevel = "warn"
 	}
@@ -110,20 +116,23 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	host, port, _ := net.SplitHostPort(d.Edge.Addrs()["public-http"])
+	public := d.Edge.Addrs()["public-http"]
+	_, httpsPort, _ := net.SplitHostPort(d.Edge.Addrs()["public-https"])
 	admin := d.Edge.Addrs()["admin"]
+	root := filepath.Join(d.Edge.Config.DataDir, "internal-ca", "root.crt")
 	fmt.Fprintf(o.Stdout, `meshd demo: two regions (eu, us), a gateway and two "web" instances each, one edge in eu.
-  edge (public HTTP): http://%s
-  edge admin:         http://%s   (meshd members; meshd services)
-  CA and gossip key:  %s
+  edge (public HTTP):  http://%[1]s  (web.localhost is served over plain HTTP; other hosts redirect to HTTPS)
+  edge (public HTTPS): https://web.localhost:%[2]s  (certificates from an internal CA: %[4]s)
+  edge admin:          http://%[3]s  (meshd members; meshd services)
 
 Try:
-  curl -s -H 'Host: web.localhost' http://%s/hello
-  curl -s http://%s/v1/services
-  curl -s -H 'Host: nothing.localhost' -i http://%s/
+  curl -s -H 'Host: web.localhost' http://%[1]s/hello
+  curl -s --cacert %[4]s --resolve web.localhost:%[2]s:127.0.0.1 https://web.localhost:%[2]s/hello
+  curl -s http://%[3]s/v1/services
+  curl -s -i -H 'Host: nothing.localhost' http://%[1]s/
 
 Ctrl-C stops the mesh.
-`, net.JoinHostPort(host, port), admin, d.Dir, net.JoinHostPort(host, port), admin, net.JoinHostPort(host, port))
+`, public, httpsPort, admin, root)
 	if o.Ready != nil {
 		o.Ready(d)
 	}
@@ -163,9 +172,11 @@ func startDemo(ctx context.Context, o DemoOptions, logger *slog.Logger) (_ *Demo
 	// here before starting anything else.
 	ec := base
 	ec.Role, ec.Name, ec.Region, ec.PublicHTTP, ec.Admin = RoleEdge, "edge-eu", "eu", o.HTTP, o.Admin
+	ec.PublicHTTPS, ec.TLS, ec.DataDir = o.HTTPS, "internal", filepath.Join(dir, "data")
+	ec.PublicHTTPAllow = []string{"web.localhost"} // so the plain-HTTP curl works too
 	if d.Edge, err = start(ec); err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
-			return nil, fmt.Errorf("demo: %s or %s is in use: is another meshd demo running? (pick others with --http and --admin): %w", o.HTTP, o.Admin, err)
+			return nil, fmt.Errorf("demo: %s, %s or %s is in use: is another meshd demo running? (pick others with --http, --https and --admin): %w", o.HTTP, o.HTTPS, o.Admin, err)
 		}
 		return nil, fmt.Errorf("demo: %w", err)
 	}

@@ -3,13 +3,18 @@ package mesh
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/meshd/meshd/tlsmgr"
 )
 
 // syncBuffer is a bytes.Buffer safe for the demo's concurrent writers.
@@ -40,7 +45,7 @@ func TestDemo(t *testing.T) {
 	ready := make(chan *Demo, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- RunDemo(ctx, DemoOptions{HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0", Stdout: &out, Stderr: &logs,
+		done <- RunDemo(ctx, DemoOptions{HTTP: "127.0.0.1:0", HTTPS: "127.0.0.1:0", Admin: "127.0.0.1:0", Stdout: &out, Stderr: &logs,
 			Ready: func(d *Demo) { ready <- d }})
 	}()
 	var d *Demo
@@ -77,6 +82,35 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("instances seen: %v, want both eu instances", seen)
 	}
 
+	// HTTPS with a certificate from the internal CA, for web.localhost
+	// only; plain HTTP for other hosts redirects to it.
+	rootPEM, err := tlsmgr.InternalRoot(d.Edge.Config.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(rootPEM)
+	httpsAddr := d.Edge.Addrs()["public-https"]
+	tc := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: pool},
+		ForceAttemptHTTP2: true,
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, httpsAddr)
+		},
+	}}
+	resp, err := tc.Get("https://web.localhost/tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 || !strings.Contains(string(body), `"service":"web"`) {
+		t.Fatalf("https: %s %s %s", resp.Status, resp.Proto, body)
+	}
+	if _, err := tc.Get("https://evil.localhost/"); err == nil {
+		t.Fatal("the internal CA issued a certificate for a host nobody publishes")
+	}
+
 	// The admin API reports the mesh, also to Prometheus.
 	admin := d.Edge.Addrs()["admin"]
 	for path, want := range map[string]string{
@@ -97,7 +131,7 @@ func TestDemo(t *testing.T) {
 	}
 
 	// A second demo on the same addresses fails with a clear message.
-	err := RunDemo(ctx, DemoOptions{HTTP: public, Admin: "127.0.0.1:0", Stdout: io.Discard, Stderr: io.Discard})
+	err = RunDemo(ctx, DemoOptions{HTTP: public, HTTPS: "127.0.0.1:0", Admin: "127.0.0.1:0", Stdout: io.Discard, Stderr: io.Discard})
 	if err == nil || !strings.Contains(err.Error(), "is another meshd demo running?") {
 		t.Fatalf("second demo: %v", err)
 	}

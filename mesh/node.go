@@ -35,8 +35,8 @@ type Node struct {
 	lan, wan *gossip.Cluster
 	pool     *proxy.Pool
 
-	meshSrv, outSrv, publicSrv, adminSrv *proxy.Server
-	advertise                            string
+	meshSrv, outSrv, publicSrv, httpsSrv, adminSrv *proxy.Server
+	advertise                                      string
 
 	snap     atomic.Pointer[Snapshot]
 	ready    atomic.Bool // started and not draining
@@ -44,11 +44,12 @@ type Node struct {
 	healthy  atomic.Bool // sidecar: the app answers its health check
 
 	registry *prometheus.Registry
-	cache    *cache.Store // edge: the HTTP cache; nil when off
-	probe    *prober      // edges and gateways: reachability of global pool gateways
-	speaker  *bgp.Speaker // edge with anycast prefixes
-	gate     *bgp.Gate    // announces only while the edge can serve
-	canServe chan bool    // latest "can serve" for the gate
+	cache    *cache.Store        // edge: the HTTP cache; nil when off
+	certs    *tlsmgr.PublicCerts // edge with public-https
+	probe    *prober             // edges and gateways: reachability of global pool gateways
+	speaker  *bgp.Speaker        // edge with anycast prefixes
+	gate     *bgp.Gate           // announces only while the edge can serve
+	canServe chan bool           // latest "can serve" for the gate
 
 	kick   chan struct{}
 	cancel context.CancelFunc
@@ -68,7 +69,7 @@ type Node struct {
 // "mesh", "outbound", "public-http", "admin", "gossip", "wan-gossip".
 func (n *Node) Addrs() map[string]string {
 	m := map[string]string{}
-	for name, s := range map[string]*proxy.Server{"mesh": n.meshSrv, "outbound": n.outSrv, "public-http": n.publicSrv, "admin": n.adminSrv} {
+	for name, s := range map[string]*proxy.Server{"mesh": n.meshSrv, "outbound": n.outSrv, "public-http": n.publicSrv, "public-https": n.httpsSrv, "admin": n.adminSrv} {
 		if s != nil {
 			m[name] = s.BoundAddr()
 		}
@@ -218,9 +219,25 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			h = n.cache.Middleware(h)
 		}
 		h = n.hostGate(h)
-		n.publicSrv = &proxy.Server{Addr: c.PublicHTTP, Handler: h, Logger: n.Logger}
+		httpHandler := h
+		if c.PublicHTTPS != "" {
+			n.certs = n.publicCerts()
+			n.httpsSrv = &proxy.Server{Addr: c.PublicHTTPS, TLS: n.certs.TLSConfig(), Handler: h, Logger: n.Logger}
+			if err := startServer("public-https", n.httpsSrv); err != nil {
+				return err
+			}
+			httpHandler = n.certs.HTTPChallenge(n.redirectHTTPS(h))
+		}
+		n.publicSrv = &proxy.Server{Addr: c.PublicHTTP, Handler: httpHandler, Logger: n.Logger}
 		if err := startServer("public-http", n.publicSrv); err != nil {
 			return err
+		}
+		if n.certs != nil {
+			n.certs.ACMEHTTPAddr, n.certs.ACMETLSAddr = n.publicSrv.BoundAddr(), n.httpsSrv.BoundAddr()
+			if err := n.certs.Start(bg); err != nil {
+				return fmt.Errorf("tls: %w", err)
+			}
+			closers = append(closers, func() { n.certs.Close() })
 		}
 	}
 	if c.Admin != "" {
@@ -238,7 +255,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	onChange := n.kickRebuild
 	if c.Role != RoleEdge {
 		n.lan = &gossip.Cluster{Name: c.Name, BindAddr: c.GossipAddr, Profile: gossip.LAN, Key: key,
-			Label: "meshd/" + n.td + "/region/" + c.Region, Join: c.Join, Logger: n.Logger.With("pool", "region"), OnChange: onChange}
+			Label: "meshd/" + n.td + "/region/" + c.Region, Join: c.Join, Logger: n.Logger, OnChange: onChange}
 		rec, _ := n.lanRecord().Encode()
 		if err := n.lan.Start(bg); err != nil {
 			return fmt.Errorf("gossip-addr: %w", err)
@@ -251,7 +268,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	if c.Role != RoleSidecar {
 		n.wan = &gossip.Cluster{Name: c.Name, BindAddr: c.WANGossipAddr, Profile: gossip.WAN, Key: key,
-			Label: "meshd/" + n.td + "/global", Join: c.WANJoin, Logger: n.Logger.With("pool", "global"), OnChange: onChange}
+			Label: "meshd/" + n.td + "/global", Join: c.WANJoin, Logger: n.Logger, OnChange: onChange}
 		if err := n.wan.Start(bg); err != nil {
 			return fmt.Errorf("wan-gossip-addr: %w", err)
 		}
@@ -339,7 +356,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	defer cancel()
 	var errs []error
 	var wg sync.WaitGroup
-	for _, s := range []*proxy.Server{n.publicSrv, n.meshSrv, n.outSrv} {
+	for _, s := range []*proxy.Server{n.publicSrv, n.httpsSrv, n.meshSrv, n.outSrv} {
 		if s == nil {
 			continue
 		}
@@ -373,6 +390,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	n.pool.CloseIdle()
 	if n.cache != nil {
 		n.cache.Close()
+	}
+	if n.certs != nil {
+		n.certs.Close()
 	}
 	if err := n.ids.Close(); err != nil {
 		errs = append(errs, err)

@@ -1,0 +1,118 @@
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+
+	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/tlsmgr"
+)
+
+// defaultDataDir is where an edge keeps its internal CA and ACME state
+// when --data-dir is not given.
+func defaultDataDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/meshd"
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "meshd")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "share", "meshd")
+	}
+	return "meshd-data"
+}
+
+func (c *Config) validatePublicTLS() error {
+	if c.PublicHTTPS == "" {
+		return nil
+	}
+	if err := validHostPort(c.PublicHTTPS); err != nil {
+		return &FieldError{Field: "public-https", Err: err}
+	}
+	switch c.TLS {
+	case tlsmgr.SourceFiles:
+		if len(c.TLSCert) == 0 {
+			return fieldErr("tls-cert", "required with tls: files")
+		}
+		if len(c.TLSCert) != len(c.TLSKey) {
+			return fieldErr("tls-key", "%d keys for %d certificates: give them in pairs", len(c.TLSKey), len(c.TLSCert))
+		}
+	case tlsmgr.SourceInternal, tlsmgr.SourceACME:
+		if len(c.TLSCert) > 0 || len(c.TLSKey) > 0 {
+			return fieldErr("tls-cert", "only with tls: files")
+		}
+	default:
+		return fieldErr("tls", "%q: want files, internal or acme", c.TLS)
+	}
+	for _, h := range c.PublicHTTPAllow {
+		if err := validDomain(h); err != nil {
+			return &FieldError{Field: "public-http-allow", Err: err}
+		}
+	}
+	return nil
+}
+
+// publicCerts builds the edge's certificate source. Internal and ACME
+// certificates are only ever issued for hosts the catalog publishes, so a
+// client cannot make the edge issue (or ask an ACME CA) for arbitrary SNI.
+func (n *Node) publicCerts() *tlsmgr.PublicCerts {
+	c := &n.Config
+	p := &tlsmgr.PublicCerts{Source: c.TLS, DataDir: c.DataDir, ACMECA: c.ACMECA, ACMECARoot: c.ACMECARoot,
+		ACMEEmail: c.ACMEEmail, Logger: n.Logger.With("part", "public-tls")}
+	for i := range c.TLSCert {
+		p.Files = append(p.Files, tlsmgr.CertFiles{Cert: c.TLSCert[i], Key: c.TLSKey[i]})
+	}
+	p.Allow = func(ctx context.Context, host string) error {
+		s := n.snap.Load()
+		if svc, ok := publicService(host, c.PublicDomain, s.domains); ok && s.known[svc] {
+			return nil
+		}
+		return fmt.Errorf("no service is published at %q", host)
+	}
+	return p
+}
+
+// Reload re-reads what can change without a restart (SIGHUP): today the
+// public certificate files.
+func (n *Node) Reload() error {
+	if n.certs == nil {
+		return nil
+	}
+	return n.certs.Reload()
+}
+
+// redirectHTTPS sends plain HTTP requests to the HTTPS listener with a 308
+// (method and body kept, RFC 9110 §15.4.9), except for hosts listed in
+// PublicHTTPAllow. ACME HTTP-01 challenges are answered before this.
+func (n *Node) redirectHTTPS(next http.Handler) http.Handler {
+	allow := map[string]bool{}
+	for _, h := range n.Config.PublicHTTPAllow {
+		allow[h] = true
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := normalizeHost(r.Host)
+		if allow[host] {
+			next.ServeHTTP(w, r)
+			return
+		}
+		// Only hosts the edge serves are redirected; others get the same
+		// 404 as over HTTPS, not a redirect to a handshake that fails.
+		s := n.snap.Load()
+		if svc, ok := publicService(host, n.Config.PublicDomain, s.domains); !ok || !s.known[svc] {
+			writeStatusError(w, errNoHost(r.Host).(*proxy.StatusError))
+			return
+		}
+		target := "https://" + host
+		if _, port, err := net.SplitHostPort(n.httpsSrv.BoundAddr()); err == nil && port != "443" {
+			target = "https://" + net.JoinHostPort(host, port)
+		}
+		w.Header().Set("Location", target+r.URL.RequestURI())
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusPermanentRedirect)
+	})
+}
