@@ -42,7 +42,8 @@ type Handler struct {
 	// Public marks the edge's public listener: client-supplied X-Mesh-*,
 	// X-Forwarded-* and Forwarded fields are dropped, and X-Forwarded-For,
 	// X-Forwarded-Proto, X-Forwarded-Host and Forwarded are set from the
-	// real connection. When false (mesh hops) X-Forwarded-* and Forwarded
+	// real connection; X-Mesh-* fields of the upstream's response are
+	// dropped too, so internal fields never reach the public. When false (mesh hops) X-Forwarded-* and Forwarded
 	// are kept as sent: they come from a peer with a verified identity.
 	// Default false.
 	Public bool
@@ -448,7 +449,7 @@ func (e *upstreamBodyError) Unwrap() error { return e.err }
 func (h *Handler) respond(w http.ResponseWriter, r *http.Request, c *handlerConfig, rc *http.ResponseController, resp *http.Response) int {
 	defer resp.Body.Close()
 	hdr := w.Header()
-	copyResponseHeader(hdr, resp.Header)
+	copyResponseHeader(hdr, resp.Header, h.Public)
 	hdr["Via"] = appendVia(resp.Header["Via"], c.via(resp.ProtoMajor, resp.ProtoMinor, h.Via))
 	// Announce the upstream's trailers so the server sends them after the
 	// body (RFC 9110 §6.5.2); Go's transport lists their names in

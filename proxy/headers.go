@@ -243,12 +243,15 @@ func clientIP(addr string) string {
 // hop-by-hop fields, the fields the response's Connection names, and
 // Alt-Svc: an upstream's alternative services (RFC 7838 §3) describe the
 // upstream, which the client never talks to; the edge advertises its own.
+// When public, meshd's internal X-Mesh-* fields are dropped too: they
+// describe the mesh (instances, regions) and never leave it.
 // The value slices are shared with src: the response belongs to this
 // request and is not used after the copy.
-func copyResponseHeader(dst, src http.Header) {
+func copyResponseHeader(dst, src http.Header, public bool) {
 	conn := src["Connection"]
 	for k, vv := range src {
-		if isHopByHop(k) || (len(conn) > 0 && hasToken(conn, k)) || strings.EqualFold(k, "Alt-Svc") {
+		if isHopByHop(k) || (len(conn) > 0 && hasToken(conn, k)) || strings.EqualFold(k, "Alt-Svc") ||
+			(public && isMeshHeader(k)) {
 			continue
 		}
 		dst[k] = vv

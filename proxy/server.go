@@ -20,11 +20,36 @@ const (
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultServerIdleTimeout = 120 * time.Second
 	DefaultMaxHeaderBytes    = 64 << 10
+	// DefaultMaxConcurrentStreams is Go's own HTTP/2 default, applied to
+	// HTTP/3 too.
+	DefaultMaxConcurrentStreams = 250
+
+	// Defaults that apply on a Public server only.
+
+	// DefaultMaxConnsPerIP allows a large NAT (an office, a carrier-grade
+	// NAT) its browsers at 6 HTTP/1.1 connections each, or hundreds of
+	// HTTP/2 users, while one address cannot hold thousands of idle
+	// connections.
+	DefaultMaxConnsPerIP = 256
+	// DefaultMaxBodyBytes: 1 GiB. Exactly this much is accepted.
+	DefaultMaxBodyBytes = 1 << 30
+	// DefaultMinBodyRate (bytes per second) and DefaultBodyRateWindow:
+	// a request body must deliver 1 KiB/s averaged over each 20 s spent
+	// waiting for it, i.e. 20 KiB per window. Any real link, even 2G
+	// mobile at a few KB/s, clears it; a slowloris-style client must
+	// send 1 KiB/s for each connection it holds. Apache's mod_reqtimeout
+	// uses the same shape (20 s, then a minimum rate of 500 B/s).
+	DefaultMinBodyRate    = 1 << 10
+	DefaultBodyRateWindow = 20 * time.Second
 )
 
 // Server is one listener: plain HTTP/1.1, or TLS with HTTP/2 and HTTP/1.1
-// chosen by ALPN. Set the fields, then Start; Shutdown drains it. A Server
-// is started at most once.
+// chosen by ALPN, optionally with HTTP/3 on UDP at the same address. Set the
+// fields, then Start; Shutdown drains it. A Server is started at most once.
+//
+// Limits marked "(public)" below default to the stated value when Public is
+// set and to no limit otherwise; a positive value applies on any server,
+// and a negative value turns the limit off.
 type Server struct {
 	// Addr is the "host:port" to listen on; port 0 picks a free port.
 	// Required.
@@ -47,8 +72,60 @@ type Server struct {
 	// IdleTimeout closes keep-alive connections idle for this long.
 	// Default 120 s.
 	IdleTimeout time.Duration
-	// MaxHeaderBytes bounds a request's header section. Default 64 KiB.
+	// MaxHeaderBytes bounds a request's header section (HTTP/2 and
+	// HTTP/3: SETTINGS_MAX_HEADER_LIST_SIZE and the QPACK-decoded size).
+	// Default 64 KiB.
 	MaxHeaderBytes int
+
+	// Public marks a listener that untrusted clients reach (the edge's
+	// public HTTPS and HTTP listeners). It turns on the "(public)" limits
+	// below and rejects with 400:
+	//   - a Host that is not a valid uri-host[:port] (see validHost);
+	//   - on HTTP/2, a Host field that differs from :authority (RFC 9113
+	//     §8.3.1; quic-go already rejects this on HTTP/3);
+	//   - an absolute-form target (RFC 9112 §3.2.2) with userinfo (RFC
+	//     9110 §4.2.4), with a scheme other than the connection's, or,
+	//     over TLS, naming another host than the TLS server name.
+	// Default false: mesh listeners serve mTLS-verified peers, and on a
+	// sidecar's outbound listener the app sends absolute-form targets
+	// such as "GET http://web.mesh/" as to an HTTP proxy.
+	Public bool
+	// HTTP3 also serves Handler over HTTP/3 (RFC 9114) on UDP at the same
+	// address and port as the TCP listener, with the same limits, and
+	// advertises it in an Alt-Svc field (RFC 7838) on every response sent
+	// over TCP. Requires TLS allowing TLS 1.3. Default false.
+	HTTP3 bool
+	// Allow0RTT accepts TLS 1.3 early data on HTTP/3. Early data can be
+	// replayed by an attacker (RFC 8446 §8), so only GET, HEAD and
+	// OPTIONS are served from it, forwarded with "Early-Data: 1"; any
+	// other method gets 425 Too Early and the client retries after the
+	// handshake (RFC 8470). Requires HTTP3. Default false.
+	Allow0RTT bool
+	// MaxConcurrentStreams bounds the requests one HTTP/2 or HTTP/3
+	// connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS,
+	// RFC 9113 §6.5.2; QUIC MAX_STREAMS, RFC 9000 §4.6). Default 250.
+	MaxConcurrentStreams int
+	// MaxConnsPerIP (public) bounds the open connections (TCP and QUIC
+	// together) of one client IP address. A connection over the limit is
+	// closed as soon as it is accepted, before its TLS handshake, and
+	// logged at most once per 10 s; other addresses are unaffected.
+	// Default 256 (DefaultMaxConnsPerIP).
+	MaxConnsPerIP int
+	// MaxBodyBytes (public) bounds a request body: a declared
+	// Content-Length above it gets 413 before any byte is read, a body
+	// that grows past it is cut and the request answered with 413 if no
+	// response was sent yet. Default 1 GiB (exactly 1 GiB passes).
+	MaxBodyBytes int64
+	// MinBodyRate (public) is the minimum rate, in bytes per second, at
+	// which a request body must arrive, averaged over each BodyRateWindow
+	// spent waiting for it: a body that delivers less is cut and the
+	// request answered with 408 if no response was sent yet. Time the
+	// handler spends not reading (upstream back-pressure) does not count.
+	// Default 1 KiB/s (DefaultMinBodyRate).
+	MinBodyRate int64
+	// BodyRateWindow is the span MinBodyRate is measured over; a body
+	// that sends nothing at all is cut after one window. Default 20 s.
+	BodyRateWindow time.Duration
 
 	inflight atomic.Int64
 
@@ -56,7 +133,28 @@ type Server struct {
 	started bool
 	srv     *http.Server
 	ln      net.Listener
+	h3      *h3Server     // nil without HTTP3
+	lim     *ipLimiter    // nil without a per-IP limit
 	done    chan struct{} // closed when Serve returned
+}
+
+// ServerStats are a Server's counters since Start.
+type ServerStats struct {
+	// RefusedConns counts connections closed at accept because their
+	// client IP was at MaxConnsPerIP.
+	RefusedConns int64
+}
+
+// Stats returns the server's counters. It is safe to call at any time.
+func (s *Server) Stats() ServerStats {
+	s.mu.Lock()
+	lim := s.lim
+	s.mu.Unlock()
+	var st ServerStats
+	if lim != nil {
+		st.RefusedConns = lim.rejected.Load()
+	}
+	return st
 }
 
 // Validate reports a missing or bad field.
@@ -78,14 +176,53 @@ func (s *Server) Validate() error {
 		return fmt.Errorf("proxy: server: MaxHeaderBytes %d is negative", s.MaxHeaderBytes)
 	case s.TLS != nil && len(s.TLS.Certificates) == 0 && s.TLS.GetCertificate == nil && s.TLS.GetConfigForClient == nil:
 		return errors.New("proxy: server: TLS has no certificate (Certificates, GetCertificate or GetConfigForClient)")
+	case s.HTTP3 && s.TLS == nil:
+		return errors.New("proxy: server: HTTP3 requires TLS")
+	case s.HTTP3 && noTLS13(s.TLS):
+		return errors.New("proxy: server: HTTP3 requires TLS 1.3, but TLS.MaxVersion rules it out")
+	case s.Allow0RTT && !s.HTTP3:
+		return errors.New("proxy: server: Allow0RTT requires HTTP3 (early data exists only on HTTP/3 here)")
+	case s.MaxConcurrentStreams < 0:
+		return fmt.Errorf("proxy: server: MaxConcurrentStreams %d is negative", s.MaxConcurrentStreams)
+	case s.BodyRateWindow < 0:
+		return fmt.Errorf("proxy: server: BodyRateWindow %v is negative", s.BodyRateWindow)
+	case s.BodyRateWindow > 0 && s.BodyRateWindow < 100*time.Millisecond:
+		return fmt.Errorf("proxy: server: BodyRateWindow %v is below 100ms", s.BodyRateWindow)
 	}
 	return nil
 }
 
-// Start validates the fields and binds the listener synchronously, so a port
-// in use is reported here, naming the address ("listen tcp
-// 127.0.0.1:8080: bind: address already in use"); then it serves in the
-// background. ctx bounds the bind only: stop the server with Shutdown.
+// publicLimit resolves a "(public)" limit: negative turns it off (0),
+// positive applies, zero takes def on a Public server and is off otherwise.
+func publicLimit[T int | int64](v, def T, public bool) T {
+	switch {
+	case v < 0:
+		return 0
+	case v > 0:
+		return v
+	case public:
+		return def
+	}
+	return 0
+}
+
+// limits resolves the per-request limits from the fields.
+func (s *Server) limits() limits {
+	l := limits{
+		public:    s.Public,
+		maxBody:   publicLimit(s.MaxBodyBytes, DefaultMaxBodyBytes, s.Public),
+		minRate:   publicLimit(s.MinBodyRate, DefaultMinBodyRate, s.Public),
+		window:    orDefault(s.BodyRateWindow, DefaultBodyRateWindow),
+		allow0RTT: s.Allow0RTT,
+	}
+	return l
+}
+
+// Start validates the fields and binds the listener (and, with HTTP3, the
+// UDP socket on the same port) synchronously, so a port in use is reported
+// here, naming the address ("listen tcp 127.0.0.1:8080: bind: address
+// already in use"); then it serves in the background. ctx bounds the bind
+// only: stop the server with Shutdown.
 func (s *Server) Start(ctx context.Context) error {
 	if err := s.Validate(); err != nil {
 		return err
@@ -104,14 +241,30 @@ func (s *Server) Start(ctx context.Context) error {
 	if logger == nil {
 		logger = slog.Default()
 	}
+	bound := ln.Addr().String()
+	var lim *ipLimiter
+	if n := publicLimit(s.MaxConnsPerIP, DefaultMaxConnsPerIP, s.Public); n > 0 {
+		lim = newIPLimiter(n, logger, bound)
+		ln = &limitListener{Listener: ln, lim: lim}
+	}
+	g := &guard{h: s.Handler, n: &s.inflight, lim: s.limits()}
+	var h3 *h3Server
+	if s.HTTP3 {
+		h3, err = s.startHTTP3(ctx, bound, g, lim, logger)
+		if err != nil {
+			_ = ln.Close()
+			return err
+		}
+		g.altSvc = h3.altSvcValue
+	}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	srv := &http.Server{
-		Handler:           inflightHandler{h: s.Handler, n: &s.inflight},
+		Handler:           g,
 		ReadHeaderTimeout: orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
 		IdleTimeout:       orDefault(s.IdleTimeout, DefaultServerIdleTimeout),
 		MaxHeaderBytes:    orDefault(s.MaxHeaderBytes, DefaultMaxHeaderBytes),
-		ErrorLog:          log.New(serverLogWriter{logger: logger, addr: ln.Addr().String()}, "", 0),
+		ErrorLog:          log.New(serverLogWriter{logger: logger, addr: bound}, "", 0),
 		Protocols:         &protocols,
 	}
 	if s.TLS != nil {
@@ -119,9 +272,20 @@ func (s *Server) Start(ctx context.Context) error {
 		// ServeTLS clones the configuration and sets ALPN to h2 and
 		// http/1.1 from Protocols.
 		srv.TLSConfig = s.TLS.Clone()
-		srv.HTTP2 = &http.HTTP2Config{}
+		// Go's HTTP/2 server carries the mitigations for rapid reset
+		// (CVE-2023-44487: at most MaxConcurrentStreams handlers run per
+		// connection, 4× that may wait, beyond that GOAWAY
+		// ENHANCE_YOUR_CALM) and for CONTINUATION floods
+		// (CVE-2023-45288: header bytes beyond MaxHeaderBytes close the
+		// connection); h2abuse_test.go shows both.
+		srv.HTTP2 = &http.HTTP2Config{
+			MaxConcurrentStreams: orDefault(s.MaxConcurrentStreams, DefaultMaxConcurrentStreams),
+			CountError: func(errType string) {
+				logger.Debug("proxy: http2 error", "addr", bound, "type", errType)
+			},
+		}
 	}
-	s.srv, s.ln, s.started = srv, ln, true
+	s.srv, s.ln, s.h3, s.lim, s.started = srv, ln, h3, lim, true
 	s.done = make(chan struct{})
 	go func() {
 		defer close(s.done)
@@ -132,7 +296,7 @@ func (s *Server) Start(ctx context.Context) error {
 			err = srv.Serve(ln)
 		}
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
-			logger.Error("proxy: listener stopped", "addr", ln.Addr().String(), "err", err)
+			logger.Error("proxy: listener stopped", "addr", bound, "err", err)
 		}
 	}()
 	return nil
@@ -160,31 +324,28 @@ func (s *Server) InFlight() int64 { return s.inflight.Load() }
 // returned. Shutdown before Start does nothing.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	srv, done := s.srv, s.done
+	srv, h3, done := s.srv, s.h3, s.done
 	s.mu.Unlock()
 	if srv == nil {
 		return nil
 	}
+	// HTTP/3 drains beside TCP: its clients get GOAWAY at the same time.
+	h3err := make(chan error, 1)
+	if h3 != nil {
+		go func() { h3err <- h3.shutdown(ctx) }()
+	} else {
+		h3err <- nil
+	}
 	err := srv.Shutdown(ctx)
 	if err != nil {
 		_ = srv.Close()
-		err = fmt.Errorf("proxy: shutdown of %s: %w", s.Addr, err)
 	}
 	<-done // Serve returns at once after Shutdown or Close.
-	return err
-}
-
-// inflightHandler counts requests being served. The counter is decremented
-// in a defer, so requests ended by panic(http.ErrAbortHandler) count too.
-type inflightHandler struct {
-	h http.Handler
-	n *atomic.Int64
-}
-
-func (ih inflightHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ih.n.Add(1)
-	defer ih.n.Add(-1)
-	ih.h.ServeHTTP(w, r)
+	err = errors.Join(err, <-h3err)
+	if err != nil {
+		return fmt.Errorf("proxy: shutdown of %s: %w", s.Addr, err)
+	}
+	return nil
 }
 
 // serverLogWriter turns net/http's log lines into slog records. TLS

@@ -1,0 +1,320 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// limits is what a Server enforces on each request, resolved from its
+// fields at Start.
+type limits struct {
+	public    bool
+	maxBody   int64         // 0: no limit
+	minRate   int64         // bytes per second; 0: no check
+	window    time.Duration // the span minRate is measured over
+	allow0RTT bool
+}
+
+// minBytes is what a body must deliver in each window of waiting.
+func (l *limits) minBytes() int64 {
+	return l.minRate * int64(l.window) / int64(time.Second)
+}
+
+// guard is the handler a Server runs in front of its Handler: it counts
+// requests in flight and applies the per-request rules (see Server.Public,
+// MaxBodyBytes, MinBodyRate, Allow0RTT) before the Handler sees anything.
+type guard struct {
+	h      http.Handler
+	n      *atomic.Int64
+	lim    limits
+	altSvc func() []string // the edge's own Alt-Svc for TCP responses; nil without HTTP/3
+}
+
+// ServeHTTP checks r, wraps its body when a limit applies, and serves it.
+// The counter is decremented in a defer, so requests ended by
+// panic(http.ErrAbortHandler) count too.
+func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g.n.Add(1)
+	defer g.n.Add(-1)
+	if g.altSvc != nil && r.ProtoMajor < 3 {
+		// Set before the handler runs: the forwarding Handler drops an
+		// upstream's Alt-Svc and keeps this one (RFC 7838 §3).
+		if v := g.altSvc(); v != nil {
+			w.Header()["Alt-Svc"] = v
+		}
+	}
+	if r.TLS != nil && !r.TLS.HandshakeComplete {
+		// Only HTTP/3 serves requests before the handshake completes:
+		// they came in TLS 1.3 early data, which an attacker can replay
+		// (RFC 8446 §8). RFC 8470 §5.2: answer 425 unless the request is
+		// safe to replay; a forwarded one carries "Early-Data: 1" so the
+		// upstream can decide too (§5.1).
+		if !g.lim.allow0RTT || !isSafeMethod(r.Method) {
+			rejectRequest(w, r, http.StatusTooEarly, "meshd: too early, retry after the handshake")
+			return
+		}
+		r.Header["Early-Data"] = []string{"1"}
+	}
+	if g.lim.public {
+		if msg := checkTarget(r); msg != "" {
+			rejectRequest(w, r, http.StatusBadRequest, msg)
+			return
+		}
+	}
+	if !hasBody(r) || (g.lim.maxBody == 0 && g.lim.minRate == 0) {
+		g.h.ServeHTTP(w, r)
+		return
+	}
+	if g.lim.maxBody > 0 && r.ContentLength > g.lim.maxBody {
+		// Declared too large: refuse before reading a byte, and (HTTP/1)
+		// close the connection rather than read the body to keep it.
+		rejectRequest(w, r, http.StatusRequestEntityTooLarge, "meshd: request body too large")
+		return
+	}
+	gb := &guardedRequest{}
+	gb.body = guardBody{rc: r.Body, lim: &g.lim, rc2: http.NewResponseController(w)}
+	gb.w = guardWriter{ResponseWriter: w, body: &gb.body, r: r}
+	body := r.Body
+	r.Body = &gb.body
+	defer func() {
+		r.Body = body
+		gb.body.clearDeadline()
+	}()
+	g.h.ServeHTTP(&gb.w, r)
+	if gb.body.status != 0 && !gb.w.wrote {
+		// The handler gave up without answering (it saw the read error as
+		// the client going away); the client still gets a status.
+		gb.w.writeCut()
+	}
+}
+
+// hasBody reports whether r may carry a request body.
+func hasBody(r *http.Request) bool {
+	return r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+}
+
+// isSafeMethod reports the methods RFC 8470 §3 allows a server to accept in
+// early data by default: safe ones (RFC 9110 §9.2.1) without side effects.
+func isSafeMethod(m string) bool {
+	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions
+}
+
+// checkTarget applies a public listener's rules to the request target and
+// Host; it returns the client message of the first rule broken, or "".
+func checkTarget(r *http.Request) string {
+	if !validHost(r.Host) {
+		return "meshd: invalid Host"
+	}
+	switch r.ProtoMajor {
+	case 1:
+		if r.URL.Host == "" && r.URL.Scheme == "" {
+			return "" // origin-form (or "*"): Host came from the field
+		}
+		// Absolute-form (RFC 9112 §3.2.2): Go's server took the
+		// authority as r.Host and dropped the Host field.
+		if r.URL.User != nil {
+			return "meshd: userinfo in the request target" // RFC 9110 §4.2.4
+		}
+		want := "http"
+		if r.TLS != nil {
+			want = "https"
+		}
+		if !strings.EqualFold(r.URL.Scheme, want) {
+			return "meshd: request target scheme does not match the connection"
+		}
+		if r.TLS != nil && r.TLS.ServerName != "" && !strings.EqualFold(hostName(r.Host), r.TLS.ServerName) {
+			// HTTP/1.1 has no connection reuse across origins, so a
+			// target naming another host than the TLS server name asks
+			// this connection for an origin it was not opened for.
+			return "meshd: request target names another host than the TLS server name"
+		}
+	case 2:
+		// Go keeps a Host field sent beside :authority; RFC 9113 §8.3.1
+		// says to treat a different value as malformed. (quic-go already
+		// rejects the HTTP/3 equivalent, RFC 9114 §4.3.1.)
+		if hv, ok := r.Header["Host"]; ok && (len(hv) != 1 || hv[0] != r.Host) {
+			return "meshd: Host does not match :authority"
+		}
+	}
+	return ""
+}
+
+// rejectRequest answers a request this layer refuses. On HTTP/1 the
+// connection is closed afterwards: an unread body would otherwise have to be
+// read (or misread) before the next request.
+func rejectRequest(w http.ResponseWriter, r *http.Request, code int, msg string) {
+	if r.ProtoMajor == 1 {
+		w.Header()["Connection"] = []string{"close"}
+	}
+	writeError(w, code, msg)
+}
+
+// guardedRequest is the one allocation a request with a guarded body costs.
+type guardedRequest struct {
+	body guardBody
+	w    guardWriter
+}
+
+// Errors a guarded body returns; the handler sees them as read errors.
+var errBodyTooSlow = errors.New("proxy: request body arrived too slowly")
+
+// guardBody enforces MaxBodyBytes and MinBodyRate on a request body.
+//
+// The rate counts only time spent inside Read, waiting for the client: a
+// handler that stops reading (an upstream applying back-pressure) does not
+// make its client look slow. Each Read gets a read deadline at the end of
+// the current window, so a client that sends nothing is cut when the window
+// ends; after each window of waiting, fewer than minRate×window bytes cut
+// the body too.
+type guardBody struct {
+	rc  io.ReadCloser
+	rc2 *http.ResponseController
+	lim *limits
+
+	total    int64         // bytes read
+	winBytes int64         // bytes read in this window
+	waited   time.Duration // time spent in Read in this window
+	deadline bool          // a read deadline is set
+	status   int           // 413 or 408 once the body was cut
+	err      error
+}
+
+func (b *guardBody) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if max := b.lim.maxBody; max > 0 {
+		// Read at most one byte past the limit: exactly max bytes pass.
+		if rem := max - b.total + 1; int64(len(p)) > rem {
+			p = p[:rem]
+		}
+	}
+	var start time.Time
+	if b.lim.minRate > 0 {
+		start = time.Now()
+		if err := b.rc2.SetReadDeadline(start.Add(b.lim.window - b.waited)); err == nil {
+			b.deadline = true
+		}
+	}
+	n, err := b.rc.Read(p)
+	b.total += int64(n)
+	if b.lim.maxBody > 0 && b.total > b.lim.maxBody {
+		return n - int(b.total-b.lim.maxBody), b.cut(http.StatusRequestEntityTooLarge, &http.MaxBytesError{Limit: b.lim.maxBody})
+	}
+	if b.lim.minRate > 0 {
+		b.waited += time.Since(start)
+		b.winBytes += int64(n)
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			return n, b.cut(http.StatusRequestTimeout, errBodyTooSlow)
+		}
+		if b.waited >= b.lim.window {
+			if b.winBytes < b.lim.minBytes() {
+				return n, b.cut(http.StatusRequestTimeout, errBodyTooSlow)
+			}
+			b.waited, b.winBytes = 0, 0
+		}
+		if err == io.EOF {
+			// Go's HTTP/1 server reads on in the background after the
+			// body ends, to notice a client closing; a deadline left
+			// set would end that read and cancel the request.
+			b.clearDeadline()
+		}
+	}
+	return n, err
+}
+
+func (b *guardBody) cut(status int, err error) error {
+	b.status, b.err = status, err
+	return err
+}
+
+func (b *guardBody) clearDeadline() {
+	if b.deadline {
+		b.deadline = false
+		_ = b.rc2.SetReadDeadline(time.Time{})
+	}
+}
+
+func (b *guardBody) Close() error { return b.rc.Close() }
+
+// guardWriter replaces the error status a handler writes after its request
+// body was cut (the forwarding Handler sees a failed upstream write and
+// would answer 502) with the status that says why: 413 or 408.
+type guardWriter struct {
+	http.ResponseWriter
+	body    *guardBody
+	r       *http.Request
+	wrote   bool // a final status was written
+	swallow bool // the handler's own error response is discarded
+}
+
+func (w *guardWriter) WriteHeader(code int) {
+	if w.wrote || code < 200 {
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	if w.body.status != 0 && code >= 500 {
+		w.writeCut()
+		w.swallow = true
+		return
+	}
+	w.wrote = true
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// writeCut answers with the status of the cut body.
+func (w *guardWriter) writeCut() {
+	w.wrote = true
+	hdr := w.ResponseWriter.Header()
+	for k := range hdr {
+		if k != "Alt-Svc" {
+			delete(hdr, k)
+		}
+	}
+	msg := "meshd: request body too large"
+	if w.body.status == http.StatusRequestTimeout {
+		msg = "meshd: request body too slow"
+	}
+	rejectRequest(w.ResponseWriter, w.r, w.body.status, msg)
+}
+
+func (w *guardWriter) Write(p []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.swallow {
+		return len(p), nil
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// FlushError lets a handler stream through the guard; ResponseController
+// finds it before Unwrap.
+func (w *guardWriter) FlushError() error {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.swallow {
+		return nil
+	}
+	switch f := w.ResponseWriter.(type) {
+	case interface{ FlushError() error }:
+		return f.FlushError()
+	case http.Flusher:
+		f.Flush()
+		return nil
+	}
+	return http.ErrNotSupported
+}
+
+// Flush implements http.Flusher for handlers that type-assert it.
+func (w *guardWriter) Flush() { _ = w.FlushError() }
+
+// Unwrap gives ResponseController the server's writer (deadlines, full
+// duplex, hijacking).
+func (w *guardWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
