@@ -48,6 +48,10 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header()["Alt-Svc"] = v
 		}
 	}
+	if _, ok := r.Header["Early-Data"]; ok && g.lim.public {
+		// Only this hop may say a request came in early data.
+		delete(r.Header, "Early-Data")
+	}
 	if r.TLS != nil && !r.TLS.HandshakeComplete {
 		// Only HTTP/3 serves requests before the handshake completes:
 		// they came in TLS 1.3 early data, which an attacker can replay

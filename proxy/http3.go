@@ -33,8 +33,9 @@ type quicListener interface {
 }
 
 // startHTTP3 binds UDP at addr (the bound TCP address, so the port is the
-// same) and serves h over HTTP/3. On error nothing stays open.
-func (s *Server) startHTTP3(ctx context.Context, addr string, h http.Handler, lim *ipLimiter, logger *slog.Logger) (*h3Server, error) {
+// same) and serves g over HTTP/3; g advertises it on TCP responses from
+// then on. On error nothing stays open.
+func (s *Server) startHTTP3(ctx context.Context, addr string, g *guard, lim *ipLimiter, logger *slog.Logger) (*h3Server, error) {
 	var lc net.ListenConfig
 	udp, err := lc.ListenPacket(ctx, "udp", addr)
 	if err != nil {
@@ -80,7 +81,7 @@ func (s *Server) startHTTP3(ctx context.Context, addr string, h http.Handler, li
 	hs := &h3Server{
 		srv: &http3.Server{
 			Addr:           net.JoinHostPort("", port),
-			Handler:        h,
+			Handler:        g,
 			QUICConfig:     qconf,
 			MaxHeaderBytes: orDefault(s.MaxHeaderBytes, DefaultMaxHeaderBytes),
 			IdleTimeout:    orDefault(s.IdleTimeout, DefaultServerIdleTimeout),
@@ -91,6 +92,8 @@ func (s *Server) startHTTP3(ctx context.Context, addr string, h http.Handler, li
 		ln:   qln,
 		done: make(chan struct{}),
 	}
+	// Set before any request can run, on either protocol.
+	g.altSvc = hs.altSvcValue
 	go func() {
 		defer close(hs.done)
 		if err := hs.srv.ServeListener(qln); err != nil && !errors.Is(err, http.ErrServerClosed) {

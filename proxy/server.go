@@ -255,7 +255,6 @@ func (s *Server) Start(ctx context.Context) error {
 			_ = ln.Close()
 			return err
 		}
-		g.altSvc = h3.altSvcValue
 	}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
