@@ -1,0 +1,302 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// h2Abuser is a raw HTTP/2 client over TLS that writes frames as an
+// attacker would, and watches what the server does to its connection.
+type h2Abuser struct {
+	conn *tls.Conn
+	bw   *bufio.Writer
+	fr   *http2.Framer
+	enc  *hpack.Encoder
+	hbuf bytes.Buffer
+
+	closed chan struct{} // closed when the server closed the connection or sent GOAWAY
+	goAway atomic.Value  // http2.ErrCode of a GOAWAY, if one came
+}
+
+func dialAbuser(t *testing.T, addr string, roots *x509.CertPool) *h2Abuser {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: "example.test", NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := conn.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Fatalf("ALPN %q", p)
+	}
+	// Every write and read is bounded: the test never hangs on a server
+	// that stopped reading.
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	a := &h2Abuser{conn: conn, bw: bufio.NewWriterSize(conn, 64<<10), closed: make(chan struct{})}
+	a.fr = http2.NewFramer(a.bw, conn)
+	a.enc = hpack.NewEncoder(&a.hbuf)
+	t.Cleanup(func() { conn.Close() })
+	if _, err := io.WriteString(a.bw, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	go a.readLoop()
+	return a
+}
+
+// readLoop reads the server's frames until the connection ends or a GOAWAY
+// arrives, acknowledging SETTINGS as a client must.
+func (a *h2Abuser) readLoop() {
+	defer close(a.closed)
+	rfr := http2.NewFramer(io.Discard, a.conn)
+	for i := 0; i < 10_000_000; i++ {
+		f, err := rfr.ReadFrame()
+		if err != nil {
+			return
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			a.goAway.Store(ga.ErrCode)
+			return
+		}
+	}
+}
+
+// headerBlock encodes a GET for path, plus extra fields.
+func (a *h2Abuser) headerBlock(path string, extra ...hpack.HeaderField) []byte {
+	a.hbuf.Reset()
+	for _, f := range append([]hpack.HeaderField{
+		{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
+		{Name: ":authority", Value: "example.test"}, {Name: ":path", Value: path},
+	}, extra...) {
+		_ = a.enc.WriteField(f)
+	}
+	return bytes.Clone(a.hbuf.Bytes())
+}
+
+// isClosed reports whether the server ended the connection by now.
+func (a *h2Abuser) isClosed() bool {
+	select {
+	case <-a.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitClosed waits at most d for the server to end the connection.
+func (a *h2Abuser) waitClosed(d time.Duration) bool {
+	select {
+	case <-a.closed:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+func (a *h2Abuser) goAwayCode() string {
+	if c, ok := a.goAway.Load().(http2.ErrCode); ok {
+		return c.String()
+	}
+	return "none (connection closed)"
+}
+
+// startAbuseTarget starts a public TLS listener with a fast path "/" for
+// the normal client, and h on "/work".
+func startAbuseTarget(t *testing.T, h http.HandlerFunc) (string, *x509.CertPool) {
+	cfg, roots := selfSigned(t)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", okHandler)
+	mux.HandleFunc("/work", h)
+	s := startWith(t, &Server{Handler: mux, TLS: cfg, Public: true})
+	return s.BoundAddr(), roots
+}
+
+// TestHTTP2RapidReset sends up to 10 000 HEADERS+RST_STREAM pairs on one
+// connection (CVE-2023-44487). Go's server runs at most
+// MaxConcurrentStreams handlers per connection and lets 4× that wait;
+// beyond that it sends GOAWAY ENHANCE_YOUR_CALM and closes. Handlers that
+// stop when the stream is reset (the forwarding Handler does: the client's
+// cancellation reaches the upstream request) end at once, so the attack
+// costs the server about what it costs the attacker; handlers that keep
+// working (a slow upstream connect) pile up and trip the limit. Either
+// way, at most MaxConcurrentStreams handlers run, and a normal client is
+// served throughout.
+func TestHTTP2RapidReset(t *testing.T) {
+	tests := []struct {
+		name       string
+		ignoreStop bool // the handler keeps working after the reset
+		wantClosed bool
+	}{
+		{"handler keeps working", true, true},
+		{"handler stops on reset", false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var running, maxRunning, started atomic.Int64
+			release := make(chan struct{})
+			defer close(release)
+			addr, roots := startAbuseTarget(t, func(w http.ResponseWriter, r *http.Request) {
+				started.Add(1)
+				n := running.Add(1)
+				defer running.Add(-1)
+				for m := maxRunning.Load(); n > m && !maxRunning.CompareAndSwap(m, n); m = maxRunning.Load() {
+				}
+				if tt.ignoreStop {
+					select {
+					case <-release:
+					case <-time.After(2 * time.Second):
+					}
+					return
+				}
+				select {
+				case <-r.Context().Done():
+				case <-time.After(2 * time.Second):
+				}
+			})
+			stop := make(chan struct{})
+			nt := runNormalTraffic(tlsClient(t, roots, true), "https://"+addr+"/", stop, 20*time.Second)
+
+			a := dialAbuser(t, addr, roots)
+			start := time.Now()
+			sent := 0
+			for i := 0; i < 10_000 && !a.isClosed() && time.Since(start) < 10*time.Second; i++ {
+				id := uint32(2*i + 1)
+				err := a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: a.headerBlock("/work"), EndStream: true, EndHeaders: true})
+				if err == nil {
+					err = a.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+				}
+				if err == nil && i%100 == 99 {
+					err = a.bw.Flush()
+				}
+				if err != nil {
+					break // the server closed the connection under us
+				}
+				sent++
+			}
+			_ = a.bw.Flush()
+			if tt.wantClosed {
+				if !a.waitClosed(10 * time.Second) {
+					t.Fatalf("connection still open 10 s after %d resets", sent)
+				}
+				t.Logf("closed after %d HEADERS+RST_STREAM pairs written in %v, GOAWAY %s; %d handlers started",
+					sent, time.Since(start), a.goAwayCode(), started.Load())
+				if a.goAwayCode() != http2.ErrCodeEnhanceYourCalm.String() {
+					t.Errorf("GOAWAY %s, want ENHANCE_YOUR_CALM", a.goAwayCode())
+				}
+			} else {
+				t.Logf("sent %d pairs in %v; connection closed: %v; %d handlers started",
+					sent, time.Since(start), a.isClosed(), started.Load())
+			}
+			// Work is bounded by the running handlers plus the 4× queue,
+			// not by what the attacker sends.
+			if n := started.Load(); tt.wantClosed && n > 5*DefaultMaxConcurrentStreams {
+				t.Errorf("%d handlers started for %d reset streams", n, sent)
+			}
+			if m := maxRunning.Load(); m > DefaultMaxConcurrentStreams {
+				t.Errorf("%d handlers ran at once, more than MaxConcurrentStreams %d", m, DefaultMaxConcurrentStreams)
+			}
+			close(stop)
+			nt.check(t)
+		})
+	}
+}
+
+// TestHTTP2ContinuationFlood opens a header block and sends CONTINUATION
+// frames without END_HEADERS, each full of header fields (CVE-2024-27316
+// style; Go's CVE-2023-45288). Go's server stops storing fields beyond
+// MaxHeaderBytes and closes the connection at the next fragment that
+// carries data, so the flood ends after about MaxHeaderBytes of headers.
+func TestHTTP2ContinuationFlood(t *testing.T) {
+	addr, roots := startAbuseTarget(t, okHandler)
+	stop := make(chan struct{})
+	nt := runNormalTraffic(tlsClient(t, roots, true), "https://"+addr+"/", stop, 20*time.Second)
+
+	a := dialAbuser(t, addr, roots)
+	if err := a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: a.headerBlock("/"), EndHeaders: false}); err != nil {
+		t.Fatal(err)
+	}
+	// Each fragment holds ~15 KiB of never-indexed literal fields, so
+	// every byte costs the server decoding work.
+	a.hbuf.Reset()
+	for j := 0; j < 15; j++ {
+		_ = a.enc.WriteField(hpack.HeaderField{Name: "x-flood", Value: strings.Repeat("f", 1000), Sensitive: true})
+	}
+	frag := bytes.Clone(a.hbuf.Bytes())
+	start := time.Now()
+	sent := 0
+	for i := 0; i < 10_000 && !a.isClosed() && time.Since(start) < 10*time.Second; i++ {
+		err := a.fr.WriteContinuation(1, false, frag)
+		if err == nil {
+			err = a.bw.Flush()
+		}
+		if err != nil {
+			break
+		}
+		sent++
+	}
+	if !a.waitClosed(10 * time.Second) {
+		t.Fatalf("connection still open 10 s after %d CONTINUATION frames (%d KiB)", sent, sent*len(frag)>>10)
+	}
+	t.Logf("closed after %d CONTINUATION frames (%d KiB) in %v, GOAWAY %s", sent, sent*len(frag)>>10, time.Since(start), a.goAwayCode())
+	// Writes already in flight when the server closed are allowed for;
+	// the server must not have read the whole flood.
+	if sent >= 1000 {
+		t.Errorf("server took %d fragments (%d KiB) of one header block", sent, sent*len(frag)>>10)
+	}
+	close(stop)
+	nt.check(t)
+}
+
+// TestHTTP2EmptyContinuationFlood sends CONTINUATION frames without any
+// payload: they add no header bytes, so the MaxHeaderBytes bound never
+// trips, and Go's server keeps reading them, each at the cost of a frame
+// header parse (what a PING costs). What ends the connection is the idle
+// timer: a header block that never ends opens no stream, so the
+// connection counts as idle and is closed after IdleTimeout (default
+// 120 s; 500 ms here) while the flood goes on.
+func TestHTTP2EmptyContinuationFlood(t *testing.T) {
+	cfg, roots := selfSigned(t)
+	s := startWith(t, &Server{Handler: http.HandlerFunc(okHandler), TLS: cfg, Public: true, IdleTimeout: 500 * time.Millisecond})
+	addr := s.BoundAddr()
+	stop := make(chan struct{})
+	nt := runNormalTraffic(tlsClient(t, roots, true), "https://"+addr+"/", stop, 20*time.Second)
+	a := dialAbuser(t, addr, roots)
+	if err := a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: a.headerBlock("/"), EndHeaders: false}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	sent := 0
+	for i := 0; i < 1_000_000 && !a.isClosed() && time.Since(start) < 5*time.Second; i++ {
+		if err := a.fr.WriteContinuation(1, false, nil); err != nil {
+			break
+		}
+		if i%1000 == 999 {
+			if err := a.bw.Flush(); err != nil {
+				break
+			}
+			time.Sleep(5 * time.Millisecond) // pace the flood: it must outlast IdleTimeout
+		}
+		sent++
+	}
+	_ = a.bw.Flush()
+	if !a.waitClosed(5 * time.Second) {
+		t.Fatalf("connection open %v after the flood began (%d empty frames), IdleTimeout is 500ms", time.Since(start), sent)
+	}
+	t.Logf("closed %v after the flood began, %d empty CONTINUATION frames, GOAWAY %s", time.Since(start), sent, a.goAwayCode())
+	close(stop)
+	nt.check(t)
+}
