@@ -41,6 +41,10 @@ const (
 	// uses the same shape (20 s, then a minimum rate of 500 B/s).
 	DefaultMinBodyRate    = 1 << 10
 	DefaultBodyRateWindow = 20 * time.Second
+
+	// publicMaxReadFrameSize is SETTINGS_MAX_FRAME_SIZE on a Public
+	// server: the protocol's initial value (RFC 9113 §6.5.2).
+	publicMaxReadFrameSize = 16 << 10
 )
 
 // Server is one listener: plain HTTP/1.1, or TLS with HTTP/2 and HTTP/1.1
@@ -86,6 +90,8 @@ type Server struct {
 	//   - an absolute-form target (RFC 9112 §3.2.2) with userinfo (RFC
 	//     9110 §4.2.4), with a scheme other than the connection's, or,
 	//     over TLS, naming another host than the TLS server name.
+	// It also keeps HTTP/2 frames at 16 KiB (SETTINGS_MAX_FRAME_SIZE, RFC
+	// 9113 §4.2) instead of Go's 1 MiB, bounding per-connection buffers.
 	// Default false: mesh listeners serve mTLS-verified peers, and on a
 	// sidecar's outbound listener the app sends absolute-form targets
 	// such as "GET http://web.mesh/" as to an HTTP proxy.
@@ -282,6 +288,15 @@ func (s *Server) Start(ctx context.Context) error {
 			CountError: func(errType string) {
 				logger.Debug("proxy: http2 error", "addr", bound, "type", errType)
 			},
+		}
+		if s.Public {
+			// Go's server reads frames of up to 1 MiB and keeps a read
+			// buffer the size of the largest one per connection; the
+			// RFC 9113 §4.2 default of 16 KiB bounds what a hostile
+			// client makes each connection hold (the per-IP limit
+			// times 1 MiB would be 256 MiB per address). Large bodies
+			// still stream: they just take more frames.
+			srv.HTTP2.MaxReadFrameSize = publicMaxReadFrameSize
 		}
 	}
 	s.srv, s.ln, s.h3, s.lim, s.started = srv, ln, h3, lim, true
