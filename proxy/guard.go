@@ -141,7 +141,8 @@ func checkTarget(r *http.Request) string {
 		// Go keeps a Host field sent beside :authority; RFC 9113 §8.3.1
 		// says to treat a different value as malformed. (quic-go already
 		// rejects the HTTP/3 equivalent, RFC 9114 §4.3.1.)
-		if hv, ok := r.Header["Host"]; ok && (len(hv) != 1 || hv[0] != r.Host) {
+		// Host names compare without case (RFC 3986 §3.2.2).
+		if hv, ok := r.Header["Host"]; ok && (len(hv) != 1 || !strings.EqualFold(hv[0], r.Host)) {
 			return "meshd: Host does not match :authority"
 		}
 	}

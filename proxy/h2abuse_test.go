@@ -7,7 +7,9 @@ import (
 	"crypto/x509"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,8 +27,9 @@ type h2Abuser struct {
 	enc  *hpack.Encoder
 	hbuf bytes.Buffer
 
-	closed chan struct{} // closed when the server closed the connection or sent GOAWAY
-	goAway atomic.Value  // http2.ErrCode of a GOAWAY, if one came
+	closed   chan struct{} // closed when the server closed the connection or sent GOAWAY
+	goAway   atomic.Value  // http2.ErrCode of a GOAWAY, if one came
+	statuses sync.Map      // stream ID → :status of its response
 }
 
 func dialAbuser(t *testing.T, addr string, roots *x509.CertPool) *h2Abuser {
@@ -63,10 +66,14 @@ func dialAbuser(t *testing.T, addr string, roots *x509.CertPool) *h2Abuser {
 func (a *h2Abuser) readLoop() {
 	defer close(a.closed)
 	rfr := http2.NewFramer(io.Discard, a.conn)
+	rfr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	for i := 0; i < 10_000_000; i++ {
 		f, err := rfr.ReadFrame()
 		if err != nil {
 			return
+		}
+		if mh, ok := f.(*http2.MetaHeadersFrame); ok {
+			a.statuses.Store(mh.StreamID, mh.PseudoValue("status"))
 		}
 		if ga, ok := f.(*http2.GoAwayFrame); ok {
 			a.goAway.Store(ga.ErrCode)
@@ -299,4 +306,39 @@ func TestHTTP2EmptyContinuationFlood(t *testing.T) {
 	t.Logf("closed %v after the flood began, %d empty CONTINUATION frames, GOAWAY %s", time.Since(start), sent, a.goAwayCode())
 	close(stop)
 	nt.check(t)
+}
+
+// TestHTTP2HostMismatch: on a public listener, an HTTP/2 request whose
+// Host field names another host than :authority gets 400 (RFC 9113
+// §8.3.1); with matching values it is served.
+func TestHTTP2HostMismatch(t *testing.T) {
+	addr, roots := startAbuseTarget(t, okHandler)
+	a := dialAbuser(t, addr, roots)
+	tests := []struct {
+		host string
+		want string
+	}{{"other.test", "400"}, {"example.test", "200"}, {"EXAMPLE.test", "200"}, {"example.test:8443", "400"}}
+	for i, tt := range tests {
+		block := a.headerBlock("/", hpack.HeaderField{Name: "host", Value: tt.host})
+		if err := a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: block, EndStream: true, EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i, tt := range tests {
+		id := uint32(2*i + 1)
+		var got string
+		waitFor(t, "the response to stream "+strconv.Itoa(int(id)), 5*time.Second, func() bool {
+			v, ok := a.statuses.Load(id)
+			if ok {
+				got = v.(string)
+			}
+			return ok || a.isClosed()
+		})
+		if got != tt.want {
+			t.Errorf(":authority example.test, Host %s: status %q, want %s", tt.host, got, tt.want)
+		}
+	}
 }
