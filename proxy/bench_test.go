@@ -116,3 +116,15 @@ func cpuTime() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkProxyH1Public is BenchmarkProxyH1 behind a public listener
+// (Server.Public and Handler.Public): the per-IP limit, Host and target
+// checks and forwarding fields, on a GET without a body.
+func BenchmarkProxyH1Public(b *testing.B) {
+	_, up := plainUpstream(b, http.HandlerFunc(benchUpstreamHandler))
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	h := &Handler{Route: fixedRoute(up), Pool: &Pool{}, Via: "bench", Public: true, Logger: logger}
+	b.Cleanup(h.Pool.CloseIdle)
+	s := startWith(b, &Server{Handler: h, Public: true, Logger: logger})
+	runClients(b, "http://"+s.BoundAddr()+"/")
+}

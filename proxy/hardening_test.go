@@ -8,9 +8,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -536,5 +538,19 @@ func TestPublicResponseDropsMeshFields(t *testing.T) {
 		if public == leaked || resp.Header.Get("X-Kept") != "1" {
 			t.Errorf("public=%v: response header %v", public, resp.Header)
 		}
+	}
+}
+
+// TestGuardAllocations: the checks of a public listener cost no allocation
+// on a request without a body.
+func TestGuardAllocations(t *testing.T) {
+	altSvc := []string{`h3=":443"; ma=2592000`}
+	g := &guard{h: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), n: new(atomic.Int64),
+		lim: (&Server{Public: true}).limits(), altSvc: func() []string { return altSvc }}
+	r := httptest.NewRequest("GET", "/path", nil)
+	r.Host = "example.test:443"
+	w := httptest.NewRecorder()
+	if n := testing.AllocsPerRun(100, func() { g.ServeHTTP(w, r) }); n != 0 {
+		t.Errorf("%v allocations per request", n)
 	}
 }
