@@ -1,6 +1,7 @@
 // Package proxy is meshd's data plane: listeners ([Server]), the forwarding
 // handler ([Handler]), pools of reused upstream connections ([Pool]) and the
-// header hygiene every hop applies.
+// header hygiene every hop applies. quic-go (HTTP/3) is used here and in no
+// other meshd package.
 //
 // The package knows nothing about roles, gossip or SPIFFE. Callers hand it
 // *tls.Config values that already verify the peer's identity, and a Route
@@ -19,13 +20,35 @@
 //   - "<received-protocol> <Via>" is appended to Via on the forwarded request
 //     and on the forwarded response (§7.6.3);
 //   - on a public listener (Handler.Public) client-supplied X-Mesh-* fields
-//     are dropped and X-Forwarded-For/-Proto/-Host and Forwarded (RFC 7239)
+//     are dropped (and so are the upstream's X-Mesh-* response fields) and
+//     X-Forwarded-For/-Proto/-Host and Forwarded (RFC 7239)
 //     are set from the real connection; on mesh hops they are kept, because
 //     they come from a peer whose identity mTLS has verified.
 //
 // Bodies are streamed in both directions through pooled 32 KiB buffers, so
 // memory use does not grow with body size. Protocol upgrades (WebSocket) and
 // CONNECT tunnels are not forwarded yet: they are answered with 501.
+//
+// # Listeners
+//
+// A [Server] serves HTTP/1.1, or TLS with HTTP/2 and HTTP/1.1 by ALPN, and
+// with Server.HTTP3 also HTTP/3 (quic-go) on UDP at the same address and
+// port, advertised by Alt-Svc on TCP responses. 0-RTT is off unless
+// Server.Allow0RTT; then only GET, HEAD and OPTIONS are served from early
+// data and other methods get 425 (RFC 8470).
+//
+// Server.Public marks a listener that hostile clients reach. It turns on,
+// at documented defaults, a per-client-IP connection limit (closed at
+// accept), a request body size limit (413) and a minimum body rate (408),
+// and rejects with 400 invalid Host values, HTTP/2 Host fields that differ
+// from :authority and absolute-form targets with userinfo, another scheme
+// or another host than the TLS server name. Go's servers already bound
+// header size and time, reject conflicting Content-Length fields, and
+// frame a request with both Content-Length and Transfer-Encoding by
+// Transfer-Encoding alone, dropping Content-Length, so the next hop sees
+// one framing. HTTP/2 rapid reset and CONTINUATION floods are bounded by
+// Go's HTTP/2 server; h2abuse_test.go shows it. [RedirectHTTPS] is the
+// handler of the public plain-HTTP listener.
 //
 // Errors are mapped to the client-facing status in one function (classify):
 // a *StatusError chosen by the Route function keeps its status and message,
