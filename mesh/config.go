@@ -119,6 +119,32 @@ type Config struct {
 	// redirected to HTTPS.
 	PublicHTTPAllow []string `yaml:"public-http-allow"`
 
+	// Hardening of the edge's public listeners; 0 keeps meshd's default
+	// (see `meshd run -h`), a negative value turns a limit off.
+	//
+	// NoHTTP3 turns off HTTP/3 on the public-https UDP port.
+	NoHTTP3 bool `yaml:"no-http3"`
+	// Allow0RTT serves safe methods from TLS 1.3 0-RTT data over HTTP/3;
+	// others get 425 Too Early. Default off: 0-RTT data can be replayed.
+	Allow0RTT bool `yaml:"allow-0rtt"`
+	// MaxConnsPerIP bounds concurrent connections of one client IP.
+	// Default 256.
+	MaxConnsPerIP int `yaml:"max-conns-per-ip"`
+	// MaxBody bounds a request body. Default "1GiB".
+	MaxBody string `yaml:"max-body"`
+	// MinBodyRate is the slowest a client may send a request body, per
+	// second over a 20 s window. Default "1KiB".
+	MinBodyRate string `yaml:"min-body-rate"`
+	// MaxConcurrentStreams per HTTP/2 or HTTP/3 connection. Default 250.
+	MaxConcurrentStreams int `yaml:"max-concurrent-streams"`
+	// ReadHeaderTimeout bounds reading a request's headers (slowloris).
+	// Default 10s.
+	ReadHeaderTimeout time.Duration `yaml:"read-header-timeout"`
+	// IdleTimeout closes idle client connections. Default 120s.
+	IdleTimeout time.Duration `yaml:"idle-timeout"`
+	// MaxHeaderBytes bounds a request's header block. Default "64KiB".
+	MaxHeaderBytes string `yaml:"max-header-bytes"`
+
 	// CacheSize bounds the edge's HTTP cache (headers and bodies); 0
 	// turns the cache off. Default "256MiB".
 	CacheSize string `yaml:"cache-size"`
@@ -318,6 +344,17 @@ func (c *Config) Validate() error {
 		}
 		if err := c.validatePublicTLS(); err != nil {
 			return err
+		}
+		for field, v := range map[string]string{"max-body": c.MaxBody, "min-body-rate": c.MinBodyRate, "max-header-bytes": c.MaxHeaderBytes} {
+			if v == "" || v == "-1" {
+				continue
+			}
+			if _, err := parseSize(v); err != nil {
+				return &FieldError{Field: field, Err: err}
+			}
+		}
+		if c.ReadHeaderTimeout < 0 || c.IdleTimeout < 0 {
+			return fieldErr("read-header-timeout", "timeouts must not be negative")
 		}
 		if _, err := parseSize(c.CacheSize); err != nil {
 			return &FieldError{Field: "cache-size", Err: err}
@@ -519,6 +556,20 @@ func decodeYAML(path string, data []byte, c *Config) (*Positions, error) {
 
 func decodeValue(n *yaml.Node, fv reflect.Value) error {
 	switch fv.Interface().(type) {
+	case bool:
+		var b bool
+		if n.Kind != yaml.ScalarNode || n.Decode(&b) != nil {
+			return fmt.Errorf("%q: want true or false", n.Value)
+		}
+		fv.SetBool(b)
+		return nil
+	case int:
+		var i int
+		if n.Kind != yaml.ScalarNode || n.Decode(&i) != nil {
+			return fmt.Errorf("%q: want a whole number", n.Value)
+		}
+		fv.SetInt(int64(i))
+		return nil
 	case time.Duration:
 		if n.Kind != yaml.ScalarNode {
 			return errors.New("want a duration such as 30s or 1h")

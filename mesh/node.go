@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -218,17 +219,22 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			n.registry.MustRegister(n.cache.Collectors()...)
 			h = n.cache.Middleware(h)
 		}
-		h = n.hostGate(h)
+		inner := h
+		h = n.hostGate(inner)
 		httpHandler := h
 		if c.PublicHTTPS != "" {
 			n.certs = n.publicCerts()
-			n.httpsSrv = &proxy.Server{Addr: c.PublicHTTPS, TLS: n.certs.TLSConfig(), Handler: h, Logger: n.Logger}
+			n.httpsSrv = n.publicServer(c.PublicHTTPS, n.certs.TLSConfig(), h)
 			if err := startServer("public-https", n.httpsSrv); err != nil {
 				return err
 			}
-			httpHandler = n.certs.HTTPChallenge(n.redirectHTTPS(h))
+			_, port, _ := net.SplitHostPort(n.httpsSrv.BoundAddr())
+			httpsPort, _ := strconv.Atoi(port)
+			// Unknown hosts get 404 before any redirect; ACME challenges
+			// and --public-http-allow hosts stay on plain HTTP.
+			httpHandler = n.certs.HTTPChallenge(n.hostGate(proxy.RedirectHTTPS(httpsPort, n.plainHTTPAllowed(), inner)))
 		}
-		n.publicSrv = &proxy.Server{Addr: c.PublicHTTP, Handler: httpHandler, Logger: n.Logger}
+		n.publicSrv = n.publicServer(c.PublicHTTP, nil, httpHandler)
 		if err := startServer("public-http", n.publicSrv); err != nil {
 			return err
 		}

@@ -2,8 +2,8 @@ package mesh
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -86,33 +86,32 @@ func (n *Node) Reload() error {
 	return n.certs.Reload()
 }
 
-// redirectHTTPS sends plain HTTP requests to the HTTPS listener with a 308
-// (method and body kept, RFC 9110 §15.4.9), except for hosts listed in
-// PublicHTTPAllow. ACME HTTP-01 challenges are answered before this.
-func (n *Node) redirectHTTPS(next http.Handler) http.Handler {
+// plainHTTPAllowed exempts --public-http-allow hosts from the redirect to
+// HTTPS.
+func (n *Node) plainHTTPAllowed() func(*http.Request) bool {
 	allow := map[string]bool{}
 	for _, h := range n.Config.PublicHTTPAllow {
 		allow[h] = true
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		host := normalizeHost(r.Host)
-		if allow[host] {
-			next.ServeHTTP(w, r)
-			return
+	return func(r *http.Request) bool { return allow[normalizeHost(r.Host)] }
+}
+
+// publicServer is a listener of the edge's public side with the hardening
+// settings; tlsConf nil means plain HTTP.
+func (n *Node) publicServer(addr string, tlsConf *tls.Config, h http.Handler) *proxy.Server {
+	c := &n.Config
+	size := func(s string) int64 {
+		if s == "-1" {
+			return -1
 		}
-		// Only hosts the edge serves are redirected; others get the same
-		// 404 as over HTTPS, not a redirect to a handshake that fails.
-		s := n.snap.Load()
-		if svc, ok := publicService(host, n.Config.PublicDomain, s.domains); !ok || !s.known[svc] {
-			writeStatusError(w, errNoHost(r.Host).(*proxy.StatusError))
-			return
-		}
-		target := "https://" + host
-		if _, port, err := net.SplitHostPort(n.httpsSrv.BoundAddr()); err == nil && port != "443" {
-			target = "https://" + net.JoinHostPort(host, port)
-		}
-		w.Header().Set("Location", target+r.URL.RequestURI())
-		w.Header().Set("Cache-Control", "no-store")
-		w.WriteHeader(http.StatusPermanentRedirect)
-	})
+		v, _ := parseSize(s)
+		return v
+	}
+	return &proxy.Server{
+		Addr: addr, TLS: tlsConf, Handler: h, Logger: n.Logger, Public: true,
+		HTTP3: tlsConf != nil && !c.NoHTTP3, Allow0RTT: tlsConf != nil && c.Allow0RTT,
+		MaxConnsPerIP: c.MaxConnsPerIP, MaxBodyBytes: size(c.MaxBody), MinBodyRate: size(c.MinBodyRate),
+		MaxConcurrentStreams: c.MaxConcurrentStreams, ReadHeaderTimeout: c.ReadHeaderTimeout,
+		IdleTimeout: c.IdleTimeout, MaxHeaderBytes: int(size(c.MaxHeaderBytes)),
+	}
 }

@@ -151,6 +151,18 @@ func TestEdgeCacheAndGossipPurge(t *testing.T) {
 		}
 	}
 
+	poll(t, 10*time.Second, "edge-1 sees all five edges", func() error {
+		n := 0
+		for _, m := range edges[0].Snapshot().Members {
+			if m.Pool == "global" && m.Role == RoleEdge {
+				n++
+			}
+		}
+		if n != 5 {
+			return fmt.Errorf("%d edges", n)
+		}
+		return nil
+	})
 	start := time.Now()
 	resp, err := http.Post("http://"+admin+"/v1/cache/purge", "application/json", bytes.NewReader([]byte(`{"url":"http://web.localhost/a"}`)))
 	if err != nil {
