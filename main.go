@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"reflect"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -209,64 +210,12 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	fs := newFlagSet("meshd run", stderr)
 	fs.String("config", "", "YAML file with any of these flags as keys; flags override it")
-	fs.StringVar(&cfg.Role, "role", cfg.Role, "edge, gateway or sidecar")
-	fs.StringVar(&cfg.Name, "name", cfg.Name, "node name, unique in its pools (default: host name)")
-	fs.StringVar(&cfg.Region, "region", cfg.Region, "region of the node (required for gateway and sidecar)")
-	fs.StringVar(&cfg.CADir, "ca-dir", cfg.CADir, "directory written by `meshd ca init`")
-	fs.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "refuse to start unless the CA is for this trust domain")
-	fs.StringVar(&cfg.CertFile, "cert-file", cfg.CertFile, "SVID certificate from `meshd ca issue` (default: mint with the CA key)")
-	fs.StringVar(&cfg.KeyFile, "key-file", cfg.KeyFile, "SVID key from `meshd ca issue`")
-	fs.DurationVar(&cfg.SVIDTTL, "svid-ttl", cfg.SVIDTTL, "lifetime of the node's SVID, renewed at half-life (default 1h)")
-	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "mTLS mesh listener of gateways and sidecars (default :8443)")
-	fs.StringVar(&cfg.Advertise, "advertise", cfg.Advertise, "host:port peers dial to reach --listen (default: its bound address)")
-	fs.StringVar(&cfg.Service, "service", cfg.Service, "service the sidecar fronts")
-	fs.Var(&listFlag{v: &cfg.Domains}, "domains", "extra public host names of the sidecar's service (repeatable)")
-	fs.StringVar(&cfg.Upstream, "upstream", cfg.Upstream, "the app's plain HTTP address, e.g. 127.0.0.1:8080")
-	fs.StringVar(&cfg.Outbound, "outbound", cfg.Outbound, "sidecar listener for the app's calls to http://<service>.mesh/ (default 127.0.0.1:15001)")
-	fs.StringVar(&cfg.HealthPath, "health-path", cfg.HealthPath, "HTTP path of the app's health check (default: TCP connect)")
-	fs.DurationVar(&cfg.HealthInterval, "health-interval", cfg.HealthInterval, "interval of the app's health check (default 1s)")
-	fs.StringVar(&cfg.GossipAddr, "gossip-addr", cfg.GossipAddr, "region pool gossip address (default :7946)")
-	fs.Var(&listFlag{v: &cfg.Join}, "join", "region pool seed host:port (repeatable)")
-	fs.StringVar(&cfg.WANGossipAddr, "wan-gossip-addr", cfg.WANGossipAddr, "global pool gossip address (default :7947)")
-	fs.Var(&listFlag{v: &cfg.WANJoin}, "wan-join", "global pool seed host:port (repeatable)")
-	fs.StringVar(&cfg.PublicHTTP, "public-http", cfg.PublicHTTP, "edge: public HTTP listener")
-	fs.StringVar(&cfg.PublicDomain, "public-domain", cfg.PublicDomain, "edge: serve service S at S.<domain> (default localhost)")
-	fs.StringVar(&cfg.PublicHTTPS, "public-https", cfg.PublicHTTPS, "edge: public TLS listener (HTTP/1.1 and HTTP/2); public-http then redirects to it")
-	fs.StringVar(&cfg.TLS, "tls", cfg.TLS, "edge: public certificates from files, internal or acme (default internal)")
-	fs.Var(&listFlag{v: &cfg.TLSCert, noComma: true}, "tls-cert", "edge: certificate PEM file for --tls files (repeatable, paired with --tls-key; chosen by SNI)")
-	fs.Var(&listFlag{v: &cfg.TLSKey, noComma: true}, "tls-key", "edge: key PEM file for --tls files (repeatable)")
-	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "edge: internal CA and ACME state (default /var/lib/meshd as root, else ~/.local/share/meshd)")
-	fs.StringVar(&cfg.ACMECA, "acme-ca", cfg.ACMECA, "edge: ACME directory URL (default Let's Encrypt)")
-	fs.StringVar(&cfg.ACMECARoot, "acme-ca-root", cfg.ACMECARoot, "edge: PEM file to trust for the ACME CA (default: system roots)")
-	fs.StringVar(&cfg.ACMEEmail, "acme-email", cfg.ACMEEmail, "edge: contact of the ACME account")
-	fs.Var(&listFlag{v: &cfg.PublicHTTPAllow}, "public-http-allow", "edge: host served over plain HTTP instead of redirected to HTTPS (repeatable)")
-	fs.BoolVar(&cfg.NoHTTP3, "no-http3", cfg.NoHTTP3, "edge: no HTTP/3 on the public-https UDP port")
-	fs.BoolVar(&cfg.Allow0RTT, "allow-0rtt", cfg.Allow0RTT, "edge: serve GET/HEAD/OPTIONS from TLS 1.3 0-RTT data over HTTP/3 (replayable; others get 425)")
-	fs.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", cfg.MaxConnsPerIP, "edge: concurrent connections per client IP, -1 no limit (default 256)")
-	fs.StringVar(&cfg.MaxBody, "max-body", cfg.MaxBody, "edge: largest request body, -1 no limit (default 1GiB)")
-	fs.StringVar(&cfg.MinBodyRate, "min-body-rate", cfg.MinBodyRate, "edge: slowest request body per second over 20s, -1 no limit (default 1KiB)")
-	fs.IntVar(&cfg.MaxConcurrentStreams, "max-concurrent-streams", cfg.MaxConcurrentStreams, "edge: streams per HTTP/2 or HTTP/3 connection (default 250)")
-	fs.DurationVar(&cfg.ReadHeaderTimeout, "read-header-timeout", cfg.ReadHeaderTimeout, "edge: time to read a request's headers (default 10s)")
-	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "edge: idle client connections close after this (default 2m)")
-	fs.StringVar(&cfg.MaxHeaderBytes, "max-header-bytes", cfg.MaxHeaderBytes, "edge: largest request header block (default 64KiB)")
-	fs.StringVar(&cfg.CacheSize, "cache-size", cfg.CacheSize, "edge: HTTP cache size, 0 turns it off (default 256MiB)")
-	fs.StringVar(&cfg.CacheMaxObject, "cache-max-object", cfg.CacheMaxObject, "edge: largest response cached; larger ones stream through (default 8MiB)")
-	fs.Var(&listFlag{v: &cfg.Anycast}, "anycast", "edge: anycast prefix to announce over BGP while it can serve, e.g. 198.51.100.10/32 (repeatable)")
-	fs.StringVar(&cfg.BGPASN, "bgp-asn", cfg.BGPASN, "edge: local AS number")
-	fs.StringVar(&cfg.BGPRouterID, "bgp-router-id", cfg.BGPRouterID, "edge: BGP router ID (an IPv4 address)")
-	fs.Var(&listFlag{v: &cfg.BGPPeers, noComma: true}, "bgp-peer", "edge: BGP peer ADDR,ASN[,port=N,local=ADDR,password=P,multihop=TTL,hold=9s,connect-retry=5s,passive,bfd,bfd-interval=300ms,bfd-multiplier=3] (repeatable)")
-	fs.StringVar(&cfg.BGPListenPort, "bgp-listen-port", cfg.BGPListenPort, "edge: accept BGP sessions on this port (default: dial out only)")
-	fs.StringVar(&cfg.BGPDrain, "bgp-drain", cfg.BGPDrain, "edge: on SIGTERM, withdraw or prepend the route (default withdraw)")
-	fs.DurationVar(&cfg.BGPUpHold, "bgp-up-hold", cfg.BGPUpHold, "edge: serve this long before announcing (again) (default 5s)")
-	admin := cfg.Admin
+	bindConfigFlags(fs, &cfg)
+	// The admin API is on by default for `meshd run` (loopback only), so
+	// `meshd members` works without flags; a config file may turn it off.
 	if pos == nil || pos.Lines["admin"] == 0 {
-		admin = "127.0.0.1:9901"
+		cfg.Admin = "127.0.0.1:9901"
 	}
-	fs.StringVar(&cfg.Admin, "admin", admin, "admin API listener; empty disables it")
-	fs.DurationVar(&cfg.DrainDelay, "drain-delay", cfg.DrainDelay, "time between publishing draining and closing listeners (default 2s)")
-	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "bound on in-flight requests at shutdown (default 10s)")
-	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json (default text)")
-	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error (default info)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -301,6 +250,36 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	return node.Shutdown(sctx)
+}
+
+// bindConfigFlags defines one flag per field of mesh.Config, named by its
+// yaml key and described by its usage tag, with the value already in cfg
+// (from the config file) as default: a flag given overrides the file, one
+// not given leaves it. The flags and the file's keys cannot drift apart.
+func bindConfigFlags(fs *flag.FlagSet, cfg *mesh.Config) {
+	v := reflect.ValueOf(cfg).Elem()
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, usage := f.Tag.Get("yaml"), f.Tag.Get("usage")
+		if name == "" || usage == "" {
+			continue
+		}
+		switch p := v.Field(i).Addr().Interface().(type) {
+		case *string:
+			fs.StringVar(p, name, *p, usage)
+		case *bool:
+			fs.BoolVar(p, name, *p, usage)
+		case *int:
+			fs.IntVar(p, name, *p, usage)
+		case *time.Duration:
+			fs.DurationVar(p, name, *p, usage)
+		case *[]string:
+			fs.Var(&listFlag{v: p, noComma: f.Tag.Get("list") == "repeat"}, name, usage)
+		default:
+			panic("mesh.Config field " + f.Name + " has a type bindConfigFlags does not know")
+		}
+	}
 }
 
 func newLogger(w io.Writer, format, level string) *slog.Logger {

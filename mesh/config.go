@@ -25,171 +25,171 @@ const (
 // `--config FILE` and match the flag names one for one.
 type Config struct {
 	// Role is edge, gateway or sidecar. Required.
-	Role string `yaml:"role"`
+	Role string `yaml:"role" usage:"edge, gateway or sidecar"`
 	// Name identifies the node in its gossip pools and in its SPIFFE ID.
 	// Default: the host name.
-	Name string `yaml:"name"`
+	Name string `yaml:"name" usage:"node name, unique in its pools (default: host name)"`
 	// Region the node runs in. Required for gateways and sidecars; an edge
 	// prefers its own region when it has the service. Default for an edge: "".
-	Region string `yaml:"region"`
+	Region string `yaml:"region" usage:"region of the node (required for gateway and sidecar)"`
 
 	// CADir holds ca.crt, ca.key and gossip.key written by `meshd ca init`.
 	// Required.
-	CADir string `yaml:"ca-dir"`
+	CADir string `yaml:"ca-dir" usage:"directory written by 'meshd ca init'"`
 	// TrustDomain, when set, must be the trust domain of the CA in CADir:
 	// a node pointed at another mesh's CA refuses to start. Default: the
 	// CA's.
-	TrustDomain string `yaml:"trust-domain"`
+	TrustDomain string `yaml:"trust-domain" usage:"refuse to start unless the CA is for this trust domain"`
 	// SVIDTTL is the lifetime of the node's own SVID; it is renewed at
 	// half-life. Default 1h.
-	SVIDTTL time.Duration `yaml:"svid-ttl"`
+	SVIDTTL time.Duration `yaml:"svid-ttl" usage:"lifetime of the node's SVID, renewed at half-life (default 1h)"`
 
 	// CertFile and KeyFile, when set, hold the node's SVID issued by
 	// `meshd ca issue`; the node reloads them when they change and needs no
 	// CA key (CADir then needs only ca.crt and gossip.key). Default: the
 	// node mints its own SVID with the CA key.
-	CertFile string `yaml:"cert-file"`
-	KeyFile  string `yaml:"key-file"`
+	CertFile string `yaml:"cert-file" usage:"SVID certificate from 'meshd ca issue' (default: mint with the CA key)"`
+	KeyFile  string `yaml:"key-file" usage:"SVID key from 'meshd ca issue'"`
 
 	// Listen is the mTLS mesh listener of gateways and sidecars.
 	// Default ":8443".
-	Listen string `yaml:"listen"`
+	Listen string `yaml:"listen" usage:"mTLS mesh listener of gateways and sidecars (default :8443)"`
 	// Advertise is the host:port other nodes dial to reach Listen.
 	// Default: Listen's bound address when Listen names a host.
-	Advertise string `yaml:"advertise"`
+	Advertise string `yaml:"advertise" usage:"host:port peers dial to reach --listen (default: its bound address)"`
 
 	// Service is the service a sidecar fronts. Required for sidecars.
-	Service string `yaml:"service"`
+	Service string `yaml:"service" usage:"service the sidecar fronts"`
 	// Domains are extra public host names of the sidecar's service.
-	Domains []string `yaml:"domains"`
+	Domains []string `yaml:"domains" usage:"extra public host names of the sidecar's service (repeatable)"`
 	// Upstream is the app's plain HTTP address, on loopback. Required for
 	// sidecars.
-	Upstream string `yaml:"upstream"`
+	Upstream string `yaml:"upstream" usage:"the app's plain HTTP address, e.g. 127.0.0.1:8080"`
 	// Outbound is the sidecar's plaintext listener for the app's calls to
 	// http://<service>.mesh/. Default "127.0.0.1:15001".
-	Outbound string `yaml:"outbound"`
+	Outbound string `yaml:"outbound" usage:"sidecar listener for the app's calls to http://<service>.mesh/ (default 127.0.0.1:15001)"`
 	// HealthPath, when set, makes the sidecar's health check an HTTP GET of
 	// that path on the app (2xx/3xx is healthy); otherwise a TCP connect.
-	HealthPath string `yaml:"health-path"`
+	HealthPath string `yaml:"health-path" usage:"HTTP path of the app's health check (default: TCP connect)"`
 	// HealthInterval between two health checks of the app. Default 1s.
-	HealthInterval time.Duration `yaml:"health-interval"`
+	HealthInterval time.Duration `yaml:"health-interval" usage:"interval of the app's health check (default 1s)"`
 
 	// GossipAddr is the region pool's bind address (gateways and sidecars).
 	// Default ":7946".
-	GossipAddr string `yaml:"gossip-addr"`
+	GossipAddr string `yaml:"gossip-addr" usage:"region pool gossip address (default :7946)"`
 	// Join lists region pool seeds.
-	Join []string `yaml:"join"`
+	Join []string `yaml:"join" usage:"region pool seed host:port (repeatable)"`
 	// WANGossipAddr is the global pool's bind address (gateways and edges).
 	// Default ":7947".
-	WANGossipAddr string `yaml:"wan-gossip-addr"`
+	WANGossipAddr string `yaml:"wan-gossip-addr" usage:"global pool gossip address (default :7947)"`
 	// WANJoin lists global pool seeds.
-	WANJoin []string `yaml:"wan-join"`
+	WANJoin []string `yaml:"wan-join" usage:"global pool seed host:port (repeatable)"`
 
 	// PublicHTTP is the edge's public plain HTTP listener. Required for
 	// edges.
-	PublicHTTP string `yaml:"public-http"`
+	PublicHTTP string `yaml:"public-http" usage:"edge: public HTTP listener"`
 	// PublicDomain: the edge serves service S at S.<PublicDomain>.
 	// Default "localhost".
-	PublicDomain string `yaml:"public-domain"`
+	PublicDomain string `yaml:"public-domain" usage:"edge: serve service S at S.<domain> (default localhost)"`
 
 	// PublicHTTPS is the edge's public TLS listener (HTTP/1.1 and HTTP/2
 	// by ALPN). Default: none. With it, the public HTTP listener redirects
 	// to HTTPS (308), except ACME challenges and PublicHTTPAllow hosts.
-	PublicHTTPS string `yaml:"public-https"`
+	PublicHTTPS string `yaml:"public-https" usage:"edge: public TLS listener (HTTP/1.1 and HTTP/2); public-http then redirects to it"`
 	// TLS is where public certificates come from: files (TLSCert/TLSKey),
 	// internal (an internal CA issues them on demand for the hosts the
 	// catalog knows) or acme (an ACME CA, on demand, for the same hosts).
 	// Default internal.
-	TLS string `yaml:"tls"`
+	TLS string `yaml:"tls" usage:"edge: public certificates from files, internal or acme (default internal)"`
 	// TLSCert and TLSKey are the PEM files of TLS files, pairwise in
 	// order; the certificate is chosen by SNI.
-	TLSCert []string `yaml:"tls-cert"`
-	TLSKey  []string `yaml:"tls-key"`
+	TLSCert []string `yaml:"tls-cert" usage:"edge: certificate PEM file for --tls files (repeatable, paired with --tls-key; chosen by SNI)" list:"repeat"`
+	TLSKey  []string `yaml:"tls-key" usage:"edge: key PEM file for --tls files (repeatable)" list:"repeat"`
 	// DataDir keeps the internal CA and ACME state. Default
 	// /var/lib/meshd for root, else ~/.local/share/meshd.
-	DataDir string `yaml:"data-dir"`
+	DataDir string `yaml:"data-dir" usage:"edge: internal CA and ACME state (default /var/lib/meshd as root, else ~/.local/share/meshd)"`
 	// ACMECA is the ACME directory URL. Default Let's Encrypt.
-	ACMECA string `yaml:"acme-ca"`
+	ACMECA string `yaml:"acme-ca" usage:"edge: ACME directory URL (default Let's Encrypt)"`
 	// ACMECARoot is a PEM file trusted for the ACME CA (a private CA such
 	// as Pebble). Default: the system roots.
-	ACMECARoot string `yaml:"acme-ca-root"`
+	ACMECARoot string `yaml:"acme-ca-root" usage:"edge: PEM file to trust for the ACME CA (default: system roots)"`
 	// ACMEEmail is the ACME account's contact. Default none.
-	ACMEEmail string `yaml:"acme-email"`
+	ACMEEmail string `yaml:"acme-email" usage:"edge: contact of the ACME account"`
 	// PublicHTTPAllow lists hosts served over plain HTTP instead of being
 	// redirected to HTTPS.
-	PublicHTTPAllow []string `yaml:"public-http-allow"`
+	PublicHTTPAllow []string `yaml:"public-http-allow" usage:"edge: host served over plain HTTP instead of redirected to HTTPS (repeatable)"`
 
 	// Hardening of the edge's public listeners; 0 keeps meshd's default
 	// (see `meshd run -h`), a negative value turns a limit off.
 	//
 	// NoHTTP3 turns off HTTP/3 on the public-https UDP port.
-	NoHTTP3 bool `yaml:"no-http3"`
+	NoHTTP3 bool `yaml:"no-http3" usage:"edge: no HTTP/3 on the public-https UDP port"`
 	// Allow0RTT serves safe methods from TLS 1.3 0-RTT data over HTTP/3;
 	// others get 425 Too Early. Default off: 0-RTT data can be replayed.
-	Allow0RTT bool `yaml:"allow-0rtt"`
+	Allow0RTT bool `yaml:"allow-0rtt" usage:"edge: serve GET/HEAD/OPTIONS from TLS 1.3 0-RTT data over HTTP/3 (replayable; others get 425)"`
 	// MaxConnsPerIP bounds concurrent connections of one client IP.
 	// Default 256.
-	MaxConnsPerIP int `yaml:"max-conns-per-ip"`
+	MaxConnsPerIP int `yaml:"max-conns-per-ip" usage:"edge: concurrent connections per client IP, -1 no limit (default 256)"`
 	// MaxBody bounds a request body. Default "1GiB".
-	MaxBody string `yaml:"max-body"`
+	MaxBody string `yaml:"max-body" usage:"edge: largest request body, -1 no limit (default 1GiB)"`
 	// MinBodyRate is the slowest a client may send a request body, per
 	// second over a 20 s window. Default "1KiB".
-	MinBodyRate string `yaml:"min-body-rate"`
+	MinBodyRate string `yaml:"min-body-rate" usage:"edge: slowest request body per second over 20s, -1 no limit (default 1KiB)"`
 	// MaxConcurrentStreams per HTTP/2 or HTTP/3 connection. Default 250.
-	MaxConcurrentStreams int `yaml:"max-concurrent-streams"`
+	MaxConcurrentStreams int `yaml:"max-concurrent-streams" usage:"edge: streams per HTTP/2 or HTTP/3 connection (default 250)"`
 	// ReadHeaderTimeout bounds reading a request's headers (slowloris).
 	// Default 10s.
-	ReadHeaderTimeout time.Duration `yaml:"read-header-timeout"`
+	ReadHeaderTimeout time.Duration `yaml:"read-header-timeout" usage:"edge: time to read a request's headers (default 10s)"`
 	// IdleTimeout closes idle client connections. Default 120s.
-	IdleTimeout time.Duration `yaml:"idle-timeout"`
+	IdleTimeout time.Duration `yaml:"idle-timeout" usage:"edge: idle client connections close after this (default 2m)"`
 	// MaxHeaderBytes bounds a request's header block. Default "64KiB".
-	MaxHeaderBytes string `yaml:"max-header-bytes"`
+	MaxHeaderBytes string `yaml:"max-header-bytes" usage:"edge: largest request header block (default 64KiB)"`
 
 	// CacheSize bounds the edge's HTTP cache (headers and bodies); 0
 	// turns the cache off. Default "256MiB".
-	CacheSize string `yaml:"cache-size"`
+	CacheSize string `yaml:"cache-size" usage:"edge: HTTP cache size, 0 turns it off (default 256MiB)"`
 	// CacheMaxObject is the largest response the edge caches; larger ones
 	// stream through untouched. Default "8MiB".
-	CacheMaxObject string `yaml:"cache-max-object"`
+	CacheMaxObject string `yaml:"cache-max-object" usage:"edge: largest response cached; larger ones stream through (default 8MiB)"`
 
 	// Anycast lists the prefixes an edge announces over BGP while it can
 	// serve (e.g. 198.51.100.10/32; IPv6 too). Default: none, no BGP.
-	Anycast []string `yaml:"anycast"`
+	Anycast []string `yaml:"anycast" usage:"edge: anycast prefix to announce over BGP while it can serve, e.g. 198.51.100.10/32 (repeatable)"`
 	// BGPASN is the edge's local AS number. Required with Anycast.
-	BGPASN string `yaml:"bgp-asn"`
+	BGPASN string `yaml:"bgp-asn" usage:"edge: local AS number"`
 	// BGPRouterID is the BGP identifier, an IPv4 address. Required with
 	// Anycast.
-	BGPRouterID string `yaml:"bgp-router-id"`
+	BGPRouterID string `yaml:"bgp-router-id" usage:"edge: BGP router ID (an IPv4 address)"`
 	// BGPPeers are the routers to peer with: ADDR,ASN[,options] (see
 	// `meshd run -h`). Required with Anycast.
-	BGPPeers []string `yaml:"bgp-peer"`
+	BGPPeers []string `yaml:"bgp-peer" usage:"edge: BGP peer ADDR,ASN[,port=N,local=ADDR,password=P,multihop=TTL,hold=9s,connect-retry=5s,passive,bfd,bfd-interval=300ms,bfd-multiplier=3] (repeatable)" list:"repeat"`
 	// BGPListenPort accepts sessions on this TCP port. Default 0: dial out
 	// only.
-	BGPListenPort string `yaml:"bgp-listen-port"`
+	BGPListenPort string `yaml:"bgp-listen-port" usage:"edge: accept BGP sessions on this port (default: dial out only)"`
 	// BGPDrain is what SIGTERM does to the route: withdraw, or prepend
 	// (re-announce with the AS path prepended so traffic shifts without a
 	// blackhole). Default withdraw.
-	BGPDrain string `yaml:"bgp-drain"`
+	BGPDrain string `yaml:"bgp-drain" usage:"edge: on SIGTERM, withdraw or prepend the route (default withdraw)"`
 	// BGPUpHold is how long the edge must be able to serve before it
 	// announces (again), so a flapping edge does not flap its route.
 	// Withdrawal is immediate. Default 5s.
-	BGPUpHold time.Duration `yaml:"bgp-up-hold"`
+	BGPUpHold time.Duration `yaml:"bgp-up-hold" usage:"edge: serve this long before announcing (again) (default 5s)"`
 
 	// Admin is the admin API listener; empty disables it.
 	// Default "127.0.0.1:9901".
-	Admin string `yaml:"admin"`
+	Admin string `yaml:"admin" usage:"admin API listener; empty disables it (default 127.0.0.1:9901)"`
 	// DrainDelay is how long a stopping node stays up after publishing
 	// "draining", so that peers move away before its listeners close.
 	// Default 2s.
-	DrainDelay time.Duration `yaml:"drain-delay"`
+	DrainDelay time.Duration `yaml:"drain-delay" usage:"time between publishing draining and closing listeners (default 2s)"`
 	// ShutdownGrace bounds how long in-flight requests may take to finish
 	// once listeners stop. Default 10s.
-	ShutdownGrace time.Duration `yaml:"shutdown-grace"`
+	ShutdownGrace time.Duration `yaml:"shutdown-grace" usage:"bound on in-flight requests at shutdown (default 10s)"`
 
 	// LogFormat is text or json. Default text.
-	LogFormat string `yaml:"log-format"`
+	LogFormat string `yaml:"log-format" usage:"text or json (default text)"`
 	// LogLevel is debug, info, warn or error. Default info.
-	LogLevel string `yaml:"log-level"`
+	LogLevel string `yaml:"log-level" usage:"debug, info, warn or error (default info)"`
 }
 
 // FieldError is a configuration error that names its key and, when it came
