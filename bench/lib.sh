@@ -1,0 +1,359 @@
+# shellcheck shell=bash
+# Shared helpers of bench/edge-tls.sh and bench/cache-hits.sh. Sourced,
+# never run. Everything here works on a plain Debian 12 machine as root.
+
+export PATH="$PATH:/usr/sbin:/sbin:/usr/local/go/bin"
+export LC_ALL=C
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
+
+# Knobs shared by both scripts (each script may set its own defaults first).
+ROUNDS="${ROUNDS:-3}"
+CONNS="${CONNS:-50}"
+THREADS="${THREADS:-2}"
+H2_STREAMS="${H2_STREAMS:-1}"
+WARMUP="${WARMUP:-2}"
+CLK_TCK="$(getconf CLK_TCK)"
+
+PIDS=()      # every process we started, in start order
+WORK=""      # temp dir with configs, logs and load-generator output
+
+log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
+die() {
+	printf '\nFAILED: %s\n' "$*" >&2
+	exit 1
+}
+
+# cleanup stops every process this script started, by PID, newest first,
+# and removes the temp dir unless the run failed or KEEP=1.
+cleanup() {
+	local rc=$? i pid n
+	set +e
+	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+		kill -TERM "${PIDS[i]}" 2>/dev/null
+	done
+	for pid in "${PIDS[@]}"; do
+		for ((n = 0; n < 100; n++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null
+	done
+	if [[ -n "$WORK" && -d "$WORK" ]]; then
+		if [[ $rc -ne 0 || "${KEEP:-0}" == 1 ]]; then
+			echo "configs and logs kept in $WORK" >&2
+		else
+			rm -rf "$WORK"
+		fi
+	fi
+	exit "$rc"
+}
+
+setup() {
+	[[ $EUID -eq 0 ]] || die "run as root (it installs Debian packages)"
+	WORK="$(mktemp -d /tmp/meshd-bench.XXXXXX)"
+	mkdir -p "$WORK/logs" "$WORK/out" "$WORK/tls"
+	trap cleanup EXIT
+	trap 'exit 130' INT TERM
+}
+
+# need CMD:PACKAGE... installs the Debian packages whose command is missing,
+# running apt-get update once. Services are not started by the install:
+# a temporary policy-rc.d refuses it where none exists.
+need() {
+	local pair missing=()
+	for pair in "$@"; do
+		command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+	done
+	((${#missing[@]})) || return 0
+	command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
+	log "installing ${missing[*]}"
+	local made_policy=0
+	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod +x /usr/sbin/policy-rc.d
+		made_policy=1
+	fi
+	local ok=1
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$WORK/logs/apt.log" 2>&1 || ok=0
+	if ((ok)); then
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$WORK/logs/apt.log" 2>&1 || ok=0
+	fi
+	((made_policy)) && rm -f /usr/sbin/policy-rc.d
+	((ok)) || die "apt-get install ${missing[*]} failed: see $WORK/logs/apt.log"
+	for pair in "$@"; do
+		command -v "${pair%%:*}" >/dev/null 2>&1 || die "${pair%%:*} still missing after installing ${pair#*:}"
+	done
+}
+
+# build puts meshd and the origin into $WORK/bin. MESHD=/path/to/meshd
+# uses an existing binary instead of building one.
+build() {
+	mkdir -p "$WORK/bin"
+	command -v go >/dev/null || die "go is not on PATH (meshd needs Go 1.26; Debian's golang-go is too old)"
+	if [[ -n "${MESHD:-}" ]]; then
+		cp "$MESHD" "$WORK/bin/meshd"
+	else
+		log "building meshd"
+		(cd "$REPO_DIR" && go build -o "$WORK/bin/meshd" .) || die "go build of meshd failed"
+	fi
+	(cd "$REPO_DIR" && go build -o "$WORK/bin/origin" ./bench/origin) || die "go build of bench/origin failed"
+}
+
+# ports N fills the array PORTS with N loopback ports free for TCP and UDP
+# that no earlier call returned: a port handed out but not yet bound looks
+# free to the next call, and two servers on one port fail in odd ways
+# (gossip datagrams landing on the edge's HTTP/3 socket).
+USED_PORTS=" "
+ports() {
+	local want=$1 cand p
+	mapfile -t cand < <("$WORK/bin/origin" -free-ports $((want + $(wc -w <<<"$USED_PORTS"))))
+	PORTS=()
+	for p in "${cand[@]}"; do
+		((${#PORTS[@]} < want)) || break
+		[[ "$USED_PORTS" == *" $p "* ]] && continue
+		PORTS+=("$p")
+		USED_PORTS+="$p "
+	done
+	((${#PORTS[@]} == want)) || die "could not find $want free ports"
+}
+
+# start NAME CMD... runs CMD in the background with its output in
+# $WORK/logs/NAME.log and sets PID to its process id.
+start() {
+	local name=$1
+	shift
+	"$@" >"$WORK/logs/$name.log" 2>&1 &
+	PID=$!
+	PIDS+=("$PID")
+}
+
+# alive PID NAME fails loudly when a server has exited.
+alive() {
+	kill -0 "$1" 2>/dev/null || die "$2 exited; last lines of $WORK/logs/$2.log:
+$(tail -n 20 "$WORK/logs/$2.log" 2>/dev/null)"
+}
+
+# wait_ok WHAT PID NAME CURL-ARGS... polls until curl gets a 200, for at
+# most 60 s, failing early when the server process is gone.
+wait_ok() {
+	local what=$1 pid=$2 name=$3 code n
+	shift 3
+	for ((n = 0; n < 300; n++)); do
+		alive "$pid" "$name"
+		code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" || true)"
+		[[ "$code" == 200 ]] && return 0
+		sleep 0.2
+	done
+	die "$what never answered 200 (last status $code): curl $*"
+}
+
+# tree PID prints PID and all its descendants.
+tree() {
+	local pid kids k
+	for pid in "$@"; do
+		echo "$pid"
+		kids="$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)"
+		for k in $kids; do tree "$k"; done
+	done
+}
+
+# ticks PID... prints the summed utime+stime (in clock ticks) of the given
+# processes and all their descendants, read from /proc/PID/stat. Fields
+# are counted after the ')' that ends the command name, which may itself
+# hold spaces.
+ticks() {
+	local pid stat sum=0 rest
+	for pid in $(tree "$@"); do
+		stat="$(cat /proc/"$pid"/stat 2>/dev/null)" || continue
+		rest="${stat##*) }"
+		# rest starts at field 3 (state); utime and stime are fields 14 and 15.
+		read -r -a f <<<"$rest"
+		sum=$((sum + f[11] + f[12]))
+	done
+	echo "$sum"
+}
+
+# hdr_check WHAT HEADER-REGEX CURL-ARGS... fetches twice and fails loudly
+# unless the second response is a 200 whose headers match the regex (case
+# insensitive): the proof that a server really answers from its cache.
+hdr_check() {
+	local what=$1 re=$2 hdrs
+	shift 2
+	curl -s -o /dev/null --max-time 5 "$@" || true
+	hdrs="$(curl -s -D - -o /dev/null --max-time 5 "$@" | tr -d '\r')" || die "$what: curl $* failed"
+	head -n 1 <<<"$hdrs" | grep -qE '^HTTP/[0-9.]+ 200' || die "$what: not a 200:
+$hdrs"
+	grep -qiE "$re" <<<"$hdrs" || die "$what: no cache hit (want header /$re/), got:
+$hdrs"
+	log "hit confirmed: $what: $(grep -iE "$re" <<<"$hdrs" | head -n 1)"
+}
+
+# origin_count prints how many bodies the origin has served.
+origin_count() { curl -s --max-time 5 "http://127.0.0.1:$ORIGIN_PORT/_count"; }
+
+# LOAD GENERATORS. Each prints "REQUESTS RPS P99_MS" on stdout and fails
+# loudly on any error or non-2xx answer, so that a broken server can never
+# look fast.
+
+# load_wrk OUT SECONDS URL HOST: wrk over plain HTTP/1.1.
+load_wrk() {
+	local out=$1 secs=$2 url=$3 host=$4
+	wrk -t "$THREADS" -c "$CONNS" -d "${secs}s" --latency -H "Host: $host" "$url" >"$out" 2>&1 ||
+		die "wrk failed: $(cat "$out")"
+	if grep -qE 'Non-2xx|Socket errors' "$out"; then
+		die "wrk saw errors against $url:
+$(cat "$out")"
+	fi
+	awk '
+		function ms(v) {
+			if (v ~ /us$/) return v / 1000
+			if (v ~ /ms$/) return v + 0
+			if (v ~ /m$/) return v * 60000
+			if (v ~ /s$/) return v * 1000
+			return v
+		}
+		/ requests in / { n = $1 }
+		/^ +99%/ { p99 = ms($2) }
+		/^Requests\/sec:/ { rps = $2 }
+		END {
+			if (n == "" || rps == "" || p99 == "") exit 1
+			printf "%d %.1f %.3f\n", n, rps, p99
+		}' "$out" || die "cannot parse wrk output $out"
+}
+
+# load_h2 OUT SECONDS URL ADDR [--h1]: h2load over TLS to ADDR
+# (host:port) with the URL's host as SNI and :authority. p99 comes from
+# h2load's per-request log, since h2load prints no percentiles itself.
+load_h2() {
+	local out=$1 secs=$2 url=$3 addr=$4
+	shift 4
+	local streams=$H2_STREAMS
+	[[ "${1:-}" == --h1 ]] && streams=1
+	h2load -t "$THREADS" -c "$CONNS" -m "$streams" -D "$secs" --connect-to="$addr" \
+		--log-file="$out.times" "$@" "$url" >"$out" 2>&1 || die "h2load failed: $(cat "$out")"
+	awk '
+		/^finished in/ { for (i = 1; i <= NF; i++) if ($i ~ /req\/s/) { rps = $(i-1) } }
+		/^requests:/ { total = $2; failed = $10; errored = $12; ok = $8 }
+		/^status codes:/ { s2 = $3; s3 = $5; s4 = $7; s5 = $9 }
+		END {
+			gsub(",", "", s3); gsub(",", "", s4); gsub(",", "", s5)
+			if (ok == "" || ok == 0 || failed + 0 > 0 || errored + 0 > 0 || s3 + s4 + s5 > 0) exit 1
+		}' "$out" || die "h2load saw errors against $url (via $addr):
+$(cat "$out")"
+	local n rps p99
+	n="$(awk '/^requests:/ { print $8 }' "$out")"
+	rps="$(awk '/^finished in/ { for (i = 1; i <= NF; i++) if ($i ~ /req\/s/) print $(i-1) }' "$out" | tr -d ,)"
+	# The log holds one line per request: start time, status, latency in µs.
+	p99="$(cut -f3 "$out.times" | sort -n | awk '{ v[NR] = $1 } END { i = int(NR * 0.99); if (i < NR * 0.99) i++; if (i < 1) exit 1; printf "%.3f", v[i] / 1000 }')" ||
+		die "no latencies in $out.times"
+	rm -f "$out.times"
+	echo "$n $rps $p99"
+}
+
+# measure KEY PIDS LOADFN ARGS...: runs one load, reads the CPU of the
+# server's processes around it, and appends "KEY RPS P99_MS CPU_US/REQ" to
+# $WORK/samples, with the request count last.
+measure() {
+	local key=$1 pids res t0 t1 n rps p99 cpu
+	read -r -a pids <<<"$2"
+	shift 2
+	t0="$(ticks "${pids[@]}")"
+	res="$("$@")" || exit 1
+	t1="$(ticks "${pids[@]}")"
+	read -r n rps p99 <<<"$res"
+	((n > 0)) || die "$key: no requests completed"
+	cpu="$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
+	echo "$key $rps $p99 $cpu $n" >>"$WORK/samples"
+	log "$(printf '%-22s %10.0f req/s  p99 %7.2f ms  %6.1f µs CPU/req' "$key" "$rps" "$p99" "$cpu")"
+}
+
+# median KEY COLUMN prints the median of one column (2 rps, 3 p99, 4 cpu)
+# over the rounds of KEY.
+median() {
+	awk -v k="$1" -v c="$2" '$1 == k { print $c }' "$WORK/samples" | sort -g |
+		awk '{ v[NR] = $1 } END { if (NR == 0) { print "nan"; exit } if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# ratio A B prints A/B with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+
+# machine_line describes where the numbers come from.
+machine_line() {
+	local cpu
+	cpu="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+	echo "host $(hostname), $(nproc) cores ($cpu), load before start: $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+versions_line() {
+	local v=()
+	v+=("meshd $("$WORK/bin/meshd" version 2>/dev/null | head -n 1 || echo '?')")
+	local c
+	for c in "$@"; do
+		case $c in
+		nginx) v+=("$(nginx -v 2>&1 | sed 's/^nginx version: //')") ;;
+		caddy) v+=("caddy $(caddy version 2>/dev/null | cut -d' ' -f1)") ;;
+		varnish) v+=("$(varnishd -V 2>&1 | head -n 1 | sed 's/^varnishd (\([^ ]*\) .*/\1/')") ;;
+		hitch) v+=("$(hitch --version 2>&1 | head -n 1)") ;;
+		wrk) v+=("wrk $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f2)") ;;
+		h2load) v+=("$(h2load --version 2>&1 | head -n 1)") ;;
+		esac
+	done
+	local out
+	out="$(printf '%s, ' "${v[@]}")"
+	echo "versions: ${out%, }"
+}
+
+# self_signed NAME writes $WORK/tls/NAME.{crt,key,pem}: an ECDSA P-256
+# certificate for web.localhost, the key type meshd's and Caddy's internal
+# CAs issue, so every server does the same handshake work.
+self_signed() {
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+		-subj "/CN=web.localhost" -addext "subjectAltName=DNS:web.localhost" \
+		-keyout "$WORK/tls/$1.key" -out "$WORK/tls/$1.crt" >"$WORK/logs/openssl.log" 2>&1 ||
+		die "openssl could not make a certificate: $(cat "$WORK/logs/openssl.log")"
+	cat "$WORK/tls/$1.key" "$WORK/tls/$1.crt" >"$WORK/tls/$1.pem"
+}
+
+# start_origin starts the shared app on ORIGIN_PORT.
+start_origin() {
+	start origin "$WORK/bin/origin" -listen "127.0.0.1:$ORIGIN_PORT"
+	ORIGIN_PID=$PID
+	wait_ok origin "$ORIGIN_PID" origin "http://127.0.0.1:$ORIGIN_PORT/healthz"
+}
+
+# start_mesh CACHE_SIZE HTTP_PORT HTTPS_PORT starts a gateway, a sidecar
+# for service web in front of the origin and an edge, all of region eu on
+# loopback, and waits until a request through the edge is answered.
+# Sets EDGE_PID, GW_PID, SC_PID.
+start_mesh() {
+	local cache_size=$1 http_port=$2 https_port=$3
+	local m="$WORK/bin/meshd"
+	ports 11
+	local p=("${PORTS[@]}")
+	"$m" ca init --trust-domain bench.meshd --dir "$WORK/ca" >"$WORK/logs/ca.log" 2>&1 ||
+		die "meshd ca init failed: $(cat "$WORK/logs/ca.log")"
+	local common=(--region eu --ca-dir "$WORK/ca" --log-level "${MESHD_LOG_LEVEL:-warn}" --drain-delay 100ms)
+	start meshd-gw "$m" run --role gateway --name gw "${common[@]}" \
+		--listen "127.0.0.1:${p[0]}" --gossip-addr "127.0.0.1:${p[1]}" \
+		--wan-gossip-addr "127.0.0.1:${p[2]}" --admin "127.0.0.1:${p[3]}"
+	GW_PID=$PID
+	wait_ok "gateway /readyz" "$GW_PID" meshd-gw "http://127.0.0.1:${p[3]}/readyz"
+	start meshd-sidecar "$m" run --role sidecar --name web-1 --service web "${common[@]}" \
+		--upstream "127.0.0.1:$ORIGIN_PORT" --listen "127.0.0.1:${p[4]}" \
+		--outbound "127.0.0.1:${p[5]}" --gossip-addr "127.0.0.1:${p[6]}" \
+		--join "127.0.0.1:${p[1]}" --admin "127.0.0.1:${p[7]}"
+	SC_PID=$PID
+	wait_ok "sidecar /readyz" "$SC_PID" meshd-sidecar "http://127.0.0.1:${p[7]}/readyz"
+	start meshd-edge "$m" run --role edge --name edge "${common[@]}" \
+		--public-http "127.0.0.1:$http_port" --public-https "127.0.0.1:$https_port" \
+		--tls internal --data-dir "$WORK/edge-data" --public-http-allow web.localhost \
+		--cache-size "$cache_size" --wan-gossip-addr "127.0.0.1:${p[8]}" \
+		--wan-join "127.0.0.1:${p[2]}" --admin "127.0.0.1:${p[9]}"
+	EDGE_PID=$PID
+	EDGE_ADMIN="127.0.0.1:${p[9]}"
+	wait_ok "edge /readyz" "$EDGE_PID" meshd-edge "http://$EDGE_ADMIN/readyz"
+	wait_ok "a request through meshd's edge" "$EDGE_PID" meshd-edge \
+		-H "Host: web.localhost" "http://127.0.0.1:$http_port/healthz"
+}
