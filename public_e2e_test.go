@@ -506,6 +506,66 @@ func testPublicInternal(t *testing.T, m *pubMesh) {
 		}
 	})
 
+	t.Run("TLS versions, suites and resumption", func(t *testing.T) {
+		gcm := []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}
+		cbc := []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA,
+			tls.TLS_RSA_WITH_AES_128_GCM_SHA256}
+		for _, tt := range []struct {
+			name     string
+			min, max uint16
+			suites   []uint16
+			want     uint16 // negotiated version; 0: the handshake must fail
+		}{
+			{"default client", 0, 0, nil, tls.VersionTLS13},
+			{"TLS 1.2 with ECDHE and AEAD", tls.VersionTLS12, tls.VersionTLS12, gcm, tls.VersionTLS12},
+			{"TLS 1.2 with CBC or RSA key exchange only", tls.VersionTLS12, tls.VersionTLS12, cbc, 0},
+			{"TLS 1.1", tls.VersionTLS10, tls.VersionTLS11, nil, 0},
+		} {
+			cfg := &tls.Config{ServerName: "web.localhost", RootCAs: roots, MinVersion: tt.min, MaxVersion: tt.max, CipherSuites: tt.suites}
+			c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", httpsAddr, cfg)
+			if tt.want == 0 {
+				if err == nil {
+					c.Close()
+					t.Errorf("%s: handshake succeeded", tt.name)
+				}
+				continue
+			}
+			if err != nil {
+				t.Errorf("%s: %v", tt.name, err)
+				continue
+			}
+			if v := c.ConnectionState().Version; v != tt.want {
+				t.Errorf("%s: negotiated %s, want %s", tt.name, tls.VersionName(v), tls.VersionName(tt.want))
+			}
+			c.Close()
+		}
+		// A returning client resumes its session (RFC 8446 §2.2). The
+		// ticket arrives after the handshake, so the first connection
+		// reads once before closing.
+		cache := tls.NewLRUClientSessionCache(4)
+		for i, wantResumed := range []bool{false, true} {
+			cfg := &tls.Config{ServerName: "web.localhost", RootCAs: roots, ClientSessionCache: cache, NextProtos: []string{"http/1.1"}}
+			c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", httpsAddr, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			req, _ := http.NewRequest(http.MethodGet, webURL, nil)
+			if err := req.Write(c); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if got := c.ConnectionState().DidResume; got != wantResumed {
+				t.Errorf("connection %d: resumed %v, want %v", i+1, got, wantResumed)
+			}
+			c.Close()
+		}
+	})
+
 	t.Run("public HTTP: redirect, refuse, allow", func(t *testing.T) {
 		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
