@@ -843,21 +843,31 @@ func (l *lab) routerReset(e *labEdge) time.Duration {
 	return took
 }
 
-// waitBFDUp waits until BIRD's BFD session with e is up, so that a
-// silence is detected by BFD and not by the hold timer.
+// waitBFDUp waits until BIRD's BFD session with e is up with its final
+// timers: a session that has just come up still runs the slow start
+// intervals of RFC 5880 §6.8.3 (1 s) until its poll sequence ends, and a
+// silence then would be detected late. The router's detection time is
+// the edge's multiplier times the larger of the router's receive interval
+// and the edge's transmit interval: 3 × 300 ms.
 func (l *lab) waitBFDUp(e *labEdge, limit time.Duration) {
 	l.t.Helper()
 	start := time.Now()
 	for {
 		out := l.birdc("show", "bfd", "sessions")
 		for _, line := range strings.Split(out, "\n") {
+			// IP address, interface, state, since, interval, timeout
 			f := strings.Fields(line)
-			if len(f) >= 3 && f[0] == e.addr && f[2] == "Up" {
+			if len(f) < 6 || f[0] != e.addr || f[2] != "Up" {
+				continue
+			}
+			iv, err1 := time.ParseDuration(f[len(f)-2] + "s")
+			timeout, err2 := time.ParseDuration(f[len(f)-1] + "s")
+			if err1 == nil && err2 == nil && iv <= 300*time.Millisecond && timeout <= 900*time.Millisecond {
 				return
 			}
 		}
 		if time.Since(start) > limit {
-			l.t.Fatalf("BFD session with %s not up within %v:\n%s", e.name, limit, out)
+			l.t.Fatalf("BFD session with %s not up with its final timers within %v:\n%s", e.name, limit, out)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
