@@ -197,30 +197,56 @@ origin_count() { curl -s --max-time 5 "http://127.0.0.1:$ORIGIN_PORT/_count"; }
 # loudly on any error or non-2xx answer, so that a broken server can never
 # look fast.
 
+# parse_wrk OUT prints "REQUESTS RPS P99_MS" from wrk --latency output, or
+# fails when wrk saw socket errors or non-2xx answers or the output is not
+# what wrk 4 prints.
+parse_wrk() {
+	awk '
+		function ms(v) {
+			if (v ~ /^[0-9.]+us$/) return v / 1000
+			if (v ~ /^[0-9.]+ms$/) return v + 0
+			if (v ~ /^[0-9.]+s$/) return v * 1000
+			if (v ~ /^[0-9.]+m$/) return v * 60000
+			return -1
+		}
+		/Non-2xx or 3xx responses|Socket errors/ { bad = 1 }
+		/ requests in / { n = $1 }
+		/^ +99%/ { p99 = ms($2) }
+		/^Requests\/sec:/ { rps = $2 }
+		END {
+			if (bad || n == "" || n + 0 <= 0 || rps == "" || p99 == "" || p99 < 0) exit 1
+			printf "%d %.1f %.3f\n", n, rps, p99
+		}' "$1"
+}
+
+# parse_h2 OUT TIMES prints "REQUESTS RPS P99_MS" from h2load's summary
+# and its per-request log (--log-file: start time, status, latency in µs,
+# tab-separated), or fails when any request failed, errored or was not
+# answered 2xx.
+parse_h2() {
+	local res p99
+	res="$(awk '
+		/^finished in/ { for (i = 1; i <= NF; i++) if ($i ~ /^req\/s/) rps = $(i-1) }
+		/^requests:/ { ok = $8; failed = $10; errored = $12; timeout = $14 }
+		/^status codes:/ { s2 = $3; s3 = $5; s4 = $7; s5 = $9 }
+		END {
+			if (ok == "" || ok + 0 <= 0 || rps == "" || s2 == "") exit 1
+			if (failed + errored + timeout + s3 + s4 + s5 > 0) exit 1
+			printf "%d %s", ok, rps
+		}' "$1")" || return 1
+	p99="$(awk -F '\t' '$2 !~ /^2[0-9][0-9]$/ { exit 1 } { print $3 }' "$2" | sort -n |
+		awk '{ v[NR] = $1 } END { i = int(NR * 0.99); if (i < NR * 0.99) i++; if (i < 1) exit 1; printf "%.3f", v[i] / 1000 }')" ||
+		return 1
+	echo "$res $p99"
+}
+
 # load_wrk OUT SECONDS URL HOST: wrk over plain HTTP/1.1.
 load_wrk() {
 	local out=$1 secs=$2 url=$3 host=$4
 	wrk -t "$THREADS" -c "$CONNS" -d "${secs}s" --latency -H "Host: $host" "$url" >"$out" 2>&1 ||
 		die "wrk failed: $(cat "$out")"
-	if grep -qE 'Non-2xx|Socket errors' "$out"; then
-		die "wrk saw errors against $url:
+	parse_wrk "$out" || die "wrk saw errors against $url (or its output is unreadable):
 $(cat "$out")"
-	fi
-	awk '
-		function ms(v) {
-			if (v ~ /us$/) return v / 1000
-			if (v ~ /ms$/) return v + 0
-			if (v ~ /m$/) return v * 60000
-			if (v ~ /s$/) return v * 1000
-			return v
-		}
-		/ requests in / { n = $1 }
-		/^ +99%/ { p99 = ms($2) }
-		/^Requests\/sec:/ { rps = $2 }
-		END {
-			if (n == "" || rps == "" || p99 == "") exit 1
-			printf "%d %.1f %.3f\n", n, rps, p99
-		}' "$out" || die "cannot parse wrk output $out"
 }
 
 # load_h2 OUT SECONDS URL ADDR [--h1]: h2load over TLS to ADDR
@@ -233,23 +259,9 @@ load_h2() {
 	[[ "${1:-}" == --h1 ]] && streams=1
 	h2load -t "$THREADS" -c "$CONNS" -m "$streams" -D "$secs" --connect-to="$addr" \
 		--log-file="$out.times" "$@" "$url" >"$out" 2>&1 || die "h2load failed: $(cat "$out")"
-	awk '
-		/^finished in/ { for (i = 1; i <= NF; i++) if ($i ~ /req\/s/) { rps = $(i-1) } }
-		/^requests:/ { total = $2; failed = $10; errored = $12; ok = $8 }
-		/^status codes:/ { s2 = $3; s3 = $5; s4 = $7; s5 = $9 }
-		END {
-			gsub(",", "", s3); gsub(",", "", s4); gsub(",", "", s5)
-			if (ok == "" || ok == 0 || failed + 0 > 0 || errored + 0 > 0 || s3 + s4 + s5 > 0) exit 1
-		}' "$out" || die "h2load saw errors against $url (via $addr):
+	parse_h2 "$out" "$out.times" || die "h2load saw errors against $url via $addr (or its output is unreadable):
 $(cat "$out")"
-	local n rps p99
-	n="$(awk '/^requests:/ { print $8 }' "$out")"
-	rps="$(awk '/^finished in/ { for (i = 1; i <= NF; i++) if ($i ~ /req\/s/) print $(i-1) }' "$out" | tr -d ,)"
-	# The log holds one line per request: start time, status, latency in µs.
-	p99="$(cut -f3 "$out.times" | sort -n | awk '{ v[NR] = $1 } END { i = int(NR * 0.99); if (i < NR * 0.99) i++; if (i < 1) exit 1; printf "%.3f", v[i] / 1000 }')" ||
-		die "no latencies in $out.times"
 	rm -f "$out.times"
-	echo "$n $rps $p99"
 }
 
 # measure KEY PIDS LOADFN ARGS...: runs one load, reads the CPU of the

@@ -1,0 +1,247 @@
+package bench
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// lib runs script in bash after sourcing lib.sh, with WORK set to dir, and
+// returns its standard output.
+func lib(t *testing.T, dir, script string) (string, error) {
+	t.Helper()
+	cmd := exec.Command("bash", "-c", "set -euo pipefail; source ./lib.sh; WORK="+strconv.Quote(dir)+"; "+script)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		err = fmt.Errorf("%w: %s", err, errb.String())
+	}
+	return strings.TrimSpace(out.String()), err
+}
+
+// fields splits "N RPS P99" into numbers.
+func fields(t *testing.T, s string) []float64 {
+	t.Helper()
+	var v []float64
+	for _, f := range strings.Fields(s) {
+		x, err := strconv.ParseFloat(f, 64)
+		if err != nil {
+			t.Fatalf("%q: %v", s, err)
+		}
+		v = append(v, x)
+	}
+	if len(v) != 3 {
+		t.Fatalf("%q: want 3 numbers", s)
+	}
+	return v
+}
+
+func TestScriptsParse(t *testing.T) {
+	scripts, err := filepath.Glob("*.sh")
+	if err != nil || len(scripts) < 3 {
+		t.Fatalf("scripts: %v %v", scripts, err)
+	}
+	for _, s := range scripts {
+		if out, err := exec.Command("bash", "-n", s).CombinedOutput(); err != nil {
+			t.Errorf("bash -n %s: %v\n%s", s, err, out)
+		}
+	}
+	if _, err := exec.LookPath("shellcheck"); err != nil {
+		t.Log("shellcheck not installed: lint skipped")
+		return
+	}
+	out, err := exec.Command("shellcheck", append([]string{"-x"}, scripts...)...).CombinedOutput()
+	if err != nil {
+		t.Errorf("shellcheck: %v\n%s", err, out)
+	}
+}
+
+// rewrite copies testdata/name into dir/as with replacements applied.
+func rewrite(t *testing.T, dir, name, as string, repl ...string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.NewReplacer(repl...).Replace(string(b))
+	if s == string(b) && len(repl) > 0 {
+		t.Fatalf("%s: replacement %q changed nothing", name, repl)
+	}
+	p := filepath.Join(dir, as)
+	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestParseWrk(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		file string
+		want []float64 // nil: must fail
+	}{
+		{"recorded run", "testdata/wrk-ok.txt", []float64{46431, 42195.65, 6.69}},
+		{"p99 in µs", rewrite(t, dir, "wrk-ok.txt", "v1", "6.69ms", "812.00us"), []float64{46431, 42195.65, 0.812}},
+		{"p99 in s", rewrite(t, dir, "wrk-ok.txt", "v2", "6.69ms", "1.20s"), []float64{46431, 42195.65, 1200}},
+		{"unknown unit", rewrite(t, dir, "wrk-ok.txt", "v3", "6.69ms", "6.69xs"), nil},
+		{"no latency distribution", rewrite(t, dir, "wrk-ok.txt", "v4", "99%", "98%"), nil},
+		{"non-2xx answers", "testdata/wrk-404.txt", nil},
+		{"connection refused", "testdata/wrk-refused.txt", nil},
+		{"socket errors", rewrite(t, dir, "wrk-ok.txt", "v5", "Requests/sec:", "  Socket errors: connect 0, read 3, write 0, timeout 0\nRequests/sec:"), nil},
+		{"empty", "/dev/null", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := lib(t, dir, "parse_wrk "+strconv.Quote(tc.file))
+			if tc.want == nil {
+				if err == nil {
+					t.Fatalf("parsed %q, want failure", out)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := fields(t, out)
+			for i := range got {
+				if math.Abs(got[i]-tc.want[i]) > 0.06 {
+					t.Fatalf("got %v, want %v", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// p99 computes the nearest-rank 99th percentile of a times file in ms,
+// independently of the shell code under test.
+func p99(t *testing.T, file string) float64 {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v []float64
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Split(line, "\t")
+		x, err := strconv.ParseFloat(f[2], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v = append(v, x)
+	}
+	sort.Float64s(v)
+	return v[int(math.Ceil(float64(len(v))*0.99))-1] / 1000
+}
+
+func TestParseH2(t *testing.T) {
+	dir := t.TempDir()
+	okTimes := "testdata/h2load-ok.times"
+	tests := []struct {
+		name        string
+		file, times string
+		want        []float64
+	}{
+		{"recorded run", "testdata/h2load-ok.txt", okTimes, []float64{36471, 36471, p99(t, okTimes)}},
+		{"4xx answers", "testdata/h2load-404.txt", "testdata/h2load-404.times", nil},
+		{"connection refused", "testdata/h2load-refused.txt", "testdata/h2load-refused.times", nil},
+		{"a 5xx in the log", "testdata/h2load-ok.txt", rewrite(t, dir, "h2load-ok.times", "v6", "\t200\t302\n", "\t503\t302\n"), nil},
+		{"errored requests", rewrite(t, dir, "h2load-ok.txt", "v7", "0 errored", "7 errored"), okTimes, nil},
+		{"timeouts", rewrite(t, dir, "h2load-ok.txt", "v8", "0 timeout", "2 timeout"), okTimes, nil},
+		{"empty log", "testdata/h2load-ok.txt", "/dev/null", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := lib(t, dir, "parse_h2 "+strconv.Quote(tc.file)+" "+strconv.Quote(tc.times))
+			if tc.want == nil {
+				if err == nil {
+					t.Fatalf("parsed %q, want failure", out)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := fields(t, out)
+			for i := range got {
+				if math.Abs(got[i]-tc.want[i]) > 0.001 {
+					t.Fatalf("got %v, want %v", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+func TestMedianRatio(t *testing.T) {
+	dir := t.TempDir()
+	samples := "a 30 1.5 20 100\nb 10 9 5 50\na 10 2.5 40 100\na 20 0.5 30 100\nb 30 7 15 50\n"
+	if err := os.WriteFile(filepath.Join(dir, "samples"), []byte(samples), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ expr, want string }{
+		{"median a 2", "20"},  // odd count
+		{"median a 3", "1.5"}, // numeric, not lexical, order
+		{"median a 4", "30"},  // rows sorted per column
+		{"median b 2", "20"},  // even count: mean of the middle two
+		{"median b 3", "8"},   //
+		{"median c 2", "nan"}, // no rows
+		{"ratio 3 2", "1.50"}, //
+		{"ratio 1 3", "0.33"}, //
+		{"ratio 5 0", "-"},    // no division by zero
+		{"ratio 5 nan", "-"},  // a missing median is no number either
+	}
+	for _, tc := range tests {
+		out, err := lib(t, dir, tc.expr)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.expr, err)
+		}
+		if out != tc.want {
+			t.Errorf("%s = %q, want %q", tc.expr, out, tc.want)
+		}
+	}
+}
+
+// TestTicks: the CPU reading sums a process and its children, grows when
+// they burn CPU, and ignores processes that are gone.
+func TestTicks(t *testing.T) {
+	dir := t.TempDir()
+	// The shell starts a CPU-burning child, reads the ticks of itself and
+	// its descendants before and after, and prints both and the tree.
+	out, err := lib(t, dir, `
+		( end=$((SECONDS + 2)); while ((SECONDS < end)); do :; done ) &
+		kid=$!
+		a=$(ticks $$)
+		wait "$kid" || true
+		( end=$((SECONDS + 1)); while ((SECONDS < end)); do :; done; sleep 5 ) &
+		kid=$!
+		sleep 0.2
+		echo "$a $(ticks $$) $(tree $$ | wc -l) $(ticks 999999999)"
+		kill "$kid"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(out)
+	if len(f) != 4 {
+		t.Fatalf("output %q", out)
+	}
+	a, _ := strconv.Atoi(f[0])
+	b, _ := strconv.Atoi(f[1])
+	procs, _ := strconv.Atoi(f[2])
+	if b <= a {
+		t.Errorf("ticks did not grow while a child burned CPU: %d then %d", a, b)
+	}
+	if procs < 2 {
+		t.Errorf("tree found %d processes, want the shell and its child", procs)
+	}
+	if f[3] != "0" {
+		t.Errorf("ticks of a missing process = %s, want 0", f[3])
+	}
+}
