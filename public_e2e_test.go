@@ -4,8 +4,9 @@ package main
 // three certificate sources (files chosen by SNI and reloaded on SIGHUP,
 // the internal CA, ACME against Pebble), HTTP/1.1 and HTTP/2 over TLS
 // (Go's client and curl), HTTP/3 (quic-go's client) with Alt-Svc, h2spec
-// against the real listener, the public HTTP listener's redirects, and
-// hardening rules with small limits. One mesh (a CA, a gateway, a sidecar
+// against the real listener, the public HTTP listener's redirects,
+// hardening rules with small limits, and HTTP/2 abuse (rapid reset,
+// malformed bodies) with a normal client served throughout. One mesh (a CA, a gateway, a sidecar
 // in front of an app) serves every edge; each scenario starts its own edge
 // process with the flags it tests.
 
