@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -87,10 +88,10 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Body = &gb.body
 	defer func() {
 		r.Body = body
-		gb.body.clearDeadline()
+		gb.body.finish()
 	}()
 	g.h.ServeHTTP(&gb.w, r)
-	if gb.body.status != 0 && !gb.w.wrote {
+	if gb.body.cutStatus() != 0 && !gb.w.wrote {
 		// The handler gave up without answering (it saw the read error as
 		// the client going away); the client still gets a status.
 		gb.w.writeCut()
@@ -187,11 +188,52 @@ type guardBody struct {
 	deadline bool          // a read deadline is set
 	status   int           // 413 or 408 once the body was cut
 	err      error
+
+	// mu guards done and the response controller: an upstream transport
+	// may read the body after the handler returned, when the response
+	// writer must no longer be used.
+	mu   sync.Mutex
+	done bool
+}
+
+// setDeadline sets the read deadline unless the handler has returned.
+func (b *guardBody) setDeadline(t time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return http.ErrBodyReadAfterClose
+	}
+	return b.rc2.SetReadDeadline(t)
+}
+
+// finish runs when the handler returns: no use of the writer after it.
+func (b *guardBody) finish() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.deadline {
+		b.deadline = false
+		_ = b.rc2.SetReadDeadline(time.Time{})
+	}
+	b.done = true
+}
+
+func (b *guardBody) cutStatus() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.status
 }
 
 func (b *guardBody) Read(p []byte) (int, error) {
 	if b.err != nil {
 		return 0, b.err
+	}
+	b.mu.Lock()
+	done := b.done
+	b.mu.Unlock()
+	if done {
+		// The request is over: as net/http's own bodies do once the
+		// handler returned, refuse to read on.
+		return 0, http.ErrBodyReadAfterClose
 	}
 	if max := b.lim.maxBody; max > 0 {
 		// Read at most one byte past the limit: exactly max bytes pass.
@@ -202,8 +244,10 @@ func (b *guardBody) Read(p []byte) (int, error) {
 	var start time.Time
 	if b.lim.minRate > 0 {
 		start = time.Now()
-		if err := b.rc2.SetReadDeadline(start.Add(b.lim.window - b.waited)); err == nil {
+		if err := b.setDeadline(start.Add(b.lim.window - b.waited)); err == nil {
+			b.mu.Lock()
 			b.deadline = true
+			b.mu.Unlock()
 		}
 	}
 	n, err := b.rc.Read(p)
@@ -234,12 +278,17 @@ func (b *guardBody) Read(p []byte) (int, error) {
 }
 
 func (b *guardBody) cut(status int, err error) error {
-	b.status, b.err = status, err
+	b.mu.Lock()
+	b.status = status
+	b.mu.Unlock()
+	b.err = err
 	return err
 }
 
 func (b *guardBody) clearDeadline() {
-	if b.deadline {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.deadline && !b.done {
 		b.deadline = false
 		_ = b.rc2.SetReadDeadline(time.Time{})
 	}
@@ -263,7 +312,7 @@ func (w *guardWriter) WriteHeader(code int) {
 		w.ResponseWriter.WriteHeader(code)
 		return
 	}
-	if w.body.status != 0 && code >= 500 {
+	if w.body.cutStatus() != 0 && code >= 500 {
 		w.writeCut()
 		w.swallow = true
 		return
@@ -282,10 +331,10 @@ func (w *guardWriter) writeCut() {
 		}
 	}
 	msg := "meshd: request body too large"
-	if w.body.status == http.StatusRequestTimeout {
+	if w.body.cutStatus() == http.StatusRequestTimeout {
 		msg = "meshd: request body too slow"
 	}
-	rejectRequest(w.ResponseWriter, w.r, w.body.status, msg)
+	rejectRequest(w.ResponseWriter, w.r, w.body.cutStatus(), msg)
 }
 
 func (w *guardWriter) Write(p []byte) (int, error) {

@@ -554,3 +554,43 @@ func TestGuardAllocations(t *testing.T) {
 		t.Errorf("%v allocations per request", n)
 	}
 }
+
+// TestBodyReadAfterHandlerReturned: an upstream transport may go on
+// reading a request body after the handler returned (RoundTrip closes the
+// body in its own goroutine). The guard must then refuse the read instead
+// of touching the finished HTTP/2 response writer, which crashed the edge.
+func TestBodyReadAfterHandlerReturned(t *testing.T) {
+	cfg, roots := selfSigned(t)
+	late := make(chan error, 1)
+	s := startWith(t, &Server{TLS: cfg, Public: true, MinBodyRate: 1000, BodyRateWindow: time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body := r.Body
+			go func() {
+				time.Sleep(50 * time.Millisecond) // the handler has returned by now
+				_, err := body.Read(make([]byte, 16))
+				late <- err
+			}()
+			w.WriteHeader(http.StatusNoContent)
+		})})
+	c := tlsClient(t, roots, true)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go pw.Write([]byte("partial body"))
+	req, _ := http.NewRequest("POST", "https://"+s.BoundAddr()+"/", pr)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	select {
+	case err := <-late:
+		if err == nil {
+			t.Fatal("a read after the handler returned succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the late read never returned")
+	}
+	if code, err := getStatus(c, "https://"+s.BoundAddr()+"/"); err != nil || code != http.StatusNoContent {
+		t.Fatalf("next request: %d %v", code, err)
+	}
+}
