@@ -195,13 +195,13 @@ RESULT="$BENCH_DIR/results/cache-hits-$DATE.txt"
 	echo "  $MACHINE"
 	echo "  $(versions_line nginx varnish hitch wrk h2load)"
 	echo
-	printf '%-5s %-6s %-8s %12s %10s %12s %8s\n' object proto server "req/s" "p99 ms" "CPU µs/req" misses
+	printf '%-5s %-6s %-8s %12s %10s %12s %6s %8s\n' object proto server "req/s" "p99 ms" "CPU µs/req" cores misses
 	for o in $OBJECTS; do
 		for proto in h1 h2; do
 			for s in "${SERVERS[@]}"; do
 				k="$o/$proto/$s"
-				printf '%-5s %-6s %-8s %12.0f %10.2f %12.1f %8d\n' "$o" "$proto" "$s" \
-					"$(median "$k" 2)" "$(median "$k" 3)" "$(median "$k" 4)" \
+				printf '%-5s %-6s %-8s %12.0f %10.2f %12.1f %6.2f %8d\n' "$o" "$proto" "$s" \
+					"$(median "$k" 2)" "$(median "$k" 3)" "$(median "$k" 4)" "$(median "$k" 6)" \
 					"$(awk -v k="$k" '$1 == k { m += $2 } END { print m + 0 }' "$WORK/misses")"
 			done
 		done
@@ -233,7 +233,7 @@ RESULT="$BENCH_DIR/results/cache-hits-$DATE.txt"
 			}'
 	done
 	echo
-	echo "rounds (key req/s p99_ms cpu_us requests):"
+	echo "rounds (key req/s p99_ms cpu_us requests cores):"
 	sed 's/^/  /' "$WORK/samples"
 } | tee "$RESULT"
 echo

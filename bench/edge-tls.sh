@@ -163,11 +163,11 @@ RESULT="$BENCH_DIR/results/edge-tls-$DATE.txt"
 	echo "  $MACHINE"
 	echo "  $(versions_line nginx caddy h2load)"
 	echo
-	printf '%-6s %-7s %12s %10s %12s\n' proto server "req/s" "p99 ms" "CPU µs/req"
+	printf '%-6s %-7s %12s %10s %12s %6s\n' proto server "req/s" "p99 ms" "CPU µs/req" cores
 	for proto in h1 h2; do
 		for s in "${SERVERS[@]}"; do
-			printf '%-6s %-7s %12.0f %10.2f %12.1f\n' "$proto" "$s" \
-				"$(median "$proto/$s" 2)" "$(median "$proto/$s" 3)" "$(median "$proto/$s" 4)"
+			printf '%-6s %-7s %12.0f %10.2f %12.1f %6.2f\n' "$proto" "$s" \
+				"$(median "$proto/$s" 2)" "$(median "$proto/$s" 3)" "$(median "$proto/$s" 4)" "$(median "$proto/$s" 6)"
 		done
 	done
 	echo
@@ -192,7 +192,7 @@ RESULT="$BENCH_DIR/results/edge-tls-$DATE.txt"
 			END { if (n) printf "  %s: edge %.1f, gateway %.1f, sidecar %.1f\n", p, med(e), med(g), med(s) }' "$WORK/samples-meshd"
 	done
 	echo
-	echo "rounds (key req/s p99_ms cpu_us requests):"
+	echo "rounds (key req/s p99_ms cpu_us requests cores):"
 	sed 's/^/  /' "$WORK/samples"
 } | tee "$RESULT"
 echo

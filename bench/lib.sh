@@ -265,10 +265,10 @@ $(cat "$out")"
 }
 
 # measure KEY PIDS LOADFN ARGS...: runs one load, reads the CPU of the
-# server's processes around it, and appends "KEY RPS P99_MS CPU_US/REQ" to
-# $WORK/samples, with the request count last.
+# server's processes around it, and appends "KEY RPS P99_MS CPU_US/REQ
+# REQUESTS CORES" to $WORK/samples.
 measure() {
-	local key=$1 pids res t0 t1 n rps p99 cpu
+	local key=$1 pids res t0 t1 n rps p99 cpu cores
 	read -r -a pids <<<"$2"
 	shift 2
 	t0="$(ticks "${pids[@]}")"
@@ -277,11 +277,14 @@ measure() {
 	read -r n rps p99 <<<"$res"
 	((n > 0)) || die "$key: no requests completed"
 	cpu="$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
-	echo "$key $rps $p99 $cpu $n" >>"$WORK/samples"
+	# cores: how much of the machine the server used; below what it could
+	# get, throughput is limited by something other than CPU per request.
+	cores="$(awk -v c="$cpu" -v r="$rps" 'BEGIN { printf "%.2f", c * r / 1e6 }')"
+	echo "$key $rps $p99 $cpu $n $cores" >>"$WORK/samples"
 	log "$(printf '%-22s %10.0f req/s  p99 %7.2f ms  %6.1f µs CPU/req' "$key" "$rps" "$p99" "$cpu")"
 }
 
-# median KEY COLUMN prints the median of one column (2 rps, 3 p99, 4 cpu)
+# median KEY COLUMN prints the median of one column (2 rps, 3 p99, 4 cpu, 6 cores)
 # over the rounds of KEY.
 median() {
 	awk -v k="$1" -v c="$2" '$1 == k { print $c }' "$WORK/samples" | sort -g |

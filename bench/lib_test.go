@@ -245,3 +245,41 @@ func TestTicks(t *testing.T) {
 		t.Errorf("ticks of a missing process = %s, want 0", f[3])
 	}
 }
+
+// TestMeasure: one sample line per load, with the CPU of the given
+// processes divided by the load's request count, and a failing load
+// failing the measurement.
+func TestMeasure(t *testing.T) {
+	dir := t.TempDir()
+	out, err := lib(t, dir, `
+		# A server stand-in: spins for about a second, then idles, alive.
+		( sleep 0.3; end=$((SECONDS + 2)); while ((SECONDS < end)); do :; done; sleep 20 ) &
+		srv=$!
+		load() { sleep 2.5; echo "1000 500.0 2.5"; }
+		measure k1 "$srv" load 2>/dev/null
+		kill "$srv"
+		cat "$WORK/samples"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(out)
+	if len(f) != 6 || f[0] != "k1" || f[1] != "500.0" || f[2] != "2.5" || f[4] != "1000" {
+		t.Fatalf("sample %q", out)
+	}
+	cpu, _ := strconv.ParseFloat(f[3], 64)
+	cores, _ := strconv.ParseFloat(f[5], 64)
+	// The stand-in spins for 1–2 s while measured: up to 3 s of CPU over
+	// 1000 requests, at least 0.1 s even on a machine busy with others.
+	if cpu < 100 || cpu > 3000 {
+		t.Errorf("CPU per request %.1f µs, want 100..3000", cpu)
+	}
+	if want := cpu * 500 / 1e6; math.Abs(cores-want) > 0.01 {
+		t.Errorf("cores %.2f, want %.2f", cores, want)
+	}
+	if _, err := lib(t, dir, `fail() { return 1; }; measure k2 "$$" fail 2>/dev/null`); err == nil {
+		t.Error("a failing load did not fail the measurement")
+	}
+	if _, err := lib(t, dir, `zero() { echo "0 0 0"; }; measure k3 "$$" zero 2>/dev/null`); err == nil {
+		t.Error("a load with no requests did not fail the measurement")
+	}
+}
