@@ -26,6 +26,12 @@
 // BFD-enabled speaker can run per network namespace; the operator does not
 // choose the port. When BFD declares a peer down, gobgp resets the BGP
 // session, and the peer withdraws the routes it learned from this speaker.
+// Whenever the session of a BFD peer goes down, for whatever reason, the
+// speaker deletes the peer from gobgp and adds it again: gobgp v4.8.0
+// keeps its BFD session bound to the router's old one and queues the
+// reset its BFD makes while the session is down, then kills the next
+// session with it (see renewPeers), so without the renewal an edge never
+// comes back after its router resets the session.
 //
 // The anycast addresses themselves are not bound by this package; the
 // operator (or the mesh's --anycast-bind) assigns them to an interface.

@@ -131,6 +131,14 @@ type peerState struct {
 	established time.Time
 	flaps       uint64
 	lastError   string
+
+	// renew: the session of this BFD peer left Established, so the worker
+	// deletes the peer from gobgp and adds it again (see renewPeer).
+	renew bool
+	// removed: renewPeer deleted the peer but has not yet added it back.
+	removed bool
+	// renewals counts completed renewals, for tests.
+	renewals uint64
 }
 
 // peerEvent is a copy of the part of a gobgp peer event the worker needs,
@@ -329,6 +337,7 @@ func call(ctx context.Context, f func() error) error {
 
 func (s *Speaker) apiPeer(p Peer) *api.Peer {
 	hold := uint64(p.holdTime() / time.Second)
+	retry := uint64(p.connectRetry() / time.Second)
 	ap := &api.Peer{
 		Conf: &api.PeerConf{
 			NeighborAddress: p.Addr.String(),
@@ -342,7 +351,13 @@ func (s *Speaker) apiPeer(p Peer) *api.Peer {
 		Timers: &api.Timers{Config: &api.TimersConfig{
 			HoldTime:          hold,
 			KeepaliveInterval: max(hold/3, 1), // RFC 4271 §10 suggests a third
-			ConnectRetry:      uint64(p.connectRetry() / time.Second),
+			ConnectRetry:      retry,
+			// After gobgp sends a Cease/Administrative Reset (its BFD
+			// does on BFD down) the peer stays Idle this long; gobgp's
+			// default is 30 s, an outage of its own for an edge whose
+			// path is back. renewPeers normally replaces such a peer
+			// at once; this bounds the wait if it cannot.
+			IdleHoldTimeAfterReset: retry,
 		}},
 	}
 	if p.LocalAddr.IsValid() {
@@ -424,8 +439,16 @@ func (s *Speaker) worker() {
 		case <-retry.C:
 		}
 		s.applyEvents()
+		failed := false
+		if err := s.renewPeers(); err != nil {
+			s.log.Warn("bgp peer renewal failed; retrying", "err", err, "in", retryInterval)
+			failed = true
+		}
 		if err := s.reconcile(); err != nil {
 			s.log.Warn("bgp route change failed; retrying", "err", err, "in", retryInterval)
+			failed = true
+		}
+		if failed {
 			retry.Reset(retryInterval)
 		}
 	}
@@ -448,18 +471,102 @@ func (s *Speaker) applyEvents() {
 		}
 		if ps.state == bgp.BGP_FSM_ESTABLISHED {
 			ps.flaps++
+			ps.renew = ps.cfg.BFD != nil
 		}
 		if e.state == bgp.BGP_FSM_ESTABLISHED {
 			ps.established = e.at
+			// A session that is up again needs no renewal; if gobgp
+			// still holds a stale reset for it, the session drops at
+			// once and that drop asks for the renewal again.
+			ps.renew = false
 		} else {
 			ps.established = time.Time{}
 		}
-		if e.reason != "" {
+		// Only a fall to Idle carries a failure; the other transitions'
+		// reasons ("open-msg-received", ...) are progress, not errors.
+		if e.state == bgp.BGP_FSM_IDLE && e.reason != "" {
 			ps.lastError = e.reason
 		}
 		ps.state, ps.since = e.state, e.at
 		s.log.Info("bgp peer state", "peer", e.addr, "state", stateName(e.state), "reason", e.reason)
 	}
+}
+
+// renewPeers deletes and re-adds, in gobgp, every BFD peer whose session
+// has left Established, so that the next session starts clean.
+//
+// gobgp v4.8.0 needs this (osrg/gobgp#3561). Its BFD keeps the router's
+// old BFD discriminator after the BGP session ends and drops the packets
+// of the router's new BFD session (RFC 5880 §6.8.6 would accept them:
+// a zero Your Discriminator selects the session by source address), so
+// it declares BFD down one detection time later and calls ResetPeer.
+// gobgp's FSM reads a reset only in Established, so a reset made while
+// the peer is down waits in the peer's queue and is sent as a Cease the
+// moment the next session is established: the router drops that session,
+// starts a new BFD session, and the cycle repeats. A reset sent while
+// Established also holds the peer in Idle for IdleHoldTimeAfterReset.
+// DeletePeer stops the peer's FSM and BFD session with their queued
+// state; AddPeer starts a new FSM (no idle hold on its first start) and a
+// BFD session in Down with a new discriminator, which binds to whatever
+// session the router runs now. Peers without BFD are left alone: nothing
+// else in this package resets a peer.
+func (s *Speaker) renewPeers() error {
+	s.mu.Lock()
+	var todo []netip.Addr
+	for _, p := range s.Peers {
+		if ps := s.peers[p.Addr]; ps.renew && ps.state != bgp.BGP_FSM_ESTABLISHED {
+			todo = append(todo, p.Addr)
+		}
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, a := range todo {
+		if err := s.renewPeer(a); err != nil {
+			errs = append(errs, fmt.Errorf("peer %s: %w", a, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Speaker) renewPeer(addr netip.Addr) error {
+	ctx := context.Background() // gobgp's calls return when it stops
+	s.mu.Lock()
+	ps := s.peers[addr]
+	removed, cfg := ps.removed, ps.cfg
+	s.mu.Unlock()
+	if !removed {
+		// The events applied so far may lag behind gobgp: a session that
+		// is established by now is not torn down (if a stale reset
+		// kills it, its drop asks for the renewal again).
+		up := false
+		if err := s.bgp.ListPeer(ctx, &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
+			up = p.State != nil && p.State.SessionState == api.PeerState_SESSION_STATE_ESTABLISHED
+		}); err != nil {
+			return fmt.Errorf("read state: %w", err)
+		}
+		if up {
+			s.mu.Lock()
+			ps.renew = false
+			s.mu.Unlock()
+			return nil
+		}
+		// The session is down, so gobgp sends nothing to the router here.
+		if err := s.bgp.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+			return fmt.Errorf("delete: %w", err)
+		}
+		s.mu.Lock()
+		ps.removed = true
+		s.mu.Unlock()
+	}
+	if err := s.bgp.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(cfg)}); err != nil {
+		return fmt.Errorf("add: %w", err)
+	}
+	s.mu.Lock()
+	ps.renew, ps.removed = false, false
+	ps.renewals++
+	s.mu.Unlock()
+	s.log.Info("bgp peer renewed after its session went down (clears gobgp's BFD and reset state)", "peer", addr)
+	return nil
 }
 
 // listPeers reads every peer's state from gobgp, used only after events
