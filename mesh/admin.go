@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -52,6 +53,12 @@ func (n *Node) adminHandler() http.Handler {
 		writeJSON(w, nonNil(n.snap.Load().Members))
 	})
 	mux.HandleFunc("POST /v1/cache/purge", n.purgeHandler)
+	// Profiles for performance work (go tool pprof http://ADMIN/debug/pprof/profile).
+	// The admin listener is on loopback unless the operator moves it.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("GET /v1/bgp", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, n.bgpStatus())
 	})
