@@ -206,44 +206,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	if c.Role == RoleEdge {
-		// The edge's chain: unknown hosts refused → cache → forward.
-		var h http.Handler = &proxy.Handler{Pool: n.pool, Via: via, Public: true, Route: n.edgeRoute, Logger: n.Logger}
-		size, _ := parseSize(c.CacheSize)
-		if size > 0 {
-			maxObj, _ := parseSize(c.CacheMaxObject)
-			n.cache = &cache.Store{MaxBytes: size, MaxObject: maxObj, Logger: n.Logger.With("part", "cache")}
-			if err := n.cache.Start(bg); err != nil {
-				return fmt.Errorf("cache-size: %w", err)
-			}
-			closers = append(closers, func() { n.cache.Close() })
-			n.registry.MustRegister(n.cache.Collectors()...)
-			h = n.cache.Middleware(h)
-		}
-		inner := h
-		h = n.hostGate(inner)
-		httpHandler := h
-		if c.PublicHTTPS != "" {
-			n.certs = n.publicCerts()
-			n.httpsSrv = n.publicServer(c.PublicHTTPS, n.certs.TLSConfig(), h)
-			if err := startServer("public-https", n.httpsSrv); err != nil {
-				return err
-			}
-			_, port, _ := net.SplitHostPort(n.httpsSrv.BoundAddr())
-			httpsPort, _ := strconv.Atoi(port)
-			// Unknown hosts get 404 before any redirect; ACME challenges
-			// and --public-http-allow hosts stay on plain HTTP.
-			httpHandler = n.certs.HTTPChallenge(n.hostGate(proxy.RedirectHTTPS(httpsPort, n.plainHTTPAllowed(), inner)))
-		}
-		n.publicSrv = n.publicServer(c.PublicHTTP, nil, httpHandler)
-		if err := startServer("public-http", n.publicSrv); err != nil {
+		if err := n.startEdge(bg, startServer, &closers); err != nil {
 			return err
-		}
-		if n.certs != nil {
-			n.certs.ACMEHTTPAddr, n.certs.ACMETLSAddr = n.publicSrv.BoundAddr(), n.httpsSrv.BoundAddr()
-			if err := n.certs.Start(bg); err != nil {
-				return fmt.Errorf("tls: %w", err)
-			}
-			closers = append(closers, func() { n.certs.Close() })
 		}
 	}
 	if c.Admin != "" {
@@ -262,15 +226,17 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if c.Role != RoleEdge {
 		n.lan = &gossip.Cluster{Name: c.Name, BindAddr: c.GossipAddr, Profile: gossip.LAN, Key: key,
 			Label: "meshd/" + n.td + "/region/" + c.Region, Join: c.Join, Logger: n.Logger, OnChange: onChange}
+		// The record goes out with the join, so peers never see the node
+		// without it.
 		rec, _ := n.lanRecord().Encode()
+		if err := n.lan.SetRecord(rec); err != nil {
+			return fmt.Errorf("gossip: %w", err)
+		}
 		if err := n.lan.Start(bg); err != nil {
 			return fmt.Errorf("gossip-addr: %w", err)
 		}
 		closers = append(closers, func() { n.lan.Shutdown() })
 		n.Logger.Info("listening", "listener", "gossip", "addr", n.lan.Addr())
-		if err := n.lan.SetRecord(rec); err != nil {
-			return fmt.Errorf("gossip: %w", err)
-		}
 	}
 	if c.Role != RoleSidecar {
 		n.wan = &gossip.Cluster{Name: c.Name, BindAddr: c.WANGossipAddr, Profile: gossip.WAN, Key: key,
@@ -306,6 +272,53 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		go n.healthLoop(bg)
 	}
 	n.Logger.Info("node started", "id", id, "mesh", n.advertise)
+	return nil
+}
+
+// startEdge builds the edge's public side: the chain host gate → cache →
+// forward on the public HTTP listener and, with public-https, on the TLS
+// listener (HTTP/1.1, HTTP/2, HTTP/3), where plain HTTP then redirects.
+func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Server) error, closers *[]func()) error {
+	c := &n.Config
+	// The edge's chain: unknown hosts refused → cache → forward.
+	var h http.Handler = &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Logger: n.Logger}
+	size, _ := parseSize(c.CacheSize)
+	if size > 0 {
+		maxObj, _ := parseSize(c.CacheMaxObject)
+		n.cache = &cache.Store{MaxBytes: size, MaxObject: maxObj, Logger: n.Logger.With("part", "cache")}
+		if err := n.cache.Start(bg); err != nil {
+			return fmt.Errorf("cache-size: %w", err)
+		}
+		*closers = append(*closers, func() { n.cache.Close() })
+		n.registry.MustRegister(n.cache.Collectors()...)
+		h = n.cache.Middleware(h)
+	}
+	inner := h
+	gated := n.hostGate(inner)
+	httpHandler := gated
+	if c.PublicHTTPS != "" {
+		n.certs = n.publicCerts()
+		n.httpsSrv = n.publicServer(c.PublicHTTPS, n.certs.TLSConfig(), gated)
+		if err := startServer("public-https", n.httpsSrv); err != nil {
+			return err
+		}
+		_, port, _ := net.SplitHostPort(n.httpsSrv.BoundAddr())
+		httpsPort, _ := strconv.Atoi(port)
+		// Unknown hosts get 404 before any redirect; ACME challenges
+		// and --public-http-allow hosts stay on plain HTTP.
+		httpHandler = n.certs.HTTPChallenge(n.hostGate(proxy.RedirectHTTPS(httpsPort, n.plainHTTPAllowed(), inner)))
+	}
+	n.publicSrv = n.publicServer(c.PublicHTTP, nil, httpHandler)
+	if err := startServer("public-http", n.publicSrv); err != nil {
+		return err
+	}
+	if n.certs != nil {
+		n.certs.ACMEHTTPAddr, n.certs.ACMETLSAddr = n.publicSrv.BoundAddr(), n.httpsSrv.BoundAddr()
+		if err := n.certs.Start(bg); err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+		*closers = append(*closers, func() { n.certs.Close() })
+	}
 	return nil
 }
 
