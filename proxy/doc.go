@@ -25,6 +25,14 @@
 //     are set from the real connection; on mesh hops they are kept, because
 //     they come from a peer whose identity mTLS has verified.
 //
+// Upstream connections: a request without a body and with an idempotent
+// method (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) to an HTTP/1.1 upstream
+// takes a fast path (h1.go) that writes the request and reads the response
+// on the handler's goroutine over a pool of kept-alive connections, with Go's
+// own wire code (http.Request.Write, http.ReadResponse); it costs a fraction
+// of http.Transport's per-request goroutine hand-offs. Everything else
+// (bodies, other methods, HTTP/2 upstreams) goes through http.Transport.
+//
 // Bodies are streamed in both directions through pooled 32 KiB buffers, so
 // memory use does not grow with body size. Protocol upgrades (WebSocket) and
 // CONNECT tunnels are not forwarded yet: they are answered with 501.

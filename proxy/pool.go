@@ -75,7 +75,7 @@ type Pool struct {
 	// RTT between regions, many upstreams); callers choose per Pool.
 	HTTP2 bool
 
-	transports sync.Map // Upstream.Key → *http.Transport
+	transports sync.Map // Upstream.Key → *upstreamConns
 }
 
 // errBadUpstream is returned for an Upstream without Key or Addr.
@@ -111,7 +111,7 @@ func (p *Pool) RoundTrip(u *Upstream, req *http.Request) (*http.Response, error)
 	if u == nil || u.Key == "" || u.Addr == "" {
 		return nil, errBadUpstream
 	}
-	t, err := p.transport(u)
+	uc, err := p.conns(u)
 	if err != nil {
 		return nil, err
 	}
@@ -121,35 +121,45 @@ func (p *Pool) RoundTrip(u *Upstream, req *http.Request) (*http.Response, error)
 		req.URL.Scheme = "http"
 	}
 	req.URL.Host = u.Addr
-	resp, err := t.RoundTrip(req)
+	var resp *http.Response
+	if uc.h1 != nil && useFastPath(req) {
+		resp, err = uc.h1.roundTrip(req)
+	} else {
+		resp, err = uc.t.RoundTrip(req)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("proxy: round trip to %s: %w", u.Addr, err)
 	}
 	return resp, nil
 }
 
-// transport returns the transport of u.Key, creating it on first use. The
+// upstreamConns are the connections of one Upstream.Key: the fast path's
+// HTTP/1.1 connections (nil when the upstream speaks HTTP/2) and an
+// http.Transport for everything else.
+type upstreamConns struct {
+	t  *http.Transport
+	h1 *h1Pool
+}
+
+// conns returns the connections of u.Key, creating them on first use. The
 // lookup is a sync.Map load: no lock on the request path.
-func (p *Pool) transport(u *Upstream) (*http.Transport, error) {
-	if t, ok := p.transports.Load(u.Key); ok {
-		return t.(*http.Transport), nil
+func (p *Pool) conns(u *Upstream) (*upstreamConns, error) {
+	if uc, ok := p.transports.Load(u.Key); ok {
+		return uc.(*upstreamConns), nil
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	t, loaded := p.transports.LoadOrStore(u.Key, p.newTransport(u))
-	if loaded {
-		// Another request created it first; ours never dialed.
-		return t.(*http.Transport), nil
-	}
-	return t.(*http.Transport), nil
+	// Another request may create them first; ours never dialed then.
+	uc, _ := p.transports.LoadOrStore(u.Key, p.newConns(u))
+	return uc.(*upstreamConns), nil
 }
 
 // CloseIdle closes the idle connections of every upstream. Connections in
 // use are closed when their request finishes.
 func (p *Pool) CloseIdle() {
-	p.transports.Range(func(_, t any) bool {
-		t.(*http.Transport).CloseIdleConnections()
+	p.transports.Range(func(_, uc any) bool {
+		uc.(*upstreamConns).closeIdle(false)
 		return true
 	})
 }
@@ -159,13 +169,20 @@ func (p *Pool) CloseIdle() {
 // flight on a dropped transport finish normally; the next request for a
 // forgotten Key starts a new transport.
 func (p *Pool) Forget(keep func(key string) bool) {
-	p.transports.Range(func(k, t any) bool {
+	p.transports.Range(func(k, uc any) bool {
 		if !keep(k.(string)) {
 			p.transports.Delete(k)
-			t.(*http.Transport).CloseIdleConnections()
+			uc.(*upstreamConns).closeIdle(true)
 		}
 		return true
 	})
+}
+
+func (uc *upstreamConns) closeIdle(forget bool) {
+	uc.t.CloseIdleConnections()
+	if uc.h1 != nil {
+		uc.h1.closeIdle(forget)
+	}
 }
 
 // Len returns the number of upstream Keys with a transport.
@@ -189,26 +206,33 @@ func isDialError(err error) bool {
 	return errors.As(err, &de)
 }
 
-func (p *Pool) newTransport(u *Upstream) *http.Transport {
+// newConns builds the connections of u: the dial functions (a failure is a
+// dialError), the http.Transport, and for an HTTP/1.1 upstream the fast
+// path's pool, which shares the dial functions but not the connections.
+func (p *Pool) newConns(u *Upstream) *upstreamConns {
 	dialTimeout := orDefault(p.DialTimeout, DefaultDialTimeout)
+	maxIdle := orDefault(p.MaxIdlePerUpstream, DefaultMaxIdlePerUpstream)
+	idleTimeout := orDefault(p.IdleTimeout, DefaultIdleTimeout)
+	headerTimeout := orDefault(p.ResponseHeaderTimeout, DefaultResponseHeaderTimeout)
 	d := &net.Dialer{Timeout: dialTimeout}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, &dialError{err: fmt.Errorf("dial %s: %w", addr, err)}
+		}
+		return c, nil
+	}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	t := &http.Transport{
 		// Upstream addresses come from the catalog; an HTTP_PROXY in the
 		// environment must never redirect mesh traffic.
-		Proxy: nil,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, &dialError{err: fmt.Errorf("dial %s: %w", addr, err)}
-			}
-			return c, nil
-		},
+		Proxy:                  nil,
+		DialContext:            dial,
 		MaxIdleConns:           0, // no global limit: the limit is per upstream
-		MaxIdleConnsPerHost:    orDefault(p.MaxIdlePerUpstream, DefaultMaxIdlePerUpstream),
-		IdleConnTimeout:        orDefault(p.IdleTimeout, DefaultIdleTimeout),
-		ResponseHeaderTimeout:  orDefault(p.ResponseHeaderTimeout, DefaultResponseHeaderTimeout),
+		MaxIdleConnsPerHost:    maxIdle,
+		IdleConnTimeout:        idleTimeout,
+		ResponseHeaderTimeout:  headerTimeout,
 		ExpectContinueTimeout:  expectContinueTimeout,
 		TLSHandshakeTimeout:    dialTimeout,
 		MaxResponseHeaderBytes: maxResponseHeaderBytes,
@@ -217,8 +241,12 @@ func (p *Pool) newTransport(u *Upstream) *http.Transport {
 		DisableCompression: true,
 		Protocols:          &protocols,
 	}
+	uc := &upstreamConns{t: t}
 	if u.TLS == nil {
-		return t
+		uc.h1 = newH1Pool(func(ctx context.Context) (net.Conn, error) {
+			return dial(ctx, "tcp", u.Addr)
+		}, maxIdle, idleTimeout, headerTimeout)
+		return uc
 	}
 	cfg := u.TLS.Clone()
 	if p.HTTP2 {
@@ -232,7 +260,7 @@ func (p *Pool) newTransport(u *Upstream) *http.Transport {
 	// failed handshake is marked as a dialError: a retry on another
 	// candidate is then safe for any request. The transport still reads
 	// the negotiated ALPN protocol from the returned *tls.Conn.
-	t.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+	dialTLS := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 		defer cancel()
 		raw, err := d.DialContext(ctx, network, addr)
@@ -254,5 +282,11 @@ func (p *Pool) newTransport(u *Upstream) *http.Transport {
 		}
 		return tc, nil
 	}
-	return t
+	t.DialTLSContext = dialTLS
+	if !p.HTTP2 {
+		uc.h1 = newH1Pool(func(ctx context.Context) (net.Conn, error) {
+			return dialTLS(ctx, "tcp", u.Addr)
+		}, maxIdle, idleTimeout, headerTimeout)
+	}
+	return uc
 }

@@ -1,0 +1,407 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+)
+
+// The HTTP/1.1 fast path.
+//
+// Go's http.Transport runs every exchange through two goroutines per
+// connection (a read loop and a write loop), channels, a select, a derived
+// context and a response-header timer per request. For a proxy that is most
+// of a hop's cost: BenchmarkProxyH1 spent about as much CPU in the
+// transport's machinery as in the syscalls that move the bytes. The common
+// request on a mesh hop carries no body (GET, HEAD, DELETE), and for those
+// the exchange is strictly sequential: write the request, read the
+// response. h1Pool does exactly that on the calling goroutine, with the
+// standard library's own wire code (http.Request.Write, http.ReadResponse:
+// framing, chunked bodies and trailers are Go's), and a bounded stack of
+// idle connections.
+//
+// Everything else (request bodies, which need the response to be read while
+// the body is still being sent, "Expect: 100-continue", upgrades,
+// non-idempotent methods) stays on http.Transport; see useFastPath.
+
+// maxInformational bounds the 1xx responses (e.g. 103 Early Hints) skipped
+// before the final one, like Go's transport does.
+const maxInformational = 5
+
+// h1BufSize is the size of a connection's read and write buffers: Go's
+// transport default, enough for a typical header section in one syscall.
+const h1BufSize = 4 << 10
+
+// Connection states of an h1Conn.
+const (
+	connBusy int32 = iota // carrying an exchange
+	connIdle              // in the idle stack
+	connDead              // closed
+)
+
+var (
+	errHeaderTooLarge = errors.New("response header section too large")
+	errSwitched       = errors.New("upstream switched protocols without an upgrade request")
+	errTooManyInfo    = errors.New("too many 1xx responses")
+	errPoolClosed     = errors.New("upstream forgotten")
+)
+
+// h1Pool holds the idle HTTP/1.1 connections of one upstream used by the
+// fast path. Its zero value is not usable; see Pool.newConns.
+type h1Pool struct {
+	dial          func(ctx context.Context) (net.Conn, error)
+	idle          chan *h1Conn // bounded: at most MaxIdlePerUpstream idle connections
+	idleTimeout   time.Duration
+	headerTimeout time.Duration
+	closed        atomic.Bool // forgotten: connections are closed, not kept
+}
+
+func newH1Pool(dial func(ctx context.Context) (net.Conn, error), maxIdle int, idleTimeout, headerTimeout time.Duration) *h1Pool {
+	return &h1Pool{
+		dial:          dial,
+		idle:          make(chan *h1Conn, maxIdle),
+		idleTimeout:   idleTimeout,
+		headerTimeout: headerTimeout,
+	}
+}
+
+// h1Conn is one upstream connection of the fast path.
+type h1Conn struct {
+	pool   *h1Pool
+	c      net.Conn
+	lr     countingReader
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	state  atomic.Int32
+	timer  *time.Timer // closes the connection once idle for idleTimeout
+	abort  func()      // closes the connection; built once, run by context.AfterFunc
+	reused bool        // carried an exchange before this one
+}
+
+// countingReader counts the bytes read from the connection since the last
+// reset, so a failed exchange can tell whether the upstream answered at all,
+// and bounds them while the header section is read.
+type countingReader struct {
+	c   net.Conn
+	n   int64
+	max int64 // 0: no bound
+}
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	if r.max > 0 {
+		rem := r.max - r.n
+		if rem <= 0 {
+			return 0, errHeaderTooLarge
+		}
+		if int64(len(p)) > rem {
+			p = p[:rem]
+		}
+	}
+	n, err := r.c.Read(p)
+	r.n += int64(n)
+	return n, err
+}
+
+// get returns an idle connection, or dials one when none is idle or fresh
+// is set.
+func (p *h1Pool) get(ctx context.Context, fresh bool) (*h1Conn, error) {
+	for !fresh {
+		select {
+		case pc := <-p.idle:
+			if !pc.state.CompareAndSwap(connIdle, connBusy) {
+				continue // its idle timer closed it
+			}
+			pc.timer.Stop()
+			pc.reused = true
+			return pc, nil
+		default:
+			fresh = true
+		}
+	}
+	if p.closed.Load() {
+		return nil, errPoolClosed
+	}
+	c, err := p.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pc := &h1Conn{pool: p, c: c}
+	pc.lr.c = c
+	pc.br = bufio.NewReaderSize(&pc.lr, h1BufSize)
+	pc.bw = bufio.NewWriterSize(c, h1BufSize)
+	pc.abort = func() { _ = pc.c.Close() }
+	return pc, nil
+}
+
+// put returns a connection whose exchange ended cleanly to the idle stack,
+// or closes it when the stack is full or the pool was forgotten.
+func (p *h1Pool) put(pc *h1Conn) {
+	if p.closed.Load() {
+		pc.close()
+		return
+	}
+	if pc.timer == nil {
+		pc.timer = time.AfterFunc(p.idleTimeout, pc.expire)
+	} else {
+		pc.timer.Reset(p.idleTimeout)
+	}
+	pc.state.Store(connIdle)
+	select {
+	case p.idle <- pc:
+	default:
+		pc.close()
+	}
+}
+
+// closeIdle closes the connections idle now; with forget, connections
+// still busy are closed when their exchange ends.
+func (p *h1Pool) closeIdle(forget bool) {
+	if forget {
+		p.closed.Store(true)
+	}
+	for {
+		select {
+		case pc := <-p.idle:
+			if pc.state.CompareAndSwap(connIdle, connDead) {
+				pc.close()
+			}
+		default:
+			return
+		}
+	}
+}
+
+// expire runs when the connection was idle for idleTimeout. It leaves a
+// dead entry in the idle stack, which get skips.
+func (pc *h1Conn) expire() {
+	if pc.state.CompareAndSwap(connIdle, connDead) {
+		_ = pc.c.Close()
+	}
+}
+
+func (pc *h1Conn) close() {
+	pc.state.Store(connDead)
+	if pc.timer != nil {
+		pc.timer.Stop()
+	}
+	_ = pc.c.Close()
+}
+
+// retryableError marks a failure on a reused connection before the upstream
+// sent a byte: the upstream closed the idle connection as the request was
+// sent (its idle timeout racing this request), and an idempotent request
+// without a body may be sent again on a fresh connection.
+type retryableError struct{ err error }
+
+func (e *retryableError) Error() string { return e.err.Error() }
+func (e *retryableError) Unwrap() error { return e.err }
+
+// roundTrip sends a request without a body (see useFastPath) and returns the
+// response; its body gives the connection back when read to the end.
+func (p *h1Pool) roundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	if err := checkRequestHeader(req.Header); err != nil {
+		return nil, err
+	}
+	fresh := false
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		pc, err := p.get(ctx, fresh)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := pc.exchange(ctx, req)
+		if err == nil {
+			return resp, nil
+		}
+		var re *retryableError
+		if !errors.As(err, &re) {
+			return nil, err
+		}
+		// At most one retry: the next connection is a new one.
+		fresh = true
+	}
+}
+
+// exchange writes req and reads the response header. On error the
+// connection is closed.
+func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Response, error) {
+	// The client going away (or any cancellation) closes the connection,
+	// which ends a read or write in progress; the connection is then
+	// never reused.
+	stop := context.AfterFunc(ctx, pc.abort)
+	resp, err := pc.exchangeLocked(req)
+	if err != nil {
+		stop()
+		pc.close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	if resp.Body == http.NoBody {
+		// No body to wait for (HEAD, 204, 304, Content-Length: 0): the
+		// connection is free now.
+		pc.release(stop, !resp.Close && !req.Close)
+		return resp, nil
+	}
+	resp.Body = &h1Body{rc: resp.Body, pc: pc, stop: stop, reuse: !resp.Close && !req.Close}
+	return resp, nil
+}
+
+func (pc *h1Conn) exchangeLocked(req *http.Request) (*http.Response, error) {
+	p := pc.pool
+	pc.lr.n = 0
+	if p.headerTimeout > 0 {
+		// Bounds the wait for the response header, as the transport's
+		// ResponseHeaderTimeout does; the body has no deadline.
+		_ = pc.c.SetReadDeadline(time.Now().Add(p.headerTimeout))
+	}
+	if err := req.Write(pc.bw); err != nil {
+		return nil, pc.failed(fmt.Errorf("write request: %w", err))
+	}
+	if err := pc.bw.Flush(); err != nil {
+		return nil, pc.failed(fmt.Errorf("write request: %w", err))
+	}
+	pc.lr.max = pc.lr.n + maxResponseHeaderBytes
+	var resp *http.Response
+	for n := 0; ; n++ {
+		var err error
+		resp, err = http.ReadResponse(pc.br, req)
+		if err != nil {
+			if isTimeout(err) {
+				return nil, fmt.Errorf("timeout awaiting response headers: %w", err)
+			}
+			if pc.lr.n == 0 {
+				return nil, pc.failed(fmt.Errorf("read response: %w", err))
+			}
+			return nil, fmt.Errorf("read response: %w", err)
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			return nil, errSwitched
+		}
+		if resp.StatusCode >= 200 {
+			break
+		}
+		// 1xx informational responses (RFC 9110 §15.2) are not
+		// forwarded; the final response follows on the connection.
+		if n == maxInformational {
+			return nil, errTooManyInfo
+		}
+	}
+	pc.lr.max = 0
+	if p.headerTimeout > 0 {
+		_ = pc.c.SetReadDeadline(time.Time{})
+	}
+	return resp, nil
+}
+
+// failed marks err as retryable when the connection was reused and the
+// upstream sent nothing back.
+func (pc *h1Conn) failed(err error) error {
+	if pc.reused && pc.lr.n == 0 && !isTimeout(err) {
+		return &retryableError{err: err}
+	}
+	return err
+}
+
+// release ends an exchange: the connection goes back to the idle stack when
+// reuse is allowed and the cancellation hook had not fired.
+func (pc *h1Conn) release(stop func() bool, reuse bool) {
+	if stop() && reuse && pc.br.Buffered() == 0 {
+		pc.pool.put(pc)
+		return
+	}
+	pc.close()
+}
+
+// h1Body is a fast-path response body: read to the end, it gives the
+// connection back; closed early, it closes the connection (draining an
+// unknown rest could take forever).
+type h1Body struct {
+	rc    io.ReadCloser
+	pc    *h1Conn
+	stop  func() bool
+	reuse bool
+	done  bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.done = true
+		b.pc.release(b.stop, b.reuse)
+	} else if err != nil {
+		b.done = true
+		b.stop()
+		b.pc.close()
+		return n, err
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if b.done {
+		return nil
+	}
+	b.done = true
+	b.stop()
+	b.pc.close()
+	_ = b.rc.Close() // returns at once: the connection is closed
+	return nil
+}
+
+// useFastPath reports whether req can go through the fast path: no body
+// (nothing to send while the response arrives), an idempotent method (so a
+// request lost on a connection the upstream closed while idle can be sent
+// again), and no protocol upgrade.
+func useFastPath(req *http.Request) bool {
+	if req.Body != nil && req.Body != http.NoBody {
+		return false
+	}
+	if !isIdempotent(req.Method) {
+		return false
+	}
+	_, upgrade := req.Header["Upgrade"]
+	return !upgrade && !hasToken(req.Header["Connection"], "upgrade")
+}
+
+// checkRequestHeader rejects what http.Transport rejects before sending:
+// invalid field names and values (RFC 9110 §5.1, §5.5); a CR or LF in a
+// value would otherwise split the request on the wire.
+func checkRequestHeader(h http.Header) error {
+	for k, vv := range h {
+		if !isToken(k) {
+			return fmt.Errorf("invalid header field name %q", k)
+		}
+		for _, v := range vv {
+			if !validFieldValue(v) {
+				return fmt.Errorf("invalid header field value for %q", k)
+			}
+		}
+	}
+	return nil
+}
+
+// validFieldValue reports whether v has no control characters other than
+// horizontal tab (RFC 9110 §5.5).
+func validFieldValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if (c < 0x20 && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
