@@ -409,3 +409,39 @@ func TestUseFastPath(t *testing.T) {
 		})
 	}
 }
+
+// FuzzFastPathResponse feeds arbitrary upstream bytes to the fast path: it
+// must return an error or a response whose body reads to an end, never
+// panic or hang, and keep a connection only after a complete response.
+func FuzzFastPathResponse(f *testing.F) {
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"))
+	f.Add([]byte("HTTP/1.0 200 OK\r\n\r\nclose-delimited"))
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok"))
+	f.Add([]byte("HTTP/1.1 101 Switching Protocols\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok"))
+	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		client, server := net.Pipe()
+		go func() {
+			defer server.Close()
+			br := bufio.NewReader(server)
+			if readRequest(br) {
+				_, _ = server.Write(data)
+			}
+		}()
+		p := newH1Pool(func(context.Context) (net.Conn, error) { return client, nil }, 1, time.Minute, 2*time.Second)
+		defer p.closeIdle(true)
+		req, _ := http.NewRequest("GET", "http://x/", nil)
+		resp, err := p.roundTrip(req)
+		if err != nil {
+			if len(p.idle) != 0 {
+				t.Fatal("connection kept after a failed exchange")
+			}
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	})
+}
