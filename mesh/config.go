@@ -145,6 +145,10 @@ type Config struct {
 	// MaxHeaderBytes bounds a request's header block. Default "64KiB".
 	MaxHeaderBytes string `yaml:"max-header-bytes" usage:"edge: largest request header block (default 64KiB)"`
 
+	// AccessLog writes one info record per public request at the edge.
+	// Default off.
+	AccessLog bool `yaml:"access-log" usage:"edge: one log record per public request (client, method, host, URI, status, bytes, time, cache verdict)"`
+
 	// CacheSize bounds the edge's HTTP cache (headers and bodies); 0
 	// turns the cache off. Default "256MiB".
 	CacheSize string `yaml:"cache-size" usage:"edge: HTTP cache size, 0 turns it off (default 256MiB)"`

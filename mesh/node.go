@@ -280,7 +280,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 // listener (HTTP/1.1, HTTP/2, HTTP/3), where plain HTTP then redirects.
 func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Server) error, closers *[]func()) error {
 	c := &n.Config
-	// The edge's chain: unknown hosts refused → cache → forward.
+	// The edge's chain: request ID → access log → unknown hosts refused →
+	// cache → forward.
 	var h http.Handler = &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Logger: n.Logger}
 	size, _ := parseSize(c.CacheSize)
 	if size > 0 {
@@ -294,7 +295,16 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 		h = n.cache.Middleware(h)
 	}
 	inner := h
-	gated := n.hostGate(inner)
+	// front comes first on every public listener: the request's ID, then
+	// (optionally) its access log record.
+	front := func(h http.Handler) http.Handler {
+		h = requestID(h)
+		if c.AccessLog {
+			h = accessLog(n.Logger.With("log", "access"), h)
+		}
+		return h
+	}
+	gated := front(n.hostGate(inner))
 	httpHandler := gated
 	if c.PublicHTTPS != "" {
 		n.certs = n.publicCerts()
@@ -306,7 +316,7 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 		httpsPort, _ := strconv.Atoi(port)
 		// Unknown hosts get 404 before any redirect; ACME challenges
 		// and --public-http-allow hosts stay on plain HTTP.
-		httpHandler = n.certs.HTTPChallenge(n.hostGate(proxy.RedirectHTTPS(httpsPort, n.plainHTTPAllowed(), inner)))
+		httpHandler = front(n.certs.HTTPChallenge(n.hostGate(proxy.RedirectHTTPS(httpsPort, n.plainHTTPAllowed(), inner))))
 	}
 	n.publicSrv = n.publicServer(c.PublicHTTP, nil, httpHandler)
 	if err := startServer("public-http", n.publicSrv); err != nil {
