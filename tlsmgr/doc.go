@@ -21,7 +21,9 @@
 //     and x509bundle.Source; either it holds the CA key and mints its own
 //     short-lived SVID, renewing it at half-life, or it is given a
 //     certificate and key file (from `meshd ca issue`) and reloads them when
-//     they change. Every tls.Config it builds asks it for the SVID on each
+//     they change, or it reads SVID and trust bundle from a SPIRE agent's
+//     Workload API (SPIFFESocket) and follows the agent's rotations.
+//     Every tls.Config it builds asks it for the SVID on each
 //     handshake, so a renewal reaches new connections without restarting a
 //     listener and without touching open connections.
 //   - Manager.ServerTLS / Manager.ClientTLS / PeerID: the mTLS configs.

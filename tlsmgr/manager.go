@@ -25,6 +25,9 @@ const (
 	// DefaultPollInterval is how often file mode looks for new files when
 	// Manager.PollInterval is zero.
 	DefaultPollInterval = 2 * time.Second
+	// DefaultSPIFFETimeout bounds the wait for the first SVID from the
+	// Workload API when Manager.SPIFFETimeout is zero.
+	DefaultSPIFFETimeout = 10 * time.Second
 )
 
 // Manager is a node's identity. It holds the node's current X.509-SVID and
@@ -37,13 +40,19 @@ const (
 type Manager struct {
 	// CADir is the directory holding ca.crt and ca.key (written by
 	// `meshd ca init`): the node mints its own SVID with the CA key.
-	// Required; no default.
+	// Required, except with SPIFFESocket, where it is optional: SPIRE
+	// supplies the trust bundle, and a CADir set there only pins the trust
+	// domain (Start fails unless the SVID is in the trust domain of its
+	// ca.crt; ca.key is never read). No default.
 	CADir string
 	// ID is this node's SPIFFE ID ("spiffe://<td>/service/web"); it must be
-	// in the CA's trust domain. Required; no default.
+	// in the CA's trust domain. Required when minting; optional in file mode
+	// and with SPIFFESocket, where it selects which SVID to serve. No
+	// default.
 	ID string
 	// TTL is the lifetime of each minted SVID; the SVID is renewed at
-	// half-life. Default DefaultTTL (1h); at least MinTTL (1s).
+	// half-life. Default DefaultTTL (1h); at least MinTTL (1s). Must be
+	// zero with SPIFFESocket (SPIRE chooses the lifetime of its SVIDs).
 	TTL time.Duration
 	// Logger receives renewal events and failures. Default slog.Default().
 	Logger *slog.Logger
@@ -62,8 +71,24 @@ type Manager struct {
 	// ca.crt for changes. Default DefaultPollInterval (2s).
 	PollInterval time.Duration
 
+	// SPIFFESocket switches the Manager to the SPIFFE Workload API of a
+	// SPIRE agent ("unix:///run/spire/agent.sock", or "tcp://ip:port"):
+	// the SVID and the trust bundle come from the agent, which rotates
+	// them, and the Manager follows every update. With ID set the Manager
+	// serves the SVID with exactly that SPIFFE ID among those the agent
+	// offers; with ID empty, the agent's default (first) SVID. Exclusive
+	// with CertFile/KeyFile and with minting (TTL). Default "": not used
+	// (the SPIFFE_ENDPOINT_SOCKET environment variable is never consulted).
+	SPIFFESocket string
+	// SPIFFETimeout bounds how long Start waits for the first SVID from
+	// SPIFFESocket; an agent that is down, or that has no registration
+	// entry for this workload, fails Start after it. Default
+	// DefaultSPIFFETimeout (10s).
+	SPIFFETimeout time.Duration
+
 	renewals atomic.Uint64
 	polls    atomic.Uint64 // file mode: completed polls, for tests
+	updates  atomic.Uint64 // Workload API mode: processed updates, for tests
 	cur      atomic.Pointer[identity]
 
 	mu      sync.Mutex
@@ -113,14 +138,21 @@ func (m *Manager) now() time.Time {
 func (m *Manager) Validate() error {
 	var errs []error
 	fileMode := m.CertFile != "" || m.KeyFile != ""
-	if m.CADir == "" {
-		errs = append(errs, errors.New("CADir is required"))
+	spiffeMode := m.SPIFFESocket != ""
+	if m.CADir == "" && !spiffeMode {
+		errs = append(errs, errors.New("CADir is required (unless SPIFFESocket is set)"))
 	}
 	if fileMode && (m.CertFile == "" || m.KeyFile == "") {
 		errs = append(errs, errors.New("CertFile and KeyFile must be set together"))
 	}
+	if spiffeMode {
+		errs = append(errs, m.validateSPIFFE(fileMode)...)
+	}
+	if m.SPIFFETimeout < 0 {
+		errs = append(errs, fmt.Errorf("SPIFFETimeout %v: must not be negative", m.SPIFFETimeout))
+	}
 	switch {
-	case m.ID == "" && !fileMode:
+	case m.ID == "" && !fileMode && !spiffeMode:
 		errs = append(errs, errors.New("ID is required"))
 	case m.ID == "":
 	default:
@@ -147,6 +179,10 @@ func (m *Manager) Validate() error {
 // In file mode (CertFile and KeyFile set) Start instead loads and verifies
 // the certificate and key against ca.crt, and the goroutine polls the three
 // files and reloads them when they change.
+//
+// With SPIFFESocket set Start opens the Workload API, waits at most
+// SPIFFETimeout for the first SVID and bundle, and the goroutine follows
+// the agent's updates; it closes the Workload API connection when it stops.
 func (m *Manager) Start(ctx context.Context) error {
 	if err := m.Validate(); err != nil {
 		return fmt.Errorf("invalid manager: %w", err)
@@ -162,9 +198,12 @@ func (m *Manager) Start(ctx context.Context) error {
 		loop  func(context.Context)
 		err   error
 	)
-	if m.CertFile != "" {
+	switch {
+	case m.SPIFFESocket != "":
+		first, loop, err = m.prepareSPIFFE(ctx)
+	case m.CertFile != "":
 		first, loop, err = m.prepareFiles()
-	} else {
+	default:
 		first, loop, err = m.prepareMint()
 	}
 	if err != nil {
@@ -187,6 +226,9 @@ func (m *Manager) Start(ctx context.Context) error {
 }
 
 func (m *Manager) source() string {
+	if m.SPIFFESocket != "" {
+		return "spiffe workload api at " + m.SPIFFESocket
+	}
 	if m.CertFile != "" {
 		return m.CertFile
 	}
@@ -275,7 +317,9 @@ func (m *Manager) backoff(failures int) time.Duration {
 	return min(d, m.ttl()/8)
 }
 
-// Close stops the renewal (or file polling) goroutine and waits for it. The current SVID stays
+// Close stops the renewal (file polling, Workload API watching) goroutine
+// and waits for it; with SPIFFESocket that closes the Workload API
+// connection. The current SVID stays
 // available to open connections and to handshakes still in flight. Close is
 // idempotent and always returns nil.
 func (m *Manager) Close() error {
@@ -327,7 +371,8 @@ func (m *Manager) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bun
 }
 
 // Renewals returns how many SVIDs were minted (or, in file mode, loaded)
-// after the first.
+// after the first. With SPIFFESocket it counts the Workload API updates
+// that changed the SVID or the bundle and were accepted.
 func (m *Manager) Renewals() uint64 { return m.renewals.Load() }
 
 // NotAfter returns the expiry of the current SVID, or the zero time before
