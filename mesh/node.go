@@ -551,12 +551,17 @@ type trackingMaker struct {
 	used map[string]bool
 }
 
+// Instances are in the node's own region: connections to them are cheap,
+// and HTTP/1.1 costs less CPU per request than HTTP/2 (proxy's benchmarks:
+// 82 against 92 µs per proxied request), so they get HTTP/1.1 pools.
+// Gateways may be a continent away: one multiplexed HTTP/2 connection
+// spares a handshake per concurrent request there.
 func (t *trackingMaker) instanceUpstream(service string, r *NodeRecord) *proxy.Upstream {
 	id, err := tlsmgr.ServiceID(t.n.td, service)
 	if err != nil {
 		return nil
 	}
-	return t.upstream(r, id)
+	return t.upstream(r, id, true)
 }
 
 func (t *trackingMaker) gatewayUpstream(r *NodeRecord) *proxy.Upstream {
@@ -564,14 +569,14 @@ func (t *trackingMaker) gatewayUpstream(r *NodeRecord) *proxy.Upstream {
 	if err != nil {
 		return nil
 	}
-	return t.upstream(r, id)
+	return t.upstream(r, id, false)
 }
 
 // upstream returns the shared Upstream for a peer at its address, dialed
 // with an mTLS config that accepts only the SPIFFE ID the catalog expects:
 // a node that lies in gossip about its address or its service fails the
 // handshake.
-func (t *trackingMaker) upstream(r *NodeRecord, id string) *proxy.Upstream {
+func (t *trackingMaker) upstream(r *NodeRecord, id string, http1 bool) *proxy.Upstream {
 	key := r.MeshAddr + "|" + id
 	t.used[key] = true
 	if u := t.n.upstreams[key]; u != nil {
@@ -582,7 +587,7 @@ func (t *trackingMaker) upstream(r *NodeRecord, id string) *proxy.Upstream {
 		t.n.Logger.Warn("cannot build client TLS", "peer", id, "err", err)
 		return nil
 	}
-	u := &proxy.Upstream{Key: key, Addr: r.MeshAddr, TLS: cfg, Name: r.Name}
+	u := &proxy.Upstream{Key: key, Addr: r.MeshAddr, TLS: cfg, Name: r.Name, HTTP1: http1}
 	t.n.upstreams[key] = u
 	return u
 }

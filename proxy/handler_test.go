@@ -633,14 +633,17 @@ func TestTLSUpstreamPools(t *testing.T) {
 	tests := []struct {
 		name      string
 		http2     bool
+		upHTTP1   bool // Upstream.HTTP1
 		wantProto int
 	}{
-		{"http1 pool", false, 1},
-		{"h2 multiplexed", true, 2},
+		{"http1 pool", false, false, 1},
+		{"h2 multiplexed", true, false, 2},
+		{"h2 pool, upstream asks for http1", true, true, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, up, newConns := tlsUpstream(t, http.HandlerFunc(echoHandler))
+			up.HTTP1 = tt.upHTTP1
 			addr := startProxy(t, &Handler{Route: fixedRoute(up), Pool: &Pool{HTTP2: tt.http2}})
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 			t.Cleanup(client.CloseIdleConnections)
@@ -663,7 +666,7 @@ func TestTLSUpstreamPools(t *testing.T) {
 			if n := newConns.Load(); n > 2 {
 				t.Errorf("%d sequential requests opened %d upstream connections, want at most 2", sequential, n)
 			}
-			if !tt.http2 {
+			if tt.wantProto != 2 {
 				return
 			}
 			// HTTP/2: concurrent requests share the connection.

@@ -251,7 +251,8 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 		return uc
 	}
 	cfg := u.TLS.Clone()
-	if p.HTTP2 {
+	h2 := p.HTTP2 && !u.HTTP1
+	if h2 {
 		protocols.SetHTTP2(true)
 		cfg.NextProtos = []string{"h2", "http/1.1"}
 		t.HTTP2 = &http.HTTP2Config{SendPingTimeout: h2PingInterval}
@@ -285,7 +286,7 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 		return tc, nil
 	}
 	t.DialTLSContext = dialTLS
-	if !p.HTTP2 {
+	if !h2 {
 		uc.h1 = newH1Pool(func(ctx context.Context) (net.Conn, error) {
 			return dialTLS(ctx, "tcp", u.Addr)
 		}, maxIdle, idleTimeout, headerTimeout)
