@@ -48,8 +48,13 @@ type Config struct {
 	// `meshd ca issue`; the node reloads them when they change and needs no
 	// CA key (CADir then needs only ca.crt and gossip.key). Default: the
 	// node mints its own SVID with the CA key.
-	CertFile string `yaml:"cert-file" usage:"SVID certificate from 'meshd ca issue' (default: mint with the CA key)"`
-	KeyFile  string `yaml:"key-file" usage:"SVID key from 'meshd ca issue'"`
+	// SPIFFESocket reads the node's SVID and trust bundle from a SPIRE
+	// agent's Workload API instead (unix:///run/spire/agent.sock) and
+	// follows its rotations; CADir then needs only gossip.key, and the
+	// trust domain comes from TrustDomain or CADir's ca.crt.
+	SPIFFESocket string `yaml:"spiffe-socket" usage:"read the SVID from a SPIRE agent's Workload API, e.g. unix:///run/spire/agent.sock (default: mint with the CA key)"`
+	CertFile     string `yaml:"cert-file" usage:"SVID certificate from 'meshd ca issue' (default: mint with the CA key)"`
+	KeyFile      string `yaml:"key-file" usage:"SVID key from 'meshd ca issue'"`
 
 	// Listen is the mTLS mesh listener of gateways and sidecars.
 	// Default ":8443".
@@ -297,6 +302,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CADir == "" {
 		return fieldErr("ca-dir", "required: the directory written by `meshd ca init`")
+	}
+	if c.SPIFFESocket != "" && (c.CertFile != "" || c.KeyFile != "") {
+		return fieldErr("spiffe-socket", "give either spiffe-socket or cert-file/key-file, not both")
 	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		if c.CertFile == "" {

@@ -41,6 +41,8 @@ func TestConfigValidate(t *testing.T) {
 		{"bad log format", func(c *Config) { c.LogFormat = "xml" }, "log-format"},
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "log-level"},
 		{"advertise port 0", func(c *Config) { c.Advertise = "10.0.0.1:0" }, "advertise"},
+		{"spire and files", func(c *Config) { c.SPIFFESocket, c.CertFile, c.KeyFile = "unix:///run/spire.sock", "a", "b" }, "spiffe-socket"},
+		{"cert without key", func(c *Config) { c.CertFile = "a" }, "key-file"},
 		{"negative drain", func(c *Config) { c.DrainDelay = -time.Second }, "drain-delay"},
 	}
 	for _, tt := range tests {

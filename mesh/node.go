@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -137,21 +138,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}()
 
 	// Identity first: without it nothing else may talk to the mesh.
-	ca, err := tlsmgr.LoadCA(c.CADir)
-	if err != nil {
-		return fmt.Errorf("ca-dir: %w", err)
-	}
-	n.td = ca.TrustDomain
-	if c.TrustDomain != "" && c.TrustDomain != n.td {
-		return fieldErr("trust-domain", "the node expects %q but the CA in %s is for %q", c.TrustDomain, c.CADir, n.td)
-	}
-	id := c.spiffeID(n.td)
-	if id == "" {
-		return fmt.Errorf("name: cannot form a SPIFFE ID for this node in trust domain %q", n.td)
-	}
-	n.ids = &tlsmgr.Manager{CADir: c.CADir, ID: id, TTL: c.SVIDTTL, CertFile: c.CertFile, KeyFile: c.KeyFile, Logger: n.Logger}
-	if err := n.ids.Start(bg); err != nil {
-		return fmt.Errorf("identity: %w", err)
+	if err := n.startIdentity(bg); err != nil {
+		return err
 	}
 	closers = append(closers, func() { n.ids.Close() })
 	key, err := tlsmgr.ReadGossipKey(c.CADir)
@@ -271,7 +259,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		n.wg.Add(1)
 		go n.healthLoop(bg)
 	}
-	n.Logger.Info("node started", "id", id, "mesh", n.advertise)
+	n.Logger.Info("node started", "id", n.ID(), "mesh", n.advertise)
 	return nil
 }
 
@@ -328,6 +316,43 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 			return fmt.Errorf("tls: %w", err)
 		}
 		*closers = append(*closers, func() { n.certs.Close() })
+	}
+	return nil
+}
+
+// startIdentity learns the trust domain and starts the node's SVID source:
+// minted with the CA key, loaded from `meshd ca issue` files, or read from
+// a SPIRE agent.
+func (n *Node) startIdentity(ctx context.Context) error {
+	c := &n.Config
+	ca, err := tlsmgr.LoadCA(c.CADir)
+	switch {
+	case err == nil:
+		n.td = ca.TrustDomain
+		if c.TrustDomain != "" && c.TrustDomain != n.td {
+			return fieldErr("trust-domain", "the node expects %q but the CA in %s is for %q", c.TrustDomain, c.CADir, n.td)
+		}
+	case c.SPIFFESocket != "" && c.TrustDomain != "" && errors.Is(err, fs.ErrNotExist):
+		// With SPIRE the bundle comes from the agent: ca.crt is optional.
+		n.td = c.TrustDomain
+	case c.SPIFFESocket != "" && errors.Is(err, fs.ErrNotExist):
+		return fieldErr("trust-domain", "required with spiffe-socket when %s has no ca.crt", c.CADir)
+	default:
+		return fmt.Errorf("ca-dir: %w", err)
+	}
+	id := c.spiffeID(n.td)
+	if id == "" {
+		return fmt.Errorf("name: cannot form a SPIFFE ID for this node in trust domain %q", n.td)
+	}
+	n.ids = &tlsmgr.Manager{CADir: c.CADir, ID: id, TTL: c.SVIDTTL, CertFile: c.CertFile, KeyFile: c.KeyFile, Logger: n.Logger}
+	if c.SPIFFESocket != "" {
+		n.ids = &tlsmgr.Manager{SPIFFESocket: c.SPIFFESocket, ID: id, Logger: n.Logger}
+		if ca != nil {
+			n.ids.CADir = c.CADir
+		}
+	}
+	if err := n.ids.Start(ctx); err != nil {
+		return fmt.Errorf("identity: %w", err)
 	}
 	return nil
 }
