@@ -84,16 +84,29 @@ type proc struct {
 // and returns it with its bound addresses.
 func startNode(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	p, err := tryStartNode(t, name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// tryStartNode runs `meshd run` with args and waits until the node has
+// started; it returns an error, with the node's log, when the process exits
+// or stays silent instead. The process is killed by its PID when the test
+// ends either way.
+func tryStartNode(t *testing.T, name string, args ...string) (*proc, error) {
+	t.Helper()
 	args = append([]string{"run", "--name", name, "--log-format", "json", "--log-level", "info",
 		"--admin", "127.0.0.1:0", "--drain-delay", "300ms"}, args...)
 	p := &proc{t: t, name: name, addrs: map[string]string{}, done: make(chan struct{})}
 	p.cmd = exec.Command(meshdBin, args...)
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	started := make(chan struct{})
 	go func() {
@@ -119,15 +132,15 @@ func startNode(t *testing.T, name string, args ...string) *proc {
 		}
 		p.cmd.Wait()
 	}()
-	t.Cleanup(func() { p.kill() })
+	t.Cleanup(p.kill)
 	select {
 	case <-started:
+		return p, nil
 	case <-p.done:
-		t.Fatalf("%s exited before starting:\n%s", name, p.logs())
+		return nil, fmt.Errorf("%s exited before starting:\n%s", name, p.logs())
 	case <-time.After(20 * time.Second):
-		t.Fatalf("%s did not start in 20s:\n%s", name, p.logs())
+		return nil, fmt.Errorf("%s did not start in 20s:\n%s", name, p.logs())
 	}
-	return p
 }
 
 func (p *proc) addr(listener string) string {

@@ -112,57 +112,6 @@ func (m *pubMesh) tryEdge(t *testing.T, name string, args ...string) (*proc, err
 	return p, err
 }
 
-// tryStartNode is startNode (e2e_test.go) returning an error, with the
-// node's log, when the process exits or stays silent instead of starting.
-// The process is killed by its PID when the test ends either way.
-func tryStartNode(t *testing.T, name string, args ...string) (*proc, error) {
-	t.Helper()
-	args = append([]string{"run", "--name", name, "--log-format", "json", "--log-level", "info",
-		"--admin", "127.0.0.1:0", "--drain-delay", "300ms"}, args...)
-	p := &proc{t: t, name: name, addrs: map[string]string{}, done: make(chan struct{})}
-	p.cmd = exec.Command(meshdBin, args...)
-	stderr, err := p.cmd.StderrPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := p.cmd.Start(); err != nil {
-		return nil, err
-	}
-	started := make(chan struct{})
-	go func() {
-		defer close(p.done)
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		once := sync.Once{}
-		for sc.Scan() {
-			line := sc.Bytes()
-			var rec map[string]any
-			p.mu.Lock()
-			p.log.Write(line)
-			p.log.WriteByte('\n')
-			if json.Unmarshal(line, &rec) == nil {
-				if rec["msg"] == "listening" {
-					p.addrs[fmt.Sprint(rec["listener"])] = fmt.Sprint(rec["addr"])
-				}
-				if rec["msg"] == "node started" {
-					once.Do(func() { close(started) })
-				}
-			}
-			p.mu.Unlock()
-		}
-		p.cmd.Wait()
-	}()
-	t.Cleanup(p.kill)
-	select {
-	case <-started:
-		return p, nil
-	case <-p.done:
-		return nil, fmt.Errorf("%s exited before starting:\n%s", name, p.logs())
-	case <-time.After(20 * time.Second):
-		return nil, fmt.Errorf("%s did not start in 20s:\n%s", name, p.logs())
-	}
-}
-
 // logCount counts the JSON log records of p with msg whose text also
 // contains every one of subs.
 func (p *proc) logCount(msg string, subs ...string) int {
