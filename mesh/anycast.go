@@ -100,19 +100,15 @@ func (n *Node) startAnycast(ctx context.Context) error {
 	return nil
 }
 
-// canServeNow is the gate's input: the edge's listeners accept, it is not
-// draining, and at least one gateway answers.
-func (n *Node) canServeNow() bool {
-	return n.ready.Load() && !n.draining.Load() && n.probe.anyUp()
-}
-
 // signalCanServe hands the current value to the gate, dropping a stale
 // value not yet read: the gate wants the latest, not every one.
 func (n *Node) signalCanServe() {
 	if n.canServe == nil {
 		return
 	}
-	v := n.canServeNow()
+	// The gate's input is readiness: listeners accept, not draining, and
+	// at least one gateway answers.
+	v := n.Ready()
 	for {
 		select {
 		case n.canServe <- v:

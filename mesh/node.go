@@ -704,13 +704,18 @@ func (n *Node) outboundRoute(out *http.Request) ([]*proxy.Upstream, error) {
 }
 
 // Ready reports whether the node serves: started, not draining, and for a
-// sidecar, its app healthy.
+// sidecar, its app healthy; for an edge, a gateway answers its probes.
 func (n *Node) Ready() bool {
 	if !n.ready.Load() {
 		return false
 	}
-	if n.Config.Role == RoleSidecar {
+	switch n.Config.Role {
+	case RoleSidecar:
 		return n.healthy.Load()
+	case RoleEdge:
+		// An edge that reaches no gateway can only answer 503: a load
+		// balancer in front of it should look elsewhere, as BGP does.
+		return n.probe.anyUp()
 	}
 	return true
 }

@@ -238,3 +238,34 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// TestEdgeReadiness: an edge is ready only while a gateway answers its
+// probes, and reports it on /readyz.
+func TestEdgeReadiness(t *testing.T) {
+	m := newTestMesh(t)
+	gw := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
+	edge := m.start(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", WANJoin: []string{gw.Addrs()["wan-gossip"]}})
+	readyz := func() int {
+		resp, err := http.Get("http://" + edge.Addrs()["admin"] + "/readyz")
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	poll(t, 10*time.Second, "edge ready once the gateway answers", func() error {
+		if c := readyz(); c != 200 {
+			return fmt.Errorf("readyz %d", c)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	gw.Shutdown(ctx)
+	poll(t, 5*time.Second, "edge not ready once no gateway answers", func() error {
+		if c := readyz(); c != http.StatusServiceUnavailable {
+			return fmt.Errorf("readyz %d", c)
+		}
+		return nil
+	})
+}
