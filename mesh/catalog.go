@@ -1,8 +1,8 @@
 package mesh
 
 import (
+	"math/rand/v2"
 	"sort"
-	"sync/atomic"
 	"time"
 
 	"github.com/meshd/meshd/proxy"
@@ -59,16 +59,16 @@ type ServiceInfo struct {
 	Domains   []string `json:"domains,omitempty"`
 }
 
-// upstreamSet holds candidates in preference order and every rotation of
-// the preferred group, precomputed so that round robin costs one atomic add
-// and no allocation per request.
+// upstreamSet holds candidates in preference order: every rotation of the
+// preferred group (the nearest region's gateways, or the region's
+// instances), each followed by the fallbacks, precomputed so that picking
+// one costs no allocation.
 type upstreamSet struct {
-	rot  [][]*proxy.Upstream
-	next atomic.Uint64
+	rot [][]*proxy.Upstream
 }
 
-// newUpstreamSet makes a set where requests rotate over first and fall back
-// to rest in order.
+// newUpstreamSet makes a set where requests are balanced over first and
+// fall back to rest in order.
 func newUpstreamSet(first, rest []*proxy.Upstream) *upstreamSet {
 	s := &upstreamSet{}
 	if len(first) == 0 {
@@ -88,14 +88,41 @@ func newUpstreamSet(first, rest []*proxy.Upstream) *upstreamSet {
 	return s
 }
 
-func (s *upstreamSet) pick() []*proxy.Upstream {
+// load is what the balancer compares: requests in flight, and an ejected
+// upstream (it could not be reached several times in a row) after any
+// other.
+func load(u *proxy.Upstream) int64 {
+	if u.Ejected(time.Now()) {
+		return 1 << 40
+	}
+	return u.InFlight()
+}
+
+func (s *upstreamSet) pick() []*proxy.Upstream { return s.pickBy(load) }
+
+// pickBy balances by the power of two choices: of two distinct random
+// members of the preferred group, the less loaded one goes first, the
+// others stay behind it as retry candidates. Two random choices spread
+// load almost as well as scanning for the least loaded, cost two atomic
+// loads, and do not make every node herd onto the same "least loaded"
+// instance (Mitzenmacher, "The Power of Two Choices").
+func (s *upstreamSet) pickBy(load func(*proxy.Upstream) int64) []*proxy.Upstream {
 	if s == nil {
 		return nil
 	}
-	if len(s.rot) == 1 {
+	n := len(s.rot)
+	if n == 1 {
 		return s.rot[0]
 	}
-	return s.rot[(s.next.Add(1)-1)%uint64(len(s.rot))]
+	i := rand.IntN(n)
+	j := rand.IntN(n - 1)
+	if j >= i {
+		j++
+	}
+	if load(s.rot[j][0]) < load(s.rot[i][0]) {
+		return s.rot[j]
+	}
+	return s.rot[i]
 }
 
 // member is a decoded gossip member as the catalog builder uses it.

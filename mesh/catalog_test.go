@@ -43,16 +43,30 @@ func TestSnapshotLocalInstances(t *testing.T) {
 		gateway("gw-eu", "eu"),
 	}
 	s := buildSnapshot(RoleGateway, "eu", lan, nil, fakeMaker{}, nil)
+	// Equal load: both instances go first about as often.
 	seen := map[string]int{}
-	for i := 0; i < 10; i++ {
+	for i := 0; i < 400; i++ {
 		ups := s.local["web"].pick()
 		if len(ups) != 2 {
 			t.Fatalf("candidates = %v, want web-1 and web-2", names(ups))
 		}
 		seen[ups[0].Name]++
 	}
-	if seen["web-1"] != 5 || seen["web-2"] != 5 {
-		t.Fatalf("round robin first picks = %v", seen)
+	if seen["web-1"] < 100 || seen["web-2"] < 100 {
+		t.Fatalf("first picks at equal load = %v", seen)
+	}
+	// A loaded (or ejected) instance is never first while the other is
+	// idle: with two candidates, both are always compared.
+	busy := func(u *proxy.Upstream) int64 {
+		if u.Name == "web-1" {
+			return 10
+		}
+		return 0
+	}
+	for i := 0; i < 100; i++ {
+		if ups := s.local["web"].pickBy(busy); ups[0].Name != "web-2" || ups[1].Name != "web-1" {
+			t.Fatalf("picked %v with web-1 loaded", names(ups))
+		}
 	}
 	if got := names(s.gateways.pick()); len(got) != 1 || got[0] != "gw-eu" {
 		t.Fatalf("gateways = %v", got)

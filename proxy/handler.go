@@ -305,7 +305,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		attempts++
 		u = cand
+		u.inflight.Add(1)
 		resp, err = h.Pool.RoundTrip(u, &o.req)
+		if err != nil {
+			u.inflight.Add(-1)
+			var de *dialError
+			u.reached(!errors.As(err, &de))
+		} else {
+			u.reached(true)
+		}
 		if err == nil || !retryable(r, o, err) {
 			break
 		}
@@ -320,6 +328,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	defer u.inflight.Add(-1)
 	rc := http.NewResponseController(w)
 	if o.req.Body != nil && r.ProtoMajor == 1 {
 		// The upstream may answer while the client is still sending

@@ -246,7 +246,16 @@ func resumedEarly(t *testing.T, addr string, roots *x509.CertPool) *quic.Conn {
 
 // TestHTTP3ZeroRTT: early data is refused by default; when allowed, a GET
 // in 0-RTT is served.
+//
+// quic-go v0.65's 0-RTT client races with itself (its connection loop
+// applies the server's transport parameters while the early stream reads
+// them), which the race detector reports about one run in five. The race
+// is in the test's client, not in meshd's server, so under -race this test
+// does not run; .ci/run runs it again without -race.
 func TestHTTP3ZeroRTT(t *testing.T) {
+	if raceDetector {
+		t.Skip("quic-go's 0-RTT client races with itself under -race; .ci/run runs this test without -race")
+	}
 	cfg, roots := selfSigned(t)
 	for _, allow := range []bool{false, true} {
 		t.Run("allow="+strconv.FormatBool(allow), func(t *testing.T) {

@@ -3,6 +3,8 @@ package proxy
 import (
 	"crypto/tls"
 	"net/http"
+	"sync/atomic"
+	"time"
 )
 
 // Upstream is one place a request can be forwarded to. Values are built by
@@ -29,6 +31,43 @@ type Upstream struct {
 	// is cheap and HTTP/1.1 costs less CPU per request (see Pool.HTTP2).
 	// Default false: the Pool decides.
 	HTTP1 bool
+
+	// Load and health, kept by the Handler for balancers (see InFlight
+	// and Ejected).
+	inflight   atomic.Int64 // requests forwarded and not finished
+	failStreak atomic.Int32 // consecutive attempts that could not reach it
+	lastFail   atomic.Int64 // unix nanoseconds of the last such attempt
+}
+
+// Passive outlier ejection: an upstream that could not be reached
+// EjectAfter times in a row is ejected for EjectFor after the last
+// failure; one success ends it.
+const (
+	EjectAfter = 3
+	EjectFor   = 10 * time.Second
+)
+
+// InFlight is the number of requests forwarded to u whose responses have
+// not finished yet: the load a least-loaded balancer compares.
+func (u *Upstream) InFlight() int64 { return u.inflight.Load() }
+
+// Ejected reports whether u is ejected at now: its last EjectAfter
+// attempts failed to reach it, the last one less than EjectFor ago.
+// Balancers should prefer any other candidate.
+func (u *Upstream) Ejected(now time.Time) bool {
+	return u.failStreak.Load() >= EjectAfter && now.UnixNano()-u.lastFail.Load() < int64(EjectFor)
+}
+
+// reached records whether an attempt reached u.
+func (u *Upstream) reached(ok bool) {
+	if ok {
+		if u.failStreak.Load() != 0 {
+			u.failStreak.Store(0)
+		}
+		return
+	}
+	u.lastFail.Store(time.Now().UnixNano())
+	u.failStreak.Add(1)
 }
 
 func (u *Upstream) name() string {
