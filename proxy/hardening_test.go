@@ -22,11 +22,7 @@ func TestServerValidateListenerFields(t *testing.T) {
 	cfg, _ := selfSigned(t)
 	tls12 := cfg.Clone()
 	tls12.MaxVersion = tls.VersionTLS12
-	tests := []struct {
-		name string
-		s    *Server
-		want string
-	}{
+	tests := []startCase{
 		{"http3 without tls", &Server{Addr: "127.0.0.1:0", Handler: h, HTTP3: true}, "HTTP3 requires TLS"},
 		{"http3 without tls 1.3", &Server{Addr: "127.0.0.1:0", Handler: h, HTTP3: true, TLS: tls12}, "TLS 1.3"},
 		{"0-rtt without http3", &Server{Addr: "127.0.0.1:0", Handler: h, TLS: cfg, Allow0RTT: true}, "Allow0RTT"},
@@ -34,21 +30,7 @@ func TestServerValidateListenerFields(t *testing.T) {
 		{"negative window", &Server{Addr: "127.0.0.1:0", Handler: h, BodyRateWindow: -1}, "BodyRateWindow"},
 		{"tiny window", &Server{Addr: "127.0.0.1:0", Handler: h, BodyRateWindow: time.Millisecond}, "BodyRateWindow"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			err := tt.s.Start(context.Background())
-			if err == nil {
-				_ = tt.s.Shutdown(context.Background())
-				t.Fatal("Start succeeded")
-			}
-			if !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("error %q does not name %s", err, tt.want)
-			}
-			if tt.s.BoundAddr() != "" {
-				t.Error("a failed Start bound a listener")
-			}
-		})
-	}
+	checkStartRefused(t, tests)
 }
 
 func TestServerLimitDefaults(t *testing.T) {

@@ -33,21 +33,17 @@ func TestServerPortInUse(t *testing.T) {
 	}
 }
 
-func TestServerValidate(t *testing.T) {
-	h := http.NotFoundHandler()
-	tests := []struct {
-		name string
-		s    *Server
-		want string
-	}{
-		{"no addr", &Server{Handler: h}, "Addr"},
-		{"addr without port", &Server{Addr: "127.0.0.1", Handler: h}, "Addr"},
-		{"no handler", &Server{Addr: "127.0.0.1:0"}, "Handler"},
-		{"negative timeout", &Server{Addr: "127.0.0.1:0", Handler: h, ReadHeaderTimeout: -1}, "ReadHeaderTimeout"},
-		{"negative idle", &Server{Addr: "127.0.0.1:0", Handler: h, IdleTimeout: -1}, "IdleTimeout"},
-		{"negative header bytes", &Server{Addr: "127.0.0.1:0", Handler: h, MaxHeaderBytes: -1}, "MaxHeaderBytes"},
-		{"tls without certificate", &Server{Addr: "127.0.0.1:0", Handler: h, TLS: tlsConfigWithoutCert()}, "certificate"},
-	}
+// startCase is a Server whose Start must fail with an error naming want.
+type startCase struct {
+	name string
+	s    *Server
+	want string
+}
+
+// checkStartRefused starts each server: Start must fail, name the field,
+// and leave no listener bound.
+func checkStartRefused(t *testing.T, tests []startCase) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			err := tt.s.Start(context.Background())
@@ -63,6 +59,20 @@ func TestServerValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestServerValidate(t *testing.T) {
+	h := http.NotFoundHandler()
+	tests := []startCase{
+		{"no addr", &Server{Handler: h}, "Addr"},
+		{"addr without port", &Server{Addr: "127.0.0.1", Handler: h}, "Addr"},
+		{"no handler", &Server{Addr: "127.0.0.1:0"}, "Handler"},
+		{"negative timeout", &Server{Addr: "127.0.0.1:0", Handler: h, ReadHeaderTimeout: -1}, "ReadHeaderTimeout"},
+		{"negative idle", &Server{Addr: "127.0.0.1:0", Handler: h, IdleTimeout: -1}, "IdleTimeout"},
+		{"negative header bytes", &Server{Addr: "127.0.0.1:0", Handler: h, MaxHeaderBytes: -1}, "MaxHeaderBytes"},
+		{"tls without certificate", &Server{Addr: "127.0.0.1:0", Handler: h, TLS: tlsConfigWithoutCert()}, "certificate"},
+	}
+	checkStartRefused(t, tests)
 }
 
 func TestServerStartTwice(t *testing.T) {
