@@ -35,22 +35,10 @@ start_mesh 256MiB "$MESHD_HTTP" "$MESHD_HTTPS"
 # nginx proxy_cache, plain HTTP and TLS with HTTP/2 on one server block.
 self_signed server
 mkdir -p "$WORK/nginx/cache"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-user root root;
-worker_processes auto;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/logs/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-	access_log off;
+{
+nginx_conf_head
+cat <<EOF
 	sendfile on;
-	client_body_temp_path $WORK/nginx/body;
-	proxy_temp_path $WORK/nginx/proxy;
-	fastcgi_temp_path $WORK/nginx/fastcgi;
-	uwsgi_temp_path $WORK/nginx/uwsgi;
-	scgi_temp_path $WORK/nginx/scgi;
-	keepalive_requests 1000000;
 	proxy_cache_path $WORK/nginx/cache levels=1:2 keys_zone=bench:10m max_size=256m inactive=1h use_temp_path=off;
 	upstream app {
 		server 127.0.0.1:$ORIGIN_PORT;
@@ -75,6 +63,7 @@ http {
 	}
 }
 EOF
+} >"$WORK/nginx/nginx.conf"
 nginx -t -c "$WORK/nginx/nginx.conf" >"$WORK/logs/nginx-t.log" 2>&1 || die "nginx config: $(cat "$WORK/logs/nginx-t.log")"
 start nginx nginx -c "$WORK/nginx/nginx.conf"
 NGINX_PID=$PID

@@ -36,21 +36,9 @@ MESHD_PIDS="$EDGE_PID $GW_PID $SC_PID"
 # requests, which Go's servers never do.
 self_signed nginx
 mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-user root root;
-worker_processes auto;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/logs/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-	access_log off;
-	client_body_temp_path $WORK/nginx/body;
-	proxy_temp_path $WORK/nginx/proxy;
-	fastcgi_temp_path $WORK/nginx/fastcgi;
-	uwsgi_temp_path $WORK/nginx/uwsgi;
-	scgi_temp_path $WORK/nginx/scgi;
-	keepalive_requests 1000000;
+{
+nginx_conf_head
+cat <<EOF
 	upstream app {
 		server 127.0.0.1:$ORIGIN_PORT;
 		keepalive 64;
@@ -73,6 +61,7 @@ http {
 	}
 }
 EOF
+} >"$WORK/nginx/nginx.conf"
 nginx -t -c "$WORK/nginx/nginx.conf" >"$WORK/logs/nginx-t.log" 2>&1 || die "nginx config: $(cat "$WORK/logs/nginx-t.log")"
 start nginx nginx -c "$WORK/nginx/nginx.conf"
 NGINX_PID=$PID

@@ -323,6 +323,28 @@ versions_line() {
 # self_signed NAME writes $WORK/tls/NAME.{crt,key,pem}: an ECDSA P-256
 # certificate for web.localhost, the key type meshd's and Caddy's internal
 # CAs issue, so every server does the same handshake work.
+# nginx_conf_head prints the start of an nginx.conf both benchmarks share:
+# foreground, files under $WORK, no access log, keep-alive without limit.
+# The caller prints the rest of the http block and closes it.
+nginx_conf_head() {
+	cat <<EOF
+user root root;
+worker_processes auto;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/logs/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+	access_log off;
+	client_body_temp_path $WORK/nginx/body;
+	proxy_temp_path $WORK/nginx/proxy;
+	fastcgi_temp_path $WORK/nginx/fastcgi;
+	uwsgi_temp_path $WORK/nginx/uwsgi;
+	scgi_temp_path $WORK/nginx/scgi;
+	keepalive_requests 1000000;
+EOF
+}
+
 self_signed() {
 	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 		-subj "/CN=web.localhost" -addext "subjectAltName=DNS:web.localhost" \
