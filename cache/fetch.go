@@ -161,7 +161,7 @@ func (fe *fetcher) run(w http.ResponseWriter) {
 		} else {
 			st.m.misses.Inc()
 		}
-		fw := &fillWriter{fe: fe, client: w, hdr: make(http.Header), conditional: conditional, gen: st.gen.Load()}
+		fw := &fillWriter{fe: fe, client: w, hdr: make(http.Header), conditional: conditional, gen: st.genFor(fe.primary)}
 		fw.stripped = fe.store || conditional
 		reqTime := st.now()
 		fe.next.ServeHTTP(fw, fe.upstreamRequest(conditional, fw.stripped))
@@ -301,7 +301,7 @@ func (fe *fetcher) refreshed(fw *fillWriter, reqTime time.Time) (e *entry, store
 	})
 	_, auth := fe.r.Header["Authorization"]
 	names, star := parseVary(merged["Vary"])
-	if ok, _ := storable(old.status, e.cc, merged, fe.rc, auth); ok && !star && slices.Equal(names, old.vary) && fw.gen == st.gen.Load() {
+	if ok, _ := storable(old.status, e.cc, merged, fe.rc, auth); ok && !star && slices.Equal(names, old.vary) && fw.gen == st.genFor(fe.primary) {
 		stored = st.set(e)
 	} else {
 		st.release(old)
@@ -315,7 +315,7 @@ func (fe *fetcher) refreshed(fw *fillWriter, reqTime time.Time) (e *entry, store
 func (fw *fillWriter) storeResult(reqTime time.Time) *entry {
 	fe := fw.fe
 	st := fe.st
-	if !fw.tee || fw.failed || fw.gen != st.gen.Load() {
+	if !fw.tee || fw.failed || fw.gen != st.genFor(fe.primary) {
 		return nil
 	}
 	if cl := fw.hdr["Content-Length"]; len(cl) == 1 {
@@ -455,7 +455,7 @@ func (fw *fillWriter) WriteHeader(code int) {
 		fw.mode = modeStaleError
 		return
 	}
-	if fe.store && fw.gen == st.gen.Load() {
+	if fe.store && fw.gen == st.genFor(fe.primary) {
 		cc := parseRespCC(fw.hdr["Cache-Control"])
 		_, auth := fe.r.Header["Authorization"]
 		ok, _ := storable(code, cc, fw.hdr, fe.rc, auth)

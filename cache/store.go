@@ -303,12 +303,26 @@ type state struct {
 	// gen changes on every purge; a fetch that started before a purge
 	// does not store its response.
 	gen atomic.Uint64
+	// inval counts invalidations (RFC 9111 §4.4) per slot of primary key
+	// hashes: a fetch that started before an invalidation of its own URL
+	// does not store its response, while fetches of other URLs are not
+	// disturbed (a global counter would keep a site that receives POSTs
+	// from storing anything). Two URLs sharing a slot only cost a store.
+	inval [invalSlots]atomic.Uint64
 
 	flightMu sync.Mutex
 	flights  map[string]*flight
 	waiting  atomic.Int64 // requests waiting for a flight, for tests
 
 	idx index
+}
+
+const invalSlots = 1024
+
+// genFor returns the store generation a fetch of primary records: it
+// changes with every purge and with every invalidation of primary.
+func (st *state) genFor(primary string) uint64 {
+	return st.gen.Load() + st.inval[st.hashString(primary)%invalSlots].Load()
 }
 
 type paddedCounter struct {
@@ -549,7 +563,7 @@ func (s *Store) purge(pick func(*index) []*entry) int {
 // invalidate removes every variant stored for a primary key
 // (RFC 9111 §4.4).
 func (st *state) invalidate(primary string) {
-	st.gen.Add(1)
+	st.inval[st.hashString(primary)%invalSlots].Add(1)
 	st.idx.mu.Lock()
 	victims := collect(st.idx.byPrimary[primary], nil)
 	st.idx.mu.Unlock()
