@@ -240,7 +240,7 @@ func newEntry(p entryParams) *entry {
 		e.header[name] = slices.Clip(slices.Clone(vals))
 	}
 	// A recipient with a clock adds a missing Date (RFC 9110 §6.6.1).
-	if d, err := http.ParseTime(firstValue(p.header["Date"])); err == nil {
+	if d, err := parseHTTPDate(firstValue(p.header["Date"])); err == nil {
 		e.date = d
 	} else {
 		e.date = p.respTime
@@ -260,7 +260,7 @@ func newEntry(p entryParams) *entry {
 	}
 	e.etag = firstValue(e.header["Etag"])
 	if lm := firstValue(e.header["Last-Modified"]); lm != "" {
-		if t, err := http.ParseTime(lm); err == nil {
+		if t, err := parseHTTPDate(lm); err == nil {
 			e.lastMod, e.hasLM, e.lmRaw = t, true, lm
 		}
 	}
@@ -333,7 +333,7 @@ func lifetime(status int, cc respCC, h http.Header, date, lastMod time.Time, has
 		if len(exp) != 1 {
 			return 0
 		}
-		t, err := http.ParseTime(exp[0])
+		t, err := parseHTTPDate(exp[0])
 		if err != nil {
 			return 0
 		}

@@ -485,8 +485,8 @@ func (fw *fillWriter) WriteHeader(code int) {
 	}
 	dst := fw.client.Header()
 	if code == http.StatusOK && fw.stripped && (len(fe.r.Header["If-None-Match"]) > 0 || len(fe.r.Header["If-Modified-Since"]) > 0) {
-		lm, lmErr := http.ParseTime(firstValue(fw.hdr["Last-Modified"]))
-		date, _ := http.ParseTime(firstValue(fw.hdr["Date"]))
+		lm, lmErr := parseHTTPDate(firstValue(fw.hdr["Last-Modified"]))
+		date, _ := parseHTTPDate(firstValue(fw.hdr["Date"]))
 		if condMatches(fe.r.Header, firstValue(fw.hdr["Etag"]), lm, lmErr == nil, date) {
 			for k, v := range fw.hdr {
 				if in304(k, fw.hdr) {

@@ -220,7 +220,7 @@ func condMatches(h http.Header, etag string, lastMod time.Time, hasLM bool, date
 		return etag != "" && etagListMatches(inm, etag, false)
 	}
 	if ims := h["If-Modified-Since"]; len(ims) > 0 {
-		t, err := http.ParseTime(ims[0])
+		t, err := parseHTTPDate(ims[0])
 		if err != nil {
 			return false // RFC 9110 §13.1.3: an invalid date is ignored
 		}
@@ -294,7 +294,7 @@ func ifRangeHolds(h http.Header, e *entry) bool {
 	if strings.HasPrefix(v, `"`) || strings.HasPrefix(v, "W/") {
 		return e.etag != "" && etagEqual(v, e.etag, true)
 	}
-	t, err := http.ParseTime(v)
+	t, err := parseHTTPDate(v)
 	if err != nil || !e.hasLM {
 		return false
 	}
