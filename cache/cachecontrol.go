@@ -42,6 +42,9 @@ type respCC struct {
 	// privateFields lists the field names of a qualified private directive
 	// (RFC 9111 §5.2.2.7): the response is shareable without them.
 	privateFields []string
+	// targeted is set when the directives came from a field targeted at
+	// CDNs (see targeted.go): Expires is then ignored too.
+	targeted bool
 	// invalid is set when max-age or s-maxage has a value that is not
 	// delta-seconds, or appears twice with different values: RFC 9111 §4.2.1
 	// allows treating such a response as stale, which is the safe choice.

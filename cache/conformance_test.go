@@ -97,3 +97,64 @@ func TestMalformedExpiresIsStale(t *testing.T) {
 		}
 	}
 }
+
+// TestTargetedFields: a CDN obeys CDN-Cache-Control (RFC 9213 §2.1), then
+// Surrogate-Control (W3C Edge Architecture §3), over Cache-Control and
+// Expires; an invalid or empty targeted field is ignored as if absent.
+func TestTargetedFields(t *testing.T) {
+	past, future := httpDate(t0.Add(-time.Hour)), httpDate(t0.Add(time.Hour))
+	cases := []struct {
+		name   string
+		header http.Header
+		stored bool // the second request, 10 s later, is a hit
+	}{
+		{"cdn max-age", hdr("Cdn-Cache-Control", "max-age=3600"), true},
+		{"cdn max-age over past Expires", hdr("Cdn-Cache-Control", "max-age=3600", "Expires", past), true},
+		{"cdn max-age over Cache-Control no-store", hdr("Cache-Control", "no-store", "Cdn-Cache-Control", "max-age=3600"), true},
+		{"cdn short max-age over long Cache-Control", hdr("Cache-Control", "max-age=3600", "Cdn-Cache-Control", "max-age=1"), false},
+		{"cdn max-age=0 over future Expires", hdr("Cdn-Cache-Control", "max-age=0", "Expires", future), false},
+		{"cdn no-store", hdr("Cache-Control", "max-age=3600", "Cdn-Cache-Control", "no-store"), false},
+		{"cdn private", hdr("Cache-Control", "max-age=3600", "Cdn-Cache-Control", "private"), false},
+		{"cdn no-cache", hdr("Cache-Control", "max-age=3600", "Cdn-Cache-Control", "no-cache"), false},
+		{"cdn extension", hdr("Cdn-Cache-Control", "foobar, max-age=3600"), true},
+		{"cdn invalid dictionary ignored", hdr("Cache-Control", "no-store", "Cdn-Cache-Control", "max-age=3600, &&&&&"), false},
+		{"cdn string max-age ignored", hdr("Cache-Control", "no-store", "Cdn-Cache-Control", `max-age="3600"`), false},
+		{"cdn upper case key ignored", hdr("Cache-Control", "max-age=1", "Cdn-Cache-Control", "MaX-aGe=3600"), false},
+		{"surrogate max-age", hdr("Cache-Control", "max-age=1", "Surrogate-Control", "max-age=3600"), true},
+		{"surrogate no-store", hdr("Cache-Control", "max-age=3600", "Surrogate-Control", "no-store"), false},
+		{"surrogate for this device", hdr("Cache-Control", "no-store", "Surrogate-Control", "max-age=3600;meshd"), true},
+		{"surrogate for another device", hdr("Cache-Control", "max-age=1", "Surrogate-Control", "max-age=3600;other"), false},
+		{"cdn before surrogate", hdr("Cdn-Cache-Control", "no-store", "Surrogate-Control", "max-age=3600"), false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, o, clock, h := newTestStore(t, nil)
+			o.header = c.header
+			do(h, "GET", "http://example.com/t")
+			if got := o.lastRequest().Header.Get("Surrogate-Capability"); got != `meshd="Surrogate/1.0"` {
+				t.Fatalf("Surrogate-Capability sent upstream %q", got)
+			}
+			clock.Advance(10 * time.Second)
+			w := do(h, "GET", "http://example.com/t")
+			if got := o.calls.Load() == 1; got != c.stored {
+				t.Fatalf("hit = %v, want %v (Cache-Status %q)", got, c.stored, w.Header().Get("Cache-Status"))
+			}
+		})
+	}
+}
+
+// FuzzTargetedFields: the CDN-Cache-Control and Surrogate-Control parsers
+// never panic and never yield a negative lifetime input.
+func FuzzTargetedFields(f *testing.F) {
+	for _, s := range []string{"max-age=3600", "foobar, max-age=3600", `max-age="1"`, "no-cache=\"a, b\", private", "max-age=1;x=?1, a=:Zm9v:", "max-age=10+20;meshd, no-store-remote", "&&&", "a=1.5, b=-2"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if c, ok := parseTargetedCC([]string{s}); ok && (c.maxAge < absent || c.sMaxAge < absent || !c.targeted) {
+			t.Fatalf("parseTargetedCC(%q) = %+v", s, c)
+		}
+		if c, ok := parseSurrogateControl([]string{s}, "meshd"); ok && (c.maxAge < absent || !c.targeted) {
+			t.Fatalf("parseSurrogateControl(%q) = %+v", s, c)
+		}
+	})
+}

@@ -35,6 +35,13 @@
 // cookies to everybody is the classic shared-cache leak, and "public" is
 // the origin's explicit statement that the content itself is shareable.
 //
+// CDN-Cache-Control (RFC 9213) and then Surrogate-Control (W3C Edge
+// Architecture; directives for another device token are skipped, and
+// requests to the origin announce Surrogate-Capability with Store.Name as
+// the token) take precedence over Cache-Control and Expires when present
+// and valid; an invalid one is ignored as if absent. Both still reach the
+// client.
+//
 // # Keys and Vary
 //
 // The key is scheme://host/target: the scheme from Store.Scheme (default
@@ -46,7 +53,9 @@
 //
 // # Freshness, validation and staleness
 //
-// Freshness is s-maxage, else max-age, else Expires minus Date, else 10%
+// HTTP-dates are parsed strictly (RFC 9110 §5.6.7); an invalid Expires
+// means already expired (RFC 9111 §5.3). Freshness is s-maxage, else
+// max-age, else Expires minus Date, else 10%
 // of the time since Last-Modified (capped by Store.MaxHeuristic) for
 // status codes that allow heuristics. Age is computed as RFC 9111 §4.2.3
 // prescribes and sent in Age. Conflicting duplicate max-age or s-maxage

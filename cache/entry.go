@@ -146,6 +146,7 @@ func storable(status int, cc respCC, h http.Header, req reqCC, auth bool) (bool,
 		return false, "vary" // RFC 9111 §4.1: never matches
 	}
 	_, hasExpires := h["Expires"]
+	hasExpires = hasExpires && !cc.targeted // RFC 9213 §2.1
 	if cc.public || cc.maxAge != absent || cc.sMaxAge != absent || hasExpires || heuristicStatus(status) || cc.invalid {
 		return true, ""
 	}
@@ -204,11 +205,12 @@ type entryParams struct {
 	tags         []string // used when header carries none (304 merges)
 	maxHeuristic time.Duration
 	keepStale    time.Duration
+	device       string // the cache's Surrogate-Capability token
 }
 
 // newEntry builds the immutable entry of a response to store.
 func newEntry(p entryParams) *entry {
-	cc := parseRespCC(p.header["Cache-Control"])
+	cc := responseCC(p.header, p.device)
 	e := &entry{
 		key:      p.key,
 		primary:  p.primary,
@@ -327,7 +329,7 @@ func lifetime(status int, cc respCC, h http.Header, date, lastMod time.Time, has
 	if cc.maxAge != absent {
 		return time.Duration(cc.maxAge) * time.Second
 	}
-	if exp, ok := h["Expires"]; ok {
+	if exp, ok := h["Expires"]; ok && !cc.targeted {
 		// Invalid dates, "0" included, mean "already expired"; so do
 		// several different values (RFC 9111 §5.3, §4.2.1).
 		if len(exp) != 1 {

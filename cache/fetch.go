@@ -244,6 +244,9 @@ func (fe *fetcher) upstreamRequest(conditional, strip bool) *http.Request {
 	}
 	delete(r2.Header, "If-None-Match")
 	delete(r2.Header, "If-Modified-Since")
+	// Announce the device token that Surrogate-Control directives may
+	// name to reach this cache (W3C Edge Architecture §2).
+	r2.Header["Surrogate-Capability"] = append(r2.Header["Surrogate-Capability"], fe.st.name+`="Surrogate/1.0"`)
 	if conditional {
 		if fe.old.etag != "" {
 			r2.Header["If-None-Match"] = []string{fe.old.etag}
@@ -297,7 +300,7 @@ func (fe *fetcher) refreshed(fw *fillWriter, reqTime time.Time) (e *entry, store
 	e = newEntry(entryParams{
 		key: old.key, primary: old.primary, vary: old.vary, status: old.status,
 		header: merged, body: old.body, reqTime: reqTime, respTime: fw.respTime,
-		tags: old.tags, maxHeuristic: st.maxHeuristic, keepStale: st.keepStale,
+		tags: old.tags, maxHeuristic: st.maxHeuristic, keepStale: st.keepStale, device: st.name,
 	})
 	_, auth := fe.r.Header["Authorization"]
 	names, star := parseVary(merged["Vary"])
@@ -341,7 +344,7 @@ func (st *state) storeResponse(r *http.Request, primary string, status int, hdr 
 	}
 	e := newEntry(entryParams{
 		key: key, primary: primary, vary: names, status: status, header: hdr, body: body,
-		reqTime: reqTime, respTime: respTime, maxHeuristic: st.maxHeuristic, keepStale: st.keepStale,
+		reqTime: reqTime, respTime: respTime, maxHeuristic: st.maxHeuristic, keepStale: st.keepStale, device: st.name,
 	})
 	if len(names) > 0 {
 		st.ensureNode(primary, names, e.until)
@@ -456,7 +459,7 @@ func (fw *fillWriter) WriteHeader(code int) {
 		return
 	}
 	if fe.store && fw.gen == st.genFor(fe.primary) {
-		cc := parseRespCC(fw.hdr["Cache-Control"])
+		cc := responseCC(fw.hdr, st.name)
 		_, auth := fe.r.Header["Authorization"]
 		ok, _ := storable(code, cc, fw.hdr, fe.rc, auth)
 		if ok && len(fw.hdr["Content-Length"]) == 1 {
