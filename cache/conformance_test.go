@@ -158,3 +158,37 @@ func FuzzTargetedFields(f *testing.F) {
 		}
 	})
 }
+
+// TestUnknownStatus: RFC 9111 §3 lets a cache store a final response
+// whose status code it does not know, given explicit freshness;
+// must-understand withholds it from caches that do not know the code
+// (§5.2.2.3) and lets those that do ignore no-store.
+func TestUnknownStatus(t *testing.T) {
+	cases := []struct {
+		name   string
+		status int
+		header http.Header
+		stored bool
+	}{
+		{"599 with max-age", 599, hdr("Cache-Control", "max-age=3600"), true},
+		{"299 with max-age", 299, hdr("Cache-Control", "max-age=3600"), true},
+		{"599 without freshness", 599, hdr("Last-Modified", httpDate(t0.Add(-24*time.Hour))), false},
+		{"599 must-understand", 599, hdr("Cache-Control", "max-age=3600, no-store, must-understand"), false},
+		{"200 must-understand", 200, hdr("Cache-Control", "max-age=3600, no-store, must-understand"), true},
+		{"206 never", 206, hdr("Cache-Control", "max-age=3600", "Content-Range", "bytes 0-5/10"), false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, o, _, h := newTestStore(t, nil)
+			o.header, o.status = c.header, c.status
+			do(h, "GET", "http://example.com/s")
+			w := do(h, "GET", "http://example.com/s")
+			if got := o.calls.Load() == 1; got != c.stored {
+				t.Fatalf("stored = %v, want %v (Cache-Status %q)", got, c.stored, w.Header().Get("Cache-Status"))
+			}
+			if c.stored && w.Code != c.status {
+				t.Fatalf("hit status %d, want %d", w.Code, c.status)
+			}
+		})
+	}
+}

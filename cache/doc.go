@@ -11,8 +11,9 @@
 //
 // # What is stored
 //
-// Only responses to GET, with a status code meshd understands (RFC 9111
-// §3), and only what a shared cache may keep: never no-store (unless
+// Only final, full responses to GET (RFC 9111 §3; a status code meshd does
+// not know needs explicit freshness and no must-understand, §5.2.2.3),
+// and only what a shared cache may keep: never no-store (unless
 // must-understand vouches for the status, §5.2.2.3), never private;
 // private="field" stores the response without the named fields. A
 // response is stored when it has explicit freshness (s-maxage, max-age,

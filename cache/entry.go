@@ -108,8 +108,9 @@ func heuristicStatus(code int) bool {
 }
 
 // understoodStatus lists the final status codes whose caching semantics
-// meshd implements. 206 and 304 are left out: meshd stores full responses
-// only (RFC 9111 §3.3 allows not storing partial content).
+// meshd implements, the ones must-understand vouches for (RFC 9111
+// §5.2.2.3). 206 and 304 are left out: meshd stores full responses only
+// (RFC 9111 §3.3 allows not storing partial content).
 func understoodStatus(code int) bool {
 	switch code {
 	case 200, 201, 202, 203, 204, 205,
@@ -127,8 +128,16 @@ func understoodStatus(code int) bool {
 // carried Authorization.
 func storable(status int, cc respCC, h http.Header, req reqCC, auth bool) (bool, string) {
 	switch {
-	case !understoodStatus(status):
+	case status < 200 || status > 999 || status == http.StatusPartialContent || status == http.StatusNotModified:
+		// Final responses only (RFC 9111 §3); meshd stores full
+		// responses only (§3.3 allows not storing partial content).
 		return false, "status"
+	case !understoodStatus(status) && cc.mustUnderstand:
+		// RFC 9111 §5.2.2.3: only a cache that understands the status
+		// code may store it. Without must-understand a status code meshd
+		// does not know may be stored like any other (RFC 9111 §3), but
+		// only with explicit freshness: it gets no heuristic below.
+		return false, "must-understand"
 	case req.noStore:
 		return false, "request no-store" // RFC 9111 §5.2.1.5
 	case cc.noStore && !cc.mustUnderstand:
