@@ -396,7 +396,7 @@ func checkRequestHeader(h http.Header) error {
 
 // validFieldValue reports whether v has no control characters other than
 // horizontal tab (RFC 9110 §5.5).
-func validFieldValue(v string) bool {
+func validFieldValue[T string | []byte](v T) bool {
 	for i := 0; i < len(v); i++ {
 		c := v[i]
 		if (c < 0x20 && c != '\t') || c == 0x7f {

@@ -288,6 +288,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// Waiting for the upstream: cancel the exchange if the client leaves.
+	watchClient(r.Context())
+
 	var (
 		resp     *http.Response
 		u        *Upstream

@@ -277,10 +277,10 @@ func isUpgrade(r *http.Request) bool {
 	return hasToken(r.Header["Connection"], "upgrade")
 }
 
-// isToken reports whether s is a non-empty RFC 9110 §5.6.2 token, the syntax
-// of a Via pseudonym.
-func isToken(s string) bool {
-	if s == "" {
+// isToken reports whether s is a non-empty RFC 9110 §5.6.2 token (a field
+// name, a method, a Via pseudonym).
+func isToken[T string | []byte](s T) bool {
+	if len(s) == 0 {
 		return false
 	}
 	for i := 0; i < len(s); i++ {

@@ -137,7 +137,8 @@ type Server struct {
 
 	mu      sync.Mutex
 	started bool
-	srv     *http.Server
+	srv     *http.Server // HTTP/2; nil without TLS
+	h1      *h1srv
 	ln      net.Listener
 	h3      *h3Server     // nil without HTTP3
 	lim     *ipLimiter    // nil without a per-IP limit
@@ -262,21 +263,40 @@ func (s *Server) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	var protocols http.Protocols
-	protocols.SetHTTP1(true)
-	srv := &http.Server{
-		Handler:           g,
-		ReadHeaderTimeout: orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
-		IdleTimeout:       orDefault(s.IdleTimeout, DefaultServerIdleTimeout),
-		MaxHeaderBytes:    orDefault(s.MaxHeaderBytes, DefaultMaxHeaderBytes),
-		ErrorLog:          log.New(serverLogWriter{logger: logger, addr: bound}, "", 0),
-		Protocols:         &protocols,
+	h1 := &h1srv{
+		handler:        g,
+		headerTimeout:  orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
+		idleTimeout:    orDefault(s.IdleTimeout, DefaultServerIdleTimeout),
+		maxHeaderBytes: orDefault(s.MaxHeaderBytes, DefaultMaxHeaderBytes),
+		logger:         logger,
+		addr:           bound,
 	}
+	var (
+		srv    *http.Server // HTTP/2 connections; nil without TLS
+		hl     *handoffListener
+		tlsCfg *tls.Config
+	)
 	if s.TLS != nil {
+		// HTTP/1.1 is meshd's own server (h1server.go); HTTP/2
+		// connections go to net/http's, which gets them after the TLS
+		// handshake through a handoff listener.
+		tlsCfg = s.TLS.Clone()
+		if len(tlsCfg.NextProtos) == 0 {
+			tlsCfg.NextProtos = []string{"h2", "http/1.1"}
+		}
+		var protocols http.Protocols
+		protocols.SetHTTP1(true)
 		protocols.SetHTTP2(true)
-		// ServeTLS clones the configuration and sets ALPN to h2 and
-		// http/1.1 from Protocols.
-		srv.TLSConfig = s.TLS.Clone()
+		srv = &http.Server{
+			Handler:           g,
+			ReadHeaderTimeout: h1.headerTimeout,
+			IdleTimeout:       h1.idleTimeout,
+			MaxHeaderBytes:    h1.maxHeaderBytes,
+			ErrorLog:          log.New(serverLogWriter{logger: logger, addr: bound}, "", 0),
+			Protocols:         &protocols,
+			TLSConfig:         tlsCfg,
+		}
+		hl = newHandoffListener(ln.Addr())
 		// Go's HTTP/2 server carries the mitigations for rapid reset
 		// (CVE-2023-44487: at most MaxConcurrentStreams handlers run per
 		// connection, 4× that may wait, beyond that GOAWAY
@@ -299,22 +319,113 @@ func (s *Server) Start(ctx context.Context) error {
 			srv.HTTP2.MaxReadFrameSize = publicMaxReadFrameSize
 		}
 	}
-	s.srv, s.ln, s.h3, s.lim, s.started = srv, ln, h3, lim, true
+	s.srv, s.h1, s.ln, s.h3, s.lim, s.started = srv, h1, ln, h3, lim, true
 	s.done = make(chan struct{})
+	var wg sync.WaitGroup
+	if srv != nil {
+		wg.Go(func() {
+			if err := srv.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Error("proxy: HTTP/2 server stopped", "addr", bound, "err", err)
+			}
+		})
+	}
+	wg.Go(func() { s.acceptLoop(ln, tlsCfg, h1, hl, logger, bound) })
 	go func() {
-		defer close(s.done)
-		var err error
-		if s.TLS != nil {
-			err = srv.ServeTLS(ln, "", "")
-		} else {
-			err = srv.Serve(ln)
-		}
-		if err != nil && !errors.Is(err, http.ErrServerClosed) {
-			logger.Error("proxy: listener stopped", "addr", bound, "err", err)
-		}
+		wg.Wait()
+		close(s.done)
 	}()
 	return nil
 }
+
+// acceptLoop accepts connections until ln is closed. Each gets its own
+// goroutine at once: the TLS handshake, then HTTP/1.1 here or HTTP/2 on
+// net/http's server, by ALPN.
+func (s *Server) acceptLoop(ln net.Listener, tlsCfg *tls.Config, h1 *h1srv, hl *handoffListener, logger *slog.Logger, bound string) {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: wait, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			logger.Warn("proxy: accept failed", "addr", bound, "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if tlsCfg == nil {
+			go h1.serve(c, nil)
+			continue
+		}
+		go s.serveTLS(c, tlsCfg, h1, hl, logger, bound)
+	}
+}
+
+// serveTLS runs the handshake, within the header timeout, and hands the
+// connection to the server of the negotiated protocol.
+func (s *Server) serveTLS(c net.Conn, cfg *tls.Config, h1 *h1srv, hl *handoffListener, logger *slog.Logger, bound string) {
+	tc := tls.Server(c, cfg)
+	if h1.headerTimeout > 0 {
+		_ = c.SetDeadline(time.Now().Add(h1.headerTimeout))
+	}
+	if err := tc.Handshake(); err != nil {
+		// Scanners and clients that give up: routine on a public port.
+		logger.Debug("proxy: TLS handshake error", "addr", bound, "remote", c.RemoteAddr().String(), "err", err)
+		_ = c.Close()
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	st := tc.ConnectionState()
+	switch st.NegotiatedProtocol {
+	case "h2":
+		hl.push(tc)
+	case "", "http/1.1":
+		h1.serve(tc, &st)
+	default:
+		// acme-tls/1 (RFC 8737): the handshake was the whole exchange.
+		_ = tc.Close()
+	}
+}
+
+// handoffListener passes connections whose TLS handshake chose HTTP/2 to
+// net/http's server.
+type handoffListener struct {
+	addr   net.Addr
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newHandoffListener(addr net.Addr) *handoffListener {
+	return &handoffListener{addr: addr, conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+// push hands c over, or closes it once the listener is closed.
+func (l *handoffListener) push(c net.Conn) {
+	select {
+	case l.conns <- c:
+	case <-l.closed:
+		_ = c.Close()
+	}
+}
+
+func (l *handoffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *handoffListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *handoffListener) Addr() net.Addr { return l.addr }
 
 // BoundAddr returns the address the listener is bound to (with the port
 // chosen for port 0), or "" before Start. (A method named Addr cannot exist
@@ -338,11 +449,12 @@ func (s *Server) InFlight() int64 { return s.inflight.Load() }
 // returned. Shutdown before Start does nothing.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	srv, h3, done := s.srv, s.h3, s.done
+	srv, h1, ln, h3, done := s.srv, s.h1, s.ln, s.h3, s.done
 	s.mu.Unlock()
-	if srv == nil {
+	if h1 == nil {
 		return nil
 	}
+	_ = ln.Close()
 	// HTTP/3 drains beside TCP: its clients get GOAWAY at the same time.
 	h3err := make(chan error, 1)
 	if h3 != nil {
@@ -350,12 +462,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	} else {
 		h3err <- nil
 	}
-	err := srv.Shutdown(ctx)
-	if err != nil {
-		_ = srv.Close()
+	h2err := make(chan error, 1)
+	if srv != nil {
+		go func() {
+			err := srv.Shutdown(ctx)
+			if err != nil {
+				_ = srv.Close()
+			}
+			h2err <- err
+		}()
+	} else {
+		h2err <- nil
 	}
-	<-done // Serve returns at once after Shutdown or Close.
-	err = errors.Join(err, <-h3err)
+	err := h1.shutdown(ctx)
+	<-done // the accept loop and Serve return once their listeners close
+	err = errors.Join(err, <-h2err, <-h3err)
 	if err != nil {
 		return fmt.Errorf("proxy: shutdown of %s: %w", s.Addr, err)
 	}

@@ -1,0 +1,498 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// dialRaw opens a TCP connection with a deadline for the whole test.
+func dialRaw(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, bufio.NewReader(c)
+}
+
+// readResp reads one response and its whole body.
+func readResp(t *testing.T, br *bufio.Reader, method string) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	return resp, string(b)
+}
+
+func TestH1Refusals(t *testing.T) {
+	var calls atomic.Int32
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		io.WriteString(w, "served")
+	}), nil).BoundAddr()
+	big := strings.Repeat("a", DefaultMaxHeaderBytes)
+	tests := []struct {
+		name, req string
+		want      int
+	}{
+		{"obs-fold", "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n 2\r\n\r\n", 400},
+		{"space before colon", "GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400},
+		{"no colon", "GET / HTTP/1.1\r\nHost: x\r\nJunk\r\n\r\n", 400},
+		{"missing Host", "GET / HTTP/1.1\r\n\r\n", 400},
+		{"two Hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
+		{"malformed Host", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400},
+		{"CL and TE", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+		{"differing CLs", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400},
+		{"negative CL", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400},
+		{"signed CL", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc", 400},
+		{"unknown coding", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
+		{"chunked not last", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 501},
+		{"TE in HTTP/1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+		{"bare CR in a value", "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n", 400},
+		{"NUL in a value", "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", 400},
+		{"invalid method", "G(T / HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"target with a control", "GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"three parts only", "GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"HTTP/2.0", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505},
+		{"not HTTP", "GET / FTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"header section too large", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + big + "\r\n\r\n", 431},
+		{"unknown expectation", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nExpect: magic\r\n\r\na", 417},
+		{"forbidden trailer", "POST / HTTP/1.1\r\nHost: x\r\nTrailer: Content-Length\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := calls.Load()
+			c, br := dialRaw(t, addr)
+			io.WriteString(c, tt.req)
+			resp, _ := readResp(t, br, "GET")
+			if resp.StatusCode != tt.want {
+				t.Errorf("status %d, want %d", resp.StatusCode, tt.want)
+			}
+			if !resp.Close {
+				t.Error("connection not closed after a refused request")
+			}
+			if rest, _ := io.ReadAll(br); len(rest) != 0 {
+				t.Errorf("more after the refusal: %q", rest)
+			}
+			if calls.Load() != before {
+				t.Error("the handler ran")
+			}
+		})
+	}
+	// The server still serves.
+	resp, body := rawExchange(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp.StatusCode != 200 || body != "served" {
+		t.Fatalf("after the refusals: %d %q", resp.StatusCode, body)
+	}
+}
+
+func TestH1Accepts(t *testing.T) {
+	type got struct {
+		method, host, uri, body string
+		cl                      int64
+		close                   bool
+		header                  http.Header
+		trailer                 http.Header
+	}
+	seenc := make(chan got, 1)
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		seenc <- got{r.Method, r.Host, r.RequestURI, string(b), r.ContentLength, r.Close, r.Header, r.Trailer}
+	}), nil).BoundAddr()
+	tests := []struct {
+		name, req string
+		check     func(t *testing.T, g got)
+	}{
+		{"leading empty line", "\r\nGET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n", func(t *testing.T, g got) {
+			if g.uri != "/a?b=c" || g.host != "x" {
+				t.Errorf("%+v", g)
+			}
+		}},
+		{"bare LF lines", "GET / HTTP/1.1\nHost: x\nX-A:  v \n\n", func(t *testing.T, g got) {
+			if g.header.Get("X-A") != "v" {
+				t.Errorf("X-A %q", g.header.Get("X-A"))
+			}
+		}},
+		{"absolute-form wins over Host", "GET http://a.example/p HTTP/1.1\r\nHost: b.example\r\n\r\n", func(t *testing.T, g got) {
+			if g.host != "a.example" || g.header["Host"] != nil {
+				t.Errorf("host %q, header %v", g.host, g.header)
+			}
+		}},
+		{"field names canonical, values kept", "GET / HTTP/1.1\r\nhost: x\r\nx-custom-thing: A\r\nX-CUSTOM-THING: B\r\n\r\n", func(t *testing.T, g got) {
+			if v := g.header["X-Custom-Thing"]; len(v) != 2 || v[0] != "A" || v[1] != "B" {
+				t.Errorf("X-Custom-Thing %q", v)
+			}
+		}},
+		{"equal CLs", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc", func(t *testing.T, g got) {
+			if g.body != "abc" || g.cl != 3 {
+				t.Errorf("body %q cl %d", g.body, g.cl)
+			}
+		}},
+		{"chunked with extension and trailer", "POST / HTTP/1.1\r\nHost: x\r\nTrailer: X-Sum\r\nTransfer-Encoding: Chunked\r\n\r\n" +
+			"3;name=v\r\nabc\r\n1\r\nd\r\n0\r\nX-Sum: 4\r\n\r\n", func(t *testing.T, g got) {
+			if g.body != "abcd" || g.cl != -1 || g.trailer.Get("X-Sum") != "4" {
+				t.Errorf("body %q cl %d trailer %v", g.body, g.cl, g.trailer)
+			}
+		}},
+		{"HTTP/1.0 without Host", "GET / HTTP/1.0\r\n\r\n", func(t *testing.T, g got) {
+			if !g.close {
+				t.Error("HTTP/1.0 without keep-alive not marked Close")
+			}
+		}},
+		{"HTTP/1.1 Connection: close", "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", func(t *testing.T, g got) {
+			if !g.close {
+				t.Error("not marked Close")
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := rawExchange(t, addr, tt.req)
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d %q", resp.StatusCode, body)
+			}
+			select {
+			case g := <-seenc:
+				tt.check(t, g)
+			default:
+				t.Fatal("handler did not run")
+			}
+		})
+	}
+}
+
+func TestH1MalformedChunkedBody(t *testing.T) {
+	errc := make(chan error, 1)
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, err := io.ReadAll(r.Body)
+		errc <- err
+		w.WriteHeader(http.StatusBadRequest)
+	}), nil).BoundAddr()
+	for _, body := range []string{
+		"3\r\nabcX\r\n0\r\n\r\n",    // data longer than the size
+		"z\r\nabc\r\n0\r\n\r\n",     // not hex
+		"3\nabc\r\n0\r\n\r\n",       // bare LF in the framing
+		"ffffffffffffffff\r\na\r\n", // size overflow
+	} {
+		c, br := dialRaw(t, addr)
+		io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"+body+"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, _ := readResp(t, br, "POST")
+		if err := <-errc; err == nil {
+			t.Errorf("%q: body read without error", body)
+		}
+		if !resp.Close {
+			t.Errorf("%q: connection kept after a malformed body", body)
+		}
+		if rest, _ := io.ReadAll(br); len(rest) != 0 {
+			t.Errorf("%q: more after the response: %q", body, rest)
+		}
+	}
+}
+
+func TestH1PipeliningAndKeepAlive(t *testing.T) {
+	var n atomic.Int32
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%d %s %s", n.Add(1), r.URL.Path, b)
+	}), nil).BoundAddr()
+	c, br := dialRaw(t, addr)
+	io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"+
+		"POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"+
+		"POST /3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nyo\r\n0\r\n\r\n"+
+		"HEAD /4 HTTP/1.1\r\nHost: x\r\n\r\n")
+	for i, want := range []string{"1 /1 ", "2 /2 hi", "3 /3 yo", ""} {
+		method := "GET"
+		if i == 3 {
+			method = "HEAD"
+		}
+		resp, body := readResp(t, br, method)
+		if resp.StatusCode != 200 || body != want || resp.Close {
+			t.Fatalf("response %d: %d %q close=%v, want 200 %q", i+1, resp.StatusCode, body, resp.Close, want)
+		}
+	}
+	// Still open for another request.
+	io.WriteString(c, "GET /5 HTTP/1.1\r\nHost: x\r\n\r\n")
+	if _, body := readResp(t, br, "GET"); body != "5 /5 " {
+		t.Fatalf("after the pipeline: %q", body)
+	}
+}
+
+// TestH1UnreadBody: a body the handler ignores is read and discarded so
+// the connection carries the next request, up to a bound past which the
+// connection is closed instead.
+func TestH1UnreadBody(t *testing.T) {
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.URL.Path)
+	}), nil).BoundAddr()
+	c, br := dialRaw(t, addr)
+	io.WriteString(c, "POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+	if resp, body := readResp(t, br, "POST"); body != "/small" || resp.Close {
+		t.Fatalf("small: %q close=%v", body, resp.Close)
+	}
+	io.WriteString(c, "GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+	if _, body := readResp(t, br, "GET"); body != "/next" {
+		t.Fatalf("next: %q", body)
+	}
+	fmt.Fprintf(c, "POST /huge HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", 1<<30)
+	if resp, _ := readResp(t, br, "POST"); !resp.Close {
+		t.Fatal("connection kept with 1 GiB of body unread")
+	}
+}
+
+func TestH1ResponseFraming(t *testing.T) {
+	big := strings.Repeat("b", 100<<10)
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/small":
+			io.WriteString(w, "small")
+		case "/big":
+			io.WriteString(w, big)
+		case "/declared":
+			w.Header().Set("Content-Length", "5")
+			io.WriteString(w, "12345")
+		case "/short":
+			w.Header().Set("Content-Length", "10")
+			io.WriteString(w, "12345")
+		case "/flush":
+			io.WriteString(w, "a")
+			w.(http.Flusher).Flush()
+			io.WriteString(w, "b")
+		case "/204":
+			w.WriteHeader(http.StatusNoContent)
+			if _, err := io.WriteString(w, "x"); err != http.ErrBodyNotAllowed {
+				panic("body written on a 204")
+			}
+		case "/trailer":
+			w.Header().Set("Trailer", "X-T")
+			io.WriteString(w, "t")
+			w.Header().Set("X-T", "done")
+			w.Header().Set(http.TrailerPrefix+"X-Late", "late")
+		case "/split":
+			w.Header().Set("X-Evil", "a\r\nSet-Cookie: stolen=1")
+			io.WriteString(w, "s")
+		case "/hints":
+			w.Header().Set("Link", "</s.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			io.WriteString(w, "h")
+		}
+	}), nil).BoundAddr()
+
+	get := func(path, proto string) (*http.Response, string, *bufio.Reader) {
+		c, br := dialRaw(t, addr)
+		fmt.Fprintf(c, "GET %s %s\r\nHost: x\r\n\r\n", path, proto)
+		resp, body := readResp(t, br, "GET")
+		return resp, body, br
+	}
+	if resp, body, _ := get("/small", "HTTP/1.1"); resp.ContentLength != 5 || body != "small" || resp.TransferEncoding != nil {
+		t.Errorf("small: CL %d TE %v %q", resp.ContentLength, resp.TransferEncoding, body)
+	}
+	if resp, body, _ := get("/big", "HTTP/1.1"); len(resp.TransferEncoding) != 1 || body != big {
+		t.Errorf("big: TE %v, %d bytes", resp.TransferEncoding, len(body))
+	}
+	if resp, body, _ := get("/big", "HTTP/1.0"); !resp.Close || resp.TransferEncoding != nil || body != big {
+		t.Errorf("big over HTTP/1.0: close %v TE %v, %d bytes", resp.Close, resp.TransferEncoding, len(body))
+	}
+	if resp, body, _ := get("/small", "HTTP/1.0"); resp.Close || resp.ContentLength != 5 || body != "small" {
+		// HTTP/1.0 without keep-alive: the server closes, and says so.
+		if !resp.Close {
+			t.Errorf("small over HTTP/1.0: close %v CL %d", resp.Close, resp.ContentLength)
+		}
+	}
+	if resp, body, _ := get("/declared", "HTTP/1.1"); resp.ContentLength != 5 || body != "12345" {
+		t.Errorf("declared: CL %d %q", resp.ContentLength, body)
+	}
+	c, br := dialRaw(t, addr)
+	io.WriteString(c, "GET /short HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(resp.Body); err == nil {
+		t.Error("short: a body shorter than its Content-Length read as complete")
+	}
+	if resp, body, _ := get("/flush", "HTTP/1.1"); len(resp.TransferEncoding) != 1 || body != "ab" {
+		t.Errorf("flush: TE %v %q", resp.TransferEncoding, body)
+	}
+	if resp, body, _ := get("/204", "HTTP/1.1"); resp.StatusCode != 204 || body != "" {
+		t.Errorf("204: %d %q", resp.StatusCode, body)
+	}
+	if resp, body, _ := get("/trailer", "HTTP/1.1"); body != "t" || resp.Trailer.Get("X-T") != "done" || resp.Trailer.Get("X-Late") != "late" {
+		t.Errorf("trailer: %q %v", body, resp.Trailer)
+	}
+	if resp, _, _ := get("/split", "HTTP/1.1"); resp.Header.Get("Set-Cookie") != "" || !strings.Contains(resp.Header.Get("X-Evil"), "Set-Cookie") {
+		t.Errorf("split: %v", resp.Header)
+	}
+	c, br = dialRaw(t, addr)
+	io.WriteString(c, "GET /hints HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 103 || resp.Header.Get("Link") == "" {
+		t.Fatalf("hints: %v %v", resp, err)
+	}
+	if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != "h" {
+		t.Errorf("after hints: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestH1WatchClient: a handler waiting on something slow after
+// watchClient sees its context canceled when the client leaves.
+func TestH1WatchClient(t *testing.T) {
+	canceled := make(chan struct{})
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		watchClient(r.Context())
+		select {
+		case <-r.Context().Done():
+			close(canceled)
+		case <-time.After(10 * time.Second):
+		}
+	}), nil).BoundAddr()
+	c, _ := dialRaw(t, addr)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(50 * time.Millisecond) // let the handler start waiting
+	c.Close()
+	select {
+	case <-canceled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request's context was not canceled when the client left")
+	}
+}
+
+// TestH1WatchKeepsPipelinedRequest: what the read-ahead of watchClient
+// reads is the next request, and it is served.
+func TestH1WatchKeepsPipelinedRequest(t *testing.T) {
+	release := make(chan struct{})
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		watchClient(r.Context())
+		if r.URL.Path == "/slow" {
+			<-release
+		}
+		io.WriteString(w, r.URL.Path)
+	}), nil).BoundAddr()
+	c, br := dialRaw(t, addr)
+	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(50 * time.Millisecond) // the read-ahead is waiting
+	io.WriteString(c, "GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	for _, want := range []string{"/slow", "/next"} {
+		if _, body := readResp(t, br, "GET"); body != want {
+			t.Fatalf("got %q, want %q", body, want)
+		}
+	}
+}
+
+func TestH1PanicClosesOnlyItsConnection(t *testing.T) {
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/panic" {
+			panic("boom")
+		}
+		io.WriteString(w, "ok")
+	}), nil).BoundAddr()
+	c, br := dialRaw(t, addr)
+	io.WriteString(c, "GET /panic HTTP/1.1\r\nHost: x\r\n\r\n")
+	if _, err := http.ReadResponse(br, nil); err == nil {
+		t.Fatal("a response after a panic")
+	}
+	if _, body := rawExchange(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); body != "ok" {
+		t.Fatalf("after the panic: %q", body)
+	}
+}
+
+// TestH1Shutdown: an idle connection is closed at once, a request in
+// flight completes with Connection: close, and Shutdown returns after it.
+func TestH1Shutdown(t *testing.T) {
+	started, release := make(chan struct{}), make(chan struct{})
+	s := &Server{Addr: "127.0.0.1:0", Logger: testLogger(), Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(started)
+			<-release
+		}
+		io.WriteString(w, "done")
+	})}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	idle, idleBR := dialRaw(t, s.BoundAddr())
+	io.WriteString(idle, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	readResp(t, idleBR, "GET")
+	busy, busyBR := dialRaw(t, s.BoundAddr())
+	io.WriteString(busy, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-started
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		shut <- s.Shutdown(ctx)
+	}()
+	if _, err := idleBR.ReadByte(); err == nil {
+		t.Error("idle connection still open during shutdown")
+	}
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v with a request in flight", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	resp, body := readResp(t, busyBR, "GET")
+	if body != "done" || !resp.Close {
+		t.Errorf("in-flight request: %q close=%v", body, resp.Close)
+	}
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
+
+// FuzzParseRequestHead: any bytes give a request or an error, never a
+// panic, and a request that parses obeys the framing rules.
+func FuzzParseRequestHead(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+		"POST /a?b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+		"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTrailer: X-A\r\n\r\n",
+		"GET http://h/p HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+		"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+		"OPTIONS * HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		lr := lineReader{br: bufio.NewReaderSize(strings.NewReader(string(in)), 64), budget: 1 << 10}
+		r, err := parseRequestHead(&lr)
+		if err != nil {
+			return
+		}
+		if !isToken(r.Method) || r.URL == nil || r.ProtoMajor != 1 {
+			t.Fatalf("accepted %q: method %q URL %v proto %d", in, r.Method, r.URL, r.ProtoMajor)
+		}
+		if r.TransferEncoding != nil && (r.ContentLength != -1 || r.Header["Content-Length"] != nil) {
+			t.Fatalf("accepted %q with both framings", in)
+		}
+		if r.ContentLength < -1 {
+			t.Fatalf("accepted %q with Content-Length %d", in, r.ContentLength)
+		}
+		for k, vv := range r.Header {
+			for _, v := range vv {
+				if !isToken(k) || !validFieldValue(v) {
+					t.Fatalf("accepted %q with field %q: %q", in, k, v)
+				}
+			}
+		}
+	})
+}
