@@ -225,6 +225,11 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	logger := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
 	slog.SetDefault(logger)
+	if pct, limit := tuneGC(os.Getenv, cfg.CacheBytes()); pct > 0 {
+		debug.SetGCPercent(pct)
+		debug.SetMemoryLimit(limit)
+		logger.Debug("garbage collector tuned", "gogc", pct, "memory_limit", limit)
+	}
 
 	node := &mesh.Node{Config: cfg, Logger: logger}
 	if err := node.Start(ctx); err != nil {
@@ -250,6 +255,28 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	return node.Shutdown(sctx)
+}
+
+// GC settings of a node when the environment sets neither GOGC nor
+// GOMEMLIMIT. A proxy's live heap is small beside what it allocates per
+// request, so Go's default (collect when the heap doubles) runs the
+// collector thousands of times a second under load: GOGC=400 cut the CPU
+// of an edge cache hit by 15% (bench/cache-hits.sh). The soft memory limit
+// keeps a full cache from letting the heap grow to five times its size:
+// the collector works harder instead once the heap nears the cache size
+// plus gcHeadroom.
+const (
+	gcPercent  = 400
+	gcHeadroom = 1 << 30
+)
+
+// tuneGC returns the GC percent and memory limit to set, or 0 when the
+// operator chose either through the environment.
+func tuneGC(getenv func(string) string, cacheBytes int64) (int, int64) {
+	if getenv("GOGC") != "" || getenv("GOMEMLIMIT") != "" {
+		return 0, 0
+	}
+	return gcPercent, cacheBytes + gcHeadroom
 }
 
 // bindConfigFlags defines one flag per field of mesh.Config, named by its

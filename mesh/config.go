@@ -640,3 +640,13 @@ func (c *Config) String() string {
 	}
 	return b.String()
 }
+
+// CacheBytes is the edge cache's size in bytes (0 when off, or on other
+// roles); the configuration must have passed Validate.
+func (c *Config) CacheBytes() int64 {
+	if c.Role != RoleEdge {
+		return 0
+	}
+	n, _ := parseSize(c.CacheSize)
+	return n
+}
