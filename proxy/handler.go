@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -435,7 +437,61 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig,
 	} else {
 		c.logger.Warn("proxy: forwarding failed", attrs...)
 	}
+	if t := proxyStatusError(code, err); t != "" {
+		// RFC 9209: says this answer is a proxy's, not the origin's, and
+		// why. Hops after this one keep it; a cache in front reads it as
+		// "the origin could not be reached" (RFC 9111 §4.2.4).
+		w.Header()["Proxy-Status"] = []string{proxyStatusToken(h.Via) + "; error=" + t}
+	}
 	writeError(w, code, msg)
+}
+
+// proxyStatusError is the RFC 9209 §2.3 error type of a request that could
+// not be forwarded, or "" when no upstream was at fault.
+func proxyStatusError(code int, err error) string {
+	var se *StatusError
+	switch {
+	case errors.As(err, &se):
+		if code == http.StatusServiceUnavailable || code == http.StatusBadGateway {
+			return "destination_unavailable"
+		}
+		return ""
+	case isDialError(err):
+		var cve *tls.CertificateVerificationError
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED):
+			return "connection_refused"
+		case isTimeout(err):
+			return "connection_timeout"
+		case errors.As(err, &cve):
+			return "tls_certificate_error"
+		}
+		return "destination_unavailable"
+	case isTimeout(err):
+		return "http_response_timeout"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "connection_terminated"
+	}
+	return "http_protocol_error"
+}
+
+// proxyStatusToken is the proxy's name in Proxy-Status: an sf-token, or
+// "meshd" when the Via pseudonym is not one.
+func proxyStatusToken(name string) string {
+	if name == "" {
+		return "meshd"
+	}
+	c := name[0]
+	if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '*') {
+		return "meshd"
+	}
+	for i := 1; i < len(name); i++ {
+		if !isToken(name[i:i+1]) && name[i] != ':' && name[i] != '/' {
+			return "meshd"
+		}
+	}
+	return name
 }
 
 // writeError sends a short plain-text error. no-store keeps a cache in front

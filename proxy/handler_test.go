@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -838,5 +839,66 @@ func TestTrackedBody(t *testing.T) {
 	in.closed = false
 	if err := tb.Close(); err != nil || !in.closed {
 		t.Fatal("Close after a read did not close the incoming body")
+	}
+}
+
+func TestProxyStatus(t *testing.T) {
+	unit := []struct {
+		name string
+		code int
+		err  error
+		want string
+	}{
+		{"no instance", 503, &StatusError{Code: 503, Msg: "m"}, "destination_unavailable"},
+		{"unknown host is not a fault", 404, &StatusError{Code: 404, Msg: "m"}, ""},
+		{"refused", 502, &dialError{err: &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}}, "connection_refused"},
+		{"dial timeout", 504, &dialError{err: &net.OpError{Op: "dial", Err: timeoutErr{}}}, "connection_timeout"},
+		{"response timeout", 504, fmt.Errorf("x: %w", context.DeadlineExceeded), "http_response_timeout"},
+		{"closed without answering", 502, io.ErrUnexpectedEOF, "connection_terminated"},
+		{"anything else", 502, errors.New("malformed HTTP response"), "http_protocol_error"},
+	}
+	for _, tt := range unit {
+		if got := proxyStatusError(tt.code, tt.err); got != tt.want {
+			t.Errorf("%s: %q, want %q", tt.name, got, tt.want)
+		}
+	}
+	for _, tt := range []struct{ in, want string }{{"", "meshd"}, {"meshd-edge-eu1", "meshd-edge-eu1"}, {"1bad", "meshd"}, {"a b", "meshd"}} {
+		if got := proxyStatusToken(tt.in); got != tt.want {
+			t.Errorf("proxyStatusToken(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+
+	// Through a server: an upstream that closes without answering, and one
+	// that refuses connections.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = bufio.NewReader(c).ReadString('\n')
+			c.Close()
+		}
+	}()
+	hangup := &Upstream{Key: "hangup", Addr: ln.Addr().String()}
+	refused := func() *Upstream { a := refusedAddr(t); return &Upstream{Key: a, Addr: a} }
+	for _, tt := range []struct {
+		name string
+		up   *Upstream
+		want string
+	}{
+		{"hang-up", hangup, "meshd-test; error=connection_terminated"},
+		{"refused", refused(), "meshd-test; error=connection_refused"},
+	} {
+		addr := startProxy(t, &Handler{Route: fixedRoute(tt.up), Via: "meshd-test", MaxAttempts: 1})
+		resp, _ := rawExchange(t, addr, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+		if resp.StatusCode != 502 || resp.Header.Get("Proxy-Status") != tt.want {
+			t.Errorf("%s: %d, Proxy-Status %q; want 502, %q", tt.name, resp.StatusCode, resp.Header.Get("Proxy-Status"), tt.want)
+		}
 	}
 }
