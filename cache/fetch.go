@@ -161,7 +161,7 @@ func (fe *fetcher) run(w http.ResponseWriter) {
 		} else {
 			st.m.misses.Inc()
 		}
-		fw := &fillWriter{fe: fe, client: w, hdr: make(http.Header), conditional: conditional, gen: st.genFor(fe.primary)}
+		fw := &fillWriter{fe: fe, client: w, hdr: make(http.Header), conditional: conditional, mark: st.markNow()}
 		fw.stripped = fe.store || conditional
 		reqTime := st.now()
 		fe.next.ServeHTTP(fw, fe.upstreamRequest(conditional, fw.stripped))
@@ -304,7 +304,7 @@ func (fe *fetcher) refreshed(fw *fillWriter, reqTime time.Time) (e *entry, store
 	})
 	_, auth := fe.r.Header["Authorization"]
 	names, star := parseVary(merged["Vary"])
-	if ok, _ := storable(old.status, e.cc, merged, fe.rc, auth); ok && !star && slices.Equal(names, old.vary) && fw.gen == st.genFor(fe.primary) {
+	if ok, _ := storable(old.status, e.cc, merged, fe.rc, auth); ok && !star && slices.Equal(names, old.vary) && st.unchanged(fw.mark, fe.primary) {
 		stored = st.set(e)
 	} else {
 		st.release(old)
@@ -318,7 +318,7 @@ func (fe *fetcher) refreshed(fw *fillWriter, reqTime time.Time) (e *entry, store
 func (fw *fillWriter) storeResult(reqTime time.Time) *entry {
 	fe := fw.fe
 	st := fe.st
-	if !fw.tee || fw.failed || fw.gen != st.genFor(fe.primary) {
+	if !fw.tee || fw.failed || !st.unchanged(fw.mark, fe.primary) {
 		return nil
 	}
 	if cl := fw.hdr["Content-Length"]; len(cl) == 1 {
@@ -424,7 +424,7 @@ type fillWriter struct {
 	hdr         http.Header
 	conditional bool // meshd sent the stored response's validators
 	stripped    bool // the client's conditionals were removed upstream
-	gen         uint64
+	mark        mark // the store's state when the fetch started
 	wrote       bool
 	status      int
 	mode        fwMode
@@ -458,7 +458,7 @@ func (fw *fillWriter) WriteHeader(code int) {
 		fw.mode = modeStaleError
 		return
 	}
-	if fe.store && fw.gen == st.genFor(fe.primary) {
+	if fe.store && st.unchanged(fw.mark, fe.primary) {
 		cc := responseCC(fw.hdr, st.name)
 		_, auth := fe.r.Header["Authorization"]
 		ok, _ := storable(code, cc, fw.hdr, fe.rc, auth)

@@ -303,12 +303,11 @@ type state struct {
 	// gen changes on every purge; a fetch that started before a purge
 	// does not store its response.
 	gen atomic.Uint64
-	// inval counts invalidations (RFC 9111 §4.4) per slot of primary key
-	// hashes: a fetch that started before an invalidation of its own URL
-	// does not store its response, while fetches of other URLs are not
-	// disturbed (a global counter would keep a site that receives POSTs
-	// from storing anything). Two URLs sharing a slot only cost a store.
-	inval [invalSlots]atomic.Uint64
+	// inval records invalidations (RFC 9111 §4.4): a fetch that started
+	// before an invalidation of its own URL does not store its response,
+	// while fetches of other URLs are not disturbed (a global counter
+	// would keep a site that receives POSTs from storing anything).
+	inval invalLog
 
 	flightMu sync.Mutex
 	flights  map[string]*flight
@@ -317,12 +316,66 @@ type state struct {
 	idx index
 }
 
-const invalSlots = 1024
+// mark is what a fetch records when it starts, to tell at the end
+// whether a purge or an invalidation of its URL happened meanwhile.
+type mark struct {
+	gen, inval uint64
+}
 
-// genFor returns the store generation a fetch of primary records: it
-// changes with every purge and with every invalidation of primary.
-func (st *state) genFor(primary string) uint64 {
-	return st.gen.Load() + st.inval[st.hashString(primary)%invalSlots].Load()
+// markNow returns the mark of a fetch starting now.
+func (st *state) markNow() mark {
+	return mark{gen: st.gen.Load(), inval: st.inval.seq.Load()}
+}
+
+// unchanged reports whether nothing since m forbids storing a response
+// for primary: no purge, and no invalidation of primary. Invalidations
+// of other URLs do not count, exactly: a fetch that lost its store to an
+// unrelated POST made the client's next request a miss.
+func (st *state) unchanged(m mark, primary string) bool {
+	if st.gen.Load() != m.gen {
+		return false
+	}
+	return !st.inval.since(m.inval, st.hashString(primary))
+}
+
+// invalRing is how many recent invalidations are remembered. A fetch
+// that outlives more of them than that does not store its response.
+const invalRing = 1024
+
+// invalLog remembers the primary key hashes of recent invalidations, in
+// order. Reading it costs one atomic load while nothing was invalidated.
+type invalLog struct {
+	seq  atomic.Uint64 // invalidations so far
+	mu   sync.Mutex
+	ring [invalRing]uint64 // ring[i%invalRing]: hash of invalidation i
+}
+
+func (l *invalLog) add(h uint64) {
+	l.mu.Lock()
+	n := l.seq.Load()
+	l.ring[n%invalRing] = h
+	l.seq.Store(n + 1)
+	l.mu.Unlock()
+}
+
+// since reports whether h was invalidated after invalidation number
+// start, or whether too many invalidations happened to tell.
+func (l *invalLog) since(start, h uint64) bool {
+	if l.seq.Load() == start {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	end := l.seq.Load()
+	if end-start > invalRing {
+		return true
+	}
+	for i := start; i != end; i++ {
+		if l.ring[i%invalRing] == h {
+			return true
+		}
+	}
+	return false
 }
 
 type paddedCounter struct {
@@ -563,7 +616,7 @@ func (s *Store) purge(pick func(*index) []*entry) int {
 // invalidate removes every variant stored for a primary key
 // (RFC 9111 §4.4).
 func (st *state) invalidate(primary string) {
-	st.inval[st.hashString(primary)%invalSlots].Add(1)
+	st.inval.add(st.hashString(primary))
 	st.idx.mu.Lock()
 	victims := collect(st.idx.byPrimary[primary], nil)
 	st.idx.mu.Unlock()
