@@ -70,8 +70,15 @@
 // If-Match and If-Unmodified-Since go to the origin.
 // stale-while-revalidate serves the stale response and revalidates once in
 // the background; stale-if-error serves it when the origin answers 500,
-// 502, 503 or 504. must-revalidate, proxy-revalidate and s-maxage forbid
-// serving stale.
+// 502, 503 or 504. When the origin cannot be reached at all, the cache is
+// disconnected (RFC 9111 §4.2.4) and serves the stale response it still
+// keeps, without stale-if-error: meshd knows this from a 5xx carrying a
+// Proxy-Status member with an error parameter (RFC 9209), which a proxy
+// on the way, meshd's own included, adds to an error it answered itself
+// (connection_terminated, connection_refused, http_response_timeout...).
+// Such an error is never stored. A 5xx without one is the origin's own
+// answer. must-revalidate, proxy-revalidate and s-maxage forbid serving
+// stale, and so does no-cache in the response or the request.
 //
 // A successful (2xx, 3xx) unsafe request invalidates its target URI and
 // the Location and Content-Location URIs on the same host (RFC 9111 §4.4).
@@ -92,6 +99,7 @@
 //	meshd; fwd=vary-miss                            stored variants did not match
 //	meshd; fwd=stale; fwd-status=304                revalidated
 //	meshd; fwd=stale; fwd-status=503; detail=stale-if-error
+//	meshd; fwd=stale; fwd-status=502; detail=disconnected   the origin was unreachable
 //	meshd; fwd=request                              request directives forced forwarding
 //	meshd; fwd=uri-miss; collapsed                  answered by a concurrent request's fetch
 //	meshd; fwd=method                               not GET or HEAD

@@ -142,7 +142,7 @@ type fwMode int
 const (
 	modeStream      fwMode = iota // the response goes to the client, maybe into the store too
 	modeNotModified               // a 304 to meshd's conditional request, absorbed
-	modeStaleError                // an error the stored response stands in for (RFC 5861 §4)
+	modeStaleError                // an error the stored response stands in for (RFC 9111 §4.2.4, RFC 5861 §4)
 )
 
 // run forwards the request and answers the client (w nil: background
@@ -201,7 +201,7 @@ func (fe *fetcher) run(w http.ResponseWriter) {
 		case modeStaleError:
 			st.m.staleServed.Inc()
 			if w != nil {
-				status := st.name + "; fwd=" + fe.reason + "; fwd-status=" + strconv.Itoa(fw.status) + "; detail=stale-if-error"
+				status := st.name + "; fwd=" + fe.reason + "; fwd-status=" + strconv.Itoa(fw.status) + "; detail=" + fw.detail
 				st.writeEntry(w, fe.r, fe.old, fe.old.currentAge(st.now()), []string{status})
 			}
 			return
@@ -259,21 +259,35 @@ func (fe *fetcher) upstreamRequest(conditional, strip bool) *http.Request {
 }
 
 // staleOnError reports whether the stored response may answer instead of
-// a 500, 502, 503 or 504 (RFC 5861 §4; never past must-revalidate,
-// proxy-revalidate or s-maxage, RFC 9111 §4.2.4).
-func (fe *fetcher) staleOnError(code int, now time.Time) bool {
+// an error, and the Cache-Status detail to say why:
+//
+//   - "disconnected": a proxy on the way answered the error itself (see
+//     originUnreached), so the cache is disconnected from the origin and
+//     may serve stale (RFC 9111 §4.2.4), for as long as it keeps the
+//     entry, unless no-cache forbids reuse without validation;
+//   - "stale-if-error": the origin answered 500, 502, 503 or 504 within
+//     a stale-if-error window (RFC 5861 §4).
+//
+// Never past must-revalidate, proxy-revalidate or s-maxage (RFC 9111
+// §4.2.4), nor for a request with no-cache, which asked for the origin's
+// answer.
+func (fe *fetcher) staleOnError(code int, h http.Header, now time.Time) (bool, string) {
+	old := fe.old
+	if code < 500 || old == nil || fe.background || old.noStale() || fe.rc.noCache {
+		return false, ""
+	}
+	if originUnreached(code, h) {
+		return !old.cc.noCache, "disconnected"
+	}
 	switch code {
 	case 500, 502, 503, 504:
 	default:
-		return false
-	}
-	old := fe.old
-	if old == nil || fe.background || old.noStale() || fe.rc.noCache {
-		return false
+		return false, ""
 	}
 	staleness := old.currentAge(now) - old.lifetime
-	return (old.cc.sie != absent && staleness <= secs(old.cc.sie)) ||
+	ok := (old.cc.sie != absent && staleness <= secs(old.cc.sie)) ||
 		(fe.rc.staleIfError != absent && staleness <= secs(fe.rc.staleIfError))
+	return ok, "stale-if-error"
 }
 
 // refreshed builds the stored response updated by a 304 (RFC 9111
@@ -422,9 +436,10 @@ type fillWriter struct {
 	fe          *fetcher
 	client      http.ResponseWriter // nil for background refreshes
 	hdr         http.Header
-	conditional bool // meshd sent the stored response's validators
-	stripped    bool // the client's conditionals were removed upstream
-	mark        mark // the store's state when the fetch started
+	conditional bool   // meshd sent the stored response's validators
+	stripped    bool   // the client's conditionals were removed upstream
+	mark        mark   // the store's state when the fetch started
+	detail      string // why a stale response stands in for an error
 	wrote       bool
 	status      int
 	mode        fwMode
@@ -454,11 +469,11 @@ func (fw *fillWriter) WriteHeader(code int) {
 		fw.mode = modeNotModified
 		return
 	}
-	if fe.staleOnError(code, fw.respTime) {
-		fw.mode = modeStaleError
+	if ok, detail := fe.staleOnError(code, fw.hdr, fw.respTime); ok {
+		fw.mode, fw.detail = modeStaleError, detail
 		return
 	}
-	if fe.store && st.unchanged(fw.mark, fe.primary) {
+	if fe.store && st.unchanged(fw.mark, fe.primary) && !originUnreached(code, fw.hdr) {
 		cc := responseCC(fw.hdr, st.name)
 		_, auth := fe.r.Header["Authorization"]
 		ok, _ := storable(code, cc, fw.hdr, fe.rc, auth)
