@@ -42,6 +42,10 @@ type respCC struct {
 	// privateFields lists the field names of a qualified private directive
 	// (RFC 9111 §5.2.2.7): the response is shareable without them.
 	privateFields []string
+	// noCacheFields lists the field names of a qualified no-cache
+	// (RFC 9111 §5.2.2.4): they must not be reused without validation,
+	// so they are not stored, and the rest of the response is reused.
+	noCacheFields []string
 	// targeted is set when the directives came from a field targeted at
 	// CDNs (see targeted.go): Expires is then ignored too.
 	targeted bool
@@ -277,10 +281,16 @@ func parseRespCC(lines []string) respCC {
 					c.sie = n
 				}
 			case strings.EqualFold(d.name, "no-cache"):
-				// A qualified no-cache="field" is treated like the
-				// unqualified form: always revalidating is allowed by
-				// RFC 9111 §5.2.2.4 and never serves the named fields
-				// unvalidated.
+				// A qualified no-cache="field" (RFC 9111 §5.2.2.4) lets
+				// the response be reused without validation, but not the
+				// named fields: they are not stored. One that names no
+				// valid field counts as unqualified.
+				if d.hasValue {
+					if f := fieldNames(d); len(f) > 0 {
+						c.noCacheFields = append(c.noCacheFields, f...)
+						continue
+					}
+				}
 				c.noCache = true
 			case strings.EqualFold(d.name, "no-store"):
 				c.noStore = true
@@ -333,6 +343,9 @@ func (c respCC) String() string {
 	flag("must-understand", c.mustUnderstand)
 	if len(c.privateFields) > 0 {
 		parts = append(parts, `private="`+strings.Join(c.privateFields, ", ")+`"`)
+	}
+	if len(c.noCacheFields) > 0 {
+		parts = append(parts, `no-cache="`+strings.Join(c.noCacheFields, ", ")+`"`)
 	}
 	return strings.Join(parts, ", ")
 }

@@ -15,7 +15,9 @@
 // not know needs explicit freshness and no must-understand, §5.2.2.3),
 // and only what a shared cache may keep: never no-store (unless
 // must-understand vouches for the status, §5.2.2.3), never private;
-// private="field" stores the response without the named fields. A
+// private="field" and no-cache="field" (RFC 9111 §5.2.2.7, §5.2.2.4)
+// store the response without the named fields, and then reuse it
+// without validation like any other. A
 // response is stored when it has explicit freshness (s-maxage, max-age,
 // Expires), is public, or has a status code cacheable by default (RFC
 // 9110 §15.1). Partial (206) responses are not stored; full responses
@@ -30,11 +32,13 @@
 // credentials must say private or no-store.
 //
 // Set-Cookie: a response with Set-Cookie is stored only when it is
-// explicitly public, and then without its Set-Cookie field: the client
-// that caused the fetch gets the cookie, later clients get the shared
+// explicitly public or names Set-Cookie in private="..." or
+// no-cache="...", and then without its Set-Cookie field: the client that
+// caused the fetch gets the cookie, later clients get the shared
 // representation and never another user's cookie. Replaying one user's
-// cookies to everybody is the classic shared-cache leak, and "public" is
-// the origin's explicit statement that the content itself is shareable.
+// cookies to everybody is the classic shared-cache leak; "public", or
+// withholding the cookie by name, is the origin's explicit statement that
+// the rest of the response is shareable.
 //
 // CDN-Cache-Control (RFC 9213) and then Surrogate-Control (W3C Edge
 // Architecture; directives for another device token are skipped, and

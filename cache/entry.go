@@ -146,7 +146,7 @@ func storable(status int, cc respCC, h http.Header, req reqCC, auth bool) (bool,
 		return false, "private" // RFC 9111 §5.2.2.7
 	case auth && !cc.public && cc.sMaxAge == absent && !cc.mustRevalidate:
 		return false, "authorization" // RFC 9111 §3.5
-	case len(h["Set-Cookie"]) > 0 && !cc.public:
+	case len(h["Set-Cookie"]) > 0 && !cc.public && !cc.withholds("Set-Cookie"):
 		return false, "set-cookie" // meshd policy, see doc.go
 	case len(h["Trailer"]) > 0:
 		return false, "trailer"
@@ -160,6 +160,13 @@ func storable(status int, cc respCC, h http.Header, req reqCC, auth bool) (bool,
 		return true, ""
 	}
 	return false, "not cacheable"
+}
+
+// withholds reports whether a qualified private or no-cache directive
+// names the field: the response is stored without it (RFC 9111
+// §5.2.2.7, §5.2.2.4).
+func (c *respCC) withholds(name string) bool {
+	return slices.Contains(c.privateFields, name) || slices.Contains(c.noCacheFields, name)
 }
 
 // excluded reports whether a response field is never stored: hop-by-hop
@@ -245,7 +252,7 @@ func newEntry(p entryParams) *entry {
 	}
 	e.header = make(http.Header, len(p.header)+1)
 	for name, vals := range p.header {
-		if excluded(name) || slices.Contains(connFields, name) || slices.Contains(cc.privateFields, name) || len(vals) == 0 {
+		if excluded(name) || slices.Contains(connFields, name) || cc.withholds(name) || len(vals) == 0 {
 			continue
 		}
 		e.header[name] = slices.Clip(slices.Clone(vals))
