@@ -69,7 +69,10 @@
 // no-cache without Cache-Control), no-store and only-if-cached (504 when
 // nothing stored can answer) are honoured. Stale responses with an ETag or
 // Last-Modified are revalidated with a conditional request; a 304 updates
-// the stored header fields (except Content-Length). Clients' own
+// the stored header fields (except Content-Length). So does a 200 to a
+// HEAD that went to the origin, when its ETag, Last-Modified and
+// Content-Length (those it has) match the stored GET response; when they
+// do not, the stored response is removed (RFC 9111 §4.3.5). Clients' own
 // If-None-Match and If-Modified-Since are answered 304 from fresh entries;
 // If-Match and If-Unmodified-Since go to the origin.
 // stale-while-revalidate serves the stale response and revalidates once in

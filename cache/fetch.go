@@ -143,6 +143,7 @@ const (
 	modeStream      fwMode = iota // the response goes to the client, maybe into the store too
 	modeNotModified               // a 304 to meshd's conditional request, absorbed
 	modeStaleError                // an error the stored response stands in for (RFC 9111 §4.2.4, RFC 5861 §4)
+	modeHead                      // a 200 to HEAD, held back to update the stored GET response (RFC 9111 §4.3.5)
 )
 
 // run forwards the request and answers the client (w nil: background
@@ -197,6 +198,21 @@ func (fe *fetcher) run(w http.ResponseWriter) {
 				}
 				st.writeEntry(w, fe.r, e, e.currentAge(st.now()), []string{status})
 			}
+			return
+		case modeHead:
+			if e, stored := fe.headUpdated(fw, reqTime); e != nil {
+				st.settle()
+				if w != nil {
+					status := st.name + "; fwd=" + fe.reason + "; fwd-status=200"
+					if stored {
+						status += "; stored"
+					}
+					st.writeEntry(w, fe.r, e, e.currentAge(st.now()), []string{status})
+				}
+				return
+			}
+			fw.mode = modeStream
+			fw.relayHeader(fw.status)
 			return
 		case modeStaleError:
 			st.m.staleServed.Inc()
@@ -294,10 +310,59 @@ func (fe *fetcher) staleOnError(code int, h http.Header, now time.Time) (bool, s
 // §4.3.4, §3.2) and stores it when it still may be. ok is false when the
 // 304 is for a different representation.
 func (fe *fetcher) refreshed(fw *fillWriter, reqTime time.Time) (e *entry, stored, ok bool) {
-	st, old := fe.st, fe.old
-	if et := firstValue(fw.hdr["Etag"]); et != "" && (old.etag == "" || !etagEqual(et, old.etag, false)) {
+	if et := firstValue(fw.hdr["Etag"]); et != "" && (fe.old.etag == "" || !etagEqual(et, fe.old.etag, false)) {
 		return nil, false, false
 	}
+	e, stored = fe.update(fw, reqTime)
+	return e, stored, true
+}
+
+// headUpdated applies a 200 response to a HEAD to the stored GET response
+// it was forwarded for (RFC 9111 §4.3.5): when the validators and
+// Content-Length it carries match the stored response, the stored header
+// fields are updated as a 304 would, and the result is returned. When
+// they do not, the stored response describes another representation and
+// is invalidated; e is nil then.
+func (fe *fetcher) headUpdated(fw *fillWriter, reqTime time.Time) (e *entry, stored bool) {
+	old := fe.old
+	if !sameRepresentation(old, fw.hdr) {
+		fe.st.release(old)
+		fe.st.del(old.key)
+		return nil, false
+	}
+	return fe.update(fw, reqTime)
+}
+
+// sameRepresentation reports whether a HEAD response's ETag,
+// Last-Modified and Content-Length, each when present, match a stored
+// 200 response (RFC 9111 §4.3.5).
+func sameRepresentation(old *entry, h http.Header) bool {
+	if old.status != http.StatusOK {
+		return false
+	}
+	if et, ok := h["Etag"]; ok && (len(et) != 1 || et[0] != old.etag) {
+		return false
+	}
+	if lm, ok := h["Last-Modified"]; ok {
+		t, err := parseHTTPDate(firstValue(lm))
+		if len(lm) != 1 || err != nil || !old.hasLM || !t.Equal(old.lastMod) {
+			return false
+		}
+	}
+	if cl, ok := h["Content-Length"]; ok {
+		n, valid := parseDigits(firstValue(cl))
+		if len(cl) != 1 || !valid || n != int64(len(old.body)) {
+			return false
+		}
+	}
+	return true
+}
+
+// update builds the stored response with the header fields of a 304 or
+// of a 200 to HEAD merged in (RFC 9111 §3.2), and stores it when it
+// still may be stored; otherwise the old one is removed.
+func (fe *fetcher) update(fw *fillWriter, reqTime time.Time) (e *entry, stored bool) {
+	st, old := fe.st, fe.old
 	merged := old.header.Clone()
 	for k, v := range fw.hdr {
 		switch k {
@@ -307,8 +372,8 @@ func (fe *fetcher) refreshed(fw *fillWriter, reqTime time.Time) (e *entry, store
 		merged[k] = v
 	}
 	if _, ok := fw.hdr["Date"]; !ok {
-		// The 304 is a message without Date: the time it was received
-		// stands in (RFC 9110 §6.6.1), not the old response's Date.
+		// A response without Date: the time it was received stands in
+		// (RFC 9110 §6.6.1), not the old response's Date.
 		merged["Date"] = []string{fw.respTime.UTC().Format(http.TimeFormat)}
 	}
 	e = newEntry(entryParams{
@@ -324,7 +389,7 @@ func (fe *fetcher) refreshed(fw *fillWriter, reqTime time.Time) (e *entry, store
 		st.release(old)
 		st.del(old.key)
 	}
-	return e, stored, true
+	return e, stored
 }
 
 // storeResult stores the streamed response when it was complete and
@@ -473,6 +538,10 @@ func (fw *fillWriter) WriteHeader(code int) {
 		fw.mode, fw.detail = modeStaleError, detail
 		return
 	}
+	if code == http.StatusOK && fe.r.Method == http.MethodHead && fe.old != nil && !fe.background {
+		fw.mode = modeHead
+		return
+	}
 	if fe.store && st.unchanged(fw.mark, fe.primary) && !originUnreached(code, fw.hdr) {
 		cc := responseCC(fw.hdr, st.name)
 		_, auth := fe.r.Header["Authorization"]
@@ -491,6 +560,14 @@ func (fw *fillWriter) WriteHeader(code int) {
 		// Nothing to share: release the waiters now, not after the body.
 		st.finish(fe.flight, nil)
 	}
+	fw.relayHeader(code)
+}
+
+// relayHeader sends the upstream response's header to the client, or a
+// 304 when the client's own conditions match it.
+func (fw *fillWriter) relayHeader(code int) {
+	fe := fw.fe
+	st := fe.st
 	if fw.client == nil {
 		return
 	}
