@@ -240,10 +240,11 @@ parse_h2() {
 	echo "$res $p99"
 }
 
-# load_wrk OUT SECONDS URL HOST: wrk over plain HTTP/1.1.
+# load_wrk OUT SECONDS URL HOST [WRK ARGS...]: wrk over plain HTTP/1.1.
 load_wrk() {
 	local out=$1 secs=$2 url=$3 host=$4
-	wrk -t "$THREADS" -c "$CONNS" -d "${secs}s" --latency -H "Host: $host" "$url" >"$out" 2>&1 ||
+	shift 4
+	wrk -t "$THREADS" -c "$CONNS" -d "${secs}s" --latency -H "Host: $host" "$@" "$url" >"$out" 2>&1 ||
 		die "wrk failed: $(cat "$out")"
 	parse_wrk "$out" || die "wrk saw errors against $url (or its output is unreadable):
 $(cat "$out")"
