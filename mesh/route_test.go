@@ -82,3 +82,19 @@ func FuzzHostRouting(f *testing.F) {
 		}
 	})
 }
+
+func TestGatewayHTTP1(t *testing.T) {
+	tests := []struct {
+		own, peer string
+		want      bool
+	}{
+		{"eu", "eu", true},
+		{"eu", "us", false},
+		{"", "eu", false}, // an edge without a region
+	}
+	for _, tt := range tests {
+		if got := gatewayHTTP1(tt.own, tt.peer); got != tt.want {
+			t.Errorf("gatewayHTTP1(%q, %q) = %v, want %v", tt.own, tt.peer, got, tt.want)
+		}
+	}
+}
