@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // The HTTP/1.1 fast path.
@@ -265,7 +267,7 @@ func (pc *h1Conn) exchangeLocked(req *http.Request) (*http.Response, error) {
 		// ResponseHeaderTimeout does; the body has no deadline.
 		_ = pc.c.SetReadDeadline(time.Now().Add(p.headerTimeout))
 	}
-	if err := req.Write(pc.bw); err != nil {
+	if err := writeRequestHead(pc.bw, req); err != nil {
 		return nil, pc.failed(fmt.Errorf("write request: %w", err))
 	}
 	if err := pc.bw.Flush(); err != nil {
@@ -360,6 +362,58 @@ func (b *h1Body) Close() error {
 	b.pc.close()
 	_ = b.rc.Close() // returns at once: the connection is closed
 	return nil
+}
+
+// writeRequestHead writes the request line and header section of a
+// request without a body, as http.Request.Write would for it, minus what a
+// proxy must not add: no User-Agent of Go's own (an empty User-Agent value
+// sends none), and fields in map order rather than sorted (order across
+// field names carries no meaning, RFC 9110 §5.3). Field names and values
+// were checked by checkRequestHeader.
+func writeRequestHead(w *bufio.Writer, req *http.Request) error {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	if !httpguts.ValidHostHeader(host) {
+		return fmt.Errorf("invalid Host %q", host)
+	}
+	w.WriteString(req.Method)
+	w.WriteByte(' ')
+	if req.Method == http.MethodConnect && req.URL.Path == "" {
+		w.WriteString(host)
+	} else {
+		w.WriteString(req.URL.RequestURI())
+	}
+	w.WriteString(" HTTP/1.1\r\nHost: ")
+	w.WriteString(host)
+	w.WriteString("\r\n")
+	if ua := req.Header["User-Agent"]; len(ua) > 0 && ua[0] != "" {
+		writeField(w, "User-Agent", ua[0])
+	}
+	if req.Method != http.MethodGet && req.Method != http.MethodHead {
+		// As Go's transport does: servers expect a length for other
+		// methods even without a body.
+		w.WriteString("Content-Length: 0\r\n")
+	}
+	for k, vv := range req.Header {
+		switch k {
+		case "Host", "User-Agent", "Content-Length", "Transfer-Encoding", "Trailer":
+			continue
+		}
+		for _, v := range vv {
+			writeField(w, k, v)
+		}
+	}
+	_, err := w.WriteString("\r\n")
+	return err
+}
+
+func writeField(w *bufio.Writer, k, v string) {
+	w.WriteString(k)
+	w.WriteString(": ")
+	w.WriteString(v)
+	w.WriteString("\r\n")
 }
 
 // useFastPath reports whether req can go through the fast path: no body

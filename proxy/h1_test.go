@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -444,4 +445,58 @@ func FuzzFastPathResponse(f *testing.F) {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	})
+}
+
+func TestWriteRequestHead(t *testing.T) {
+	tests := []struct {
+		name, method, url, host string
+		header                  http.Header
+		want                    []string // lines that must be there
+		not                     []string // substrings that must not
+	}{
+		{"get with query", "GET", "http://up/a%20b?x=1", "web.example", http.Header{"User-Agent": {""}, "Accept": {"*/*"}},
+			[]string{"GET /a%20b?x=1 HTTP/1.1", "Host: web.example", "Accept: */*"}, []string{"User-Agent", "Content-Length"}},
+		{"delete has a length", "DELETE", "http://up/x", "", http.Header{"User-Agent": {"curl/8"}},
+			[]string{"DELETE /x HTTP/1.1", "Host: up", "User-Agent: curl/8", "Content-Length: 0"}, nil},
+		{"framing fields never copied", "GET", "http://up/", "h", http.Header{"Host": {"evil"}, "Transfer-Encoding": {"chunked"}, "Content-Length": {"5"}},
+			[]string{"Host: h"}, []string{"evil", "chunked", "Content-Length"}},
+	}
+	for _, tt := range tests {
+		req, _ := http.NewRequest(tt.method, tt.url, nil)
+		req.Host, req.Header = tt.host, tt.header
+		var buf bytes.Buffer
+		bw := bufio.NewWriter(&buf)
+		if err := writeRequestHead(bw, req); err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		bw.Flush()
+		out := buf.String()
+		if !strings.HasSuffix(out, "\r\n\r\n") {
+			t.Errorf("%s: head not terminated: %q", tt.name, out)
+		}
+		// What Go's own parser reads back is what was meant.
+		back, err := http.ReadRequest(bufio.NewReader(strings.NewReader(out)))
+		if err != nil {
+			t.Errorf("%s: unreadable head %q: %v", tt.name, out, err)
+			continue
+		}
+		if back.Method != tt.method {
+			t.Errorf("%s: method %q", tt.name, back.Method)
+		}
+		for _, l := range tt.want {
+			if !strings.Contains(out, l+"\r\n") {
+				t.Errorf("%s: missing %q in %q", tt.name, l, out)
+			}
+		}
+		for _, s := range tt.not {
+			if strings.Contains(out, s) {
+				t.Errorf("%s: %q in %q", tt.name, s, out)
+			}
+		}
+	}
+	req, _ := http.NewRequest("GET", "http://up/", nil)
+	req.Host = "bad host\r\nX: y"
+	if err := writeRequestHead(bufio.NewWriter(io.Discard), req); err == nil {
+		t.Error("an invalid Host was written")
+	}
 }
