@@ -3,10 +3,12 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -493,6 +495,70 @@ func FuzzParseRequestHead(f *testing.F) {
 					t.Fatalf("accepted %q with field %q: %q", in, k, v)
 				}
 			}
+		}
+	})
+}
+
+// FuzzH1Conn feeds arbitrary bytes to a connection of the HTTP/1.1 server:
+// whatever comes in, the server answers with well-formed responses only,
+// never panics and lets the connection go within its timeouts.
+func FuzzH1Conn(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX: y\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+		"HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.0\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	s := &h1srv{
+		handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n, _ := io.Copy(io.Discard, r.Body)
+			if r.URL.Path == "/b" {
+				w.(http.Flusher).Flush()
+			}
+			fmt.Fprintf(w, "%s %d", r.Method, n)
+		}),
+		headerTimeout:  200 * time.Millisecond,
+		idleTimeout:    200 * time.Millisecond,
+		maxHeaderBytes: 4 << 10,
+		logger:         testLogger(),
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		client, server := net.Pipe()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.serve(server, nil)
+		}()
+		_ = client.SetDeadline(time.Now().Add(5 * time.Second))
+		go func() { _, _ = client.Write(in) }()
+		br := bufio.NewReader(client)
+		for i := 0; ; i++ {
+			if _, err := br.Peek(1); err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("server neither answered nor closed within 5 s for %q", in)
+				}
+				break // closed
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("malformed response %d to %q: %v", i, in, err)
+			}
+			if _, err := io.Copy(io.Discard, resp.Body); err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Fatalf("response %d body to %q: %v", i, in, err)
+			}
+			if resp.StatusCode < 100 || resp.StatusCode > 599 {
+				t.Fatalf("status %d to %q", resp.StatusCode, in)
+			}
+		}
+		client.Close()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("connection goroutine still running 5 s after the client left (%q)", in)
 		}
 	})
 }
