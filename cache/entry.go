@@ -29,9 +29,12 @@ type entry struct {
 	status    int
 	fields    []field // stored header fields, Content-Length excluded
 	fields304 []field // the subset a 304 carries (RFC 9110 §15.4.5)
-	body      []byte
-	clen      []string
-	header    http.Header // the stored fields as a header, for revalidation merges
+	// raw is fields serialized ("Name: value\r\n" each), for response
+	// writers that take a header block as bytes (see rawHeaderWriter).
+	raw    []byte
+	body   []byte
+	clen   []string
+	header http.Header // the stored fields as a header, for revalidation merges
 
 	reqTime  time.Time
 	respTime time.Time
@@ -276,6 +279,7 @@ func newEntry(p entryParams) *entry {
 			e.fields304 = append(e.fields304, f)
 		}
 	}
+	e.raw = appendRawFields(nil, e.fields)
 	e.etag = firstValue(e.header["Etag"])
 	if lm := firstValue(e.header["Last-Modified"]); lm != "" {
 		if t, err := parseHTTPDate(lm); err == nil {
@@ -383,4 +387,25 @@ func firstMember(v []string) string {
 		s = s[:i]
 	}
 	return strings.TrimSpace(s)
+}
+
+// appendRawFields serializes fields as a header block. Stored values came
+// through an HTTP parser, but a CR, LF or NUL is still made a space, as Go's
+// server does, so the block can never split a response.
+func appendRawFields(b []byte, fields []field) []byte {
+	for _, f := range fields {
+		for _, v := range f.values {
+			b = append(b, f.name...)
+			b = append(b, ": "...)
+			for i := 0; i < len(v); i++ {
+				c := v[i]
+				if c == '\r' || c == '\n' || c == 0 {
+					c = ' '
+				}
+				b = append(b, c)
+			}
+			b = append(b, "\r\n"...)
+		}
+	}
+	return b
 }

@@ -174,8 +174,10 @@ func (st *state) writeEntry(w http.ResponseWriter, r *http.Request, e *entry, ag
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
-	for _, f := range e.fields {
-		h[f.name] = f.values
+	if !writeRaw(w, h, e) {
+		for _, f := range e.fields {
+			h[f.name] = f.values
+		}
 	}
 	h["Age"] = e.ageHeader(age)
 	h["Cache-Status"] = status
@@ -204,6 +206,38 @@ func (st *state) writeEntry(w http.ResponseWriter, r *http.Request, e *entry, ag
 	if r.Method != http.MethodHead && len(e.body) > 0 {
 		_, _ = w.Write(e.body)
 	}
+}
+
+// rawHeaderWriter is a response writer that takes header fields as a
+// serialized block, written after the fields of its Header(): meshd's
+// HTTP/1.1 server (proxy.h1resp). A hit then costs no header map
+// operations for the stored fields.
+type rawHeaderWriter interface {
+	AddRawHeader(block []byte)
+}
+
+// writeRaw hands e's stored fields to the server as bytes when the writer
+// under w (through Unwrap) takes them and none of them is already in h (a
+// field set by an outer handler must be replaced by the stored one, as the
+// map path does). It reports whether it did.
+func writeRaw(w http.ResponseWriter, h http.Header, e *entry) bool {
+	for k := range h {
+		if _, stored := e.header[k]; stored {
+			return false
+		}
+	}
+	for range 8 {
+		if rw, ok := w.(rawHeaderWriter); ok {
+			rw.AddRawHeader(e.raw)
+			return true
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return false
+		}
+		w = u.Unwrap()
+	}
+	return false
 }
 
 // notModified evaluates If-None-Match, or else If-Modified-Since, against

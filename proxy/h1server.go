@@ -363,6 +363,7 @@ type h1resp struct {
 	closeAfter  bool
 	clen        int64 // declared Content-Length; -1 unknown
 	written     int64 // body bytes the handler wrote
+	raw         []byte
 }
 
 // maxLazyBody is how much of a body without Content-Length is held back to
@@ -370,6 +371,18 @@ type h1resp struct {
 const maxLazyBody = 2 << 10
 
 func (w *h1resp) Header() http.Header { return w.header }
+
+// AddRawHeader adds header fields already serialized ("Name: value\r\n"
+// each, names tokens, values without CR or LF): meshd's cache hands its
+// stored fields over this way and skips building a map. They are written
+// after the fields of Header() and replace the server's own Date field, so
+// the block must carry one. The block must not change until the response is
+// finished; it is ignored once the header was sent.
+func (w *h1resp) AddRawHeader(block []byte) {
+	if !w.headerSent {
+		w.raw = block
+	}
+}
 
 func (w *h1resp) WriteHeader(code int) {
 	if w.status != 0 {
@@ -531,7 +544,8 @@ func (w *h1resp) sendHeader() {
 	}
 	b = appendStatus(b, w.status)
 	b = appendFields(b, h)
-	if _, ok := h["Date"]; !ok {
+	b = append(b, w.raw...)
+	if _, ok := h["Date"]; !ok && w.raw == nil {
 		b = append(b, "Date: "...)
 		b = appendDate(b)
 		b = append(b, "\r\n"...)

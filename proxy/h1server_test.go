@@ -562,3 +562,17 @@ func FuzzH1Conn(f *testing.F) {
 		}
 	})
 }
+
+func TestH1RawHeader(t *testing.T) {
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Map", "m")
+		w.(interface{ AddRawHeader([]byte) }).AddRawHeader([]byte("Date: Sun, 01 Mar 2026 12:00:00 GMT\r\nX-Raw: a\r\nX-Raw: b\r\n"))
+		w.Header().Set("Content-Length", "2")
+		io.WriteString(w, "ok")
+	}), nil).BoundAddr()
+	resp, body := rawExchange(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if body != "ok" || resp.Header.Get("X-Map") != "m" || strings.Join(resp.Header["X-Raw"], ",") != "a,b" ||
+		len(resp.Header["Date"]) != 1 || resp.Header.Get("Date") != "Sun, 01 Mar 2026 12:00:00 GMT" {
+		t.Errorf("header %v body %q", resp.Header, body)
+	}
+}
