@@ -18,8 +18,10 @@ const HeaderRequestID = "X-Request-Id"
 func requestID(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var b [12]byte
+		var x [24]byte
 		rand.Read(b[:])
-		r.Header[HeaderRequestID] = []string{hex.EncodeToString(b[:])}
+		hex.Encode(x[:], b[:])
+		r.Header[HeaderRequestID] = []string{string(x[:])}
 		next.ServeHTTP(w, r)
 	})
 }

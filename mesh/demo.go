@@ -100,8 +100,8 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	}
 	defer d.stop()
 
-	// Wait (bounded) until the edge sees web in both regions, so the
-	// commands printed work at once.
+	// Wait (bounded) until the edge sees web in both regions and is ready
+	// (its probes reached a gateway), so the commands printed work at once.
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		s := d.Edge.Snapshot()
@@ -111,7 +111,7 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 				n++
 			}
 		}
-		if n >= 2 {
+		if n >= 2 && d.Edge.Ready() {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)

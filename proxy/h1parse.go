@@ -79,11 +79,12 @@ func (lr *lineReader) next() ([]byte, error) {
 	}
 }
 
-// parseRequestHead reads one request's line and header section from lr and
-// returns the request without Body, context, RemoteAddr or TLS. A
+// parseRequestHead reads one request's line and header section from lr into
+// r, without Body, context, RemoteAddr or TLS. (The caller's r can live on
+// its stack: serving it takes a copy with its context anyway.) A
 // *requestError says what to answer; errNoRequest (nothing was read) and
 // read errors mean the connection is done.
-func parseRequestHead(lr *lineReader) (*http.Request, error) {
+func parseRequestHead(lr *lineReader, r *http.Request) error {
 	var line []byte
 	var err error
 	for i := 0; ; i++ {
@@ -91,33 +92,32 @@ func parseRequestHead(lr *lineReader) (*http.Request, error) {
 		if err != nil {
 			var re *requestError
 			if errors.As(err, &re) {
-				return nil, err
+				return err
 			}
 			if i == 0 && lr.br.Buffered() == 0 {
-				return nil, errNoRequest
+				return errNoRequest
 			}
-			return nil, err
+			return err
 		}
 		if len(line) > 0 {
 			break
 		}
 		if i == maxLeadingEmptyLines {
-			return nil, badRequest("empty request line")
+			return badRequest("empty request line")
 		}
 	}
-	r := &http.Request{}
 	if e := parseRequestLine(r, line); e != nil {
-		return nil, e
+		return e
 	}
-	h, e := parseFields(lr, false)
-	if e != nil {
-		return nil, e
+	h, err := parseFields(lr, false)
+	if err != nil {
+		return err
 	}
 	r.Header = h
 	if e := finishHead(r); e != nil {
-		return nil, e
+		return e
 	}
-	return r, nil
+	return nil
 }
 
 // parseRequestLine fills Method, RequestURI, URL and the protocol version

@@ -168,7 +168,8 @@ func (c *h1conn) serveOne() bool {
 		_ = c.rwc.SetReadDeadline(time.Now().Add(s.headerTimeout))
 	}
 	c.lr.budget = s.maxHeaderBytes
-	r, err := parseRequestHead(&c.lr)
+	var r http.Request
+	err := parseRequestHead(&c.lr, &r)
 	_ = c.rwc.SetReadDeadline(time.Time{})
 	if err != nil {
 		var re *requestError
@@ -178,7 +179,7 @@ func (c *h1conn) serveOne() bool {
 		}
 		return false
 	}
-	return c.serveRequest(r)
+	return c.serveRequest(&r)
 }
 
 // writeRefusal answers a request the server refuses and ends the
@@ -197,20 +198,20 @@ func (c *h1conn) writeRefusal(re *requestError) {
 	c.wbuf = b[:0]
 }
 
-// serveRequest runs the handler for r and finishes the exchange.
-func (c *h1conn) serveRequest(r *http.Request) (keep bool) {
+// serveRequest runs the handler for the parsed request r0 (not kept: the
+// handler gets a copy with the request's context) and finishes the exchange.
+func (c *h1conn) serveRequest(r0 *http.Request) (keep bool) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	defer cancel()
-	r.RemoteAddr = c.remote
-	r.TLS = c.tls
+	r0.RemoteAddr = c.remote
+	r0.TLS = c.tls
+	r := r0.WithContext(ctx)
 	w := &h1resp{c: c, req: r, header: make(http.Header, 8), cancel: cancel}
 	w.body.init(c, w, r)
 	r.Body = &w.body
 	if r.ContentLength == 0 && r.TransferEncoding == nil {
 		r.Body = http.NoBody
 	}
-	r = r.WithContext(ctx)
-	w.req, w.body.req = r, r
 	c.curLock.Lock()
 	c.cur = w
 	c.curLock.Unlock()

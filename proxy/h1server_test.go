@@ -476,8 +476,8 @@ func FuzzParseRequestHead(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		lr := lineReader{br: bufio.NewReaderSize(strings.NewReader(string(in)), 64), budget: 1 << 10}
-		r, err := parseRequestHead(&lr)
-		if err != nil {
+		r := &http.Request{}
+		if err := parseRequestHead(&lr, r); err != nil {
 			return
 		}
 		if !isToken(r.Method) || r.URL == nil || r.ProtoMajor != 1 {
