@@ -388,6 +388,36 @@ func TestEndToEndTwoRegions(t *testing.T) {
 		}
 	}
 
+	// `meshd routes` asked of the edge: web goes to eu's gateway first
+	// (own region), us's after it, each with a measured RTT.
+	t.Run("routes", func(t *testing.T) {
+		eventually(t, 20*time.Second, "meshd routes lists gw-eu, then gw-us, for web", func() error {
+			out, err := exec.Command(meshdBin, "routes", "--admin", edge.addr("admin")).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("meshd routes: %v\n%s", err, out)
+			}
+			var eu, us int
+			for i, line := range strings.Split(string(out), "\n") {
+				f := strings.Fields(line)
+				if len(f) >= 7 && f[0] == "web" && f[1] == "regions" {
+					switch f[3] {
+					case "gw-eu":
+						eu = i
+					case "gw-us":
+						us = i
+					}
+					if !strings.HasSuffix(f[6], "ms") {
+						return fmt.Errorf("no RTT in %q", line)
+					}
+				}
+			}
+			if eu == 0 || us == 0 || eu > us {
+				return fmt.Errorf("want gw-eu before gw-us:\n%s", out)
+			}
+			return nil
+		})
+	})
+
 	// Header hygiene across edge → gateway → sidecar → app.
 	t.Run("headers", func(t *testing.T) {
 		req, _ := http.NewRequest("GET", "http://"+public+"/headers", nil)

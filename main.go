@@ -42,6 +42,7 @@ Usage:
   meshd services [--admin ADDR]                   services a node sees
   meshd cache purge URL | --prefix P | --tag T [--admin ADDR]
                                                   purge an edge's cache; gossip takes it to every edge
+  meshd routes [--admin ADDR]                      where a node sends each service's requests now
   meshd bgp [--admin ADDR]                        an edge's BGP sessions and announced prefixes
   meshd version
 `
@@ -82,6 +83,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdTable(ctx, "members", args[1:], stdout, stderr)
 	case "services":
 		return cmdTable(ctx, "services", args[1:], stdout, stderr)
+	case "routes":
+		return cmdTable(ctx, "routes", args[1:], stdout, stderr)
 	case "bgp":
 		return cmdTable(ctx, "bgp", args[1:], stdout, stderr)
 	case "cache":
@@ -457,6 +460,26 @@ func cmdTable(ctx context.Context, what string, args []string, stdout, stderr io
 		for _, s := range ss {
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", s.Service, s.Region, s.Healthy,
 				dash(strings.Join(s.Instances, ",")), dash(strings.Join(s.Gateways, ",")), dash(strings.Join(s.Domains, ",")))
+		}
+	case "routes":
+		var rs []mesh.RouteInfo
+		if err := json.Unmarshal(body, &rs); err != nil {
+			return fmt.Errorf("admin: bad answer: %w", err)
+		}
+		fmt.Fprintln(tw, "SERVICE\tVIA\t#\tUPSTREAM\tADDR\tIN FLIGHT\tRTT\tDOMAINS")
+		for _, r := range rs {
+			for i, u := range r.Upstreams {
+				rtt := "-"
+				if u.RTTMillis > 0 {
+					rtt = fmt.Sprintf("%.2fms", u.RTTMillis)
+				}
+				name := u.Name
+				if u.Ejected {
+					name += " (ejected)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\n", r.Service, r.Via, i+1, name, u.Addr,
+					u.InFlight, rtt, dash(strings.Join(r.Domains, ",")))
+			}
 		}
 	}
 	return nil

@@ -1,10 +1,12 @@
 package mesh
 
 import (
+	"cmp"
 	"encoding/json"
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -65,6 +67,9 @@ func (n *Node) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, nonNil(n.snap.Load().Services))
 	})
+	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, nonNil(n.routes(time.Now())))
+	})
 	return mux
 }
 
@@ -80,4 +85,67 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// RouteInfo says where this node sends a request for a service right now:
+// its candidates in preference order (the balancer picks among the first
+// group, the rest are retry candidates).
+type RouteInfo struct {
+	Service string `json:"service"`
+	// Via is "instances" (the service's instances in this node's region),
+	// "gateway" (this region's gateways, for a sidecar calling a service
+	// it has no instance of) or "regions" (gateways of the regions that
+	// run the service, nearest first).
+	Via       string          `json:"via"`
+	Domains   []string        `json:"domains,omitempty"`
+	Upstreams []RouteUpstream `json:"upstreams"`
+}
+
+// RouteUpstream is one candidate of a route.
+type RouteUpstream struct {
+	Name     string `json:"name"`
+	Addr     string `json:"addr"`
+	InFlight int64  `json:"in_flight"`
+	Ejected  bool   `json:"ejected,omitempty"`
+	// RTTMillis is the connect time this node last measured (gateways
+	// it probes), 0 when it does not probe the address.
+	RTTMillis float64 `json:"rtt_ms,omitempty"`
+}
+
+// routes lists the route of every service the snapshot can send to.
+func (n *Node) routes(now time.Time) []RouteInfo {
+	s := n.snap.Load()
+	domains := map[string][]string{}
+	for d, svc := range s.domains {
+		domains[svc] = append(domains[svc], d)
+	}
+	var out []RouteInfo
+	add := func(svc, via string, set *upstreamSet) {
+		if set == nil || len(set.rot) == 0 {
+			return
+		}
+		ri := RouteInfo{Service: svc, Via: via, Domains: domains[svc]}
+		slices.Sort(ri.Domains)
+		for _, u := range set.rot[0] {
+			ru := RouteUpstream{Name: u.Name, Addr: u.Addr, InFlight: u.InFlight(), Ejected: u.Ejected(now)}
+			if res, ok := n.probe.get(u.Addr); ok && res.up {
+				ru.RTTMillis = float64(res.rtt.Microseconds()) / 1000
+			}
+			ri.Upstreams = append(ri.Upstreams, ru)
+		}
+		out = append(out, ri)
+	}
+	for svc, set := range s.local {
+		add(svc, "instances", set)
+	}
+	for svc, set := range s.remote {
+		add(svc, "regions", set)
+	}
+	if n.Config.Role == RoleSidecar && s.gateways != nil {
+		add("*", "gateway", s.gateways)
+	}
+	slices.SortFunc(out, func(a, b RouteInfo) int {
+		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Via, b.Via))
+	})
+	return out
 }

@@ -118,6 +118,7 @@ func TestDemo(t *testing.T) {
 		"/v1/services": `"service": "web"`,
 		"/v1/members":  `"name": "gw-us"`,
 		"/readyz":      "ready",
+		"/v1/routes":   `"via": "regions"`,
 	} {
 		resp, err := http.Get("http://" + admin + path)
 		if err != nil {
