@@ -63,6 +63,14 @@ type Config struct {
 	// Default: Listen's bound address when Listen names a host.
 	Advertise string `yaml:"advertise" usage:"host:port peers dial to reach --listen (default: its bound address)"`
 
+	// AllowCallers narrows who may connect to the mesh listener (Listen)
+	// of a gateway or sidecar: SPIFFE ID paths within the trust domain,
+	// "service/api" for one identity, "gateway/*" for every ID under a
+	// prefix, "*" for all. Empty (the default) allows every identity of the
+	// trust domain. A sidecar that should still serve its public traffic
+	// lists "gateway/*": edges reach instances through gateways.
+	AllowCallers []string `yaml:"allow-callers" usage:"gateway, sidecar: SPIFFE ID paths that may connect, e.g. gateway/*,service/api (default: the whole trust domain)"`
+
 	// Service is the service a sidecar fronts. Required for sidecars.
 	Service string `yaml:"service" usage:"service the sidecar fronts"`
 	// Domains are extra public host names of the sidecar's service.
@@ -416,6 +424,16 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	if len(c.AllowCallers) > 0 {
+		if c.Role == RoleEdge {
+			return fieldErr("allow-callers", "an edge has no mesh listener; it applies to gateways and sidecars")
+		}
+		for _, p := range c.AllowCallers {
+			if err := validCallerPattern(p); err != nil {
+				return &FieldError{Field: "allow-callers", Err: err}
+			}
+		}
+	}
 	if c.Role == RoleSidecar {
 		if err := validLabel(c.Service); err != nil {
 			return &FieldError{Field: "service", Err: err}
@@ -649,4 +667,45 @@ func (c *Config) CacheBytes() int64 {
 	}
 	n, _ := parseSize(c.CacheSize)
 	return n
+}
+
+// validCallerPattern checks one allow-callers entry: "*", or SPIFFE ID path
+// segments (letters, digits, '.', '-', '_'; RFC-style SPIFFE path rules)
+// with an optional final "*" segment.
+func validCallerPattern(p string) error {
+	if p == "*" {
+		return nil
+	}
+	if p == "" || strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") || strings.Contains(p, "spiffe:") {
+		return fmt.Errorf("%q: want a SPIFFE ID path such as service/api or gateway/*", p)
+	}
+	segs := strings.Split(p, "/")
+	for i, seg := range segs {
+		if seg == "*" && i == len(segs)-1 {
+			continue
+		}
+		if seg == "" || seg == "." || seg == ".." {
+			return fmt.Errorf("%q: empty or dot segment", p)
+		}
+		for _, r := range seg {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+				return fmt.Errorf("%q: %q is not allowed in a SPIFFE ID path", p, r)
+			}
+		}
+	}
+	return nil
+}
+
+// callerAllowed reports whether path (a SPIFFE ID's path without its
+// leading slash) matches one of patterns.
+func callerAllowed(patterns []string, path string) bool {
+	for _, p := range patterns {
+		if p == "*" || p == path {
+			return true
+		}
+		if prefix, ok := strings.CutSuffix(p, "*"); ok && strings.HasPrefix(path, prefix) && len(path) > len(prefix) {
+			return true
+		}
+	}
+	return false
 }

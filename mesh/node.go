@@ -174,7 +174,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 				return []*proxy.Upstream{app}, nil
 			}
 		}
-		n.meshSrv = &proxy.Server{Addr: c.Listen, TLS: n.ids.ServerTLS(nil), Handler: h, Logger: n.Logger}
+		n.meshSrv = &proxy.Server{Addr: c.Listen, TLS: n.ids.ServerTLS(n.allowCaller()), Handler: h, Logger: n.Logger}
 		if err := startServer("listen", n.meshSrv); err != nil {
 			return err
 		}
@@ -627,6 +627,24 @@ func (t *trackingMaker) upstream(r *NodeRecord, id string, http1 bool) *proxy.Up
 	u := &proxy.Upstream{Key: key, Addr: r.MeshAddr, TLS: cfg, Name: r.Name, HTTP1: http1}
 	t.n.upstreams[key] = u
 	return u
+}
+
+// allowCaller is the mesh listener's authorization beyond the trust domain
+// (--allow-callers), or nil when every identity of the trust domain may
+// connect. A refused caller fails the TLS handshake and is logged.
+func (n *Node) allowCaller() func(peerID string) error {
+	patterns := n.Config.AllowCallers
+	if len(patterns) == 0 {
+		return nil
+	}
+	prefix := "spiffe://" + n.td + "/"
+	return func(peerID string) error {
+		if path, ok := strings.CutPrefix(peerID, prefix); ok && callerAllowed(patterns, path) {
+			return nil
+		}
+		n.Logger.Warn("mesh: caller refused by allow-callers", "peer", peerID)
+		return errors.New("not in allow-callers")
+	}
 }
 
 // peerRole returns the role part of a verified caller's SPIFFE ID.

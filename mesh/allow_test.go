@@ -1,0 +1,85 @@
+package mesh
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+)
+
+func TestCallerPatterns(t *testing.T) {
+	for _, tt := range []struct {
+		patterns []string
+		path     string
+		want     bool
+	}{
+		{[]string{"*"}, "edge/e1", true},
+		{[]string{"service/api"}, "service/api", true},
+		{[]string{"service/api"}, "service/apix", false},
+		{[]string{"gateway/*"}, "gateway/eu/gw-1", true},
+		{[]string{"gateway/*"}, "gateway/", false},
+		{[]string{"gateway/eu/*"}, "gateway/us/gw-1", false},
+		{[]string{"service/api", "gateway/*"}, "service/web", false},
+	} {
+		if got := callerAllowed(tt.patterns, tt.path); got != tt.want {
+			t.Errorf("callerAllowed(%q, %q) = %v, want %v", tt.patterns, tt.path, got, tt.want)
+		}
+	}
+	for _, bad := range []string{"", "/service/api", "service/", "spiffe://td/service/api", "service/*/x", "a//b", "service/a b", "../x"} {
+		if err := validCallerPattern(bad); err == nil {
+			t.Errorf("validCallerPattern(%q) accepted", bad)
+		}
+	}
+	c := Config{Role: RoleEdge, Name: "e", CADir: "/x", PublicHTTP: "127.0.0.1:0", AllowCallers: []string{"*"}}
+	c.SetDefaults()
+	var fe *FieldError
+	if err := c.Validate(); !errors.As(err, &fe) || fe.Field != "allow-callers" {
+		t.Errorf("edge with allow-callers: %v, want a FieldError naming allow-callers", err)
+	}
+}
+
+// TestAllowCallers: a sidecar that admits only service/api refuses the
+// gateway's handshake, so the edge cannot reach it; one that admits
+// gateway/* serves.
+func TestAllowCallers(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "from the app")
+	}))
+	defer app.Close()
+	m := newTestMesh(t)
+	gw := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
+	join := []string{gw.Addrs()["gossip"]}
+	m.start(Config{Role: RoleSidecar, Name: "secret-1", Region: "eu", Service: "secret", Upstream: app.Listener.Addr().String(),
+		Join: join, AllowCallers: []string{"service/api"}})
+	m.start(Config{Role: RoleSidecar, Name: "open-1", Region: "eu", Service: "open", Upstream: app.Listener.Addr().String(),
+		Join: join, AllowCallers: []string{"gateway/*", "service/api"}})
+	edge := m.start(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", WANJoin: []string{gw.Addrs()["wan-gossip"]}})
+	addr := edge.Addrs()["public-http"]
+	poll(t, 15*time.Second, "edge serves open", func() error {
+		resp, body, err := edgeGet(addr, "open.localhost", "/")
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != 200 || body != "from the app" {
+			return fmt.Errorf("%d %q", resp.StatusCode, body)
+		}
+		return nil
+	})
+	// secret is published (the edge knows it) but its sidecar refuses the
+	// gateway: never a 200.
+	poll(t, 15*time.Second, "edge knows secret", func() error {
+		resp, body, err := edgeGet(addr, "secret.localhost", "/")
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode == 200 {
+			t.Fatalf("a refused caller got through: %q", body)
+		}
+		if resp.StatusCode != http.StatusBadGateway {
+			return fmt.Errorf("%d %q", resp.StatusCode, body)
+		}
+		return nil
+	})
+}
