@@ -466,7 +466,7 @@ func cmdTable(ctx context.Context, what string, args []string, stdout, stderr io
 		if err := json.Unmarshal(body, &rs); err != nil {
 			return fmt.Errorf("admin: bad answer: %w", err)
 		}
-		fmt.Fprintln(tw, "SERVICE\tVIA\t#\tUPSTREAM\tADDR\tIN FLIGHT\tRTT\tDOMAINS")
+		fmt.Fprintln(tw, "SERVICE\tVIA\t#\tUPSTREAM\tADDR\tIN FLIGHT\tRTT\tLATENCY\tDOMAINS")
 		for _, r := range rs {
 			for i, u := range r.Upstreams {
 				rtt := "-"
@@ -477,8 +477,12 @@ func cmdTable(ctx context.Context, what string, args []string, stdout, stderr io
 				if u.Ejected {
 					name += " (ejected)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\n", r.Service, r.Via, i+1, name, u.Addr,
-					u.InFlight, rtt, dash(strings.Join(r.Domains, ",")))
+				lat := "-"
+				if u.LatencyMillis > 0 {
+					lat = fmt.Sprintf("%.2fms", u.LatencyMillis)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Service, r.Via, i+1, name, u.Addr,
+					u.InFlight, rtt, lat, dash(strings.Join(r.Domains, ",")))
 			}
 		}
 	}

@@ -107,6 +107,9 @@ type RouteUpstream struct {
 	Addr     string `json:"addr"`
 	InFlight int64  `json:"in_flight"`
 	Ejected  bool   `json:"ejected,omitempty"`
+	// LatencyMillis is the balancer's peak-EWMA estimate of the time to
+	// an answer, 0 before the first one.
+	LatencyMillis float64 `json:"latency_ms,omitempty"`
 	// RTTMillis is the connect time this node last measured (gateways
 	// it probes), 0 when it does not probe the address.
 	RTTMillis float64 `json:"rtt_ms,omitempty"`
@@ -127,7 +130,8 @@ func (n *Node) routes(now time.Time) []RouteInfo {
 		ri := RouteInfo{Service: svc, Via: via, Domains: domains[svc]}
 		slices.Sort(ri.Domains)
 		for _, u := range set.rot[0] {
-			ru := RouteUpstream{Name: u.Name, Addr: u.Addr, InFlight: u.InFlight(), Ejected: u.Ejected(now)}
+			ru := RouteUpstream{Name: u.Name, Addr: u.Addr, InFlight: u.InFlight(), Ejected: u.Ejected(now),
+				LatencyMillis: float64(u.Latency().Microseconds()) / 1000}
 			if res, ok := n.probe.get(u.Addr); ok && res.up {
 				ru.RTTMillis = float64(res.rtt.Microseconds()) / 1000
 			}

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/meshd/meshd/proxy"
 )
 
 func TestCallerPatterns(t *testing.T) {
@@ -82,4 +85,32 @@ func TestAllowCallers(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestBalancerPrefersFasterInstance: the Handler measures each instance's
+// time to answer and the catalog's balancer (P2C over proxy.Upstream.Cost)
+// sends most requests to the faster one.
+func TestBalancerPrefersFasterInstance(t *testing.T) {
+	var slowN, fastN atomic.Int64
+	slowApp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		slowN.Add(1)
+		time.Sleep(20 * time.Millisecond)
+	}))
+	defer slowApp.Close()
+	fastApp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fastN.Add(1) }))
+	defer fastApp.Close()
+	slow := &proxy.Upstream{Key: "slow", Addr: slowApp.Listener.Addr().String(), Name: "slow"}
+	fast := &proxy.Upstream{Key: "fast", Addr: fastApp.Listener.Addr().String(), Name: "fast"}
+	set := newUpstreamSet([]*proxy.Upstream{slow, fast}, nil)
+	h := &proxy.Handler{Via: "test", Pool: &proxy.Pool{}, Route: func(*http.Request) ([]*proxy.Upstream, error) { return set.pick(), nil }}
+	for i := 0; i < 60; i++ {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest("GET", "http://web.mesh/", nil))
+		if w.Code != 200 {
+			t.Fatalf("request %d: %d", i, w.Code)
+		}
+	}
+	if slowN.Load() > 5 {
+		t.Fatalf("slow instance got %d of 60 sequential requests (fast %d), want only the few that measured it", slowN.Load(), fastN.Load())
+	}
 }

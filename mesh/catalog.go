@@ -88,14 +88,15 @@ func newUpstreamSet(first, rest []*proxy.Upstream) *upstreamSet {
 	return s
 }
 
-// load is what the balancer compares: requests in flight, and an ejected
-// upstream (it could not be reached several times in a row) after any
-// other.
+// load is what the balancer compares: peak-EWMA latency times requests in
+// flight (proxy.Upstream.Cost), so a slow instance and a busy one both get
+// fewer requests; an ejected upstream (it could not be reached several
+// times in a row) after any other.
 func load(u *proxy.Upstream) int64 {
 	if u.Ejected(time.Now()) {
-		return 1 << 40
+		return 1 << 62
 	}
-	return u.InFlight()
+	return u.Cost()
 }
 
 func (s *upstreamSet) pick() []*proxy.Upstream { return s.pickBy(load) }

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"io"
+	"math"
 	"net/http"
 	"testing"
 	"time"
@@ -68,5 +70,61 @@ func TestInFlightAndEjection(t *testing.T) {
 	good.reached(true)
 	if good.failStreak.Load() != 0 {
 		t.Fatal("a success did not end the failure streak")
+	}
+}
+
+// TestPeakEWMA: a slower sample replaces the estimate at once; faster
+// ones pull it down with weight growing with the time since the last
+// sample (1/e left after LatencyDecay).
+func TestPeakEWMA(t *testing.T) {
+	u := &Upstream{}
+	t0 := time.Unix(1000, 0)
+	if u.Latency() != 0 || u.Cost() != 0 {
+		t.Fatalf("unmeasured: latency %v cost %d, want 0", u.Latency(), u.Cost())
+	}
+	u.inflight.Store(1)
+	if u.Cost() != int64(time.Second) {
+		t.Fatalf("unmeasured with a request in flight: cost %d, want a second's worth", u.Cost())
+	}
+	u.inflight.Store(0)
+	u.observe(10*time.Millisecond, t0)
+	if u.Latency() != 10*time.Millisecond {
+		t.Fatalf("first sample: %v", u.Latency())
+	}
+	u.observe(50*time.Millisecond, t0.Add(time.Millisecond))
+	if u.Latency() != 50*time.Millisecond {
+		t.Fatalf("peak: %v, want 50ms at once", u.Latency())
+	}
+	// A fast sample right after the peak barely moves it...
+	u.observe(time.Millisecond, t0.Add(2*time.Millisecond))
+	if l := u.Latency(); l < 49*time.Millisecond {
+		t.Fatalf("1 ms after the peak: %v, want still near 50ms", l)
+	}
+	// ...one LatencyDecay later it is mostly forgotten: 1/e of the gap left.
+	before := u.Latency()
+	u.observe(time.Millisecond, t0.Add(2*time.Millisecond+LatencyDecay))
+	want := time.Millisecond + time.Duration(float64(before-time.Millisecond)/math.E)
+	if l := u.Latency(); l < want-time.Millisecond || l > want+time.Millisecond {
+		t.Fatalf("after LatencyDecay: %v, want about %v", l, want)
+	}
+	u.inflight.Store(3)
+	if u.Cost() != int64(u.Latency())*4 {
+		t.Fatalf("cost %d, want latency × (in flight + 1)", u.Cost())
+	}
+}
+
+// TestHandlerMeasuresLatency: the forwarding Handler feeds each upstream's
+// estimate with its time to a response header.
+func TestHandlerMeasuresLatency(t *testing.T) {
+	_, up := plainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(20 * time.Millisecond)
+		io.WriteString(w, "slow")
+	}))
+	addr := startProxy(t, &Handler{Route: fixedRoute(up)})
+	if resp, _ := rawExchange(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if l := up.Latency(); l < 20*time.Millisecond || l > 5*time.Second {
+		t.Fatalf("latency estimate %v after a 20 ms answer", l)
 	}
 }

@@ -311,6 +311,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		attempts++
 		u = cand
 		u.inflight.Add(1)
+		sent := time.Now()
 		resp, err = h.Pool.RoundTrip(u, &o.req)
 		if err != nil {
 			u.inflight.Add(-1)
@@ -318,6 +319,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			u.reached(!errors.As(err, &de))
 		} else {
 			u.reached(true)
+			now := time.Now()
+			u.observe(now.Sub(sent), now)
 		}
 		if err == nil || !retryable(r, o, err) {
 			break

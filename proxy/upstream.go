@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"crypto/tls"
+	"math"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,51 @@ type Upstream struct {
 	inflight   atomic.Int64 // requests forwarded and not finished
 	failStreak atomic.Int32 // consecutive attempts that could not reach it
 	lastFail   atomic.Int64 // unix nanoseconds of the last such attempt
+	ewma       atomic.Int64 // peak EWMA of the time to a response header, ns
+	ewmaAt     atomic.Int64 // unix nanoseconds of its last update
+}
+
+// LatencyDecay is the time constant of the latency estimate: a sample
+// older by LatencyDecay weighs 1/e of a new one. A slower sample than the
+// estimate replaces it at once (peak EWMA, as Finagle's and Linkerd's
+// balancers do), so an upstream that slows down sheds load immediately and
+// wins it back over about LatencyDecay.
+const LatencyDecay = 10 * time.Second
+
+// observe folds the time to one response header into the estimate. Two
+// requests finishing at once may lose one of their samples: the estimate
+// is a load signal, not a statistic.
+func (u *Upstream) observe(d time.Duration, now time.Time) {
+	sample, at := int64(d), now.UnixNano()
+	prev, prevAt := u.ewma.Load(), u.ewmaAt.Load()
+	if sample <= 0 {
+		sample = 1
+	}
+	next := sample
+	if prev != 0 && sample < prev {
+		w := math.Exp(-float64(at-prevAt) / float64(LatencyDecay))
+		next = int64(float64(prev)*w + float64(sample)*(1-w))
+	}
+	u.ewma.Store(next)
+	u.ewmaAt.Store(at)
+}
+
+// Latency is the peak-EWMA estimate of the time u takes to answer, 0
+// before its first answer.
+func (u *Upstream) Latency() time.Duration { return time.Duration(u.ewma.Load()) }
+
+// Cost is what a latency-aware balancer compares: the latency estimate
+// times the requests in flight plus one, so that both a slow upstream and
+// a busy one cost more. An upstream never measured costs nothing while
+// idle, so it gets tried, and a second of latency per request in flight
+// otherwise, so a new instance gets one request at a time until its first
+// answer, never a herd.
+func (u *Upstream) Cost() int64 {
+	e, n := u.ewma.Load(), u.inflight.Load()
+	if e == 0 {
+		return n * int64(time.Second)
+	}
+	return e * (n + 1)
 }
 
 // Passive outlier ejection: an upstream that could not be reached
