@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"cmp"
+	_ "embed"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -28,10 +29,24 @@ type Self struct {
 	SVIDRenewals uint64    `json:"svid_renewals"`
 }
 
+// dashboardHTML is the admin listener's page at /: this node's routes,
+// services and members, read from the JSON endpoints every 2 s.
+//
+//go:embed dashboard/index.html
+var dashboardHTML []byte
+
 // adminHandler serves the admin API. It listens on loopback by default and
 // only reads state, so it needs no authentication of its own.
 func (n *Node) adminHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Type", "text/html; charset=utf-8")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'")
+		h.Set("Cache-Control", "no-store")
+		w.Write(dashboardHTML)
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))

@@ -119,6 +119,7 @@ func TestDemo(t *testing.T) {
 		"/v1/members":  `"name": "gw-us"`,
 		"/readyz":      "ready",
 		"/v1/routes":   `"via": "regions"`,
+		"/":            `fetch(path`,
 	} {
 		resp, err := http.Get("http://" + admin + path)
 		if err != nil {
