@@ -123,7 +123,7 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	fmt.Fprintf(o.Stdout, `meshd demo: two regions (eu, us), a gateway and two "web" instances each, one edge in eu.
   edge (public HTTP):  http://%[1]s  (web.localhost is served over plain HTTP; other hosts redirect to HTTPS)
   edge (public HTTPS): https://web.localhost:%[2]s  (certificates from an internal CA: %[4]s)
-  edge admin:          http://%[3]s  (meshd members; meshd services; meshd routes)
+  edge admin:          http://%[3]s  (a dashboard in a browser; meshd members|services|routes)
 
 Try:
   curl -s -H 'Host: web.localhost' http://%[1]s/hello
