@@ -155,6 +155,9 @@ type Config struct {
 	ReadHeaderTimeout time.Duration `yaml:"read-header-timeout" usage:"edge: time to read a request's headers (default 10s)"`
 	// IdleTimeout closes idle client connections. Default 120s.
 	IdleTimeout time.Duration `yaml:"idle-timeout" usage:"edge: idle client connections close after this (default 2m)"`
+	// SendTimeout closes an HTTP/1.1 client connection when a response
+	// write (at most 256 KiB) is not taken within it. Default 60s.
+	SendTimeout time.Duration `yaml:"send-timeout" usage:"edge: close an HTTP/1.1 client that takes no response bytes for this long, negative: never (default 1m)"`
 	// MaxHeaderBytes bounds a request's header block. Default "64KiB".
 	MaxHeaderBytes string `yaml:"max-header-bytes" usage:"edge: largest request header block (default 64KiB)"`
 

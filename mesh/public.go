@@ -112,6 +112,6 @@ func (n *Node) publicServer(addr string, tlsConf *tls.Config, h http.Handler) *p
 		HTTP3: tlsConf != nil && !c.NoHTTP3, Allow0RTT: tlsConf != nil && c.Allow0RTT,
 		MaxConnsPerIP: c.MaxConnsPerIP, MaxBodyBytes: size(c.MaxBody), MinBodyRate: size(c.MinBodyRate),
 		MaxConcurrentStreams: c.MaxConcurrentStreams, ReadHeaderTimeout: c.ReadHeaderTimeout,
-		IdleTimeout: c.IdleTimeout, MaxHeaderBytes: int(size(c.MaxHeaderBytes)),
+		IdleTimeout: c.IdleTimeout, MaxHeaderBytes: int(size(c.MaxHeaderBytes)), SendTimeout: c.SendTimeout,
 	}
 }

@@ -43,6 +43,7 @@ type h1srv struct {
 	handler        http.Handler
 	headerTimeout  time.Duration
 	idleTimeout    time.Duration
+	sendTimeout    time.Duration // 0: none
 	maxHeaderBytes int
 	logger         *slog.Logger
 	addr           string
@@ -489,10 +490,33 @@ func (w *h1resp) writeBody(p []byte) {
 	if c.werr != nil {
 		return
 	}
-	bufs := net.Buffers{c.wbuf, p}
+	// With a send timeout, a large body goes in pieces, each with its own
+	// deadline: the timeout bounds a client that reads nothing, not one
+	// that reads a big body slowly.
+	first := p
+	if c.srv.sendTimeout > 0 && len(first) > maxSendPiece {
+		first = p[:maxSendPiece]
+	}
+	c.armWrite()
+	bufs := net.Buffers{c.wbuf, first}
 	_, err := bufs.WriteTo(c.wc)
 	c.wbuf = c.wbuf[:0]
+	for p = p[len(first):]; err == nil && len(p) > 0; p = p[len(first):] {
+		first = p[:min(len(p), maxSendPiece)]
+		c.armWrite()
+		_, err = c.wc.Write(first)
+	}
 	w.wrote(err)
+}
+
+// maxSendPiece is the most written under one send deadline.
+const maxSendPiece = 256 << 10
+
+// armWrite starts the send timeout for the next write.
+func (c *h1conn) armWrite() {
+	if t := c.srv.sendTimeout; t > 0 {
+		_ = c.rwc.SetWriteDeadline(time.Now().Add(t))
+	}
 }
 
 // wrote records a write error: the client is gone.
@@ -509,6 +533,7 @@ func (w *h1resp) flushBuf() {
 		c.wbuf = c.wbuf[:0]
 		return
 	}
+	c.armWrite()
 	_, err := c.wc.Write(c.wbuf)
 	c.wbuf = c.wbuf[:0]
 	w.wrote(err)
@@ -801,6 +826,7 @@ func (b *h1body) Read(p []byte) (int, error) {
 			// client to send it. The handler's goroutine may be writing
 			// nothing yet (continueOK is false once it wrote a header).
 			b.continueOK = false
+			b.c.armWrite()
 			if _, err := b.c.wc.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
 				b.err = err
 				return 0, err

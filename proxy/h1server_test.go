@@ -576,3 +576,52 @@ func TestH1RawHeader(t *testing.T) {
 		t.Errorf("header %v body %q", resp.Header, body)
 	}
 }
+
+// TestH1SendTimeout: a client that stops reading loses its connection
+// after the send timeout; one that reads a large body slowly but steadily
+// gets all of it.
+func TestH1SendTimeout(t *testing.T) {
+	big := make([]byte, 32<<20)
+	errc := make(chan error, 1)
+	s := startWith(t, &Server{SendTimeout: 300 * time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := len(big)
+		if r.URL.Path == "/slow-reader" {
+			n = 2 << 20
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(n))
+		_, err := w.Write(big[:n])
+		if r.URL.Path == "/stuck" {
+			errc <- err
+		}
+	})})
+	c, _ := dialRaw(t, s.BoundAddr())
+	io.WriteString(c, "GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("32 MiB written to a client that reads nothing")
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("a client that reads nothing still holds the handler after 8 s")
+	}
+
+	c2, br := dialRaw(t, s.BoundAddr())
+	io.WriteString(c2, "GET /slow-reader HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	var got int
+	for i := 0; i < 200; i++ {
+		n, err := resp.Body.Read(buf)
+		got += n
+		if err != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // about 3 MB/s
+	}
+	if got != 2<<20 {
+		t.Fatalf("slow reader got %d bytes, want all %d", got, 2<<20)
+	}
+}

@@ -41,6 +41,10 @@ const (
 	// uses the same shape (20 s, then a minimum rate of 500 B/s).
 	DefaultMinBodyRate    = 1 << 10
 	DefaultBodyRateWindow = 20 * time.Second
+	// DefaultSendTimeout: a client must take some of a response within
+	// 60 s of each write, as nginx's send_timeout; a response piece is at
+	// most 256 KiB, so any client reading 4.3 KiB/s or faster is never cut.
+	DefaultSendTimeout = 60 * time.Second
 
 	// publicMaxReadFrameSize is SETTINGS_MAX_FRAME_SIZE on a Public
 	// server: the protocol's initial value (RFC 9113 §6.5.2).
@@ -132,6 +136,11 @@ type Server struct {
 	// BodyRateWindow is the span MinBodyRate is measured over; a body
 	// that sends nothing at all is cut after one window. Default 20 s.
 	BodyRateWindow time.Duration
+	// SendTimeout (public) closes an HTTP/1.1 connection when a write of
+	// its response (at most 256 KiB) is not taken by the client within
+	// this long: a client that stops reading cannot hold a connection
+	// and its buffers forever. Default 60 s (DefaultSendTimeout).
+	SendTimeout time.Duration
 
 	inflight atomic.Int64
 
@@ -201,7 +210,7 @@ func (s *Server) Validate() error {
 
 // publicLimit resolves a "(public)" limit: negative turns it off (0),
 // positive applies, zero takes def on a Public server and is off otherwise.
-func publicLimit[T int | int64](v, def T, public bool) T {
+func publicLimit[T int | int64 | time.Duration](v, def T, public bool) T {
 	switch {
 	case v < 0:
 		return 0
@@ -267,6 +276,7 @@ func (s *Server) Start(ctx context.Context) error {
 		handler:        g,
 		headerTimeout:  orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
 		idleTimeout:    orDefault(s.IdleTimeout, DefaultServerIdleTimeout),
+		sendTimeout:    publicLimit(s.SendTimeout, DefaultSendTimeout, s.Public),
 		maxHeaderBytes: orDefault(s.MaxHeaderBytes, DefaultMaxHeaderBytes),
 		logger:         logger,
 		addr:           bound,
