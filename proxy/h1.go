@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -277,7 +279,7 @@ func (pc *h1Conn) exchangeLocked(req *http.Request) (*http.Response, error) {
 	var resp *http.Response
 	for n := 0; ; n++ {
 		var err error
-		resp, err = http.ReadResponse(pc.br, req)
+		resp, err = readResponse(pc.br, req)
 		if err != nil {
 			if isTimeout(err) {
 				return nil, fmt.Errorf("timeout awaiting response headers: %w", err)
@@ -305,6 +307,152 @@ func (pc *h1Conn) exchangeLocked(req *http.Request) (*http.Response, error) {
 	}
 	return resp, nil
 }
+
+// readResponse reads a response head: the common shape (a final status,
+// Content-Length or no body, no Transfer-Encoding, no trailers, every line
+// strict) straight from the bytes already buffered, anything else with
+// http.ReadResponse, which has consumed nothing yet when it takes over.
+func readResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
+	if resp := readSimpleResponse(br, req); resp != nil {
+		return resp, nil
+	}
+	return http.ReadResponse(br, req)
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// readSimpleResponse returns nil, having consumed nothing, unless the whole
+// head is buffered and has the common shape. Header values are substrings
+// of one string: one allocation for all of them.
+func readSimpleResponse(br *bufio.Reader, req *http.Request) *http.Response {
+	if _, err := br.Peek(1); err != nil {
+		return nil // http.ReadResponse meets the same error
+	}
+	buf, _ := br.Peek(br.Buffered())
+	end := bytes.Index(buf, crlfcrlf)
+	if end < 0 {
+		return nil
+	}
+	hs := string(buf[:end+2])
+	line, rest, _ := strings.Cut(hs, "\r\n")
+	if len(line) < 12 || line[8] != ' ' || (line[12:] != "" && line[12] != ' ') || !validFieldValue(line) {
+		return nil
+	}
+	resp := &http.Response{Request: req, ProtoMajor: 1}
+	switch line[:8] {
+	case "HTTP/1.1":
+		resp.Proto, resp.ProtoMinor = "HTTP/1.1", 1
+	case "HTTP/1.0":
+		resp.Proto = "HTTP/1.0"
+	default:
+		return nil
+	}
+	code, ok := parseDigits3(line[9:12])
+	if !ok || code < 200 {
+		return nil // 1xx: the caller's loop, with Go's parser
+	}
+	resp.StatusCode, resp.Status = code, strings.TrimLeft(line[9:], " ")
+	n := strings.Count(rest, "\n")
+	h := make(http.Header, n)
+	vals := make([]string, 0, n)
+	for rest != "" {
+		line, rest, _ = strings.Cut(rest, "\r\n")
+		colon := strings.IndexByte(line, ':')
+		if colon <= 0 || !isToken(line[:colon]) {
+			return nil // also obs-fold, bare CR or LF: Go's parser decides
+		}
+		v := strings.Trim(line[colon+1:], " \t")
+		if !validFieldValue(v) {
+			return nil
+		}
+		k := canonicalFieldName(line[:colon])
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, v)
+			continue
+		}
+		vals = append(vals, v)
+		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	if _, ok := h["Transfer-Encoding"]; ok {
+		return nil
+	}
+	if _, ok := h["Trailer"]; ok {
+		return nil
+	}
+	resp.Header = h
+	if resp.ProtoMinor == 0 {
+		resp.Close = !hasToken(h["Connection"], "keep-alive")
+	} else {
+		resp.Close = hasToken(h["Connection"], "close")
+	}
+	if resp.Close && hasToken(h["Connection"], "close") {
+		delete(h, "Connection") // as Go's parser does
+	}
+	cl, hasCL := int64(-1), false
+	if v, ok := h["Content-Length"]; ok {
+		n, ok := parseContentLength(v)
+		if !ok {
+			return nil
+		}
+		cl, hasCL = n, true
+	}
+	switch {
+	case req.Method == http.MethodHead:
+		resp.ContentLength, resp.Body = cl, http.NoBody
+	case code == http.StatusNoContent || code == http.StatusNotModified:
+		resp.ContentLength, resp.Body = 0, http.NoBody
+	case !hasCL:
+		return nil // delimited by the end of the connection
+	case cl == 0:
+		resp.ContentLength, resp.Body = 0, http.NoBody
+	default:
+		resp.ContentLength, resp.Body = cl, &fixedBody{br: br, n: cl}
+	}
+	_, _ = br.Discard(end + len(crlfcrlf))
+	return resp
+}
+
+// parseDigits3 parses a three-digit status code.
+func parseDigits3(s string) (int, bool) {
+	if len(s) != 3 {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < 3; i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int(s[i]-'0')
+	}
+	return n, true
+}
+
+// fixedBody is a Content-Length response body read from the connection's
+// buffer; h1Body gives the connection back at its end.
+type fixedBody struct {
+	br *bufio.Reader
+	n  int64
+}
+
+func (b *fixedBody) Read(p []byte) (int, error) {
+	if b.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.n {
+		p = p[:b.n]
+	}
+	n, err := b.br.Read(p)
+	b.n -= int64(n)
+	if b.n == 0 {
+		return n, io.EOF
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func (b *fixedBody) Close() error { return nil }
 
 // failed marks err as retryable when the connection was reused and the
 // upstream sent nothing back.

@@ -500,3 +500,95 @@ func TestWriteRequestHead(t *testing.T) {
 		t.Error("an invalid Host was written")
 	}
 }
+
+// sameAsGo parses in with readResponse and with http.ReadResponse and
+// reports a difference in anything a forwarding handler uses. It returns
+// whether the fast path took the response.
+func sameAsGo(t testing.TB, in, method string) bool {
+	t.Helper()
+	req := &http.Request{Method: method}
+	br := bufio.NewReaderSize(strings.NewReader(in), 4096)
+	fast := readSimpleResponse(br, req)
+	took := fast != nil
+	if fast == nil {
+		return false
+	}
+	want, werr := http.ReadResponse(bufio.NewReader(strings.NewReader(in)), req)
+	if werr != nil {
+		t.Fatalf("fast path accepted %q, Go's parser refuses it: %v", in, werr)
+	}
+	gotBody, gerr := io.ReadAll(fast.Body)
+	wantBody, wberr := io.ReadAll(want.Body)
+	switch {
+	case fast.StatusCode != want.StatusCode || fast.Status != want.Status || fast.Proto != want.Proto ||
+		fast.ProtoMinor != want.ProtoMinor:
+		t.Fatalf("%q: status %q %d %s, Go %q %d %s", in, fast.Status, fast.StatusCode, fast.Proto, want.Status, want.StatusCode, want.Proto)
+	case fast.ContentLength != want.ContentLength || fast.Close != want.Close:
+		t.Fatalf("%q: length %d close %v, Go %d %v", in, fast.ContentLength, fast.Close, want.ContentLength, want.Close)
+	case (gerr == nil) != (wberr == nil) || string(gotBody) != string(wantBody):
+		t.Fatalf("%q: body %q (%v), Go %q (%v)", in, gotBody, gerr, wantBody, wberr)
+	}
+	if len(fast.Header) != len(want.Header) {
+		t.Fatalf("%q: header %v, Go %v", in, fast.Header, want.Header)
+	}
+	for k, v := range want.Header {
+		if strings.Join(fast.Header[k], "\x00") != strings.Join(v, "\x00") {
+			t.Fatalf("%q: %s = %q, Go %q", in, k, fast.Header[k], v)
+		}
+	}
+	// What follows the response is left for the next one.
+	rest, _ := io.ReadAll(br)
+	if wrest, _ := io.ReadAll(io.MultiReader(want.Body)); len(wrest) != 0 {
+		t.Fatalf("Go's body not drained")
+	}
+	_ = rest
+	return took
+}
+
+func TestReadSimpleResponse(t *testing.T) {
+	for _, tt := range []struct {
+		in, method string
+		fast       bool
+	}{
+		{"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello", "GET", true},
+		{"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nX-Two: a\r\nX-Two: b\r\nx-lower-case:  v \r\n\r\nhelloNEXT", "GET", true},
+		{"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", "GET", true},
+		{"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nhi", "GET", true},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi", "GET", true},
+		{"HTTP/1.1 204 No Content\r\nDate: x\r\n\r\n", "GET", true},
+		{"HTTP/1.1 304 Not Modified\r\nEtag: \"a\"\r\n\r\n", "GET", true},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", "HEAD", true},
+		{"HTTP/1.1 200 OK\r\n\r\n", "HEAD", true},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "GET", true},
+		{"HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n", "GET", true},
+		{"HTTP/1.1 599 Whatever Text\r\nContent-Length: 1\r\n\r\nx", "GET", true},
+		// Taken by Go's parser.
+		{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", "GET", false},
+		{"HTTP/1.1 200 OK\r\nTrailer: X\r\nContent-Length: 2\r\n\r\nhi", "GET", false},
+		{"HTTP/1.1 200 OK\r\n\r\nuntil close", "GET", false},
+		{"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "GET", false},
+		{"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n", "GET", false},
+		{"HTTP/1.1 200 OK\nContent-Length: 0\n\n", "GET", false},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx", "GET", false},
+		{"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", "GET", false},
+		{"HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n", "GET", false},
+	} {
+		if got := sameAsGo(t, tt.in, tt.method); got != tt.fast {
+			t.Errorf("%q: fast path %v, want %v", tt.in, got, tt.fast)
+		}
+	}
+}
+
+// FuzzReadSimpleResponse: whatever the fast path accepts, Go's parser
+// reads the same way.
+func FuzzReadSimpleResponse(f *testing.F) {
+	f.Add("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello", false)
+	f.Add("HTTP/1.0 304 Not Modified\r\nConnection: keep-alive\r\n\r\n", true)
+	f.Fuzz(func(t *testing.T, in string, head bool) {
+		method := "GET"
+		if head {
+			method = "HEAD"
+		}
+		sameAsGo(t, in, method)
+	})
+}

@@ -408,6 +408,12 @@ var commonFields = func() map[string]string {
 		"Sec-Fetch-User", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
 		"Upgrade-Insecure-Requests", "User-Agent", "Via", "X-Forwarded-For",
 		"X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-Ip", "X-Request-Id",
+		// Response fields, for the upstream side (h1.go).
+		"Accept-Ranges", "Access-Control-Allow-Origin", "Age", "Alt-Svc", "Cache-Tag",
+		"Cdn-Cache-Control", "Content-Disposition", "Content-Language", "Content-Location",
+		"Content-Range", "Date", "Etag", "Expires", "Last-Modified", "Link", "Location",
+		"Proxy-Status", "Retry-After", "Server", "Set-Cookie", "Strict-Transport-Security",
+		"Surrogate-Control", "Surrogate-Key", "Vary", "X-Content-Type-Options",
 	} {
 		m[k] = k
 	}
@@ -417,7 +423,7 @@ var commonFields = func() map[string]string {
 // canonicalFieldName returns the canonical form of a field name that is a
 // valid token, as textproto.CanonicalMIMEHeaderKey would ("content-type" →
 // "Content-Type"), without allocating for common names.
-func canonicalFieldName(name []byte) string {
+func canonicalFieldName[T string | []byte](name T) string {
 	if s, ok := commonFields[string(name)]; ok {
 		return s
 	}
@@ -427,7 +433,8 @@ func canonicalFieldName(name []byte) string {
 		buf = make([]byte, 0, len(name))
 	}
 	upper := true
-	for _, c := range name {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
 		switch {
 		case upper && 'a' <= c && c <= 'z':
 			c -= 'a' - 'A'
