@@ -690,6 +690,9 @@ func validCallerPattern(p string) error {
 		if seg == "" || seg == "." || seg == ".." {
 			return fmt.Errorf("%q: empty or dot segment", p)
 		}
+		if strings.Contains(seg, "*") {
+			return fmt.Errorf("%q: * is allowed only as the whole last segment (gateway/*)", p)
+		}
 		for _, r := range seg {
 			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
 				return fmt.Errorf("%q: %q is not allowed in a SPIFFE ID path", p, r)
