@@ -50,12 +50,13 @@
 // accept), a request body size limit (413) and a minimum body rate (408),
 // and rejects with 400 invalid Host values, HTTP/2 Host fields that differ
 // from :authority and absolute-form targets with userinfo, another scheme
-// or another host than the TLS server name. Go's servers already bound
-// header size and time, reject conflicting Content-Length fields, and
-// frame a request with both Content-Length and Transfer-Encoding by
-// Transfer-Encoding alone, dropping Content-Length, so the next hop sees
-// one framing. HTTP/2 rapid reset and CONTINUATION floods are bounded by
-// Go's HTTP/2 server; h2abuse_test.go shows it. [RedirectHTTPS] is the
+// or another host than the TLS server name. HTTP/1.1 is meshd's own server
+// (h1server.go, h1parse.go): it bounds header size and time, refuses a
+// request framed by both Content-Length and Transfer-Encoding, differing
+// Content-Lengths, codings other than a final chunked, obs-fold and bare
+// CR before any handler runs, and drops a client that takes no response
+// bytes for Server.SendTimeout. HTTP/2 rapid reset and CONTINUATION floods
+// are bounded by Go's HTTP/2 server; h2abuse_test.go shows it. [RedirectHTTPS] is the
 // handler of the public plain-HTTP listener.
 //
 // Errors are mapped to the client-facing status in one function (classify):

@@ -120,7 +120,7 @@ func checkTarget(r *http.Request) string {
 		if r.URL.Host == "" && r.URL.Scheme == "" {
 			return "" // origin-form (or "*"): Host came from the field
 		}
-		// Absolute-form (RFC 9112 §3.2.2): Go's server took the
+		// Absolute-form (RFC 9112 §3.2.2): the server took the
 		// authority as r.Host and dropped the Host field.
 		if r.URL.User != nil {
 			return "meshd: userinfo in the request target" // RFC 9110 §4.2.4
@@ -268,9 +268,9 @@ func (b *guardBody) Read(p []byte) (int, error) {
 			b.waited, b.winBytes = 0, 0
 		}
 		if err == io.EOF {
-			// Go's HTTP/1 server reads on in the background after the
-			// body ends, to notice a client closing; a deadline left
-			// set would end that read and cancel the request.
+			// After the body ends the HTTP/1 server may read on to
+			// notice a client closing (watchClient); a deadline left
+			// set would end that read.
 			b.clearDeadline()
 		}
 	}

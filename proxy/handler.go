@@ -216,7 +216,7 @@ func (o *outgoing) getBody() (io.ReadCloser, error) {
 func (h *Handler) prepare(o *outgoing, r *http.Request, c *handlerConfig) {
 	o.req = *r
 	o.url = *r.URL
-	// Absolute-form targets (RFC 9112 §3.2.2): Go's server already took
+	// Absolute-form targets (RFC 9112 §3.2.2): the server already took
 	// the authority as r.Host; the pool sets scheme and host per upstream,
 	// and credentials in the URI are never forwarded.
 	o.url.Scheme, o.url.Host, o.url.User = "", "", nil

@@ -212,7 +212,7 @@ func forwardedValue(ip, proto, host string) string {
 }
 
 // isQuotable reports whether s can sit inside a quoted-string without
-// escaping (RFC 9110 §5.6.4). Go's server already rejects such Host values;
+// escaping (RFC 9110 §5.6.4). The servers already reject such Host values;
 // this keeps forwardedValue safe for any caller.
 func isQuotable(s string) bool {
 	for i := 0; i < len(s); i++ {
