@@ -355,9 +355,9 @@ func newLab(t *testing.T) *lab {
 		l.run("ip", "-n", l.router, "link", "set", dev, "up")
 		l.run("ip", "-n", e.ns, "addr", "add", e.addr+"/30", "dev", "to-router")
 		l.run("ip", "-n", e.ns, "link", "set", "to-router", "up")
-		// The operator's part: the anycast address on lo, and the way
-		// back to the clients. No default route.
-		l.run("ip", "-n", e.ns, "addr", "add", anycastPrefix, "dev", "lo")
+		// The operator's part: the way back to the clients, no default
+		// route. The edge puts the anycast address on lo itself
+		// (--anycast-bind).
 		l.run("ip", "-n", e.ns, "route", "add", "203.0.113.0/24", "via", e.routerAddr)
 	}
 	l.run("ip", "-n", l.router, "link", "add", "to-client", "type", "veth", "peer", "name", "to-router", "netns", l.client)
@@ -614,7 +614,7 @@ func (l *lab) startEdge(e *labEdge, bfd bool) {
 	}
 	e.edge = l.meshd(e, "edge", "--role", "edge", "--public-http", "0.0.0.0:80", "--wan-gossip-addr", nsEdgeWAN,
 		"--wan-join", nsGatewayWAN, "--admin", "127.0.0.1:9901", "--drain-delay", edgeDrain.String(),
-		"--anycast", anycastPrefix, "--bgp-asn", fmt.Sprint(e.asn), "--bgp-router-id", e.addr,
+		"--anycast", anycastPrefix, "--anycast-bind", "lo", "--bgp-asn", fmt.Sprint(e.asn), "--bgp-router-id", e.addr,
 		"--bgp-peer", peer, "--bgp-up-hold", upHold.String())
 }
 
@@ -984,6 +984,10 @@ func (l *lab) drainUnderLoad(staying, stopping *labEdge, record func(time.Durati
 	}
 	exited := time.Now()
 	t.Logf("%s exited %v after SIGTERM (drain delay %v)", stopping.name, exited.Sub(t0), edgeDrain)
+	// --anycast-bind: the edge took its address off lo when it stopped.
+	if out, err := exec.Command("ip", "-n", stopping.ns, "addr", "show", "dev", "lo").CombinedOutput(); err != nil || strings.Contains(string(out), anycastIP+"/") {
+		t.Errorf("%s: anycast address still on lo after SIGTERM (%v):\n%s", stopping.name, err, out)
+	}
 	// Twenty more requests after the exit, then stop the loop (it also
 	// stops by itself after 1000 requests or 20 s).
 	for n := count() + 20; count() < n; {

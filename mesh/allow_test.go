@@ -114,3 +114,33 @@ func TestBalancerPrefersFasterInstance(t *testing.T) {
 		t.Fatalf("slow instance got %d of 60 sequential requests (fast %d), want only the few that measured it", slowN.Load(), fastN.Load())
 	}
 }
+
+func TestAnycastBindConfig(t *testing.T) {
+	base := Config{Role: RoleEdge, Name: "e", CADir: "/x", PublicHTTP: "127.0.0.1:0",
+		BGPASN: "64512", BGPRouterID: "192.0.2.10", BGPPeers: []string{"192.0.2.1,64500"}}
+	for _, tt := range []struct {
+		name    string
+		anycast []string
+		bind    string
+	}{
+		{"without anycast", nil, "lo"},
+		{"a prefix, not one address", []string{"198.51.100.0/24"}, "lo"},
+	} {
+		c := base
+		c.Anycast, c.AnycastBind = tt.anycast, tt.bind
+		if tt.anycast == nil {
+			c.BGPASN, c.BGPRouterID, c.BGPPeers = "", "", nil
+		}
+		c.SetDefaults()
+		_, err := c.speaker()
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != "anycast-bind" {
+			t.Errorf("%s: %v, want a FieldError naming anycast-bind", tt.name, err)
+		}
+	}
+	c := base
+	c.Anycast, c.AnycastBind = []string{"198.51.100.10/32", "198.51.100.11/32"}, "lo"
+	if _, err := c.speaker(); err != nil {
+		t.Errorf("single addresses: %v", err)
+	}
+}

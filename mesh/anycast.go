@@ -19,7 +19,7 @@ func (c *Config) validateBGP() error {
 // node announces nothing.
 func (c *Config) speaker() (*bgp.Speaker, error) {
 	if len(c.Anycast) == 0 {
-		for field, set := range map[string]bool{"bgp-asn": c.BGPASN != "", "bgp-router-id": c.BGPRouterID != "", "bgp-peer": len(c.BGPPeers) > 0} {
+		for field, set := range map[string]bool{"bgp-asn": c.BGPASN != "", "bgp-router-id": c.BGPRouterID != "", "bgp-peer": len(c.BGPPeers) > 0, "anycast-bind": c.AnycastBind != ""} {
 			if set {
 				return nil, fieldErr(field, "given without anycast: nothing would be announced")
 			}
@@ -34,6 +34,9 @@ func (c *Config) speaker() (*bgp.Speaker, error) {
 		p, err := bgp.ParsePrefix(a)
 		if err != nil {
 			return nil, &FieldError{Field: "anycast", Err: err}
+		}
+		if c.AnycastBind != "" && !p.IsSingleIP() {
+			return nil, fieldErr("anycast-bind", "%s is not a single address (/32 or /128): bind each announced address", p)
 		}
 		sp.Prefixes = append(sp.Prefixes, p)
 	}
@@ -85,7 +88,18 @@ func (n *Node) startAnycast(ctx context.Context) error {
 		return err
 	}
 	sp.Logger = n.Logger.With("part", "bgp")
+	if ifname := n.Config.AnycastBind; ifname != "" {
+		// Before the first announcement: traffic the route attracts must
+		// find the address here.
+		unbind, err := bgp.BindAddrs(ifname, sp.Prefixes)
+		if err != nil {
+			return &FieldError{Field: "anycast-bind", Err: err}
+		}
+		n.unbindAnycast = unbind
+		n.Logger.Info("anycast addresses bound", "interface", ifname, "prefixes", n.Config.Anycast)
+	}
 	if err := sp.Start(ctx); err != nil {
+		n.releaseAnycastAddrs()
 		return fmt.Errorf("bgp: %w", err)
 	}
 	n.speaker = sp
@@ -136,7 +150,21 @@ func (n *Node) drainAnycast(ctx context.Context) {
 	}
 }
 
+// releaseAnycastAddrs removes the anycast addresses the edge added
+// (--anycast-bind): after its listeners closed, so no connection to them
+// is cut.
+func (n *Node) releaseAnycastAddrs() {
+	if n.unbindAnycast == nil {
+		return
+	}
+	if err := n.unbindAnycast(); err != nil {
+		n.Logger.Warn("anycast-bind: removing addresses", "err", err)
+	}
+	n.unbindAnycast = nil
+}
+
 func (n *Node) stopAnycast(ctx context.Context) {
+	defer n.releaseAnycastAddrs()
 	if n.speaker == nil {
 		return
 	}

@@ -175,6 +175,12 @@ type Config struct {
 	// Anycast lists the prefixes an edge announces over BGP while it can
 	// serve (e.g. 198.51.100.10/32; IPv6 too). Default: none, no BGP.
 	Anycast []string `yaml:"anycast" usage:"edge: anycast prefix to announce over BGP while it can serve, e.g. 198.51.100.10/32 (repeatable)"`
+	// AnycastBind names the interface (e.g. "lo") the edge adds its
+	// anycast addresses to when it starts (taking over ones a crashed run
+	// left) and removes them from when it stops. Each anycast prefix must
+	// then be one address (/32 or /128). Needs CAP_NET_ADMIN. Default: the
+	// operator assigns them.
+	AnycastBind string `yaml:"anycast-bind" usage:"edge: add the anycast addresses to this interface (e.g. lo) while running; needs CAP_NET_ADMIN"`
 	// BGPASN is the edge's local AS number. Required with Anycast.
 	BGPASN string `yaml:"bgp-asn" usage:"edge: local AS number"`
 	// BGPRouterID is the BGP identifier, an IPv4 address. Required with

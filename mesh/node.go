@@ -49,9 +49,11 @@ type Node struct {
 	cache    *cache.Store        // edge: the HTTP cache; nil when off
 	certs    *tlsmgr.PublicCerts // edge with public-https
 	probe    *prober             // edges and gateways: reachability of global pool gateways
-	speaker  *bgp.Speaker        // edge with anycast prefixes
-	gate     *bgp.Gate           // announces only while the edge can serve
-	canServe chan bool           // latest "can serve" for the gate
+	// unbindAnycast removes the addresses --anycast-bind added.
+	unbindAnycast func() error
+	speaker       *bgp.Speaker // edge with anycast prefixes
+	gate          *bgp.Gate    // announces only while the edge can serve
+	canServe      chan bool    // latest "can serve" for the gate
 
 	kick   chan struct{}
 	cancel context.CancelFunc
