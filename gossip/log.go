@@ -51,6 +51,11 @@ func parseLine(line string) (slog.Level, string) {
 	}
 	line = strings.TrimSpace(line)
 	line = strings.TrimPrefix(line, "memberlist: ")
+	if level > slog.LevelDebug && strings.Contains(line, "use of closed network connection") {
+		// This node's own sockets, closed by Leave or Shutdown: a probe
+		// still in flight fails, as expected when a node stops.
+		level = slog.LevelDebug
+	}
 	return level, line
 }
 

@@ -21,6 +21,8 @@ func TestParseLine(t *testing.T) {
 		{"[ERROR] memberlist: x", slog.LevelError, "x"},
 		{"[ERR] Failed to shutdown transport: y", slog.LevelError, "Failed to shutdown transport: y"},
 		{"no prefix at all", slog.LevelInfo, "no prefix at all"},
+		{"[ERR] memberlist: Failed to send indirect UDP ping: write udp 127.0.0.1:1->127.0.0.1:2: use of closed network connection",
+			slog.LevelDebug, "Failed to send indirect UDP ping: write udp 127.0.0.1:1->127.0.0.1:2: use of closed network connection"},
 		{"", slog.LevelInfo, ""},
 	} {
 		level, msg := parseLine(tc.in)
