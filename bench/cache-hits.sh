@@ -64,9 +64,7 @@ cat <<EOF
 }
 EOF
 } >"$WORK/nginx/nginx.conf"
-nginx -t -c "$WORK/nginx/nginx.conf" >"$WORK/logs/nginx-t.log" 2>&1 || die "nginx config: $(cat "$WORK/logs/nginx-t.log")"
-start nginx nginx -c "$WORK/nginx/nginx.conf"
-NGINX_PID=$PID
+start_nginx
 
 # Varnish with the default VCL plus a hit marker; Varnish has no TLS of
 # its own, so hitch (Varnish's TLS proxy) terminates TLS and passes ALPN

@@ -62,9 +62,7 @@ cat <<EOF
 }
 EOF
 } >"$WORK/nginx/nginx.conf"
-nginx -t -c "$WORK/nginx/nginx.conf" >"$WORK/logs/nginx-t.log" 2>&1 || die "nginx config: $(cat "$WORK/logs/nginx-t.log")"
-start nginx nginx -c "$WORK/nginx/nginx.conf"
-NGINX_PID=$PID
+start_nginx
 
 # Caddy: TLS from its internal CA (as meshd's --tls internal), reverse
 # proxy to the app. HTTP/3 and the HTTP listener are off: neither is

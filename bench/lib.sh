@@ -324,6 +324,14 @@ versions_line() {
 # self_signed NAME writes $WORK/tls/NAME.{crt,key,pem}: an ECDSA P-256
 # certificate for web.localhost, the key type meshd's and Caddy's internal
 # CAs issue, so every server does the same handshake work.
+# start_nginx checks and starts $WORK/nginx/nginx.conf; sets NGINX_PID.
+start_nginx() {
+	nginx -t -c "$WORK/nginx/nginx.conf" >"$WORK/logs/nginx-t.log" 2>&1 || die "nginx config: $(cat "$WORK/logs/nginx-t.log")"
+	start nginx nginx -c "$WORK/nginx/nginx.conf"
+	# shellcheck disable=SC2034 # read by the scripts that source this file
+	NGINX_PID=$PID
+}
+
 # nginx_conf_head prints the start of an nginx.conf both benchmarks share:
 # foreground, files under $WORK, no access log, keep-alive without limit.
 # The caller prints the rest of the http block and closes it.

@@ -82,6 +82,27 @@ func rewrite(t *testing.T, dir, name, as string, repl ...string) string {
 	return p
 }
 
+// checkParsed checks what a parse_* function printed: a failure when want
+// is nil, else the three numbers within tol.
+func checkParsed(t *testing.T, out string, err error, want []float64, tol float64) {
+	t.Helper()
+	if want == nil {
+		if err == nil {
+			t.Fatalf("parsed %q, want failure", out)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := fields(t, out)
+	for i := range got {
+		if math.Abs(got[i]-want[i]) > tol {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+}
+
 func TestParseWrk(t *testing.T) {
 	dir := t.TempDir()
 	tests := []struct {
@@ -102,21 +123,7 @@ func TestParseWrk(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := lib(t, dir, "parse_wrk "+strconv.Quote(tc.file))
-			if tc.want == nil {
-				if err == nil {
-					t.Fatalf("parsed %q, want failure", out)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := fields(t, out)
-			for i := range got {
-				if math.Abs(got[i]-tc.want[i]) > 0.06 {
-					t.Fatalf("got %v, want %v", got, tc.want)
-				}
-			}
+			checkParsed(t, out, err, tc.want, 0.06)
 		})
 	}
 }
@@ -161,21 +168,7 @@ func TestParseH2(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := lib(t, dir, "parse_h2 "+strconv.Quote(tc.file)+" "+strconv.Quote(tc.times))
-			if tc.want == nil {
-				if err == nil {
-					t.Fatalf("parsed %q, want failure", out)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := fields(t, out)
-			for i := range got {
-				if math.Abs(got[i]-tc.want[i]) > 0.001 {
-					t.Fatalf("got %v, want %v", got, tc.want)
-				}
-			}
+			checkParsed(t, out, err, tc.want, 0.001)
 		})
 	}
 }

@@ -365,13 +365,7 @@ func readSimpleResponse(br *bufio.Reader, req *http.Request) *http.Response {
 		if !validFieldValue(v) {
 			return nil
 		}
-		k := canonicalFieldName(line[:colon])
-		if vv, ok := h[k]; ok {
-			h[k] = append(vv, v)
-			continue
-		}
-		vals = append(vals, v)
-		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
+		vals = addField(h, vals, canonicalFieldName(line[:colon]), v)
 	}
 	if _, ok := h["Transfer-Encoding"]; ok {
 		return nil

@@ -188,9 +188,6 @@ func parseVersion(v []byte) (major, minor int, ok bool) {
 // section. Field values are kept as sent, without surrounding whitespace.
 func parseFields(lr *lineReader, trailer bool) (http.Header, error) {
 	h := make(http.Header, 8)
-	// One backing array for the single values most fields have: appending
-	// to a field slices it at its capacity, so a repeated field gets its
-	// own array.
 	var vals []string
 	for {
 		line, err := lr.next()
@@ -217,17 +214,26 @@ func parseFields(lr *lineReader, trailer bool) (http.Header, error) {
 		if trailer && !httpguts.ValidTrailerHeader(key) {
 			continue // framing and routing fields have no place in a trailer
 		}
-		if vv, ok := h[key]; ok {
-			h[key] = append(vv, string(value))
-			continue
-		}
-		if len(vals) == cap(vals) {
-			vals = make([]string, 0, 16)
-		}
-		vals = append(vals, string(value))
-		n := len(vals)
-		h[key] = vals[n-1 : n : n]
+		vals = addField(h, vals, key, string(value))
 	}
+}
+
+// addField adds one field value to h. Single values, what most fields
+// have, share the backing array vals (grown 16 at a time), each sliced at
+// its capacity so that a repeated field's append copies out; it returns
+// vals.
+func addField(h http.Header, vals []string, key, value string) []string {
+	if vv, ok := h[key]; ok {
+		h[key] = append(vv, value)
+		return vals
+	}
+	if len(vals) == cap(vals) {
+		vals = make([]string, 0, 16)
+	}
+	vals = append(vals, value)
+	n := len(vals)
+	h[key] = vals[n-1 : n : n]
+	return vals
 }
 
 // finishHead applies the rules that need the whole header section: Host,

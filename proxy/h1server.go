@@ -262,21 +262,17 @@ func watchClient(ctx context.Context) {
 	if c == nil {
 		return
 	}
-	c.curLock.Lock()
-	w := c.cur
-	c.curLock.Unlock()
-	if w == nil {
-		return
-	}
-	c.startWatch(w)
+	c.startWatch()
 }
 
-// startWatch starts the read-ahead unless something could still read from
-// the connection (a request body) or the client already sent more.
-func (c *h1conn) startWatch(w *h1resp) {
+// startWatch starts the read-ahead for the request being served unless
+// something could still read from the connection (a request body) or the
+// client already sent more.
+func (c *h1conn) startWatch() {
 	c.curLock.Lock()
 	defer c.curLock.Unlock()
-	if c.bgOn || c.cur != w || !w.body.done() || c.br.Buffered() > 0 || c.bgHave || c.bgErr != nil {
+	w := c.cur
+	if w == nil || c.bgOn || !w.body.done() || c.br.Buffered() > 0 || c.bgHave || c.bgErr != nil {
 		return
 	}
 	c.bgOn = true

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -33,16 +32,7 @@ func fixedRoute(ups ...*Upstream) func(*http.Request) ([]*Upstream, error) {
 // the test.
 func startServer(t testing.TB, h http.Handler, cfg *tls.Config) *Server {
 	t.Helper()
-	s := &Server{Addr: "127.0.0.1:0", Handler: h, TLS: cfg, Logger: testLogger()}
-	if err := s.Start(context.Background()); err != nil {
-		t.Fatalf("start: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = s.Shutdown(ctx)
-	})
-	return s
+	return startWith(t, &Server{Handler: h, TLS: cfg})
 }
 
 // startProxy starts a plain Server in front of a Handler with the given
