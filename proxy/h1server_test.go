@@ -586,7 +586,7 @@ func TestH1SendTimeout(t *testing.T) {
 	s := startWith(t, &Server{SendTimeout: 300 * time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := len(big)
 		if r.URL.Path == "/slow-reader" {
-			n = 2 << 20
+			n = 16 << 20
 		}
 		w.Header().Set("Content-Length", fmt.Sprint(n))
 		_, err := w.Write(big[:n])
@@ -613,15 +613,17 @@ func TestH1SendTimeout(t *testing.T) {
 	}
 	buf := make([]byte, 64<<10)
 	var got int
-	for i := 0; i < 200; i++ {
+	// About 13 MB/s: the whole body takes longer than the send timeout
+	// (more than the socket buffers hold), each 256 KiB piece far less.
+	for i := 0; i < 1000; i++ {
 		n, err := resp.Body.Read(buf)
 		got += n
 		if err != nil {
 			break
 		}
-		time.Sleep(20 * time.Millisecond) // about 3 MB/s
+		time.Sleep(5 * time.Millisecond)
 	}
-	if got != 2<<20 {
-		t.Fatalf("slow reader got %d bytes, want all %d", got, 2<<20)
+	if got != 16<<20 {
+		t.Fatalf("slow reader got %d bytes, want all %d", got, 16<<20)
 	}
 }
