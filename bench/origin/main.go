@@ -155,6 +155,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:0", "address to serve on")
 	nPorts := fs.Int("free-ports", 0, "print this many free loopback TCP+UDP ports and exit")
+	floor := fs.Bool("floor", false, "serve the floor (a bare read-and-write loop, floor.go) instead of the origin")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -174,6 +175,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
+	}
+	if *floor {
+		fmt.Fprintf(stdout, "floor listening on %s\n", ln.Addr())
+		errc := make(chan error, 1)
+		go func() { errc <- serveFloor(ln, floorResponses(newOrigin())) }()
+		select {
+		case err := <-errc:
+			return fmt.Errorf("serve: %w", err)
+		case <-ctx.Done():
+		}
+		_ = ln.Close()
+		return nil
 	}
 	srv := &http.Server{
 		Handler:           newOrigin(),
