@@ -64,6 +64,7 @@ type h1conn struct {
 	srv    *h1srv
 	rwc    net.Conn // as accepted: Close goes here
 	wc     net.Conn // where writes go: the TCP connection under rwc when there is one, for writev
+	raw    *rawTCP  // reads and writes of wc when it is plain TCP (rawtcp.go); nil over TLS
 	tls    *tls.ConnectionState
 	remote string
 	ctx    context.Context // carries the connection, for watchClient
@@ -93,6 +94,7 @@ func (s *h1srv) serve(rwc net.Conn, tlsState *tls.ConnectionState) {
 	if lc, ok := rwc.(*limitConn); ok {
 		c.wc = lc.Conn
 	}
+	c.raw = newRawTCP(c.wc)
 	c.ctx = context.WithValue(context.Background(), h1ConnKey{}, c)
 	c.br = bufio.NewReaderSize(connReader{c}, h1BufSize)
 	c.lr.br = c.br
@@ -146,7 +148,29 @@ func (r connReader) Read(p []byte) (int, error) {
 	if c.bgErr != nil {
 		return 0, c.bgErr
 	}
+	if c.raw != nil {
+		return c.raw.Read(p)
+	}
 	return c.rwc.Read(p)
+}
+
+// write sends p to the client.
+func (c *h1conn) write(p []byte) (int, error) {
+	if c.raw != nil {
+		return c.raw.Write(p)
+	}
+	return c.wc.Write(p)
+}
+
+// writev sends a and b to the client, in one system call when it can.
+func (c *h1conn) writev(a, b []byte) error {
+	if c.raw != nil {
+		_, err := c.raw.writev(a, b)
+		return err
+	}
+	bufs := net.Buffers{a, b}
+	_, err := bufs.WriteTo(c.wc)
+	return err
 }
 
 // serveOne reads and serves one request; false ends the connection.
@@ -195,7 +219,7 @@ func (c *h1conn) writeRefusal(re *requestError) {
 	b = append(b, "\r\n\r\n"...)
 	b = append(b, body...)
 	_ = c.rwc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, _ = c.wc.Write(b)
+	_, _ = c.write(b)
 	c.wbuf = b[:0]
 }
 
@@ -494,13 +518,12 @@ func (w *h1resp) writeBody(p []byte) {
 		first = p[:maxSendPiece]
 	}
 	c.armWrite()
-	bufs := net.Buffers{c.wbuf, first}
-	_, err := bufs.WriteTo(c.wc)
+	err := c.writev(c.wbuf, first)
 	c.wbuf = c.wbuf[:0]
 	for p = p[len(first):]; err == nil && len(p) > 0; p = p[len(first):] {
 		first = p[:min(len(p), maxSendPiece)]
 		c.armWrite()
-		_, err = c.wc.Write(first)
+		_, err = c.write(first)
 	}
 	w.wrote(err)
 }
@@ -530,7 +553,7 @@ func (w *h1resp) flushBuf() {
 		return
 	}
 	c.armWrite()
-	_, err := c.wc.Write(c.wbuf)
+	_, err := c.write(c.wbuf)
 	c.wbuf = c.wbuf[:0]
 	w.wrote(err)
 }
@@ -823,7 +846,7 @@ func (b *h1body) Read(p []byte) (int, error) {
 			// nothing yet (continueOK is false once it wrote a header).
 			b.continueOK = false
 			b.c.armWrite()
-			if _, err := b.c.wc.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
+			if _, err := b.c.write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
 				b.err = err
 				return 0, err
 			}
