@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -84,6 +85,13 @@ type h1conn struct {
 	cur     *h1resp // the request being served
 	curLock sync.Mutex
 	werr    error // the first write error; the connection is done
+
+	// Deadlines (see rearm): rdArmed says a read deadline is set; idleAt
+	// and sendAt are when the idle and the send deadline now set were set
+	// (zero: the deadline set is another one, or none).
+	rdArmed bool
+	idleAt  time.Time
+	sendAt  time.Time
 }
 
 type h1ConnKey struct{}
@@ -181,21 +189,32 @@ func (c *h1conn) serveOne() bool {
 		if s.closing.Load() {
 			return false
 		}
-		if s.idleTimeout > 0 {
-			_ = c.rwc.SetReadDeadline(time.Now().Add(s.idleTimeout))
+		if t := s.idleTimeout; t > 0 && rearm(&c.idleAt, t) {
+			_ = c.rwc.SetReadDeadline(c.idleAt.Add(t))
+			c.rdArmed = true
 		}
 		if _, err := c.br.Peek(1); err != nil {
 			return false
 		}
 	}
 	c.state.Store(h1Active)
-	if s.headerTimeout > 0 {
+	// A head that arrived whole is parsed without another read, under the
+	// idle deadline already set: the header timeout is for a head that
+	// comes in pieces, or when no deadline is set at all.
+	headerSet := s.headerTimeout > 0 && (!c.rdArmed || !headBuffered(c.br))
+	if headerSet {
 		_ = c.rwc.SetReadDeadline(time.Now().Add(s.headerTimeout))
+		c.rdArmed, c.idleAt = true, time.Time{}
 	}
 	c.lr.budget = s.maxHeaderBytes
 	var r http.Request
 	err := parseRequestHead(&c.lr, &r)
-	_ = c.rwc.SetReadDeadline(time.Time{})
+	// The idle deadline may stay for a request without a body: nothing
+	// reads the connection before the next request unless watchClient
+	// starts, and it clears the deadline first.
+	if err != nil || headerSet || r.ContentLength != 0 || r.TransferEncoding != nil {
+		c.clearRead()
+	}
 	if err != nil {
 		var re *requestError
 		if errors.As(err, &re) {
@@ -219,6 +238,7 @@ func (c *h1conn) writeRefusal(re *requestError) {
 	b = append(b, "\r\n\r\n"...)
 	b = append(b, body...)
 	_ = c.rwc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	c.sendAt = time.Time{}
 	_, _ = c.write(b)
 	c.wbuf = b[:0]
 }
@@ -300,6 +320,7 @@ func (c *h1conn) startWatch() {
 		return
 	}
 	c.bgOn = true
+	c.clearRead()
 	cancel := w.cancel
 	go func() {
 		n, err := c.rwc.Read(c.bgByte[:])
@@ -533,9 +554,40 @@ const maxSendPiece = 256 << 10
 
 // armWrite starts the send timeout for the next write.
 func (c *h1conn) armWrite() {
-	if t := c.srv.sendTimeout; t > 0 {
-		_ = c.rwc.SetWriteDeadline(time.Now().Add(t))
+	if t := c.srv.sendTimeout; t > 0 && rearm(&c.sendAt, t) {
+		_ = c.rwc.SetWriteDeadline(c.sendAt.Add(t))
 	}
+}
+
+// rearm reports whether a deadline of timeout t set at *at must be set
+// again now, and if so sets *at to now. Setting a deadline updates a
+// runtime timer; done for every request it was a few percent of a cache
+// hit's CPU. A deadline set less than t/16 (at most a second) ago is kept:
+// the idle and send timeouts then run between 15/16 of t and t.
+func rearm(at *time.Time, t time.Duration) bool {
+	now := time.Now()
+	if !at.IsZero() && now.Sub(*at) < min(t/16, time.Second) {
+		return false
+	}
+	*at = now
+	return true
+}
+
+// clearRead removes the read deadline, if one is set.
+func (c *h1conn) clearRead() {
+	if c.rdArmed {
+		_ = c.rwc.SetReadDeadline(time.Time{})
+		c.rdArmed, c.idleAt = false, time.Time{}
+	}
+}
+
+// headBuffered reports whether the buffer holds a whole request head:
+// an empty line after the request line (and after the empty lines a
+// client may send before it, RFC 9112 §2.2).
+func headBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	b = bytes.TrimLeft(b, "\r\n")
+	return bytes.Contains(b, []byte("\n\r\n")) || bytes.Contains(b, []byte("\n\n"))
 }
 
 // wrote records a write error: the client is gone.
@@ -658,10 +710,16 @@ func (w *h1resp) FlushError() error {
 
 // SetReadDeadline bounds the reads of the request body
 // (http.ResponseController).
-func (w *h1resp) SetReadDeadline(t time.Time) error { return w.c.rwc.SetReadDeadline(t) }
+func (w *h1resp) SetReadDeadline(t time.Time) error {
+	w.c.rdArmed, w.c.idleAt = !t.IsZero(), time.Time{}
+	return w.c.rwc.SetReadDeadline(t)
+}
 
 // SetWriteDeadline bounds the writes of the response.
-func (w *h1resp) SetWriteDeadline(t time.Time) error { return w.c.rwc.SetWriteDeadline(t) }
+func (w *h1resp) SetWriteDeadline(t time.Time) error {
+	w.c.sendAt = time.Time{}
+	return w.c.rwc.SetWriteDeadline(t)
+}
 
 // EnableFullDuplex: the request body can always be read while the response
 // is written on this server.

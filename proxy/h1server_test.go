@@ -627,3 +627,80 @@ func TestH1SendTimeout(t *testing.T) {
 		t.Fatalf("slow reader got %d bytes, want all %d", got, 16<<20)
 	}
 }
+
+// TestH1HeaderTimeoutKeptWithIdleDeadline: a head that has not arrived
+// whole is bounded by the header timeout (here 300 ms, the idle timeout
+// 10 s) however it starts: first on the connection, after empty lines,
+// pipelined after a request with a body or after one without.
+func TestH1HeaderTimeoutKeptWithIdleDeadline(t *testing.T) {
+	s := startWith(t, &Server{Handler: http.HandlerFunc(okHandler), ReadHeaderTimeout: 300 * time.Millisecond, IdleTimeout: 10 * time.Second})
+	for _, tc := range []struct {
+		name      string
+		in        string
+		responses int
+	}{
+		{"first", "GET / HTTP/1.1\r\nHost: x\r\n", 0},
+		{"after empty lines", "\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n", 0},
+		{"after a body", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: x\r\n", 1},
+		{"after a bodiless request", "GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", s.BoundAddr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			start := time.Now()
+			if _, err := io.WriteString(c, tc.in); err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(c)
+			for i := 0; i < tc.responses; i++ {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil || resp.StatusCode != 200 {
+					t.Fatalf("response %d: %v", i, err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+			}
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Fatalf("after %v: %v, want the connection closed", time.Since(start), err)
+			}
+			if d := time.Since(start); d > 3*time.Second {
+				t.Fatalf("closed after %v: not by the 300 ms header timeout", d)
+			}
+		})
+	}
+}
+
+// TestH1IdleDeadlineRearmed: a connection with a request every 100 ms
+// stays open past several idle timeouts of 300 ms (the idle deadline set
+// for one request is moved on for later ones) and is closed once silent.
+func TestH1IdleDeadlineRearmed(t *testing.T) {
+	s := startWith(t, &Server{Handler: http.HandlerFunc(okHandler), ReadHeaderTimeout: 300 * time.Millisecond, IdleTimeout: 300 * time.Millisecond})
+	c, err := net.Dial("tcp", s.BoundAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	for i := range 12 {
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		time.Sleep(100 * time.Millisecond)
+	}
+	start := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("silent connection: %v, want it closed", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("closed %v after the last request, idle timeout 300 ms", d)
+	}
+}
