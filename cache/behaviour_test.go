@@ -342,6 +342,16 @@ func TestVary(t *testing.T) {
 			{hdr: []string{"Accept-Language", "en", "Accept-Encoding", "gzip"}, body: "body-1"},
 			{hdr: []string{"Accept-Language", "de", "Accept-Encoding", "gzip"}, upstream: true},
 		}},
+		{name: "Accept-Language: case and spaces folded, order kept", header: hdr("Cache-Control", "max-age=60", "Vary", "Accept-Language"), steps: []step{
+			{hdr: []string{"Accept-Language", "en-US, de;q=0.5"}, upstream: true, body: "body-1"},
+			{hdr: []string{"Accept-Language", "EN-us , De ; Q=0.5"}, body: "body-1"},
+			{hdr: []string{"Accept-Language", "de;q=0.5, en-US"}, upstream: true, body: "body-2"},
+			{hdr: []string{"Accept-Language", "e n-US, de;q=0.5"}, upstream: true, body: "body-3"}, // not a language range: its own variant
+		}},
+		{name: "other fields keep case", header: hdr("Cache-Control", "max-age=60", "Vary", "X-Variant"), steps: []step{
+			{hdr: []string{"X-Variant", "a"}, upstream: true},
+			{hdr: []string{"X-Variant", "A"}, upstream: true},
+		}},
 		{name: "Vary star never served", header: hdr("Cache-Control", "max-age=60", "Vary", "*"), steps: []step{
 			{upstream: true, cs: "meshd; fwd=uri-miss"},
 			{upstream: true},

@@ -156,7 +156,7 @@ func appendVaryKey(dst []byte, names []string, h http.Header) []byte {
 			continue
 		}
 		dst = append(dst, 1)
-		dst = appendNormalized(dst, vals)
+		dst = appendNormalized(dst, vals, n == "Accept-Language")
 		dst = append(dst, 0)
 	}
 	return dst
@@ -167,7 +167,14 @@ func appendVaryKey(dst []byte, names []string, h http.Header) []byte {
 // spaces and tabs inside a member collapsed to one space (RFC 9111 §4.1
 // allows normalizing whitespace before comparing). Bytes 0 and 1 are
 // escaped so that the encoding stays unambiguous.
-func appendNormalized(dst []byte, vals []string) []byte {
+//
+// With lang (Accept-Language) it also drops the whitespace around ";" and
+// "=" (the weight, RFC 9110 §12.4.2) and folds letters to lower case:
+// language ranges compare without regard to case (RFC 4647 §2). The order of the members is kept: RFC
+// 9110 gives equal weights no order, but origins commonly pick the first
+// listed of equal weight, so "en, de" and "de, en" can get different
+// answers.
+func appendNormalized(dst []byte, vals []string, lang bool) []byte {
 	first := true
 	for _, v := range vals {
 		for len(v) > 0 {
@@ -194,13 +201,17 @@ func appendNormalized(dst []byte, vals []string) []byte {
 					continue
 				}
 				if space {
-					dst = append(dst, ' ')
+					if prev := dst[len(dst)-1]; !lang || (c != ';' && c != '=' && prev != ';' && prev != '=') {
+						dst = append(dst, ' ')
+					}
 					space = false
 				}
-				switch c {
-				case 0:
+				switch {
+				case lang && 'A' <= c && c <= 'Z':
+					dst = append(dst, c+'a'-'A')
+				case c == 0:
 					dst = append(dst, 1, 2)
-				case 1:
+				case c == 1:
 					dst = append(dst, 1, 1)
 				default:
 					dst = append(dst, c)
