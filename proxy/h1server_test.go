@@ -526,41 +526,63 @@ func FuzzH1Conn(f *testing.F) {
 		maxHeaderBytes: 4 << 10,
 		logger:         testLogger(),
 	}
+	// Each input goes over net.Pipe (the path of TLS connections, whose
+	// writes go through the net.Conn) and over loopback TCP (rawtcp.go's
+	// system calls).
 	f.Fuzz(func(t *testing.T, in []byte) {
-		client, server := net.Pipe()
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			s.serve(server, nil)
-		}()
-		_ = client.SetDeadline(time.Now().Add(5 * time.Second))
-		go func() { _, _ = client.Write(in) }()
-		br := bufio.NewReader(client)
-		for i := 0; ; i++ {
-			if _, err := br.Peek(1); err != nil {
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					t.Fatalf("server neither answered nor closed within 5 s for %q", in)
-				}
-				break // closed
+		for _, tcp := range []bool{false, true} {
+			var client, server net.Conn
+			if tcp {
+				client, server = tcpPair(t)
+			} else {
+				client, server = net.Pipe()
 			}
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatalf("malformed response %d to %q: %v", i, in, err)
-			}
-			if _, err := io.Copy(io.Discard, resp.Body); err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
-				t.Fatalf("response %d body to %q: %v", i, in, err)
-			}
-			if resp.StatusCode < 100 || resp.StatusCode > 599 {
-				t.Fatalf("status %d to %q", resp.StatusCode, in)
-			}
-		}
-		client.Close()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Fatalf("connection goroutine still running 5 s after the client left (%q)", in)
+			fuzzH1Exchange(t, s, client, server, in)
 		}
 	})
+}
+
+// fuzzH1Exchange serves one connection with in as the client's bytes and
+// checks that every answer is a well-formed response and that the
+// connection ends.
+func fuzzH1Exchange(t *testing.T, s *h1srv, client, server net.Conn, in []byte) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.serve(server, nil)
+	}()
+	_ = client.SetDeadline(time.Now().Add(5 * time.Second))
+	go func() {
+		_, _ = client.Write(in)
+		if tc, ok := client.(*net.TCPConn); ok {
+			_ = tc.CloseWrite() // the end of the input: the server need not wait for its idle timeout
+		}
+	}()
+	br := bufio.NewReader(client)
+	for i := 0; ; i++ {
+		if _, err := br.Peek(1); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("server neither answered nor closed within 5 s for %q", in)
+			}
+			break // closed
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("malformed response %d to %q: %v", i, in, err)
+		}
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("response %d body to %q: %v", i, in, err)
+		}
+		if resp.StatusCode < 100 || resp.StatusCode > 599 {
+			t.Fatalf("status %d to %q", resp.StatusCode, in)
+		}
+	}
+	client.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("connection goroutine still running 5 s after the client left (%q)", in)
+	}
 }
 
 func TestH1RawHeader(t *testing.T) {
