@@ -63,9 +63,10 @@ const (
 // h1conn is one client connection.
 type h1conn struct {
 	srv    *h1srv
-	rwc    net.Conn // as accepted: Close goes here
-	wc     net.Conn // where writes go: the TCP connection under rwc when there is one, for writev
-	raw    *rawTCP  // reads and writes of wc when it is plain TCP (rawtcp.go); nil over TLS
+	rwc    net.Conn    // as accepted: Close goes here
+	wc     net.Conn    // where writes go: the TCP connection under rwc when there is one, for writev
+	raw    *rawTCP     // reads and writes of wc when it is plain TCP (rawtcp.go); nil over TLS
+	hdr    http.Header // the response header map, reused (serveRequest)
 	tls    *tls.ConnectionState
 	remote string
 	ctx    context.Context // carries the connection, for watchClient
@@ -251,7 +252,15 @@ func (c *h1conn) serveRequest(r0 *http.Request) (keep bool) {
 	r0.RemoteAddr = c.remote
 	r0.TLS = c.tls
 	r := r0.WithContext(ctx)
-	w := &h1resp{c: c, req: r, header: make(http.Header, 8), cancel: cancel}
+	// The response header map is the connection's, emptied per request: a
+	// handler may not use it after it returned (http.ResponseWriter), and
+	// a map per request was the largest allocation of a cache hit.
+	if c.hdr == nil {
+		c.hdr = make(http.Header, 8)
+	} else {
+		clear(c.hdr)
+	}
+	w := &h1resp{c: c, req: r, header: c.hdr, cancel: cancel}
 	w.body.init(c, w, r)
 	r.Body = &w.body
 	if r.ContentLength == 0 && r.TransferEncoding == nil {

@@ -726,3 +726,44 @@ func TestH1IdleDeadlineRearmed(t *testing.T) {
 		t.Fatalf("closed %v after the last request, idle timeout 300 ms", d)
 	}
 }
+
+// TestH1HeaderMapPerRequest: the response header map is reused on a
+// connection, emptied between requests: nothing a handler set for one
+// response shows in the next.
+func TestH1HeaderMapPerRequest(t *testing.T) {
+	s := startWith(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/set" {
+			w.Header().Set("X-Set", "1")
+			w.Header()["Trailer"] = []string{"X-T"}
+			w.Header().Set("Content-Length", "7")
+			_, _ = io.WriteString(w, "set it!")
+			return
+		}
+		_, _ = io.WriteString(w, "plain")
+	})})
+	c, err := net.Dial("tcp", s.BoundAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "GET /set HTTP/1.1\r\nHost: x\r\n\r\nGET /plain HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	for i, want := range []string{"set it!", "plain"} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if string(body) != want {
+			t.Fatalf("response %d body %q, want %q", i, body, want)
+		}
+		if i == 1 {
+			if v := resp.Header.Get("X-Set"); v != "" || resp.ContentLength != int64(len(want)) || len(resp.Trailer) != 0 {
+				t.Fatalf("second response carries the first's fields: X-Set %q, length %d, trailer %v", v, resp.ContentLength, resp.Trailer)
+			}
+		}
+	}
+}
