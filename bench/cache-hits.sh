@@ -261,12 +261,18 @@ RESULT="$BENCH_DIR/results/cache-hits-$DATE.txt"
 			-v mc="$(median "$o/h1/meshd" 4)" -v mp="$(median "$o/h1/meshd" 3)" -v vp="$(median "$o/h1/varnish" 3)" \
 			-v mpp="$(median "$o/h1p/meshd" 3)" -v vpp="$(median "$o/h1p/varnish" 3)" \
 			-v xr="$(median "$o/h1/meshd-miss" 2)" -v xp="$(median "$o/h1/meshd-miss" 3)" \
-			-v xpp="$(median "$o/h1p/meshd-miss" 3)" '
+			-v xpp="$(median "$o/h1p/meshd-miss" 3)" \
+			-v fr="$(median "$o/h1/go-floor" 2)" -v fc="$(median "$o/h1/go-floor" 4)" -v fp="$(median "$o/h1/go-floor" 3)" \
+			-v nc="$(median "$o/h1/nginx" 4)" '
 			function v(ok) { return ok ? "met" : "MISSED" }
 			BEGIN {
 				printf "  %-5s vs varnish %s, vs nginx %s, CPU %s, p99 %s (saturated) %s (paced), hit vs miss %s\n", o,
 					v(mr >= vr), v(mr >= nr), v(mc <= 25), v(mp <= vp), v(mpp <= vpp),
 					v(mr >= xr && mp <= xp && mpp <= xpp)
+				# The same checks for the Go floor: a MISSED above that the
+				# floor misses too is not meshd work, but where Go starts here.
+				printf "        go-floor: vs nginx %s (%.2fx), CPU %.1f µs (nginx %.1f), p99 saturated %s (%.2f ms)\n",
+					v(fr >= nr), fr / nr, fc, nc, v(fp <= vp), fp
 			}'
 	done
 	echo
