@@ -1,8 +1,10 @@
 package cache
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -623,5 +625,105 @@ func TestSchemeInKey(t *testing.T) {
 	do(h, "GET", "http://example.com/K")
 	if o.calls.Load() != 4 {
 		t.Fatalf("scheme, query and path case must be distinct keys: %d calls", o.calls.Load())
+	}
+}
+
+// TestPartialContent: a 206 to a single-range GET is stored as partial
+// content (RFC 9111 §3.3) and answers later ranges that lie inside it;
+// anything else goes to the origin, and a full response still wins.
+func TestPartialContent(t *testing.T) {
+	const whole = "0123456789"
+	_, o, clock, h := newTestStore(t, nil)
+	partial := func(cc, contentRange, body string, extra ...string) {
+		o.mu.Lock()
+		o.respond = func(o *origin, n int64, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Cache-Control", cc)
+			w.Header().Set("Content-Range", contentRange)
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			for i := 0; i+1 < len(extra); i += 2 {
+				w.Header().Set(extra[i], extra[i+1])
+			}
+			w.WriteHeader(http.StatusPartialContent)
+			_, _ = io.WriteString(w, body)
+		}
+		o.mu.Unlock()
+	}
+	get := func(path, rng string, extra ...string) *httptest.ResponseRecorder {
+		return do(h, "GET", "http://example.com"+path, append([]string{"Range", rng}, extra...)...)
+	}
+	expect := func(w *httptest.ResponseRecorder, calls int64, status int, body, contentRange string) {
+		t.Helper()
+		if w.Code != status || w.Body.String() != body || w.Header().Get("Content-Range") != contentRange || o.calls.Load() != calls {
+			t.Fatalf("got %d %q %q after %d origin calls, want %d %q %q after %d",
+				w.Code, w.Body.String(), w.Header().Get("Content-Range"), o.calls.Load(), status, body, contentRange, calls)
+		}
+	}
+
+	partial("max-age=60", "bytes 4-9/10", whole[4:])
+	expect(get("/p", "bytes=-6"), 1, 206, "456789", "bytes 4-9/10")
+	w := get("/p", "bytes=-6")
+	expect(w, 1, 206, "456789", "bytes 4-9/10")
+	if cs := w.Header().Get("Cache-Status"); cs != "meshd; hit" || w.Header().Get("Content-Length") != "6" || w.Header().Get("Age") == "" {
+		t.Fatalf("hit from partial content: Cache-Status %q, Content-Length %q, Age %q", cs, w.Header().Get("Content-Length"), w.Header().Get("Age"))
+	}
+	expect(get("/p", "bytes=6-8"), 1, 206, "678", "bytes 6-8/10")
+	expect(get("/p", "bytes=6-"), 1, 206, "6789", "bytes 6-9/10")
+	expect(get("/p", "bytes=-1"), 1, 206, "9", "bytes 9-9/10")
+	// Outside the stored bytes, or not a plain range GET: the origin.
+	partial("max-age=60", "bytes 0-3/10", whole[:4])
+	expect(get("/p", "bytes=0-3"), 2, 206, "0123", "bytes 0-3/10") // replaces the stored part
+	expect(get("/p", "bytes=1-2"), 2, 206, "12", "bytes 1-2/10")
+	partial("max-age=60", "bytes 5-6/10", whole[5:7])
+	expect(get("/p", "bytes=5-6", "If-None-Match", `"x"`), 3, 206, "56", "bytes 5-6/10")
+	expect(get("/p", "bytes=1-2", "Cache-Control", "no-cache"), 4, 206, "56", "bytes 5-6/10") // (the origin's answer, whatever it is)
+	if w := do(h, "HEAD", "http://example.com/p", "Range", "bytes=1-2"); o.calls.Load() != 5 {
+		t.Fatalf("HEAD answered from partial content: %d", w.Code)
+	}
+	// Stale partial content is not served.
+	partial("max-age=60", "bytes 0-4/10", whole[:5])
+	expect(get("/s", "bytes=0-4"), 6, 206, "01234", "bytes 0-4/10")
+	clock.Advance(61 * time.Second)
+	expect(get("/s", "bytes=0-4"), 7, 206, "01234", "bytes 0-4/10")
+	// Not stored: no explicit or heuristic freshness, Vary, an unknown
+	// complete length, several ranges, a length that does not match.
+	for i, c := range [][]string{
+		{"no-store", "bytes 0-4/10", whole[:5]},
+		{"max-age=60", "bytes 0-4/*", whole[:5]},
+		{"max-age=60", "bytes 0-4/10", whole[:4]},
+		{"max-age=60", "bytes 4-0/10", whole[:5]},
+	} {
+		path := "/n" + strconv.Itoa(i)
+		partial(c[0], c[1], c[2])
+		before := o.calls.Load()
+		get(path, "bytes=0-4")
+		get(path, "bytes=0-4")
+		if o.calls.Load()-before != 2 {
+			t.Fatalf("%v: stored", c)
+		}
+	}
+	partial("max-age=60", "bytes 0-4/10", whole[:5], "Vary", "Accept")
+	before := o.calls.Load()
+	get("/v", "bytes=0-4")
+	get("/v", "bytes=0-4")
+	if o.calls.Load()-before != 2 {
+		t.Fatal("partial content with Vary stored")
+	}
+	// A full response is stored beside partial content and wins; a POST
+	// invalidates both.
+	partial("max-age=60", "bytes 0-4/10", whole[:5])
+	get("/f", "bytes=0-4")
+	o.mu.Lock()
+	o.respond = nil
+	o.header = hdr("Cache-Control", "max-age=60")
+	o.mu.Unlock()
+	before = o.calls.Load()
+	full := do(h, "GET", "http://example.com/f")
+	expect(get("/f", "bytes=0-1"), before+1, 206, full.Body.String()[:2], "bytes 0-1/"+strconv.Itoa(full.Body.Len()))
+	do(h, "POST", "http://example.com/f")
+	before = o.calls.Load()
+	partial("max-age=60", "bytes 0-4/10", whole[:5])
+	get("/f", "bytes=0-4")
+	if o.calls.Load() != before+1 {
+		t.Fatal("partial content survived a POST to its URL")
 	}
 }

@@ -20,8 +20,13 @@
 // without validation like any other. A
 // response is stored when it has explicit freshness (s-maxage, max-age,
 // Expires), is public, or has a status code cacheable by default (RFC
-// 9110 §15.1). Partial (206) responses are not stored; full responses
-// answer single-range requests. Bodies larger than Store.MaxObject stream
+// 9110 §15.1). Full responses answer single-range requests. A 206 to a
+// client's single-range GET for a URL with nothing stored is kept as
+// partial content (RFC 9111 §3.3) when it would be storable as a 200, has
+// no Vary, one Content-Range of a known complete length and a matching
+// Content-Length; while fresh it answers later single ranges that lie
+// inside it, and anything else goes to the origin (parts are not combined
+// or revalidated, and a full response, once stored, wins). Bodies larger than Store.MaxObject stream
 // through without being buffered; so does a response whose length is
 // unknown once it grows past MaxObject.
 //

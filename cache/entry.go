@@ -27,6 +27,8 @@ type entry struct {
 	vary    []string // canonical Vary names (node and variants)
 
 	status    int
+	partStart int64   // a 206 (partial content): the offset of body in the whole representation
+	partTotal int64   // a 206: the whole representation's length
 	fields    []field // stored header fields, Content-Length excluded
 	fields304 []field // the subset a 304 carries (RFC 9110 §15.4.5)
 	// raw is fields serialized ("Name: value\r\n" each), for response
@@ -132,8 +134,8 @@ func understoodStatus(code int) bool {
 func storable(status int, cc respCC, h http.Header, req reqCC, auth bool) (bool, string) {
 	switch {
 	case status < 200 || status > 999 || status == http.StatusPartialContent || status == http.StatusNotModified:
-		// Final responses only (RFC 9111 §3); meshd stores full
-		// responses only (§3.3 allows not storing partial content).
+		// Final, full responses only (RFC 9111 §3); a 206 to a range
+		// request of meshd's own goes through storablePart.
 		return false, "status"
 	case !understoodStatus(status) && cc.mustUnderstand:
 		// RFC 9111 §5.2.2.3: only a cache that understands the status
@@ -163,6 +165,49 @@ func storable(status int, cc respCC, h http.Header, req reqCC, auth bool) (bool,
 		return true, ""
 	}
 	return false, "not cacheable"
+}
+
+// storablePart reports whether a 206 to a client's single-range GET may be
+// stored as partial content (RFC 9111 §3.3): the rules of a 200, and one
+// range of a representation whose length is known.
+func storablePart(cc respCC, h http.Header, req reqCC, auth bool) (start, total int64, ok bool) {
+	if ok, _ := storable(http.StatusOK, cc, h, req, auth); !ok || len(h["Vary"]) > 0 {
+		return 0, 0, false
+	}
+	cr := h["Content-Range"]
+	if len(cr) != 1 || strings.HasPrefix(strings.ToLower(firstValue(h["Content-Type"])), "multipart/byteranges") {
+		return 0, 0, false
+	}
+	start, end, total, ok := parseContentRange(cr[0])
+	if !ok || len(h["Content-Length"]) != 1 {
+		return 0, 0, false
+	}
+	if n, valid := parseDigits(h["Content-Length"][0]); !valid || n != end-start+1 {
+		return 0, 0, false
+	}
+	return start, total, true
+}
+
+// parseContentRange parses "bytes first-last/complete" (RFC 9110 §14.4)
+// with a known complete length.
+func parseContentRange(v string) (first, last, complete int64, ok bool) {
+	rest, found := strings.CutPrefix(strings.TrimSpace(v), "bytes ")
+	if !found {
+		return 0, 0, 0, false
+	}
+	span, length, found := strings.Cut(rest, "/")
+	a, b, found2 := strings.Cut(span, "-")
+	if !found || !found2 {
+		return 0, 0, 0, false
+	}
+	var okA, okB, okL bool
+	first, okA = parseDigits(a)
+	last, okB = parseDigits(b)
+	complete, okL = parseDigits(length)
+	if !okA || !okB || !okL || last < first || last >= complete {
+		return 0, 0, 0, false
+	}
+	return first, last, complete, true
 }
 
 // withholds reports whether a qualified private or no-cache directive
@@ -225,20 +270,24 @@ type entryParams struct {
 	maxHeuristic time.Duration
 	keepStale    time.Duration
 	device       string // the cache's Surrogate-Capability token
+	partStart    int64  // a 206: where its bytes start in the whole representation
+	partTotal    int64  // a 206: the length of the whole representation
 }
 
 // newEntry builds the immutable entry of a response to store.
 func newEntry(p entryParams) *entry {
 	cc := responseCC(p.header, p.device)
 	e := &entry{
-		key:      p.key,
-		primary:  p.primary,
-		vary:     p.vary,
-		status:   p.status,
-		body:     p.body,
-		reqTime:  p.reqTime,
-		respTime: p.respTime,
-		cc:       cc,
+		key:       p.key,
+		primary:   p.primary,
+		vary:      p.vary,
+		status:    p.status,
+		body:      p.body,
+		reqTime:   p.reqTime,
+		respTime:  p.respTime,
+		cc:        cc,
+		partStart: p.partStart,
+		partTotal: p.partTotal,
 	}
 	e.tags = parseTags(p.header)
 	if e.tags == nil {
@@ -255,7 +304,8 @@ func newEntry(p entryParams) *entry {
 	}
 	e.header = make(http.Header, len(p.header)+1)
 	for name, vals := range p.header {
-		if excluded(name) || slices.Contains(connFields, name) || cc.withholds(name) || len(vals) == 0 {
+		if excluded(name) || slices.Contains(connFields, name) || cc.withholds(name) || len(vals) == 0 ||
+			(p.status == http.StatusPartialContent && name == "Content-Range") {
 			continue
 		}
 		e.header[name] = slices.Clip(slices.Clone(vals))

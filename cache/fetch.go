@@ -98,6 +98,9 @@ func (st *state) miss(w http.ResponseWriter, r *http.Request, next http.Handler,
 	lead := r.Method == http.MethodGet && !rc.noStore && len(r.Header["Range"]) == 0 &&
 		len(r.Header["If-Range"]) == 0 && !preconditioned(r.Header)
 	fe := &fetcher{st: st, next: next, r: r, rc: *rc, primary: primary, old: old, reason: reason, store: lead}
+	// A single-range GET for a URL with nothing stored may keep its 206
+	// as partial content, for later ranges inside it (RFC 9111 §3.3).
+	fe.part = old == nil && partCandidate(r, rc)
 	// A request with no-cache must see the origin's answer to a request
 	// made after it, so it never waits for another.
 	if !rc.noCache {
@@ -133,6 +136,7 @@ type fetcher struct {
 	reason        string // Cache-Status fwd value
 	flight        *flight
 	store         bool // the response may be stored
+	part          bool // a 206 to this single-range request may be stored as partial content
 	collapsedFail bool
 	background    bool
 }
@@ -410,7 +414,29 @@ func (fw *fillWriter) storeResult(reqTime time.Time) *entry {
 			return nil
 		}
 	}
+	if fw.status == http.StatusPartialContent {
+		e := newEntry(entryParams{
+			key: fe.primary + partSuffix, primary: fe.primary, status: fw.status, header: fw.hdr, body: fw.buf,
+			reqTime: reqTime, respTime: fw.respTime, maxHeuristic: st.maxHeuristic, keepStale: st.keepStale,
+			device: st.name, partStart: fw.partStart, partTotal: fw.partTotal,
+		})
+		st.set(e)
+		return e
+	}
 	return st.storeResponse(fe.r, fe.primary, fw.status, fw.hdr, fw.buf, reqTime, fw.respTime)
+}
+
+// partSuffix follows the primary key of partial content: after the
+// primary key a Vary variant's key has a 0 and then 0 or 1, never 'p'.
+const partSuffix = "\x00p"
+
+// partCandidate reports whether a request may be answered from, and its
+// response stored as, partial content: a GET with one Range field and
+// nothing conditional.
+func partCandidate(r *http.Request, rc *reqCC) bool {
+	return r.Method == http.MethodGet && len(r.Header["Range"]) == 1 && len(r.Header["If-Range"]) == 0 &&
+		!preconditioned(r.Header) && len(r.Header["If-None-Match"]) == 0 && len(r.Header["If-Modified-Since"]) == 0 &&
+		!rc.noStore && !rc.noCache
 }
 
 // storeResponse builds the entry of a response and stores it, with the
@@ -513,6 +539,8 @@ type fillWriter struct {
 	failed      bool
 	buf         []byte
 	respTime    time.Time
+	partStart   int64 // of a 206 being stored
+	partTotal   int64
 }
 
 var _ http.Flusher = (*fillWriter)(nil)
@@ -555,6 +583,14 @@ func (fw *fillWriter) WriteHeader(code int) {
 			}
 		}
 		fw.tee = ok
+	}
+	if fe.part && code == http.StatusPartialContent && st.unchanged(fw.mark, fe.primary) {
+		_, auth := fe.r.Header["Authorization"]
+		start, total, ok := storablePart(responseCC(fw.hdr, st.name), fw.hdr, fe.rc, auth)
+		if n, _ := parseDigits(firstValue(fw.hdr["Content-Length"])); ok && n <= st.maxObject {
+			fw.buf = make([]byte, 0, n)
+			fw.tee, fw.partStart, fw.partTotal = true, start, total
+		}
 	}
 	if !fw.tee && fe.flight != nil {
 		// Nothing to share: release the waiters now, not after the body.

@@ -156,3 +156,17 @@ func FuzzEtagList(f *testing.F) {
 		}
 	})
 }
+
+// FuzzContentRange: a Content-Range is accepted only as one satisfied
+// range inside a known complete length.
+func FuzzContentRange(f *testing.F) {
+	for _, s := range []string{"bytes 0-4/10", "bytes 4-9/10", "bytes 0-4/*", "bytes */10", "bytes 5-4/10", "bytes 0-10/10", " bytes 1-1/2 ", "items 0-1/2"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		first, last, complete, ok := parseContentRange(v)
+		if ok && (first < 0 || last < first || last >= complete) {
+			t.Fatalf("%q: accepted %d-%d/%d", v, first, last, complete)
+		}
+	})
+}

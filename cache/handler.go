@@ -109,13 +109,22 @@ func (st *state) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 		return
 	}
 	e := st.get(key)
-	var node *entry
+	var node, part *entry
 	if e != nil && e.node {
 		node = e
 		key = appendVaryKey(key, node.vary, r.Header)
 		e = st.get(key)
+	} else if e == nil && partCandidate(r, &rc) {
+		part = st.get(append(key, partSuffix...))
+		key = key[:plen]
 	}
 	l.n.Add(-1)
+
+	if part != nil && st.writePart(w, r, part, &rc) {
+		*bp = key[:0]
+		keyPool.Put(bp)
+		return
+	}
 
 	reason := "uri-miss"
 	if e != nil {
@@ -151,6 +160,34 @@ func (st *state) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 	*bp = key[:0]
 	keyPool.Put(bp)
 	st.miss(w, r, next, &rc, primary, e, reason)
+}
+
+// writePart answers a single-range GET from stored partial content when
+// the content is fresh for the request and holds the whole range; false
+// leaves the request to the miss path.
+func (st *state) writePart(w http.ResponseWriter, r *http.Request, e *entry, rc *reqCC) bool {
+	age := e.currentAge(st.now())
+	if decide(e, rc, age) != vFresh {
+		return false
+	}
+	start, end, res := parseRange(r.Header["Range"][0], e.partTotal)
+	if res != rangeOK || start < e.partStart || end >= e.partStart+int64(len(e.body)) {
+		return false
+	}
+	st.m.hits.Inc()
+	h := w.Header()
+	if !writeRaw(w, h, e) {
+		for _, f := range e.fields {
+			h[f.name] = f.values
+		}
+	}
+	h["Age"] = e.ageHeader(age)
+	h["Cache-Status"] = st.hitStatus
+	h["Content-Range"] = []string{"bytes " + strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(end, 10) + "/" + strconv.FormatInt(e.partTotal, 10)}
+	h["Content-Length"] = []string{strconv.FormatInt(end-start+1, 10)}
+	w.WriteHeader(http.StatusPartialContent)
+	_, _ = w.Write(e.body[start-e.partStart : end-e.partStart+1])
+	return true
 }
 
 // preconditioned reports a request with preconditions that a stored
