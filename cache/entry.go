@@ -170,22 +170,22 @@ func storable(status int, cc respCC, h http.Header, req reqCC, auth bool) (bool,
 // storablePart reports whether a 206 to a client's single-range GET may be
 // stored as partial content (RFC 9111 §3.3): the rules of a 200, and one
 // range of a representation whose length is known.
-func storablePart(cc respCC, h http.Header, req reqCC, auth bool) (start, total int64, ok bool) {
+func storablePart(cc respCC, h http.Header, req reqCC, auth bool) (start, end, total int64, ok bool) {
 	if ok, _ := storable(http.StatusOK, cc, h, req, auth); !ok || len(h["Vary"]) > 0 {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	cr := h["Content-Range"]
 	if len(cr) != 1 || strings.HasPrefix(strings.ToLower(firstValue(h["Content-Type"])), "multipart/byteranges") {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
-	start, end, total, ok := parseContentRange(cr[0])
+	start, end, total, ok = parseContentRange(cr[0])
 	if !ok || len(h["Content-Length"]) != 1 {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	if n, valid := parseDigits(h["Content-Length"][0]); !valid || n != end-start+1 {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
-	return start, total, true
+	return start, end, total, true
 }
 
 // parseContentRange parses "bytes first-last/complete" (RFC 9110 §14.4)

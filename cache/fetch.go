@@ -586,8 +586,8 @@ func (fw *fillWriter) WriteHeader(code int) {
 	}
 	if fe.part && code == http.StatusPartialContent && st.unchanged(fw.mark, fe.primary) {
 		_, auth := fe.r.Header["Authorization"]
-		start, total, ok := storablePart(responseCC(fw.hdr, st.name), fw.hdr, fe.rc, auth)
-		if n, _ := parseDigits(firstValue(fw.hdr["Content-Length"])); ok && n <= st.maxObject {
+		start, end, total, ok := storablePart(responseCC(fw.hdr, st.name), fw.hdr, fe.rc, auth)
+		if n := end - start + 1; ok && n <= st.maxObject {
 			fw.buf = make([]byte, 0, n)
 			fw.tee, fw.partStart, fw.partTotal = true, start, total
 		}

@@ -116,7 +116,6 @@ func (st *state) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 		e = st.get(key)
 	} else if e == nil && partCandidate(r, &rc) {
 		part = st.get(append(key, partSuffix...))
-		key = key[:plen]
 	}
 	l.n.Add(-1)
 
@@ -176,17 +175,8 @@ func (st *state) writePart(w http.ResponseWriter, r *http.Request, e *entry, rc 
 	}
 	st.m.hits.Inc()
 	h := w.Header()
-	if !writeRaw(w, h, e) {
-		for _, f := range e.fields {
-			h[f.name] = f.values
-		}
-	}
-	h["Age"] = e.ageHeader(age)
-	h["Cache-Status"] = st.hitStatus
-	h["Content-Range"] = []string{"bytes " + strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(end, 10) + "/" + strconv.FormatInt(e.partTotal, 10)}
-	h["Content-Length"] = []string{strconv.FormatInt(end-start+1, 10)}
-	w.WriteHeader(http.StatusPartialContent)
-	_, _ = w.Write(e.body[start-e.partStart : end-e.partStart+1])
+	setStored(w, h, e, age, st.hitStatus)
+	writeRange(w, h, e, start, end, e.partTotal)
 	return true
 }
 
@@ -211,22 +201,13 @@ func (st *state) writeEntry(w http.ResponseWriter, r *http.Request, e *entry, ag
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
-	if !writeRaw(w, h, e) {
-		for _, f := range e.fields {
-			h[f.name] = f.values
-		}
-	}
-	h["Age"] = e.ageHeader(age)
-	h["Cache-Status"] = status
+	setStored(w, h, e, age, status)
 	if e.status == http.StatusOK && r.Method == http.MethodGet {
 		if rg := r.Header["Range"]; len(rg) == 1 && ifRangeHolds(r.Header, e) {
 			start, end, res := parseRange(rg[0], int64(len(e.body)))
 			switch res {
 			case rangeOK:
-				h["Content-Range"] = []string{"bytes " + strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(end, 10) + "/" + strconv.Itoa(len(e.body))}
-				h["Content-Length"] = []string{strconv.FormatInt(end-start+1, 10)}
-				w.WriteHeader(http.StatusPartialContent)
-				_, _ = w.Write(e.body[start : end+1])
+				writeRange(w, h, e, start, end, int64(len(e.body)))
 				return
 			case rangeUnsatisfiable:
 				h["Content-Range"] = []string{"bytes */" + strconv.Itoa(len(e.body))}
@@ -243,6 +224,27 @@ func (st *state) writeEntry(w http.ResponseWriter, r *http.Request, e *entry, ag
 	if r.Method != http.MethodHead && len(e.body) > 0 {
 		_, _ = w.Write(e.body)
 	}
+}
+
+// setStored sets the header of a response from e: its stored fields (as
+// bytes where the writer takes them), Age and Cache-Status.
+func setStored(w http.ResponseWriter, h http.Header, e *entry, age time.Duration, status []string) {
+	if !writeRaw(w, h, e) {
+		for _, f := range e.fields {
+			h[f.name] = f.values
+		}
+	}
+	h["Age"] = e.ageHeader(age)
+	h["Cache-Status"] = status
+}
+
+// writeRange answers bytes start-end of a representation of length total
+// from e's body, which begins at e.partStart (0 for a full response).
+func writeRange(w http.ResponseWriter, h http.Header, e *entry, start, end, total int64) {
+	h["Content-Range"] = []string{"bytes " + strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(end, 10) + "/" + strconv.FormatInt(total, 10)}
+	h["Content-Length"] = []string{strconv.FormatInt(end-start+1, 10)}
+	w.WriteHeader(http.StatusPartialContent)
+	_, _ = w.Write(e.body[start-e.partStart : end-e.partStart+1])
 }
 
 // rawHeaderWriter is a response writer that takes header fields as a
