@@ -279,48 +279,6 @@ func TestStaleIfError(t *testing.T) {
 	})
 }
 
-func TestAuthorization(t *testing.T) {
-	auth := []string{"Authorization", "Bearer x"}
-	runScenarios(t, []scenario{
-		{name: "not stored by default", header: hdr("Cache-Control", "max-age=60"), steps: []step{
-			{hdr: auth, upstream: true, cs: "meshd; fwd=uri-miss"},
-			{hdr: auth, upstream: true},
-			{upstream: true},
-		}},
-		{name: "public", header: hdr("Cache-Control", "public, max-age=60"), steps: []step{
-			{hdr: auth, upstream: true},
-			{hdr: auth, body: "body-1"},
-		}},
-		{name: "s-maxage", header: hdr("Cache-Control", "s-maxage=60"), steps: []step{
-			{hdr: auth, upstream: true},
-			{body: "body-1"},
-		}},
-		{name: "must-revalidate", header: hdr("Cache-Control", "max-age=60, must-revalidate"), steps: []step{
-			{hdr: auth, upstream: true},
-			{body: "body-1"},
-		}},
-	})
-}
-
-func TestSetCookie(t *testing.T) {
-	runScenarios(t, []scenario{
-		{name: "not stored without public", header: hdr("Cache-Control", "max-age=60", "Set-Cookie", "a=1"), steps: []step{
-			{upstream: true},
-			{upstream: true},
-		}},
-		{name: "public stored without the cookie", header: hdr("Cache-Control", "public, max-age=60", "Set-Cookie", "a=1"), steps: []step{
-			{upstream: true},
-			{body: "body-1", noHeader: "Set-Cookie"},
-		}},
-	})
-	// The client that caused the fetch still gets its cookie.
-	_, o, _, h := newTestStore(t, nil)
-	o.header = hdr("Cache-Control", "public, max-age=60", "Set-Cookie", "a=1")
-	if w := do(h, "GET", "http://example.com/c"); w.Header().Get("Set-Cookie") != "a=1" {
-		t.Fatalf("first response lost Set-Cookie")
-	}
-}
-
 func TestVary(t *testing.T) {
 	enc := func(v string) []string { return []string{"Accept-Encoding", v} }
 	runScenarios(t, []scenario{

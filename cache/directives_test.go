@@ -27,6 +27,7 @@ type scenario struct {
 	header  http.Header // origin response header
 	status  int
 	respond func(o *origin, n int64, w http.ResponseWriter, r *http.Request)
+	store   func(*Store) // sets Store options; nil: the defaults
 	steps   []step
 }
 
@@ -34,7 +35,7 @@ func runScenarios(t *testing.T, scenarios []scenario) {
 	t.Helper()
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
-			_, o, clock, h := newTestStore(t, nil)
+			_, o, clock, h := newTestStore(t, sc.store)
 			o.header, o.status, o.respond = sc.header, sc.status, sc.respond
 			for i, st := range sc.steps {
 				clock.Advance(st.advance)

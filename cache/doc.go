@@ -32,12 +32,30 @@
 //
 // Authorization (RFC 9111 §3.5): a response to a request that carried
 // Authorization is stored only when it says public, s-maxage or
-// must-revalidate. A stored response can answer a request with
+// must-revalidate. Unless it is public it gets no heuristic freshness
+// (meshd's choice; the RFC would allow one): must-revalidate alone means
+// every reuse is revalidated with the origin, for the request at hand,
+// and never served stale. A stored response can answer a request with
 // Authorization, as the RFC allows; origins that personalize by
 // credentials must say private or no-store.
 //
-// Set-Cookie: a response with Set-Cookie is stored only when it is
-// explicitly public or names Set-Cookie in private="..." or
+// Cookie (stricter than RFC 9111): a response to a request that carried
+// Cookie is stored only when it explicitly allows a shared cache: public,
+// s-maxage, or max-age (private is never stored). Heuristic freshness and
+// Expires do not make it storable, and unless it is public it gets no
+// heuristic freshness either. An origin that answers a signed-in
+// user's request with Last-Modified and no Cache-Control has said nothing
+// about sharing, and the page is often that user's own: stored, it would
+// be served to the next visitor, fresh and, once the origin is down,
+// stale. Varnish's built-in policy does not even look up such requests.
+// A response stored under explicit permission is shared like any other,
+// stale included: the origin said it may be. Stored responses still
+// answer requests with Cookie.
+//
+// Set-Cookie (stricter than RFC 9111): a response with Set-Cookie is
+// never stored, as nginx and Varnish do by default: it is often the page
+// that signs one user in. With Store.StoreSetCookie it is stored when it
+// is explicitly public or names Set-Cookie in private="..." or
 // no-cache="...", and then without its Set-Cookie field: the client that
 // caused the fetch gets the cookie, later clients get the shared
 // representation and never another user's cookie. Replaying one user's

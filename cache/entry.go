@@ -46,6 +46,12 @@ type entry struct {
 	lifetime   time.Duration
 	cc         respCC
 
+	// noHeuristic: the response answered a request with Authorization
+	// or Cookie and is not public, so heuristic freshness (RFC 9111
+	// §4.2.2) never lets it be reused without the origin (see doc.go).
+	// Revalidations keep it.
+	noHeuristic bool
+
 	etag    string
 	lastMod time.Time
 	hasLM   bool
@@ -128,10 +134,37 @@ func understoodStatus(code int) bool {
 	return false
 }
 
+// sharing is what, besides the response itself, decides whether a
+// response may be shared: the credentials of the request it answers and
+// the store's Set-Cookie option.
+type sharing struct {
+	auth      bool // the request carried Authorization (RFC 9111 §3.5)
+	cookie    bool // the request carried Cookie (meshd policy, see doc.go)
+	setCookie bool // Store.StoreSetCookie
+}
+
+// credentialed reports whether the request carried credentials.
+func (sh sharing) credentialed() bool { return sh.auth || sh.cookie }
+
+// requestSharing returns the sharing of a response to r in st.
+func (st *state) requestSharing(r *http.Request) sharing {
+	_, auth := r.Header["Authorization"]
+	_, cookie := r.Header["Cookie"]
+	return sharing{auth: auth, cookie: cookie, setCookie: st.setCookie}
+}
+
+// explicitlyShared reports whether a response says a shared cache may
+// store it in so many words: public, s-maxage, or max-age (private was
+// refused before). Heuristic freshness and Expires are not such a word:
+// an origin that answers a logged-in user's request with Last-Modified
+// alone has said nothing about sharing, and the page may be that user's.
+func (c *respCC) explicitlyShared() bool {
+	return c.public || c.sMaxAge != absent || c.maxAge != absent
+}
+
 // storable decides whether a shared cache may store a response
-// (RFC 9111 §3, §3.5) and says why not. auth is whether the request
-// carried Authorization.
-func storable(status int, cc respCC, h http.Header, req reqCC, auth bool) (bool, string) {
+// (RFC 9111 §3, §3.5) and says why not.
+func storable(status int, cc respCC, h http.Header, req reqCC, sh sharing) (bool, string) {
 	switch {
 	case status < 200 || status > 999 || status == http.StatusPartialContent || status == http.StatusNotModified:
 		// Final, full responses only (RFC 9111 §3); a 206 to a range
@@ -149,10 +182,17 @@ func storable(status int, cc respCC, h http.Header, req reqCC, auth bool) (bool,
 		return false, "no-store" // RFC 9111 §5.2.2.5; must-understand overrides, §5.2.2.3
 	case cc.private:
 		return false, "private" // RFC 9111 §5.2.2.7
-	case auth && !cc.public && cc.sMaxAge == absent && !cc.mustRevalidate:
+	case sh.auth && !cc.public && cc.sMaxAge == absent && !cc.mustRevalidate:
 		return false, "authorization" // RFC 9111 §3.5
-	case len(h["Set-Cookie"]) > 0 && !cc.public && !cc.withholds("Set-Cookie"):
-		return false, "set-cookie" // meshd policy, see doc.go
+	case sh.cookie && !cc.explicitlyShared():
+		// Stricter than RFC 9111, which lets heuristics make such a
+		// response storable: Cookie usually carries a session, and
+		// Varnish passes such requests by default. See doc.go.
+		return false, "cookie"
+	case len(h["Set-Cookie"]) > 0 && (!sh.setCookie || (!cc.public && !cc.withholds("Set-Cookie"))):
+		// meshd policy, see doc.go: never by default (as nginx and
+		// Varnish), and with StoreSetCookie only on the origin's word.
+		return false, "set-cookie"
 	case len(h["Trailer"]) > 0:
 		return false, "trailer"
 	}
@@ -170,8 +210,8 @@ func storable(status int, cc respCC, h http.Header, req reqCC, auth bool) (bool,
 // storablePart reports whether a 206 to a client's single-range GET may be
 // stored as partial content (RFC 9111 §3.3): the rules of a 200, and one
 // range of a representation whose length is known.
-func storablePart(cc respCC, h http.Header, req reqCC, auth bool) (start, end, total int64, ok bool) {
-	if ok, _ := storable(http.StatusOK, cc, h, req, auth); !ok || len(h["Vary"]) > 0 {
+func storablePart(cc respCC, h http.Header, req reqCC, sh sharing) (start, end, total int64, ok bool) {
+	if ok, _ := storable(http.StatusOK, cc, h, req, sh); !ok || len(h["Vary"]) > 0 {
 		return 0, 0, 0, false
 	}
 	cr := h["Content-Range"]
@@ -268,6 +308,10 @@ type entryParams struct {
 	respTime     time.Time
 	tags         []string // used when header carries none (304 merges)
 	maxHeuristic time.Duration
+	// credentialed: the response answered a request with Authorization
+	// or Cookie (or updates an entry that did and is not public): it gets
+	// no heuristic freshness unless it is public.
+	credentialed bool
 	keepStale    time.Duration
 	device       string // the cache's Surrogate-Capability token
 	partStart    int64  // a 206: where its bytes start in the whole representation
@@ -351,7 +395,15 @@ func newEntry(p entryParams) *entry {
 	}
 	corrected := ageValue + p.respTime.Sub(p.reqTime)
 	e.initialAge = max(apparent, corrected)
-	e.lifetime = lifetime(p.status, cc, p.header, e.date, e.lastMod, e.hasLM, p.maxHeuristic)
+	maxHeuristic := p.maxHeuristic
+	if p.credentialed && !cc.public {
+		// A credentialed request's response is storable only on the
+		// origin's word (storable); what that word does not say, a
+		// guess must not grant: must-revalidate alone (RFC 9111 §3.5)
+		// then means revalidate on every reuse.
+		e.noHeuristic, maxHeuristic = true, 0
+	}
+	e.lifetime = lifetime(p.status, cc, p.header, e.date, e.lastMod, e.hasLM, maxHeuristic)
 
 	e.cost = int64(len(e.key)+len(e.primary)+len(e.body)) + 256
 	for _, f := range e.fields {

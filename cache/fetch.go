@@ -380,14 +380,15 @@ func (fe *fetcher) update(fw *fillWriter, reqTime time.Time) (e *entry, stored b
 		// (RFC 9110 §6.6.1), not the old response's Date.
 		merged["Date"] = []string{fw.respTime.UTC().Format(http.TimeFormat)}
 	}
+	sh := st.requestSharing(fe.r)
 	e = newEntry(entryParams{
 		key: old.key, primary: old.primary, vary: old.vary, status: old.status,
 		header: merged, body: old.body, reqTime: reqTime, respTime: fw.respTime,
 		tags: old.tags, maxHeuristic: st.maxHeuristic, keepStale: st.keepStale, device: st.name,
+		credentialed: old.noHeuristic || sh.credentialed(),
 	})
-	_, auth := fe.r.Header["Authorization"]
 	names, star := parseVary(merged["Vary"])
-	if ok, _ := storable(old.status, e.cc, merged, fe.rc, auth); ok && !star && slices.Equal(names, old.vary) && st.unchanged(fw.mark, fe.primary) {
+	if ok, _ := storable(old.status, e.cc, merged, fe.rc, sh); ok && !star && slices.Equal(names, old.vary) && st.unchanged(fw.mark, fe.primary) {
 		stored = st.set(e)
 	} else {
 		st.release(old)
@@ -419,6 +420,7 @@ func (fw *fillWriter) storeResult(reqTime time.Time) *entry {
 			key: fe.primary + partSuffix, primary: fe.primary, status: fw.status, header: fw.hdr, body: fw.buf,
 			reqTime: reqTime, respTime: fw.respTime, maxHeuristic: st.maxHeuristic, keepStale: st.keepStale,
 			device: st.name, partStart: fw.partStart, partTotal: fw.partTotal,
+			credentialed: st.requestSharing(fe.r).credentialed(),
 		})
 		st.set(e)
 		return e
@@ -450,6 +452,7 @@ func (st *state) storeResponse(r *http.Request, primary string, status int, hdr 
 	e := newEntry(entryParams{
 		key: key, primary: primary, vary: names, status: status, header: hdr, body: body,
 		reqTime: reqTime, respTime: respTime, maxHeuristic: st.maxHeuristic, keepStale: st.keepStale, device: st.name,
+		credentialed: st.requestSharing(r).credentialed(),
 	})
 	if len(names) > 0 {
 		st.ensureNode(primary, names, e.until)
@@ -572,8 +575,7 @@ func (fw *fillWriter) WriteHeader(code int) {
 	}
 	if fe.store && st.unchanged(fw.mark, fe.primary) && !originUnreached(code, fw.hdr) {
 		cc := responseCC(fw.hdr, st.name)
-		_, auth := fe.r.Header["Authorization"]
-		ok, _ := storable(code, cc, fw.hdr, fe.rc, auth)
+		ok, _ := storable(code, cc, fw.hdr, fe.rc, st.requestSharing(fe.r))
 		if ok && len(fw.hdr["Content-Length"]) == 1 {
 			n, valid := parseDigits(fw.hdr["Content-Length"][0])
 			if !valid || n > st.maxObject {
@@ -585,8 +587,7 @@ func (fw *fillWriter) WriteHeader(code int) {
 		fw.tee = ok
 	}
 	if fe.part && code == http.StatusPartialContent && st.unchanged(fw.mark, fe.primary) {
-		_, auth := fe.r.Header["Authorization"]
-		start, end, total, ok := storablePart(responseCC(fw.hdr, st.name), fw.hdr, fe.rc, auth)
+		start, end, total, ok := storablePart(responseCC(fw.hdr, st.name), fw.hdr, fe.rc, st.requestSharing(fe.r))
 		if n := end - start + 1; ok && n <= st.maxObject {
 			fw.buf = make([]byte, 0, n)
 			fw.tee, fw.partStart, fw.partTotal = true, start, total

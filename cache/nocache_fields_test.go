@@ -14,22 +14,22 @@ func TestQualifiedNoCache(t *testing.T) {
 			{upstream: true},
 			{upstream: true},
 		}},
-		{name: "Set-Cookie named: stored without it", header: hdr("Cache-Control", `no-cache="Set-Cookie", max-age=60`, "Set-Cookie", "a=1"), steps: []step{
+		{name: "Set-Cookie named: stored without it", store: storeSetCookie, header: hdr("Cache-Control", `no-cache="Set-Cookie", max-age=60`, "Set-Cookie", "a=1"), steps: []step{
 			{upstream: true},
 			{body: "body-1", noHeader: "Set-Cookie"},
 		}},
-		{name: "Set-Cookie named private: stored without it", header: hdr("Cache-Control", `private="Set-Cookie", max-age=60`, "Set-Cookie", "a=1"), steps: []step{
+		{name: "Set-Cookie named private: stored without it", store: storeSetCookie, header: hdr("Cache-Control", `private="Set-Cookie", max-age=60`, "Set-Cookie", "a=1"), steps: []step{
 			{upstream: true},
 			{body: "body-1", noHeader: "Set-Cookie"},
 		}},
-		{name: "another field named: Set-Cookie still keeps it out", header: hdr("Cache-Control", `no-cache="X-A", max-age=60`, "Set-Cookie", "a=1"), steps: []step{
+		{name: "another field named: Set-Cookie still keeps it out", store: storeSetCookie, header: hdr("Cache-Control", `no-cache="X-A", max-age=60`, "Set-Cookie", "a=1"), steps: []step{
 			{upstream: true},
 			{upstream: true},
 		}},
 	})
 	// The fetching client gets the whole response, and later clients the
 	// other fields.
-	_, o, _, h := newTestStore(t, nil)
+	_, o, _, h := newTestStore(t, storeSetCookie)
 	o.header = hdr("Cache-Control", `no-cache="X-Secret, Set-Cookie", max-age=60`, "X-Secret", "s", "Set-Cookie", "a=1", "X-Other", "o")
 	if w := do(h, "GET", "http://example.com/q"); w.Header().Get("X-Secret") != "s" || w.Header().Get("Set-Cookie") != "a=1" {
 		t.Fatalf("miss lost the named fields: %v", w.Header())

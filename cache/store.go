@@ -66,6 +66,13 @@ type Store struct {
 	// Name is the cache's identifier in Cache-Status (RFC 9211 §2).
 	// Default "meshd".
 	Name string
+	// StoreSetCookie lets a response with Set-Cookie be stored when it
+	// is public or names Set-Cookie in private="..." or no-cache="...",
+	// and then without its Set-Cookie field (the client that caused the
+	// fetch still gets its cookie). Default false: a response with
+	// Set-Cookie is never stored, as nginx and Varnish do by default,
+	// because such a response is often made for the one user it signs in.
+	StoreSetCookie bool
 
 	st atomic.Pointer[state]
 }
@@ -125,6 +132,7 @@ func (s *Store) Start(ctx context.Context) error {
 		keepStale:      or(s.KeepStale, DefaultKeepStale),
 		refreshTimeout: or(s.RefreshTimeout, DefaultRefreshTimeout),
 		name:           or(s.Name, DefaultName),
+		setCookie:      s.StoreSetCookie,
 		seed:           maphash.MakeSeed(),
 		m:              newMetrics(),
 		flights:        make(map[string]*flight),
@@ -290,6 +298,7 @@ type state struct {
 	keepStale      time.Duration
 	refreshTimeout time.Duration
 	name           string
+	setCookie      bool // Store.StoreSetCookie
 	hitStatus      []string
 	m              *metrics
 
