@@ -171,6 +171,11 @@ type Config struct {
 	// CacheMaxObject is the largest response the edge caches; larger ones
 	// stream through untouched. Default "8MiB".
 	CacheMaxObject string `yaml:"cache-max-object" usage:"edge: largest response cached; larger ones stream through (default 8MiB)"`
+	// CacheSetCookie lets the edge cache store a response with
+	// Set-Cookie when it is public or names Set-Cookie in private= or
+	// no-cache=, without the cookie (cache.Store.StoreSetCookie).
+	// Default false: such responses are never stored.
+	CacheSetCookie bool `yaml:"cache-set-cookie" usage:"edge: cache responses with Set-Cookie when public or naming it in private=/no-cache= (stored without the cookie; default: never stored)"`
 
 	// Anycast lists the prefixes an edge announces over BGP while it can
 	// serve (e.g. 198.51.100.10/32; IPv6 too). Default: none, no BGP.

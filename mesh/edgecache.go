@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -15,6 +16,13 @@ import (
 	"github.com/meshd/meshd/cache"
 	"github.com/meshd/meshd/proxy"
 )
+
+// edgeCacheStore is the edge's cache as the configuration asks for it;
+// size is CacheSize in bytes, already known to be more than 0.
+func edgeCacheStore(c *Config, size int64, logger *slog.Logger) *cache.Store {
+	maxObj, _ := parseSize(c.CacheMaxObject)
+	return &cache.Store{MaxBytes: size, MaxObject: maxObj, StoreSetCookie: c.CacheSetCookie, Logger: logger}
+}
 
 // Purges travel between edges in the edges' global records: each edge
 // lists the purges it accepted recently, and every other edge applies the

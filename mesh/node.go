@@ -275,8 +275,7 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 	var h http.Handler = &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Logger: n.Logger}
 	size, _ := parseSize(c.CacheSize)
 	if size > 0 {
-		maxObj, _ := parseSize(c.CacheMaxObject)
-		n.cache = &cache.Store{MaxBytes: size, MaxObject: maxObj, Logger: n.Logger.With("part", "cache")}
+		n.cache = edgeCacheStore(c, size, n.Logger.With("part", "cache"))
 		if err := n.cache.Start(bg); err != nil {
 			return fmt.Errorf("cache-size: %w", err)
 		}
