@@ -38,12 +38,12 @@ Usage:
   meshd ca root [--data-dir DIR]                  print the root of an edge's internal public CA, to trust
   meshd ca issue --dir DIR --id SPIFFE-ID --cert F --key F [--ttl D]
                                                   issue an SVID for a node without the CA key
-  meshd members [--admin ADDR]                    gossip members a node sees
-  meshd services [--admin ADDR]                   services a node sees
-  meshd cache purge URL | --prefix P | --tag T [--admin ADDR]
+  meshd members [--node NAME | --admin ADDR]      gossip members a node sees
+  meshd services [--node NAME | --admin ADDR]     services a node sees
+  meshd routes [--node NAME | --admin ADDR]       where a node sends each service's requests now
+  meshd bgp [--node NAME | --admin ADDR]          an edge's BGP sessions and announced prefixes
+  meshd cache purge URL | --prefix P | --tag T [--node NAME | --admin ADDR]
                                                   purge an edge's cache; gossip takes it to every edge
-  meshd routes [--admin ADDR]                      where a node sends each service's requests now
-  meshd bgp [--admin ADDR]                        an edge's BGP sessions and announced prefixes
   meshd version
 `
 
@@ -132,24 +132,43 @@ func buildVersion() string {
 	return "devel-" + rev
 }
 
-func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+// flagSet is a flag set that lists its flags on -h only: a mistyped flag
+// gets one line naming it and where the list is, not the list itself
+// (`meshd run` has dozens of flags around the one error).
+type flagSet struct {
+	*flag.FlagSet
+	stderr io.Writer
+}
+
+func newFlagSet(name string, stderr io.Writer) *flagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	return fs
+	fs.SetOutput(io.Discard) // the flag package prints errors and usage there
+	fs.Usage = func() {}
+	return &flagSet{FlagSet: fs, stderr: stderr}
 }
 
 // parseFlags wraps flag errors so main exits 2 on them.
-func parseFlags(fs *flag.FlagSet, args []string) error {
+func parseFlags(fs *flagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return flagError(fs, err)
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+		return fmt.Errorf("%w: unexpected argument %q (see %s -h)", errUsage, fs.Arg(0), fs.Name())
 	}
 	return nil
+}
+
+// flagError is what a failed fs.Parse returns: flag.ErrHelp after -h,
+// once the flags are listed, or a usage error that says where they are.
+func flagError(fs *flagSet, err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(fs.stderr, "Usage of %s:\n", fs.Name())
+		fs.SetOutput(fs.stderr)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+		return err
+	}
+	return fmt.Errorf("%w: %v (see %s -h)", errUsage, err, fs.Name())
 }
 
 // listFlag is a repeatable (or comma-separated) flag. Its first Set
@@ -213,16 +232,20 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	fs := newFlagSet("meshd run", stderr)
 	fs.String("config", "", "YAML file with any of these flags as keys; flags override it")
-	bindConfigFlags(fs, &cfg)
-	// The admin API is on by default for `meshd run` (loopback only), so
-	// `meshd members` works without flags; a config file may turn it off.
-	if pos == nil || pos.Lines["admin"] == 0 {
-		cfg.Admin = "127.0.0.1:9901"
-	}
+	bindConfigFlags(fs.FlagSet, &cfg)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	cfg.SetDefaults()
+	// The admin API is on by default for `meshd run`, on the node's own
+	// unix socket, so `meshd members` works without flags and several
+	// nodes on one host never collide; a flag or the config file may move
+	// it or turn it off (empty).
+	adminSet := pos != nil && pos.Lines["admin"] != 0
+	fs.Visit(func(f *flag.Flag) { adminSet = adminSet || f.Name == "admin" })
+	if !adminSet && cfg.Name != "" {
+		cfg.Admin = mesh.AdminSocket(cfg.Name)
+	}
 	if err := cfg.Validate(); err != nil {
 		return pos.Annotate(err)
 	}
@@ -384,20 +407,24 @@ func cmdCAIssue(args []string, stdout, stderr io.Writer) error {
 // cmdTable prints /v1/members or /v1/services of a node's admin API.
 func cmdTable(ctx context.Context, what string, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("meshd "+what, stderr)
-	admin := fs.String("admin", "127.0.0.1:9901", "admin address of the node to ask")
+	admin, node := adminFlags(fs)
 	asJSON := fs.Bool("json", false, "print the raw JSON")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	target, err := mesh.FindAdmin(*admin, *node)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*admin+"/v1/"+what, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.Base+"/v1/"+what, nil)
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := target.Client.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the admin API at %s: %w", *admin, err)
+		return fmt.Errorf("cannot reach the admin API of %s: %w", target.Label, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
@@ -405,7 +432,7 @@ func cmdTable(ctx context.Context, what string, args []string, stdout, stderr io
 		return fmt.Errorf("admin: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("admin %s answered %s", *admin, resp.Status)
+		return fmt.Errorf("admin API of %s answered %s", target.Label, resp.Status)
 	}
 	if *asJSON {
 		_, err := stdout.Write(body)
@@ -494,7 +521,7 @@ func cmdCache(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%w: meshd cache purge URL | --prefix P | --tag T", errUsage)
 	}
 	fs := newFlagSet("meshd cache purge", stderr)
-	admin := fs.String("admin", "127.0.0.1:9901", "admin address of the edge to ask")
+	admin, node := adminFlags(fs)
 	var req mesh.PurgeRequest
 	fs.StringVar(&req.Prefix, "prefix", "", "purge every URL that starts with this (http(s)://host/path)")
 	fs.StringVar(&req.Tag, "tag", "", "purge every response tagged so by the origin (Cache-Tag or Surrogate-Key)")
@@ -504,27 +531,28 @@ func cmdCache(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		req.URL, rest = rest[0], rest[1:]
 	}
 	if err := fs.Parse(rest); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return flagError(fs, err)
 	}
 	if fs.NArg() == 1 && req.URL == "" {
 		req.URL = fs.Arg(0)
 	} else if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
+	target, err := mesh.FindAdmin(*admin, *node)
+	if err != nil {
+		return err
+	}
 	body, _ := json.Marshal(req)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+*admin+"/v1/cache/purge", strings.NewReader(string(body)))
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, target.Base+"/v1/cache/purge", strings.NewReader(string(body)))
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
 	hreq.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(hreq)
+	resp, err := target.Client.Do(hreq)
 	if err != nil {
-		return fmt.Errorf("cannot reach the admin API at %s: %w", *admin, err)
+		return fmt.Errorf("cannot reach the admin API of %s: %w", target.Label, err)
 	}
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
@@ -537,6 +565,14 @@ func cmdCache(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "purged %d entries here; purge %s goes to %d edges\n", res.Removed, res.ID, res.Edges)
 	return nil
+}
+
+// adminFlags are how a command names the node it asks.
+func adminFlags(fs *flagSet) (admin, node *string) {
+	admin = fs.String("admin", "", "admin address of the node to ask: unix:PATH or HOST:PORT (default: the --node's socket)")
+	node = fs.String("node", "", "name of the node on this host to ask, by its admin socket in "+mesh.AdminDir()+
+		" (default: the only node there, else "+mesh.DefaultAdminTCP+", the demo's edge)")
+	return admin, node
 }
 
 func dash(s string) string {

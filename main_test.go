@@ -1,6 +1,13 @@
 package main
 
-import "testing"
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+)
 
 func TestTuneGC(t *testing.T) {
 	env := func(kv map[string]string) func(string) string {
@@ -23,5 +30,34 @@ func TestTuneGC(t *testing.T) {
 		if pct != tt.wantPct || limit != tt.wantLimit {
 			t.Errorf("%s: tuneGC = %d, %d; want %d, %d", tt.name, pct, limit, tt.wantPct, tt.wantLimit)
 		}
+	}
+}
+
+// A mistyped flag gets one line that names it and says where the flags
+// are listed, not the whole list around it; -h still lists them.
+func TestFlagErrorsAreShort(t *testing.T) {
+	for _, args := range [][]string{
+		{"run", "--rol=edge"},
+		{"members", "--bogus"},
+		{"cache", "purge", "--bogus"},
+		{"run", "--role=edge", "extra"},
+	} {
+		var stderr strings.Builder
+		err := run(context.Background(), args, io.Discard, &stderr)
+		if !errors.Is(err, errUsage) {
+			t.Errorf("%v: err %v, want a usage error", args, err)
+			continue
+		}
+		if want := "see meshd " + args[0]; !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: %q does not say %q", args, err, want)
+		}
+		if stderr.Len() != 0 {
+			t.Errorf("%v: printed %d bytes besides the error:\n%s", args, stderr.Len(), stderr.String())
+		}
+	}
+	var stderr strings.Builder
+	err := run(context.Background(), []string{"run", "-h"}, io.Discard, &stderr)
+	if !errors.Is(err, flag.ErrHelp) || !strings.Contains(stderr.String(), "-allow-callers") {
+		t.Errorf("run -h: %v, printed %q; want the flag list", err, stderr.String())
 	}
 }

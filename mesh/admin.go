@@ -4,9 +4,11 @@ import (
 	"cmp"
 	_ "embed"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -35,8 +37,30 @@ type Self struct {
 //go:embed dashboard/index.html
 var dashboardHTML []byte
 
-// adminHandler serves the admin API. It listens on loopback by default and
-// only reads state, so it needs no authentication of its own.
+// startAdmin opens the admin listener (a unix socket or TCP, see
+// listenAdmin) and serves the admin API on it.
+func (n *Node) startAdmin() error {
+	ln, err := listenAdmin(n.Config.Admin)
+	if err != nil {
+		return fmt.Errorf("admin: %w", err)
+	}
+	n.adminAddr = n.Config.Admin
+	if ln.Addr().Network() == "tcp" {
+		n.adminAddr = ln.Addr().String()
+		if ap, err := netip.ParseAddrPort(n.adminAddr); err == nil && !ap.Addr().IsLoopback() {
+			n.Logger.Warn("the admin API is reachable from the network and has no authentication: anybody who reaches it can purge the cache (keep it on loopback or a unix socket)", "addr", n.adminAddr)
+		}
+	}
+	n.adminSrv = &http.Server{Handler: n.adminHandler(), ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(n.Logger.Handler(), slog.LevelDebug)}
+	go n.adminSrv.Serve(ln)
+	n.Logger.Info("listening", "listener", "admin", "addr", n.adminAddr)
+	return nil
+}
+
+// adminHandler serves the admin API. It listens on a unix socket only its
+// user can open, or on loopback, by default; anybody who reaches it can
+// read the node's state and purge its cache.
 func (n *Node) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
@@ -70,12 +94,16 @@ func (n *Node) adminHandler() http.Handler {
 		writeJSON(w, nonNil(n.snap.Load().Members))
 	})
 	mux.HandleFunc("POST /v1/cache/purge", n.purgeHandler)
-	// Profiles for performance work (go tool pprof http://ADMIN/debug/pprof/profile).
-	// The admin listener is on loopback unless the operator moves it.
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	if n.Config.AdminPprof {
+		// Profiles for performance work (go tool pprof http://ADMIN/debug/pprof/profile),
+		// only when asked for: a profile costs CPU and shows memory contents'
+		// shape to whoever can reach the admin listener.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	}
 	mux.HandleFunc("GET /v1/bgp", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, n.bgpStatus())
 	})

@@ -206,9 +206,13 @@ type Config struct {
 	// Withdrawal is immediate. Default 5s.
 	BGPUpHold time.Duration `yaml:"bgp-up-hold" usage:"edge: serve this long before announcing (again) (default 5s)"`
 
-	// Admin is the admin API listener; empty disables it.
-	// Default "127.0.0.1:9901".
-	Admin string `yaml:"admin" usage:"admin API listener; empty disables it (default 127.0.0.1:9901)"`
+	// Admin is the admin API listener: "unix:PATH" or "host:port"; empty
+	// disables it. `meshd run` defaults it to the node's socket,
+	// AdminSocket(Name); a Node built in code has none unless set.
+	Admin string `yaml:"admin" usage:"admin API listener: unix:PATH or HOST:PORT (keep it on loopback); empty disables it (default unix:ADMIN-DIR/NAME.sock, ADMIN-DIR /run/meshd for root, or $MESHD_ADMIN_DIR)"`
+	// AdminPprof serves Go's profiles at /debug/pprof/ on the admin
+	// listener. Default false.
+	AdminPprof bool `yaml:"admin-pprof" usage:"serve Go profiles at /debug/pprof/ on the admin listener"`
 	// DrainDelay is how long a stopping node stays up after publishing
 	// "draining", so that peers move away before its listeners close.
 	// Default 2s.
@@ -358,7 +362,7 @@ func (c *Config) Validate() error {
 		return fieldErr("log-level", "%q: want debug, info, warn or error", c.LogLevel)
 	}
 	if c.Admin != "" {
-		if err := validHostPort(c.Admin); err != nil {
+		if err := validAdmin(c.Admin); err != nil {
 			return &FieldError{Field: "admin", Err: err}
 		}
 	}

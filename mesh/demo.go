@@ -160,7 +160,7 @@ func startDemo(ctx context.Context, o DemoOptions, logger *slog.Logger) (_ *Demo
 		ShutdownGrace: 3 * time.Second, Listen: "127.0.0.1:0", GossipAddr: "127.0.0.1:0",
 		WANGossipAddr: "127.0.0.1:0", Outbound: "127.0.0.1:0", Admin: "", HealthInterval: 500 * time.Millisecond}
 	start := func(c Config) (*Node, error) {
-		n := &Node{Config: c, Logger: logger}
+		n := &Node{Config: c, Logger: logger, wholeMesh: true}
 		if err := n.Start(ctx); err != nil {
 			return nil, err
 		}
@@ -223,7 +223,7 @@ func (d *Demo) stop() {
 	}
 	wg.Wait()
 	for _, a := range d.apps {
-		a.Shutdown(ctx)
+		a.Close() // the sidecars in front have stopped: nothing is in flight
 	}
 	os.RemoveAll(d.Dir)
 }

@@ -150,4 +150,11 @@ func TestDemo(t *testing.T) {
 	if _, err := http.Get("http://" + public + "/"); err == nil {
 		t.Fatal("edge still serving after the demo stopped")
 	}
+	// Stopping the whole mesh is quiet: no node waits out a gossip leave
+	// nobody is left to take, nor republishes into a closed pool.
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "level=ERROR") || strings.Contains(line, "gossip leave") {
+			t.Errorf("demo logged while stopping: %s", line)
+		}
+	}
 }

@@ -37,13 +37,20 @@ type Node struct {
 	lan, wan *gossip.Cluster
 	pool     *proxy.Pool
 
-	meshSrv, outSrv, publicSrv, httpsSrv, adminSrv *proxy.Server
-	advertise                                      string
+	meshSrv, outSrv, publicSrv, httpsSrv *proxy.Server
+	adminSrv                             *http.Server // nil without Admin
+	adminAddr                            string       // its bound address; unix:PATH for a socket
+	advertise                            string
 
 	snap     atomic.Pointer[Snapshot]
 	ready    atomic.Bool // started and not draining
 	draining atomic.Bool
-	healthy  atomic.Bool // sidecar: the app answers its health check
+	leaving  atomic.Bool // gossip leave has begun: the records are final
+	// wholeMesh marks a node whose whole mesh stops with it (the demo):
+	// nobody is left to tell, so it does not wait for its gossip leave
+	// to be passed on, which would take each node its leave timeout.
+	wholeMesh bool
+	healthy   atomic.Bool // sidecar: the app answers its health check
 
 	registry *prometheus.Registry
 	cache    *cache.Store        // edge: the HTTP cache; nil when off
@@ -73,10 +80,13 @@ type Node struct {
 // "mesh", "outbound", "public-http", "admin", "gossip", "wan-gossip".
 func (n *Node) Addrs() map[string]string {
 	m := map[string]string{}
-	for name, s := range map[string]*proxy.Server{"mesh": n.meshSrv, "outbound": n.outSrv, "public-http": n.publicSrv, "public-https": n.httpsSrv, "admin": n.adminSrv} {
+	for name, s := range map[string]*proxy.Server{"mesh": n.meshSrv, "outbound": n.outSrv, "public-http": n.publicSrv, "public-https": n.httpsSrv} {
 		if s != nil {
 			m[name] = s.BoundAddr()
 		}
+	}
+	if n.adminSrv != nil {
+		m["admin"] = n.adminAddr
 	}
 	if n.lan != nil {
 		m["gossip"] = n.lan.Addr()
@@ -201,10 +211,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	if c.Admin != "" {
-		n.adminSrv = &proxy.Server{Addr: c.Admin, Handler: n.adminHandler(), Logger: n.Logger}
-		if err := startServer("admin", n.adminSrv); err != nil {
+		if err := n.startAdmin(); err != nil {
 			return err
 		}
+		closers = append(closers, func() { n.adminSrv.Close() })
 	}
 
 	// Gossip last among the listeners: peers learn of the node only once
@@ -425,10 +435,17 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	}
 	wg.Wait()
 
+	// The draining record was the last: a gossip change seen while leaving
+	// (peers leaving too) must not republish into a closing pool.
+	n.leaving.Store(true)
 	leaveCtx, cancelLeave := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
 	defer cancelLeave()
 	for _, g := range []*gossip.Cluster{n.lan, n.wan} {
 		if g == nil {
+			continue
+		}
+		if n.wholeMesh {
+			g.Shutdown()
 			continue
 		}
 		if err := g.Leave(leaveCtx); err != nil {
@@ -495,6 +512,9 @@ func (n *Node) wanRecord() *NodeRecord {
 func (n *Node) publish() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.leaving.Load() {
+		return
+	}
 	for _, p := range []struct {
 		g    *gossip.Cluster
 		rec  func() *NodeRecord
