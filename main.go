@@ -4,6 +4,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -44,6 +46,10 @@ Usage:
   meshd bgp [--node NAME | --admin ADDR]          an edge's BGP sessions and announced prefixes
   meshd cache purge URL | --prefix P | --tag T [--node NAME | --admin ADDR]
                                                   purge an edge's cache; gossip takes it to every edge
+  meshd wait [--node NAME | --admin ADDR] [--service S ...] [--timeout D]
+                                                  wait until a node is ready and routes the services
+  meshd app --listen ADDR [--service S --name N --region R]
+                                                  a small echo app to put behind a sidecar
   meshd version
 `
 
@@ -89,6 +95,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdTable(ctx, "bgp", args[1:], stdout, stderr)
 	case "cache":
 		return cmdCache(ctx, args[1:], stdout, stderr)
+	case "app":
+		return cmdApp(ctx, args[1:], stdout, stderr)
+	case "wait":
+		return cmdWait(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "meshd", buildVersion())
 		return nil
@@ -594,4 +604,116 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	opts.Stdout, opts.Stderr = stdout, stderr
 	return mesh.RunDemo(ctx, opts)
+}
+
+// cmdApp runs the demo's echo app on its own, so that a mesh started from a
+// shell has something to put behind its sidecars.
+func cmdApp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("meshd app", stderr)
+	listen := fs.String("listen", "127.0.0.1:9001", "address to serve HTTP on")
+	service := fs.String("service", "app", "service name the answers report")
+	name := fs.String("name", "", "instance name the answers report (default: the host name)")
+	region := fs.String("region", "", "region the answers report")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *name == "" {
+		*name, _ = os.Hostname()
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("app: %w", err)
+	}
+	srv := &http.Server{Handler: mesh.EchoHandler(*service, *name, *region), ReadHeaderTimeout: 10 * time.Second}
+	fmt.Fprintf(stdout, "meshd app: %s (%s) answers on http://%s\n", *service, *name, ln.Addr())
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("app: %w", err)
+	}
+	return nil
+}
+
+// cmdWait waits until a node's admin API answers, the node is ready and it
+// has a route with at least one upstream for each service named: what a
+// script needs before it sends its first request.
+func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("meshd wait", stderr)
+	admin, node := adminFlags(fs)
+	var services []string
+	fs.Var(&listFlag{v: &services}, "service", "service the node must have a route for (repeatable or comma-separated)")
+	timeout := fs.Duration("timeout", 30*time.Second, "give up after this long")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	label := cmp.Or(*node, *admin, "the node")
+	var last error
+	for {
+		if last = waitOnce(ctx, *admin, *node, services); last == nil {
+			what := "ready"
+			if len(services) > 0 {
+				what += "; routes " + strings.Join(services, ", ")
+			}
+			fmt.Fprintf(stdout, "%s: %s\n", label, what)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait: %s not ready after %v: %w", label, *timeout, last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func waitOnce(ctx context.Context, admin, node string, services []string) error {
+	target, err := mesh.FindAdmin(admin, node)
+	if err != nil {
+		return err
+	}
+	get := func(path string) (int, []byte, error) {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(rctx, http.MethodGet, target.Base+path, nil)
+		resp, err := target.Client.Do(req)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+		return resp.StatusCode, b, err
+	}
+	code, body, err := get("/readyz")
+	if err != nil {
+		return err
+	}
+	if code != http.StatusOK {
+		return fmt.Errorf("%s", strings.TrimSpace(string(body)))
+	}
+	if len(services) == 0 {
+		return nil
+	}
+	code, body, err = get("/v1/routes")
+	if err != nil {
+		return err
+	}
+	var rs []mesh.RouteInfo
+	if code != http.StatusOK || json.Unmarshal(body, &rs) != nil {
+		return fmt.Errorf("admin /v1/routes answered %d", code)
+	}
+	for _, svc := range services {
+		found := false
+		for _, r := range rs {
+			found = found || (r.Service == svc && len(r.Upstreams) > 0)
+		}
+		if !found {
+			return fmt.Errorf("no route for service %q yet", svc)
+		}
+	}
+	return nil
 }
