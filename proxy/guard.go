@@ -297,8 +297,8 @@ func (b *guardBody) clearDeadline() {
 func (b *guardBody) Close() error { return b.rc.Close() }
 
 // guardWriter replaces the error status a handler writes after its request
-// body was cut (the forwarding Handler sees a failed upstream write and
-// would answer 502) with the status that says why: 413 or 408.
+// body was cut (the forwarding Handler sees a failed body read and would
+// answer 400) with the status that says why: 413 or 408.
 type guardWriter struct {
 	http.ResponseWriter
 	body    *guardBody
@@ -312,7 +312,7 @@ func (w *guardWriter) WriteHeader(code int) {
 		w.ResponseWriter.WriteHeader(code)
 		return
 	}
-	if w.body.cutStatus() != 0 && code >= 500 {
+	if w.body.cutStatus() != 0 && code >= 400 {
 		w.writeCut()
 		w.swallow = true
 		return
