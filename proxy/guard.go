@@ -15,6 +15,7 @@ import (
 // fields at Start.
 type limits struct {
 	public    bool
+	maxHeader int           // Server.MaxHeaderBytes, applied here on HTTP/2
 	maxBody   int64         // 0: no limit
 	minRate   int64         // bytes per second; 0: no check
 	window    time.Duration // the span minRate is measured over
@@ -42,6 +43,12 @@ type guard struct {
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	g.n.Add(1)
 	defer g.n.Add(-1)
+	if r.ProtoMajor == 2 && h2HeaderListSize(r) > h2MaxHeaderListSize(g.lim.maxHeader) {
+		// RFC 9113 §10.5.1: a header list larger than the server will
+		// handle may get 431; the stream ends, the connection stays.
+		rejectRequest(w, r, http.StatusRequestHeaderFieldsTooLarge, "meshd: request header fields too large")
+		return
+	}
 	if g.altSvc != nil && r.ProtoMajor < 3 {
 		// Set before the handler runs: the forwarding Handler drops an
 		// upstream's Alt-Svc and keeps this one (RFC 7838 §3).
@@ -96,6 +103,28 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// the client going away); the client still gets a status.
 		gb.w.writeCut()
 	}
+}
+
+// h2HeaderListSize is the header list size of an HTTP/2 request as RFC
+// 9113 §6.5.2 counts it: name, value and 32 bytes per field, the pseudo
+// fields included.
+func h2HeaderListSize(r *http.Request) int {
+	const perField = 32
+	n := len(":method") + len(r.Method) + len(":scheme") + len("https") +
+		len(":authority") + len(r.Host) + len(":path") + len(r.RequestURI) + 4*perField
+	for k, vv := range r.Header {
+		for _, v := range vv {
+			n += len(k) + len(v) + perField
+		}
+	}
+	return n
+}
+
+// h2MaxHeaderListSize turns a limit on an HTTP/1 header section into one
+// on an HTTP/2 header list, the way Go's server has always done (room for
+// ten fields' 32-byte overhead), so that what Go accepted is accepted.
+func h2MaxHeaderListSize(maxHeaderBytes int) int {
+	return maxHeaderBytes + 10*32
 }
 
 // hasBody reports whether r may carry a request body.

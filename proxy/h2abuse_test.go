@@ -342,3 +342,100 @@ func TestHTTP2HostMismatch(t *testing.T) {
 		}
 	}
 }
+
+// writeHeaderBlock sends block on stream id as HEADERS and CONTINUATION
+// frames of at most 16 KiB (the public listener's SETTINGS_MAX_FRAME_SIZE).
+func (a *h2Abuser) writeHeaderBlock(id uint32, block []byte) error {
+	const max = 16 << 10
+	first := block[:min(len(block), max)]
+	rest := block[len(first):]
+	err := a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: true, EndHeaders: len(rest) == 0})
+	for err == nil && len(rest) > 0 {
+		frag := rest[:min(len(rest), max)]
+		rest = rest[len(frag):]
+		err = a.fr.WriteContinuation(id, len(rest) == 0, frag)
+	}
+	if err == nil {
+		err = a.bw.Flush()
+	}
+	return err
+}
+
+// TestHTTP2LargeHeader: a request whose header section is larger than
+// MaxHeaderBytes (64 KiB) gets 431, as over HTTP/1.1, and the connection
+// stays usable for the next stream; this holds for a client that ignores
+// the advertised SETTINGS_MAX_HEADER_LIST_SIZE, with one large field or
+// many, and for Go's own client.
+func TestHTTP2LargeHeader(t *testing.T) {
+	addr, roots := startAbuseTarget(t, okHandler)
+	tests := []struct {
+		name   string
+		fields []hpack.HeaderField
+	}{
+		{"one 100 KB field", []hpack.HeaderField{{Name: "x-big", Value: strings.Repeat("b", 100<<10)}}},
+		{"a hundred 1 KB fields", func() []hpack.HeaderField {
+			var f []hpack.HeaderField
+			for i := 0; i < 100; i++ {
+				f = append(f, hpack.HeaderField{Name: "x-f" + strconv.Itoa(i), Value: strings.Repeat("f", 1<<10)})
+			}
+			return f
+		}()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := dialAbuser(t, addr, roots)
+			if err := a.writeHeaderBlock(1, a.headerBlock("/", tt.fields...)); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.writeHeaderBlock(3, a.headerBlock("/")); err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []struct {
+				id     uint32
+				status string
+			}{{1, "431"}, {3, "200"}} {
+				var got string
+				waitFor(t, "the response to stream "+strconv.Itoa(int(want.id)), 5*time.Second, func() bool {
+					v, ok := a.statuses.Load(want.id)
+					if ok {
+						got = v.(string)
+					}
+					return ok || a.isClosed()
+				})
+				if got != want.status {
+					t.Errorf("stream %d: status %q, want %s (connection closed: %v, GOAWAY %s)",
+						want.id, got, want.status, a.isClosed(), a.goAwayCode())
+				}
+			}
+		})
+	}
+	t.Run("Go client", func(t *testing.T) {
+		c := tlsClient(t, roots, true)
+		req, _ := http.NewRequest("GET", "https://"+addr+"/", nil)
+		req.Header.Set("X-Big", strings.Repeat("b", 100<<10))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("100 KB header: %v, want a 431 response", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || resp.ProtoMajor != 2 {
+			t.Errorf("100 KB header: %s %s, want HTTP/2 431", resp.Proto, resp.Status)
+		}
+		if code, err := getStatus(c, "https://"+addr+"/"); err != nil || code != http.StatusOK {
+			t.Errorf("next request: %d %v", code, err)
+		}
+	})
+	t.Run("just under the limit", func(t *testing.T) {
+		c := tlsClient(t, roots, true)
+		req, _ := http.NewRequest("GET", "https://"+addr+"/", nil)
+		req.Header.Set("X-Big", strings.Repeat("b", DefaultMaxHeaderBytes-1024))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%d-byte field: %s, want 200", DefaultMaxHeaderBytes-1024, resp.Status)
+		}
+	})
+}

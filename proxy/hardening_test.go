@@ -42,13 +42,13 @@ func TestServerLimitDefaults(t *testing.T) {
 		want limits
 	}{
 		{"internal listener: no hostile-client limits", &Server{},
-			limits{window: DefaultBodyRateWindow}},
+			limits{maxHeader: DefaultMaxHeaderBytes, window: DefaultBodyRateWindow}},
 		{"public listener: defaults", &Server{Public: true},
-			limits{public: true, maxBody: 1 << 30, minRate: 1024, window: 20 * time.Second}},
+			limits{public: true, maxHeader: 64 << 10, maxBody: 1 << 30, minRate: 1024, window: 20 * time.Second}},
 		{"public, limits turned off", &Server{Public: true, MaxBodyBytes: -1, MinBodyRate: -1},
-			limits{public: true, window: DefaultBodyRateWindow}},
-		{"internal listener with explicit limits", &Server{MaxBodyBytes: 10, MinBodyRate: 5, BodyRateWindow: time.Second},
-			limits{maxBody: 10, minRate: 5, window: time.Second}},
+			limits{public: true, maxHeader: DefaultMaxHeaderBytes, window: DefaultBodyRateWindow}},
+		{"internal listener with explicit limits", &Server{MaxBodyBytes: 10, MinBodyRate: 5, BodyRateWindow: time.Second, MaxHeaderBytes: 1000},
+			limits{maxHeader: 1000, maxBody: 10, minRate: 5, window: time.Second}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
