@@ -324,14 +324,31 @@ func (s *Server) Start(ctx context.Context) error {
 			TLSConfig:         tlsCfg,
 		}
 		hl = newHandoffListener(ln.Addr())
+		// Per-connection rapid-reset accounting (see h2conn); the state
+		// hook releases held handlers when the connection ends.
+		maxStreams := orDefault(s.MaxConcurrentStreams, DefaultMaxConcurrentStreams)
+		var h2conns sync.Map // net.Conn → *h2conn
+		srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+			hc := newH2Conn(c, maxStreams)
+			h2conns.Store(c, hc)
+			return context.WithValue(ctx, h2ConnKey{}, hc)
+		}
+		srv.ConnState = func(c net.Conn, st http.ConnState) {
+			if st == http.StateClosed || st == http.StateHijacked {
+				if hc, ok := h2conns.LoadAndDelete(c); ok {
+					hc.(*h2conn).end()
+				}
+			}
+		}
 		// Go's HTTP/2 server carries the mitigations for rapid reset
 		// (CVE-2023-44487: at most MaxConcurrentStreams handlers run per
 		// connection, 4× that may wait, beyond that GOAWAY
-		// ENHANCE_YOUR_CALM) and for CONTINUATION floods
+		// ENHANCE_YOUR_CALM; the guard makes it trip, see h2conn) and
+		// for CONTINUATION floods
 		// (CVE-2023-45288: header bytes beyond MaxHeaderBytes close the
 		// connection; see h2HeaderDecodeFactor); h2abuse_test.go shows both.
 		srv.HTTP2 = &http.HTTP2Config{
-			MaxConcurrentStreams: orDefault(s.MaxConcurrentStreams, DefaultMaxConcurrentStreams),
+			MaxConcurrentStreams: maxStreams,
 			CountError: func(errType string) {
 				logger.Debug("proxy: http2 error", "addr", bound, "type", errType)
 			},
