@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -15,6 +16,7 @@ import (
 // fields at Start.
 type limits struct {
 	public    bool
+	maxHeader int           // Server.MaxHeaderBytes, applied here on HTTP/2
 	maxBody   int64         // 0: no limit
 	minRate   int64         // bytes per second; 0: no check
 	window    time.Duration // the span minRate is measured over
@@ -36,12 +38,43 @@ type guard struct {
 	altSvc func() []string // the edge's own Alt-Svc for TCP responses; nil without HTTP/3
 }
 
-// ServeHTTP checks r, wraps its body when a limit applies, and serves it.
+// ServeHTTP serves r, keeping the rapid-reset account of its HTTP/2
+// connection (see h2conn).
+func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 2 {
+		if hc, _ := r.Context().Value(h2ConnKey{}).(*h2conn); hc != nil {
+			ctx := r.Context()
+			if ctx.Err() == nil {
+				g.serve(w, r)
+				if ctx.Err() == nil {
+					hc.completed()
+					return
+				}
+			}
+			// Reset by the client before the handler started (nobody
+			// is left to answer: the handler is skipped) or while it
+			// ran. Go's server cancels a stream's context only when
+			// the stream closes, which for a finished handler happens
+			// after it returned.
+			hc.reset()
+			return
+		}
+	}
+	g.serve(w, r)
+}
+
+// serve checks r, wraps its body when a limit applies, and serves it.
 // The counter is decremented in a defer, so requests ended by
 // panic(http.ErrAbortHandler) count too.
-func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (g *guard) serve(w http.ResponseWriter, r *http.Request) {
 	g.n.Add(1)
 	defer g.n.Add(-1)
+	if r.ProtoMajor == 2 && h2HeaderListSize(r) > h2MaxHeaderListSize(g.lim.maxHeader) {
+		// RFC 9113 §10.5.1: a header list larger than the server will
+		// handle may get 431; the stream ends, the connection stays.
+		rejectRequest(w, r, http.StatusRequestHeaderFieldsTooLarge, "meshd: request header fields too large")
+		return
+	}
 	if g.altSvc != nil && r.ProtoMajor < 3 {
 		// Set before the handler runs: the forwarding Handler drops an
 		// upstream's Alt-Svc and keeps this one (RFC 7838 §3).
@@ -96,6 +129,28 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// the client going away); the client still gets a status.
 		gb.w.writeCut()
 	}
+}
+
+// h2HeaderListSize is the header list size of an HTTP/2 request as RFC
+// 9113 §6.5.2 counts it: name, value and 32 bytes per field, the pseudo
+// fields included.
+func h2HeaderListSize(r *http.Request) int {
+	const perField = 32
+	n := len(":method") + len(r.Method) + len(":scheme") + len("https") +
+		len(":authority") + len(r.Host) + len(":path") + len(r.RequestURI) + 4*perField
+	for k, vv := range r.Header {
+		for _, v := range vv {
+			n += len(k) + len(v) + perField
+		}
+	}
+	return n
+}
+
+// h2MaxHeaderListSize turns a limit on an HTTP/1 header section into one
+// on an HTTP/2 header list, the way Go's server has always done (room for
+// ten fields' 32-byte overhead), so that what Go accepted is accepted.
+func h2MaxHeaderListSize(maxHeaderBytes int) int {
+	return maxHeaderBytes + 10*32
 }
 
 // hasBody reports whether r may carry a request body.
@@ -297,8 +352,8 @@ func (b *guardBody) clearDeadline() {
 func (b *guardBody) Close() error { return b.rc.Close() }
 
 // guardWriter replaces the error status a handler writes after its request
-// body was cut (the forwarding Handler sees a failed upstream write and
-// would answer 502) with the status that says why: 413 or 408.
+// body was cut (the forwarding Handler sees a failed body read and would
+// answer 400) with the status that says why: 413 or 408.
 type guardWriter struct {
 	http.ResponseWriter
 	body    *guardBody
@@ -312,7 +367,7 @@ func (w *guardWriter) WriteHeader(code int) {
 		w.ResponseWriter.WriteHeader(code)
 		return
 	}
-	if w.body.cutStatus() != 0 && code >= 500 {
+	if w.body.cutStatus() != 0 && code >= 400 {
 		w.writeCut()
 		w.swallow = true
 		return
@@ -372,3 +427,65 @@ func (w *guardWriter) Flush() { _ = w.FlushError() }
 // Unwrap gives ResponseController the server's writer (deadlines, full
 // duplex, hijacking).
 func (w *guardWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Rapid reset (CVE-2023-44487): a client opens a stream and resets it at
+// once, again and again. Go's HTTP/2 server bounds the handlers running per
+// connection (MaxConcurrentStreams) and sends GOAWAY ENHANCE_YOUR_CALM when
+// more than 4× that many streams wait for one; but a handler that returns
+// as soon as its stream is reset (the forwarding Handler does: the client's
+// cancellation reaches the upstream request) never lets them wait, so the
+// attack is never cut off and each reset costs a goroutine, a request and
+// the start of a forward. h2conn keeps the balance of a connection: resets
+// count up, completed streams count down (never below zero: completions
+// cannot be saved up for a later flood). Once resets outpace completions by
+// h2ResetSlack streams, a reset stream's handler does not return until the
+// connection ends: the attacker's own streams then fill the handler slots
+// and the queue, and Go's server closes the connection with GOAWAY
+// ENHANCE_YOUR_CALM after at most 5 × MaxConcurrentStreams more resets,
+// as nginx and Go itself do. A connection still open h2ResetHold after a
+// stream was held is closed: one that resets slowly also ends.
+type h2conn struct {
+	c     net.Conn
+	slack int64
+	debt  atomic.Int64
+	held  atomic.Int64 // handlers waiting in reset, for tests
+	done  chan struct{}
+	once  sync.Once
+}
+
+// h2ResetHold bounds how long a reset stream's handler is held.
+const h2ResetHold = 5 * time.Second
+
+type h2ConnKey struct{}
+
+func newH2Conn(c net.Conn, maxStreams int) *h2conn {
+	// A browser leaving a page cancels all its open streams at once:
+	// twice the stream limit is far from what a real client nets.
+	return &h2conn{c: c, slack: 2 * int64(maxStreams), done: make(chan struct{})}
+}
+
+// completed records a stream answered in full.
+func (hc *h2conn) completed() {
+	for d := hc.debt.Load(); d > 0 && !hc.debt.CompareAndSwap(d, d-1); d = hc.debt.Load() {
+	}
+}
+
+// reset records a stream the client reset, and holds the handler once the
+// connection's resets outpace its completed streams.
+func (hc *h2conn) reset() {
+	if hc.debt.Add(1) <= hc.slack {
+		return
+	}
+	hc.held.Add(1)
+	defer hc.held.Add(-1)
+	t := time.NewTimer(h2ResetHold)
+	defer t.Stop()
+	select {
+	case <-hc.done:
+	case <-t.C:
+		_ = hc.c.Close()
+	}
+}
+
+// end releases the held handlers; the connection is closed.
+func (hc *h2conn) end() { hc.once.Do(func() { close(hc.done) }) }

@@ -86,6 +86,7 @@ type h1conn struct {
 	cur     *h1resp // the request being served
 	curLock sync.Mutex
 	werr    error // the first write error; the connection is done
+	served  bool  // serveOne ran at least once: later requests are keep-alive
 
 	// Deadlines (see rearm): rdArmed says a read deadline is set; idleAt
 	// and sendAt are when the idle and the send deadline now set were set
@@ -185,12 +186,21 @@ func (c *h1conn) writev(a, b []byte) error {
 // serveOne reads and serves one request; false ends the connection.
 func (c *h1conn) serveOne() bool {
 	s := c.srv
+	// The first request's header timeout runs from when the connection
+	// was handed over (at accept, or after the TLS handshake), not from
+	// its first byte: a connection that never sends anything is not a
+	// keep-alive connection between requests and gets no idle timeout.
+	first := !c.served
+	c.served = true
 	if c.br.Buffered() == 0 {
 		c.state.Store(h1Idle)
 		if s.closing.Load() {
 			return false
 		}
-		if t := s.idleTimeout; t > 0 && rearm(&c.idleAt, t) {
+		if first && s.headerTimeout > 0 {
+			_ = c.rwc.SetReadDeadline(time.Now().Add(s.headerTimeout))
+			c.rdArmed, c.idleAt = true, time.Time{}
+		} else if t := s.idleTimeout; t > 0 && rearm(&c.idleAt, t) {
 			_ = c.rwc.SetReadDeadline(c.idleAt.Add(t))
 			c.rdArmed = true
 		}
@@ -201,9 +211,10 @@ func (c *h1conn) serveOne() bool {
 	c.state.Store(h1Active)
 	// A head that arrived whole is parsed without another read, under the
 	// idle deadline already set: the header timeout is for a head that
-	// comes in pieces, or when no deadline is set at all.
-	headerSet := s.headerTimeout > 0 && (!c.rdArmed || !headBuffered(c.br))
-	if headerSet {
+	// comes in pieces, or when no deadline is set at all. The first
+	// request's head is already under its header deadline.
+	headerSet := s.headerTimeout > 0 && (first || !c.rdArmed || !headBuffered(c.br))
+	if headerSet && !first {
 		_ = c.rwc.SetReadDeadline(time.Now().Add(s.headerTimeout))
 		c.rdArmed, c.idleAt = true, time.Time{}
 	}

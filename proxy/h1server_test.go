@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -765,5 +766,41 @@ func TestH1HeaderMapPerRequest(t *testing.T) {
 				t.Fatalf("second response carries the first's fields: X-Set %q, length %d, trailer %v", v, resp.ContentLength, resp.Trailer)
 			}
 		}
+	}
+}
+
+// TestSilentConnectionClosed: a connection that sends nothing at all is
+// closed after about the header timeout, not held for the idle timeout
+// (120 s by default): on plain HTTP/1.1, before a TLS handshake, and after
+// a handshake that chose HTTP/1.1.
+func TestSilentConnectionClosed(t *testing.T) {
+	cfg, roots := selfSigned(t)
+	plain := startWith(t, &Server{Handler: http.HandlerFunc(okHandler), ReadHeaderTimeout: 300 * time.Millisecond})
+	tlsSrv := startWith(t, &Server{Handler: http.HandlerFunc(okHandler), TLS: cfg, ReadHeaderTimeout: 300 * time.Millisecond})
+	tests := []struct {
+		name string
+		dial func() (net.Conn, error)
+	}{
+		{"plain", func() (net.Conn, error) { return net.Dial("tcp", plain.BoundAddr()) }},
+		{"before the TLS handshake", func() (net.Conn, error) { return net.Dial("tcp", tlsSrv.BoundAddr()) }},
+		{"after a TLS handshake for http/1.1", func() (net.Conn, error) {
+			return tls.Dial("tcp", tlsSrv.BoundAddr(), &tls.Config{RootCAs: roots, ServerName: "example.test", NextProtos: []string{"http/1.1"}})
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := tt.dial()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			start := time.Now()
+			// Generous bound: the header timeout is 300 ms, the idle
+			// timeout (what held such connections before) 120 s.
+			if !closedByPeer(c, 10*time.Second) {
+				t.Fatalf("silent connection still open after %v; ReadHeaderTimeout is 300ms", time.Since(start))
+			}
+			t.Logf("closed after %v", time.Since(start))
+		})
 	}
 }

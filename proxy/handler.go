@@ -185,9 +185,20 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.eof.Store(true)
+	} else if err != nil {
+		// Marked so classify can tell the client's failure (a malformed
+		// chunked body, a body cut by the server's limits) from the
+		// upstream's: the transport hands it back from RoundTrip.
+		err = &requestBodyError{err: err}
 	}
 	return n, err
 }
+
+// requestBodyError marks a failure to read the client's request body.
+type requestBodyError struct{ err error }
+
+func (e *requestBodyError) Error() string { return "read request body: " + e.err.Error() }
+func (e *requestBodyError) Unwrap() error { return e.err }
 
 func (b *trackedBody) Close() error {
 	if b.read.Load() {
@@ -412,6 +423,12 @@ func classify(ctx context.Context, err error) (int, string) {
 		}
 		return http.StatusBadGateway, "meshd: bad gateway"
 	}
+	var be *requestBodyError
+	if errors.As(err, &be) {
+		// The client's body failed, not the upstream (RFC 9112 §7.1: a
+		// malformed chunk is a bad request).
+		return http.StatusBadRequest, "meshd: malformed request body"
+	}
 	if isTimeout(err) {
 		return http.StatusGatewayTimeout, "meshd: upstream timed out"
 	}
@@ -437,6 +454,9 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig,
 	if errors.As(err, &se) {
 		// A routing decision, not a fault of this node: one debug record.
 		c.logger.Debug("proxy: not routed", attrs...)
+	} else if code == http.StatusBadRequest {
+		// Nothing wrong with this node or the upstream.
+		c.logger.Debug("proxy: client error: bad request body", attrs...)
 	} else {
 		c.logger.Warn("proxy: forwarding failed", attrs...)
 	}
@@ -453,7 +473,10 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig,
 // not be forwarded, or "" when no upstream was at fault.
 func proxyStatusError(code int, err error) string {
 	var se *StatusError
+	var be *requestBodyError
 	switch {
+	case errors.As(err, &be):
+		return "" // the client's body failed
 	case errors.As(err, &se):
 		if code == http.StatusServiceUnavailable || code == http.StatusBadGateway {
 			return "destination_unavailable"

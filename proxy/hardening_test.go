@@ -6,12 +6,14 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -40,13 +42,13 @@ func TestServerLimitDefaults(t *testing.T) {
 		want limits
 	}{
 		{"internal listener: no hostile-client limits", &Server{},
-			limits{window: DefaultBodyRateWindow}},
+			limits{maxHeader: DefaultMaxHeaderBytes, window: DefaultBodyRateWindow}},
 		{"public listener: defaults", &Server{Public: true},
-			limits{public: true, maxBody: 1 << 30, minRate: 1024, window: 20 * time.Second}},
+			limits{public: true, maxHeader: 64 << 10, maxBody: 1 << 30, minRate: 1024, window: 20 * time.Second}},
 		{"public, limits turned off", &Server{Public: true, MaxBodyBytes: -1, MinBodyRate: -1},
-			limits{public: true, window: DefaultBodyRateWindow}},
-		{"internal listener with explicit limits", &Server{MaxBodyBytes: 10, MinBodyRate: 5, BodyRateWindow: time.Second},
-			limits{maxBody: 10, minRate: 5, window: time.Second}},
+			limits{public: true, maxHeader: DefaultMaxHeaderBytes, window: DefaultBodyRateWindow}},
+		{"internal listener with explicit limits", &Server{MaxBodyBytes: 10, MinBodyRate: 5, BodyRateWindow: time.Second, MaxHeaderBytes: 1000},
+			limits{maxHeader: 1000, maxBody: 10, minRate: 5, window: time.Second}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -572,5 +574,76 @@ func TestBodyReadAfterHandlerReturned(t *testing.T) {
 	}
 	if code, err := getStatus(c, "https://"+s.BoundAddr()+"/"); err != nil || code != http.StatusNoContent {
 		t.Fatalf("next request: %d %v", code, err)
+	}
+}
+
+// syncBuffer is a log destination tests can read while servers write.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestMalformedChunkedBodyIsClientError: a request whose chunked body is
+// malformed, forwarded by the Handler to a healthy upstream, is the
+// client's fault: 400, no warning about the upstream, and the upstream is
+// neither ejected nor retried.
+func TestMalformedChunkedBodyIsClientError(t *testing.T) {
+	var upstreamSaw atomic.Int64
+	_, up := plainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		upstreamSaw.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "ok")
+	}))
+	var logs syncBuffer
+	h := &Handler{Route: fixedRoute(up), Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	addr := startProxy(t, h)
+	bodies := []string{
+		"z\r\nabc\r\n0\r\n\r\n",                 // size not hex
+		"3\r\nabc\r\nffffffffffffffff\r\na\r\n", // size overflow after a good chunk
+		"3\r\nabcX\r\n0\r\n\r\n",                // data longer than the size
+	}
+	for i := 0; i < EjectAfter+1; i++ {
+		for _, body := range bodies {
+			c, br := dialRaw(t, addr)
+			_, _ = io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n"+body)
+			resp, got := readResp(t, br, "POST")
+			c.Close()
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("%q: status %d (%q), want 400", body, resp.StatusCode, got)
+			}
+			if ps := resp.Header.Get("Proxy-Status"); ps != "" {
+				t.Errorf("%q: Proxy-Status %q blames the upstream", body, ps)
+			}
+		}
+	}
+	if up.Ejected(time.Now()) {
+		t.Error("upstream ejected after the client's malformed bodies")
+	}
+	if st := h.Stats(); st.Retries != 0 {
+		t.Errorf("%d retries of requests whose body the client broke", st.Retries)
+	}
+	out := logs.String()
+	if strings.Contains(out, "level=WARN") {
+		t.Errorf("a client's malformed body was logged as a warning:\n%s", out)
+	}
+	if !strings.Contains(out, "client error") {
+		t.Errorf("no client error record in the log:\n%s", out)
+	}
+	// The proxy still forwards good requests to the same upstream.
+	resp, body := rawExchange(t, addr, "POST / HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+	if resp.StatusCode != http.StatusOK || body != "ok" {
+		t.Errorf("good request after the bad ones: %d %q", resp.StatusCode, body)
 	}
 }

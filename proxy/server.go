@@ -46,6 +46,16 @@ const (
 	// most 256 KiB, so any client reading 4.3 KiB/s or faster is never cut.
 	DefaultSendTimeout = 60 * time.Second
 
+	// h2HeaderDecodeFactor: Go's HTTP/2 server decodes header lists up
+	// to its MaxHeaderBytes and answers a larger one by closing the
+	// connection (COMPRESSION_ERROR for one large field, PROTOCOL_ERROR
+	// for many), killing every stream on it and making clients retry.
+	// meshd lets Go decode up to this many times Server.MaxHeaderBytes
+	// and answers what is over the limit with 431 in the guard. The
+	// decoded fields live only until the guard answers; 4 × 64 KiB per
+	// connection is what one 256 KiB read buffer would cost.
+	h2HeaderDecodeFactor = 4
+
 	// publicMaxReadFrameSize is SETTINGS_MAX_FRAME_SIZE on a Public
 	// server: the protocol's initial value (RFC 9113 §6.5.2).
 	publicMaxReadFrameSize = 16 << 10
@@ -80,8 +90,14 @@ type Server struct {
 	// IdleTimeout closes keep-alive connections idle for this long.
 	// Default 120 s.
 	IdleTimeout time.Duration
-	// MaxHeaderBytes bounds a request's header section (HTTP/2 and
-	// HTTP/3: SETTINGS_MAX_HEADER_LIST_SIZE and the QPACK-decoded size).
+	// MaxHeaderBytes bounds a request's header section; a larger one gets
+	// 431 Request Header Fields Too Large (RFC 6585 §5). On HTTP/2 the
+	// size is the header list size of RFC 9113 §6.5.2 (32 bytes per
+	// field on top of name and value), and the connection stays open for
+	// other streams as long as the list fits h2HeaderDecodeFactor times
+	// the limit, which is what SETTINGS_MAX_HEADER_LIST_SIZE advertises;
+	// beyond that the connection is closed, as HPACK state cannot be
+	// kept without decoding everything. HTTP/3: the QPACK-decoded size.
 	// Default 64 KiB.
 	MaxHeaderBytes int
 
@@ -226,6 +242,7 @@ func publicLimit[T int | int64 | time.Duration](v, def T, public bool) T {
 func (s *Server) limits() limits {
 	l := limits{
 		public:    s.Public,
+		maxHeader: orDefault(s.MaxHeaderBytes, DefaultMaxHeaderBytes),
 		maxBody:   publicLimit(s.MaxBodyBytes, DefaultMaxBodyBytes, s.Public),
 		minRate:   publicLimit(s.MinBodyRate, DefaultMinBodyRate, s.Public),
 		window:    orDefault(s.BodyRateWindow, DefaultBodyRateWindow),
@@ -301,20 +318,37 @@ func (s *Server) Start(ctx context.Context) error {
 			Handler:           g,
 			ReadHeaderTimeout: h1.headerTimeout,
 			IdleTimeout:       h1.idleTimeout,
-			MaxHeaderBytes:    h1.maxHeaderBytes,
+			MaxHeaderBytes:    h2HeaderDecodeFactor * h1.maxHeaderBytes, // the guard applies MaxHeaderBytes itself
 			ErrorLog:          log.New(serverLogWriter{logger: logger, addr: bound}, "", 0),
 			Protocols:         &protocols,
 			TLSConfig:         tlsCfg,
 		}
 		hl = newHandoffListener(ln.Addr())
+		// Per-connection rapid-reset accounting (see h2conn); the state
+		// hook releases held handlers when the connection ends.
+		maxStreams := orDefault(s.MaxConcurrentStreams, DefaultMaxConcurrentStreams)
+		var h2conns sync.Map // net.Conn → *h2conn
+		srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+			hc := newH2Conn(c, maxStreams)
+			h2conns.Store(c, hc)
+			return context.WithValue(ctx, h2ConnKey{}, hc)
+		}
+		srv.ConnState = func(c net.Conn, st http.ConnState) {
+			if st == http.StateClosed || st == http.StateHijacked {
+				if hc, ok := h2conns.LoadAndDelete(c); ok {
+					hc.(*h2conn).end()
+				}
+			}
+		}
 		// Go's HTTP/2 server carries the mitigations for rapid reset
 		// (CVE-2023-44487: at most MaxConcurrentStreams handlers run per
 		// connection, 4× that may wait, beyond that GOAWAY
-		// ENHANCE_YOUR_CALM) and for CONTINUATION floods
+		// ENHANCE_YOUR_CALM; the guard makes it trip, see h2conn) and
+		// for CONTINUATION floods
 		// (CVE-2023-45288: header bytes beyond MaxHeaderBytes close the
-		// connection); h2abuse_test.go shows both.
+		// connection; see h2HeaderDecodeFactor); h2abuse_test.go shows both.
 		srv.HTTP2 = &http.HTTP2Config{
-			MaxConcurrentStreams: orDefault(s.MaxConcurrentStreams, DefaultMaxConcurrentStreams),
+			MaxConcurrentStreams: maxStreams,
 			CountError: func(errType string) {
 				logger.Debug("proxy: http2 error", "addr", bound, "type", errType)
 			},
