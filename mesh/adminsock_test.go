@@ -104,7 +104,7 @@ func TestListenAdmin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
+	go func(ln net.Listener) {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -112,7 +112,7 @@ func TestListenAdmin(t *testing.T) {
 			}
 			c.Close()
 		}
-	}()
+	}(ln)
 	if _, err := listenAdmin(sock); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("second listen on a live socket: %v, want in use", err)
 	}
