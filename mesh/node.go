@@ -67,6 +67,13 @@ type Node struct {
 	purges    []PurgeRecord    // edge: purges accepted here, newest last
 	applied   map[string]int64 // edge: purge IDs applied here → unix time
 	stopped   bool
+	names     *nameBook   // which service owns which host name; tombstones (domains.go)
+	expiry    *time.Timer // rebuilds when the next tombstone ends
+	since     int64       // sidecar: Unix ms it started claiming its service (ServiceRecord.Since)
+
+	// now is the clock of tombstones and host name claims. Default
+	// time.Now; tests inject a fake one before Start.
+	now func() time.Time
 }
 
 // Addrs reports the bound address of each listener the node runs, keyed by
@@ -123,6 +130,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.upstreams = map[string]*proxy.Upstream{}
 	n.badRecs = map[string]string{}
 	n.applied = map[string]int64{}
+	if n.now == nil {
+		n.now = time.Now
+	}
+	n.names = newNameBook(c.ServiceTombstone, c.PublicDomain, n.now())
+	n.since = n.now().UnixMilli()
 	n.snap.Store(&Snapshot{})
 	n.registry = n.newRegistry()
 
@@ -473,7 +485,7 @@ func (n *Node) lanRecord() *NodeRecord {
 		if n.healthy.Load() {
 			h = 1
 		}
-		r.Services = []ServiceRecord{{Name: c.Service, Domains: c.Domains, Healthy: h}}
+		r.Services = []ServiceRecord{{Name: c.Service, Domains: c.Domains, Healthy: h, Since: n.since}}
 	}
 	return r
 }
@@ -570,6 +582,9 @@ func (n *Node) rebuild() {
 		}
 	}
 	n.pool.Forget(func(key string) bool { return used[key] })
+	now := n.now()
+	n.names.apply(s, now, n.Logger)
+	n.scheduleExpiryLocked(now)
 	n.snap.Store(s)
 }
 
@@ -678,8 +693,9 @@ func (n *Node) edgeRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	if ups := s.remote[svc].pick(); len(ups) > 0 {
 		return ups, nil
 	}
-	if s.known[svc] {
-		return nil, errNoHealthy(svc)
+	now := n.now()
+	if d := s.downFor(svc, now); d != nil || s.known[svc] {
+		return nil, errNoHealthy(svc, d, now)
 	}
 	return nil, errNoHost(out.Host)
 }
@@ -706,8 +722,9 @@ func (n *Node) gatewayRoute(out *http.Request) ([]*proxy.Upstream, error) {
 			return ups, nil
 		}
 	}
-	if s.known[svc] {
-		return nil, errNoHealthy(svc)
+	now := n.now()
+	if d := s.downFor(svc, now); d != nil || s.known[svc] {
+		return nil, errNoHealthy(svc, d, now)
 	}
 	return nil, errUnknownService(svc)
 }
@@ -729,8 +746,9 @@ func (n *Node) outboundRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	if ups := s.gateways.pick(); len(ups) > 0 {
 		return ups, nil
 	}
-	if s.known[svc] {
-		return nil, errNoHealthy(svc)
+	now := n.now()
+	if d := s.downFor(svc, now); d != nil || s.known[svc] {
+		return nil, errNoHealthy(svc, d, now)
 	}
 	return nil, errUnknownService(svc)
 }
