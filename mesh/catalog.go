@@ -228,10 +228,10 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 		}
 		for _, sv := range r.Services {
 			s.known[sv.Name] = true
-			addDomains(sv.Name, r, sv)
 			if selfRole == RoleGateway && r.Region == selfRegion {
 				continue // the region pool has the instance-level truth
 			}
+			addDomains(sv.Name, r, sv)
 			in := info(sv.Name, r.Region)
 			in.Domains = mergeSorted(in.Domains, sv.Domains)
 			if r.State != StateReady {

@@ -122,6 +122,13 @@ func (s *Snapshot) downFor(svc string, now time.Time) *serviceDown {
 	return d
 }
 
+// publishes reports whether the node answers for svc: a service some
+// record names, or one that left less than --service-tombstone ago (its
+// requests get 503, not 404).
+func (s *Snapshot) publishes(svc string, now time.Time) bool {
+	return s.known[svc] || s.downFor(svc, now) != nil
+}
+
 // reason is the parenthesis of the 503 message, "" when the node never saw
 // the service healthy.
 func (d *serviceDown) reason(now time.Time) string {
