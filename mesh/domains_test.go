@@ -200,3 +200,21 @@ func TestServiceDownReason(t *testing.T) {
 		t.Fatalf("edge: %q", got)
 	}
 }
+
+// TestServiceTombstoneConfig: service-tombstone is read from YAML,
+// defaults to 24h and refuses a negative value by name.
+func TestServiceTombstoneConfig(t *testing.T) {
+	c := validSidecar()
+	c.SetDefaults()
+	if c.ServiceTombstone != 24*time.Hour {
+		t.Fatalf("default %v, want 24h", c.ServiceTombstone)
+	}
+	var f Config
+	if _, err := LoadFile(writeFile(t, "role: edge\nservice-tombstone: 90m\n"), &f); err != nil || f.ServiceTombstone != 90*time.Minute {
+		t.Fatalf("yaml: %v, %v", f.ServiceTombstone, err)
+	}
+	c.ServiceTombstone = -time.Second
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "service-tombstone") {
+		t.Fatalf("negative tombstone: %v", err)
+	}
+}
