@@ -124,9 +124,10 @@ func (s *Snapshot) downFor(svc string, now time.Time) *serviceDown {
 
 // publishes reports whether the node answers for svc: a service some
 // record names, or one that left less than --service-tombstone ago (its
-// requests get 503, not 404).
-func (s *Snapshot) publishes(svc string, now time.Time) bool {
-	return s.known[svc] || s.downFor(svc, now) != nil
+// requests get 503, not 404). The clock is read only for a service no
+// record names: the host gate runs this on every public request.
+func (s *Snapshot) publishes(svc string, now func() time.Time) bool {
+	return s.known[svc] || s.downFor(svc, now()) != nil
 }
 
 // reason is the parenthesis of the 503 message, "" when the node never saw
