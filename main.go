@@ -522,6 +522,19 @@ func cmdTable(ctx context.Context, what string, args []string, stdout, stderr io
 					u.InFlight, rtt, lat, dash(strings.Join(r.Domains, ",")))
 			}
 		}
+		header := false
+		for _, r := range rs {
+			c := r.Conflict
+			if c == nil {
+				continue
+			}
+			if !header {
+				fmt.Fprintln(tw, "\nREFUSED HOST\tCLAIMED BY\tVIA NODES\tOWNER\tOWNER NODES\tREASON")
+				header = true
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.Domain, c.Refused, dash(strings.Join(c.RefusedNodes, ",")),
+				c.Owner, dash(strings.Join(c.OwnerNodes, ",")), c.Reason)
+		}
 	}
 	return nil
 }

@@ -142,6 +142,10 @@ type RouteInfo struct {
 	Via       string          `json:"via"`
 	Domains   []string        `json:"domains,omitempty"`
 	Upstreams []RouteUpstream `json:"upstreams"`
+	// Conflict is set on the entries with Via "refused": a claim of the
+	// service on a host name another service owns, which this node does
+	// not route (see domains.go). Such entries have no upstreams.
+	Conflict *DomainConflict `json:"conflict,omitempty"`
 }
 
 // RouteUpstream is one candidate of a route.
@@ -190,6 +194,10 @@ func (n *Node) routes(now time.Time) []RouteInfo {
 	}
 	if n.Config.Role == RoleSidecar && s.gateways != nil {
 		add("*", "gateway", s.gateways)
+	}
+	for _, c := range s.Conflicts {
+		out = append(out, RouteInfo{Service: c.Refused, Via: "refused", Domains: []string{c.Domain},
+			Upstreams: []RouteUpstream{}, Conflict: &c})
 	}
 	slices.SortFunc(out, func(a, b RouteInfo) int {
 		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Via, b.Via))

@@ -24,8 +24,18 @@ type Snapshot struct {
 	// known: every service name anybody publishes, healthy or not, so that
 	// "nobody runs this" (404) and "nothing healthy now" (503) differ.
 	known map[string]bool
-	// domains: public host name → service (from the services' Domains).
+	// domains: public host name → service, the owner the node's nameBook
+	// chose among the claims (see domains.go); a refused claim is not here.
 	domains map[string]string
+	// claims: every claim on a public host name the records make, the
+	// nameBook's input.
+	claims domainClaims
+	// down: services with no healthy instance the node can see, and those
+	// that left the mesh less than --service-tombstone ago, with what the
+	// node remembers of their last healthy instances.
+	down map[string]*serviceDown
+	// Conflicts are the refused claims on public host names.
+	Conflicts []DomainConflict
 
 	// probeTargets are the mesh addresses of the global pool's ready
 	// gateways, which edges and gateways probe for reachability and RTT.
@@ -153,6 +163,7 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 		remote:  map[string]*upstreamSet{},
 		known:   map[string]bool{},
 		domains: map[string]string{},
+		claims:  domainClaims{},
 	}
 	type svcRegion struct{ svc, region string }
 	infos := map[svcRegion]*ServiceInfo{}
@@ -163,12 +174,10 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 		}
 		return infos[k]
 	}
-	addDomains := func(svc string, ds []string) {
-		for _, d := range ds {
-			if _, taken := s.domains[d]; !taken {
-				s.domains[d] = svc
-			}
-		}
+	// Claims are only collected here; which one owns a host name is the
+	// node's decision, from what it remembers (nameBook.apply).
+	addDomains := func(svc string, r *NodeRecord, sv ServiceRecord) {
+		s.claims.add(svc, r.Name, sv.Since, sv.Domains)
 	}
 
 	// Region pool: instances and the region's own gateways.
@@ -185,7 +194,7 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 		case RoleSidecar:
 			for _, sv := range r.Services {
 				s.known[sv.Name] = true
-				addDomains(sv.Name, sv.Domains)
+				addDomains(sv.Name, r, sv)
 				in := info(sv.Name, r.Region)
 				in.Domains = mergeSorted(in.Domains, sv.Domains)
 				if ready && sv.Healthy > 0 {
@@ -219,10 +228,10 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 		}
 		for _, sv := range r.Services {
 			s.known[sv.Name] = true
-			addDomains(sv.Name, sv.Domains)
 			if selfRole == RoleGateway && r.Region == selfRegion {
 				continue // the region pool has the instance-level truth
 			}
+			addDomains(sv.Name, r, sv)
 			in := info(sv.Name, r.Region)
 			in.Domains = mergeSorted(in.Domains, sv.Domains)
 			if r.State != StateReady {
@@ -354,6 +363,9 @@ func summarize(lan []member, region string) []ServiceRecord {
 				byName[sv.Name] = sr
 			}
 			sr.Domains = mergeSorted(sr.Domains, sv.Domains)
+			if sv.Since > 0 && (sr.Since == 0 || sv.Since < sr.Since) {
+				sr.Since = sv.Since // the region's oldest claim
+			}
 			if r.State == StateReady && sv.Healthy > 0 {
 				sr.Healthy++
 			}

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"testing"
+	"time"
 
 	"github.com/meshd/meshd/proxy"
 )
@@ -116,6 +117,7 @@ func TestSnapshotDomains(t *testing.T) {
 	lan := []member{{rec: &NodeRecord{Name: "web-1", Role: RoleSidecar, Region: "eu", MeshAddr: "127.0.0.1:1", State: StateReady,
 		Services: []ServiceRecord{{Name: "web", Healthy: 1, Domains: []string{"www.example.com"}}}}}}
 	s := buildSnapshot(RoleGateway, "eu", lan, nil, fakeMaker{}, nil)
+	newNameBook(time.Hour, "localhost", time.Time{}).apply(s, time.Now(), nil)
 	if s.domains["www.example.com"] != "web" {
 		t.Fatalf("domains = %v", s.domains)
 	}

@@ -217,6 +217,11 @@ type Config struct {
 	// "draining", so that peers move away before its listeners close.
 	// Default 2s.
 	DrainDelay time.Duration `yaml:"drain-delay" usage:"time between publishing draining and closing listeners (default 2s)"`
+	// ServiceTombstone is how long a node remembers a service that was
+	// in the mesh and is gone: its requests (and its public host names)
+	// get 503 "no healthy instance" with Retry-After instead of 404, so
+	// an outage does not read as a misconfiguration. Default 24h.
+	ServiceTombstone time.Duration `yaml:"service-tombstone" usage:"how long a service that left stays known: 503 instead of 404 (default 24h)"`
 	// ShutdownGrace bounds how long in-flight requests may take to finish
 	// once listeners stop. Default 10s.
 	ShutdownGrace time.Duration `yaml:"shutdown-grace" usage:"bound on in-flight requests at shutdown (default 10s)"`
@@ -283,6 +288,9 @@ func (c *Config) SetDefaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 10 * time.Second
 	}
+	if c.ServiceTombstone == 0 {
+		c.ServiceTombstone = 24 * time.Hour
+	}
 	if c.TLS == "" {
 		c.TLS = "internal"
 	}
@@ -347,6 +355,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownGrace < 0 {
 		return fieldErr("shutdown-grace", "must not be negative")
+	}
+	if c.ServiceTombstone < 0 {
+		return fieldErr("service-tombstone", "must not be negative")
 	}
 	if c.HealthInterval < 0 {
 		return fieldErr("health-interval", "must not be negative")

@@ -213,7 +213,7 @@ func (n *Node) hostGate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s := n.snap.Load()
 		svc, ok := publicService(r.Host, n.Config.PublicDomain, s.domains)
-		if !ok || !s.known[svc] {
+		if !ok || !s.publishes(svc, n.now) {
 			writeStatusError(w, errNoHost(r.Host).(*proxy.StatusError))
 			return
 		}

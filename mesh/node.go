@@ -74,6 +74,13 @@ type Node struct {
 	purges    []PurgeRecord    // edge: purges accepted here, newest last
 	applied   map[string]int64 // edge: purge IDs applied here → unix time
 	stopped   bool
+	names     *nameBook   // which service owns which host name; tombstones (domains.go)
+	expiry    *time.Timer // rebuilds when the next tombstone ends
+	since     int64       // sidecar: Unix ms it started claiming its service (ServiceRecord.Since)
+
+	// now is the clock of tombstones and host name claims. Default
+	// time.Now; tests inject a fake one before Start.
+	now func() time.Time
 }
 
 // Addrs reports the bound address of each listener the node runs, keyed by
@@ -133,6 +140,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.upstreams = map[string]*proxy.Upstream{}
 	n.badRecs = map[string]string{}
 	n.applied = map[string]int64{}
+	if n.now == nil {
+		n.now = time.Now
+	}
+	n.names = newNameBook(c.ServiceTombstone, c.PublicDomain, n.now())
+	n.since = n.now().UnixMilli()
 	n.snap.Store(&Snapshot{})
 	n.registry = n.newRegistry()
 
@@ -489,7 +501,7 @@ func (n *Node) lanRecord() *NodeRecord {
 		if n.healthy.Load() {
 			h = 1
 		}
-		r.Services = []ServiceRecord{{Name: c.Service, Domains: c.Domains, Healthy: h}}
+		r.Services = []ServiceRecord{{Name: c.Service, Domains: c.Domains, Healthy: h, Since: n.since}}
 	}
 	return r
 }
@@ -589,6 +601,9 @@ func (n *Node) rebuild() {
 		}
 	}
 	n.pool.Forget(func(key string) bool { return used[key] })
+	now := n.now()
+	n.names.apply(s, now, n.Logger)
+	n.scheduleExpiryLocked(now)
 	n.snap.Store(s)
 }
 
@@ -697,8 +712,9 @@ func (n *Node) edgeRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	if ups := s.remote[svc].pick(); len(ups) > 0 {
 		return ups, nil
 	}
-	if s.known[svc] {
-		return nil, errNoHealthy(svc)
+	now := n.now()
+	if d := s.downFor(svc, now); d != nil || s.known[svc] {
+		return nil, errNoHealthy(svc, d, now)
 	}
 	return nil, errNoHost(out.Host)
 }
@@ -725,8 +741,9 @@ func (n *Node) gatewayRoute(out *http.Request) ([]*proxy.Upstream, error) {
 			return ups, nil
 		}
 	}
-	if s.known[svc] {
-		return nil, errNoHealthy(svc)
+	now := n.now()
+	if d := s.downFor(svc, now); d != nil || s.known[svc] {
+		return nil, errNoHealthy(svc, d, now)
 	}
 	return nil, errUnknownService(svc)
 }
@@ -748,8 +765,9 @@ func (n *Node) outboundRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	if ups := s.gateways.pick(); len(ups) > 0 {
 		return ups, nil
 	}
-	if s.known[svc] {
-		return nil, errNoHealthy(svc)
+	now := n.now()
+	if d := s.downFor(svc, now); d != nil || s.known[svc] {
+		return nil, errNoHealthy(svc, d, now)
 	}
 	return nil, errUnknownService(svc)
 }

@@ -69,7 +69,9 @@ func (n *Node) publicCerts() *tlsmgr.PublicCerts {
 	}
 	p.Allow = func(ctx context.Context, host string) error {
 		s := n.snap.Load()
-		if svc, ok := publicService(host, c.PublicDomain, s.domains); ok && s.known[svc] {
+		// A tombstoned service keeps its names, and its certificate, so
+		// its clients read a 503 over HTTPS, not a handshake failure.
+		if svc, ok := publicService(host, c.PublicDomain, s.domains); ok && s.publishes(svc, n.now) {
 			return nil
 		}
 		return fmt.Errorf("no service is published at %q", host)

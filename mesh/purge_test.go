@@ -32,7 +32,8 @@ func newTestMesh(t *testing.T) *testMesh {
 	return &testMesh{t: t, caDir: caDir}
 }
 
-func (m *testMesh) start(c Config) *Node {
+// start starts a node; opts run on it before Start (a clock, a logger).
+func (m *testMesh) start(c Config, opts ...func(*Node)) *Node {
 	m.t.Helper()
 	c.CADir = m.caDir
 	c.DrainDelay = time.Millisecond
@@ -46,6 +47,9 @@ func (m *testMesh) start(c Config) *Node {
 	}
 	c.HealthInterval = 200 * time.Millisecond
 	n := &Node{Config: c, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, o := range opts {
+		o(n)
+	}
 	if err := n.Start(context.Background()); err != nil {
 		m.t.Fatalf("start %s: %v", c.Name, err)
 	}

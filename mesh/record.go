@@ -44,6 +44,13 @@ type ServiceRecord struct {
 	Domains []string `json:"domains,omitempty"`
 	Healthy int      `json:"healthy"`
 	Weight  int      `json:"weight,omitempty"`
+	// Since is when the oldest record behind this one started claiming
+	// the service and its Domains, in Unix milliseconds (a sidecar: when it
+	// started; a gateway: the oldest of its region's instances); 0 when
+	// unknown. It only breaks ties between domain claims a node sees for
+	// the first time at once (see nameBook); it is a hint from gossip, not
+	// an authority.
+	Since int64 `json:"since,omitempty"`
 }
 
 // Encode renders the record for gossip.
@@ -115,7 +122,7 @@ func DecodeRecord(b []byte) (*NodeRecord, error) {
 			return nil, fmt.Errorf("record %s: service %s listed twice", r.Name, s.Name)
 		}
 		seen[s.Name] = true
-		if s.Healthy < 0 || s.Weight < 0 {
+		if s.Healthy < 0 || s.Weight < 0 || s.Since < 0 {
 			return nil, fmt.Errorf("record %s service %s: negative count", r.Name, s.Name)
 		}
 		for _, d := range s.Domains {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/meshd/meshd/proxy"
 )
@@ -93,9 +94,19 @@ func errNoHost(host string) error {
 		Msg: fmt.Sprintf("meshd: no service is published at host %q", truncate(host, 100))}
 }
 
-func errNoHealthy(svc string) error {
-	return &proxy.StatusError{Code: http.StatusServiceUnavailable,
-		Msg: fmt.Sprintf("meshd: no healthy instance of service %q is reachable", svc)}
+// errNoHealthy is the answer for a service the node knows (or remembers,
+// within --service-tombstone) but cannot send to: 503, not 404, because an
+// outage is not a misconfiguration. d, when not nil, says what the node saw
+// last ("last one, web-eu-1, left 12s ago"); the same line goes into
+// Proxy-Status details (RFC 9209 §2.1.5) and Retry-After (RFC 9110
+// §10.2.3) tells clients when to look again.
+func errNoHealthy(svc string, d *serviceDown, now time.Time) error {
+	msg := fmt.Sprintf("no healthy instance of service %s is reachable", svc)
+	if r := d.reason(now); r != "" {
+		msg = fmt.Sprintf("service %s has no healthy instance (%s)", svc, r)
+	}
+	return &proxy.StatusError{Code: http.StatusServiceUnavailable, Msg: "meshd: " + msg,
+		Details: msg, RetryAfter: downRetryAfter}
 }
 
 func errUnknownService(svc string) error {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -464,7 +465,14 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig,
 		// RFC 9209: says this answer is a proxy's, not the origin's, and
 		// why. Hops after this one keep it; a cache in front reads it as
 		// "the origin could not be reached" (RFC 9111 §4.2.4).
-		w.Header()["Proxy-Status"] = []string{proxyStatusToken(h.Via) + "; error=" + t}
+		ps := proxyStatusToken(h.Via) + "; error=" + t
+		if se != nil && se.Details != "" {
+			ps += "; details=" + sfString(se.Details)
+		}
+		w.Header()["Proxy-Status"] = []string{ps}
+	}
+	if se != nil && se.RetryAfter > 0 {
+		w.Header()["Retry-After"] = []string{strconv.FormatInt(int64((se.RetryAfter+time.Second-1)/time.Second), 10)}
 	}
 	writeError(w, code, msg)
 }
@@ -500,6 +508,26 @@ func proxyStatusError(code int, err error) string {
 		return "connection_terminated"
 	}
 	return "http_protocol_error"
+}
+
+// sfString renders s as a structured-field string (RFC 8941 §3.3.3):
+// quoted, with '"' and '\' escaped; a byte outside printable ASCII, which
+// an sf-string cannot carry, becomes '?'.
+func sfString(s string) string {
+	b := make([]byte, 0, len(s)+2)
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20 || c > 0x7e:
+			b = append(b, '?')
+		default:
+			b = append(b, c)
+		}
+	}
+	return string(append(b, '"'))
 }
 
 // proxyStatusToken is the proxy's name in Proxy-Status: an sf-token, or

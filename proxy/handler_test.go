@@ -902,3 +902,23 @@ func TestProxyStatus(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusErrorRetryAfterAndDetails: a Route's 503 carries its
+// Retry-After and the details of Proxy-Status (RFC 9209 §2.1.5), quoted as
+// an sf-string.
+func TestStatusErrorRetryAfterAndDetails(t *testing.T) {
+	route := func(*http.Request) ([]*Upstream, error) {
+		return nil, &StatusError{Code: 503, Msg: "meshd: web is down", RetryAfter: 1500 * time.Millisecond, Details: `web "is" down`}
+	}
+	addr := startProxy(t, &Handler{Route: route, Via: "meshd-test"})
+	resp, body := rawExchange(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp.StatusCode != 503 || !strings.Contains(body, "meshd: web is down") {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if got, want := resp.Header.Get("Proxy-Status"), `meshd-test; error=destination_unavailable; details="web \"is\" down"`; got != want {
+		t.Errorf("Proxy-Status %q, want %q", got, want)
+	}
+	if got := resp.Header.Get("Retry-After"); got != "2" {
+		t.Errorf("Retry-After %q, want 2 (1.5 s rounded up)", got)
+	}
+}

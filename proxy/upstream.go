@@ -130,6 +130,14 @@ func (u *Upstream) name() string {
 type StatusError struct {
 	Code int
 	Msg  string
+	// RetryAfter, when positive, is sent as Retry-After (RFC 9110 §10.2.3),
+	// in whole seconds rounded up: how soon the client may try again.
+	// Default 0: no Retry-After.
+	RetryAfter time.Duration
+	// Details, when not empty, is sent as the details parameter of the
+	// response's Proxy-Status (RFC 9209 §2.1.5): the same one line as Msg
+	// for a client or tool that reads only the header. Default "".
+	Details string
 }
 
 // Error returns the message, or the status text when Msg is empty.
