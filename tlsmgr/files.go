@@ -2,7 +2,9 @@ package tlsmgr
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -79,46 +81,70 @@ func writeAtomic(p string, data []byte, mode fs.FileMode) error {
 	return nil
 }
 
-// fileStamp identifies one version of the files file mode watches.
-type fileStamp [3]struct {
-	mod  time.Time
-	size int64
-}
+// fileVersion identifies the contents of a list of files. It is a digest
+// of the bytes, not modification times and sizes: a replacement written
+// within the file system's timestamp granularity, with a key of the same
+// length, would otherwise go unnoticed, and a file that is only touched (or
+// whose new bytes were already loaded under an older stamp) would count as
+// a new version. The files are a few kilobytes, so reading them each poll
+// costs little.
+type fileVersion [sha256.Size]byte
 
-func (m *Manager) watched() [3]string {
-	return [3]string{m.CertFile, m.KeyFile, filepath.Join(m.CADir, CACertFile)}
-}
-
-// stamp stats the watched files; os.Stat follows symlinks, so a Kubernetes
-// secret volume that swaps its ..data link counts as a change.
-func (m *Manager) stamp() (fileStamp, error) {
-	var st fileStamp
-	for i, p := range m.watched() {
-		fi, err := os.Stat(p)
+// readVersioned reads every file of paths and digests what it read. The
+// caller parses the same bytes it got the version of, so the version it
+// remembers always describes what it loaded, even if a file is replaced
+// while it reads. Reading follows symlinks, so a Kubernetes secret volume
+// that swaps its ..data link is a new version.
+func readVersioned(paths ...string) (fileVersion, [][]byte, error) {
+	h := sha256.New()
+	data := make([][]byte, len(paths))
+	for i, p := range paths {
+		b, err := readSmallFile(p)
 		if err != nil {
-			return st, fmt.Errorf("stat %s: %w", p, err)
+			return fileVersion{}, nil, err
 		}
-		st[i].mod, st[i].size = fi.ModTime(), fi.Size()
+		// Length-prefixed, so moving bytes between files changes the digest.
+		binary.Write(h, binary.BigEndian, uint64(len(b)))
+		h.Write(b)
+		data[i] = b
 	}
-	return st, nil
+	return fileVersion(h.Sum(nil)), data, nil
+}
+
+// watched are the files of file mode, in the order loadFiles takes them.
+func (m *Manager) watched() []string {
+	return []string{filepath.Join(m.CADir, CACertFile), m.CertFile, m.KeyFile}
 }
 
 // loadFiles reads ca.crt, CertFile and KeyFile and checks that they form a
-// usable identity: the pair matches, the SVID verifies against ca.crt now,
-// and its ID is the configured one (or, with no ID configured, any ID of
-// want's trust domain; want is zero at Start).
-func (m *Manager) loadFiles(want spiffeid.TrustDomain) (*identity, error) {
-	ca, err := LoadCA(m.CADir)
+// usable identity (see parseFiles). It returns the version of the bytes it
+// parsed.
+func (m *Manager) loadFiles(want spiffeid.TrustDomain) (*identity, fileVersion, error) {
+	v, data, err := readVersioned(m.watched()...)
 	if err != nil {
-		return nil, err
+		return nil, v, err
 	}
-	svid, err := x509svid.Load(m.CertFile, m.KeyFile)
+	id, err := m.parseFiles(data, want)
+	return id, v, err
+}
+
+// parseFiles checks that data (ca.crt, CertFile and KeyFile, as read by
+// loadFiles) form a usable identity: the pair matches, the SVID verifies
+// against ca.crt now, and its ID is the configured one (or, with no ID
+// configured, any ID of want's trust domain; want is zero at Start).
+func (m *Manager) parseFiles(data [][]byte, want spiffeid.TrustDomain) (*identity, error) {
+	caPath := filepath.Join(m.CADir, CACertFile)
+	caCert, caTD, err := parseCACert(data[0])
+	if err != nil {
+		return nil, fmt.Errorf("ca certificate %s: %w", caPath, err)
+	}
+	svid, err := x509svid.Parse(data[1], data[2])
 	if err != nil {
 		return nil, fmt.Errorf("load svid from %s and %s: %w", m.CertFile, m.KeyFile, err)
 	}
-	if svid.ID.TrustDomain().Name() != ca.TrustDomain {
+	if svid.ID.TrustDomain() != caTD {
 		return nil, fmt.Errorf("wrong trust domain: %s holds %q, not in trust domain %q of %s",
-			m.CertFile, svid.ID, ca.TrustDomain, filepath.Join(m.CADir, CACertFile))
+			m.CertFile, svid.ID, caTD.Name(), caPath)
 	}
 	if !want.IsZero() && svid.ID.TrustDomain() != want {
 		return nil, fmt.Errorf("%s changed trust domain from %q to %q: restart the node", m.CertFile, want.Name(), svid.ID.TrustDomain().Name())
@@ -126,38 +152,37 @@ func (m *Manager) loadFiles(want spiffeid.TrustDomain) (*identity, error) {
 	if m.ID != "" && svid.ID.String() != m.ID {
 		return nil, fmt.Errorf("%s holds %q, want %q", m.CertFile, svid.ID, m.ID)
 	}
-	bundle := x509bundle.FromX509Authorities(svid.ID.TrustDomain(), []*x509.Certificate{ca.Cert})
+	bundle := x509bundle.FromX509Authorities(svid.ID.TrustDomain(), []*x509.Certificate{caCert})
 	// Serving an SVID that peers will refuse helps no one: check it the way
 	// they will, with go-spiffe against the bundle, at the current time.
 	if _, _, err := x509svid.Verify(svid.Certificates, bundle, x509svid.WithTime(m.now())); err != nil {
-		return nil, fmt.Errorf("%s does not verify against %s: %w", m.CertFile, filepath.Join(m.CADir, CACertFile), err)
+		return nil, fmt.Errorf("%s does not verify against %s: %w", m.CertFile, caPath, err)
 	}
 	return &identity{svid: svid, bundle: bundle, issued: m.now()}, nil
 }
 
 func (m *Manager) prepareFiles() (*identity, func(context.Context), error) {
-	st, err := m.stamp()
+	first, v, err := m.loadFiles(spiffeid.TrustDomain{})
 	if err != nil {
 		return nil, nil, err
 	}
-	first, err := m.loadFiles(spiffeid.TrustDomain{})
-	if err != nil {
-		return nil, nil, err
-	}
-	return first, func(ctx context.Context) { m.pollLoop(ctx, st) }, nil
+	return first, func(ctx context.Context) { m.pollLoop(ctx, v) }, nil
 }
 
-// pollLoop reloads the files when their stamp changes. A failed load keeps
-// the current SVID and is not retried until the files change again, so a
-// bad file is logged once, not every poll.
-func (m *Manager) pollLoop(ctx context.Context, good fileStamp) {
+// pollLoop reloads the files when their contents change. A failed load
+// keeps the current SVID and is not retried until the files change again,
+// so a bad file is logged once, not every poll. The version compared is
+// that of the bytes parsed, so one replacement is one reload, however the
+// poll interleaves with the writes of key and certificate.
+func (m *Manager) pollLoop(ctx context.Context, good fileVersion) {
 	interval := m.PollInterval
 	if interval == 0 {
 		interval = DefaultPollInterval
 	}
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
-	var failed fileStamp
+	var failed fileVersion // the version last refused; zero if none
+	unreadable := false
 	warnedExpiry := false
 	for {
 		select {
@@ -165,24 +190,26 @@ func (m *Manager) pollLoop(ctx context.Context, good fileStamp) {
 			return
 		case <-ticker.C:
 		}
-		st, err := m.stamp()
+		v, data, err := readVersioned(m.watched()...)
 		switch {
 		case err != nil:
-			if st != failed {
+			if !unreadable {
 				m.logger().Warn("svid files unreadable; keeping the current svid", "err", err)
 			}
-			failed = st
-		case st == good || st == failed:
+			unreadable = true
+		case v == good || v == failed:
+			unreadable = false
 		default:
+			unreadable = false
 			cur := m.cur.Load()
-			next, err := m.loadFiles(cur.svid.ID.TrustDomain())
+			next, err := m.parseFiles(data, cur.svid.ID.TrustDomain())
 			if err != nil {
-				failed = st
+				failed = v
 				m.logger().Warn("svid reload failed; keeping the current svid", "err", err,
 					"not_after", m.NotAfter())
 				break
 			}
-			good, failed = st, fileStamp{}
+			good, failed = v, fileVersion{}
 			m.cur.Store(next)
 			warnedExpiry = false
 			n := m.renewals.Add(1)

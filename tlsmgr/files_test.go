@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -108,23 +109,53 @@ func certOnlyDir(t *testing.T, dir string) string {
 	return d
 }
 
+// nextPoll lets the fake time of the synctest bubble run for one
+// PollInterval of m and waits until m's poller is idle again: exactly one
+// poll ran, and it saw every file written before the call.
+func nextPoll(t *testing.T, m *Manager) {
+	t.Helper()
+	synctest.Wait()
+	n := m.polls.Load()
+	time.Sleep(m.PollInterval)
+	synctest.Wait()
+	if got := m.polls.Load(); got != n+1 {
+		t.Fatalf("%d polls in one interval, want 1", got-n)
+	}
+}
+
+// TestFileModeReloads runs in a synctest bubble: the poller's ticker runs
+// on fake time and the test decides when a poll happens relative to its
+// writes, so no poll can fall between the writes of a key and its
+// certificate unless the test puts it there.
 func TestFileModeReloads(t *testing.T) {
-	caDir := newCADir(t, testTD)
-	nodeDir := certOnlyDir(t, caDir)
+	synctest.Test(t, testFileModeReloads)
+}
+
+// fileModeNode issues an SVID for the web service with the CA in caDir
+// into a fresh directory and starts a file-mode Manager (polling every
+// 20 ms) on it, given only ca.crt; it closes the Manager when the test
+// ends.
+func fileModeNode(t *testing.T, caDir string) (m *Manager, logs *logBuffer, certPath, keyPath string) {
+	t.Helper()
 	out := t.TempDir()
-	certPath, keyPath := filepath.Join(out, "web.crt"), filepath.Join(out, "web.key")
-	webID := "spiffe://" + testTD + "/service/web"
-	if err := IssueFiles(caDir, webID, time.Hour, certPath, keyPath); err != nil {
+	certPath, keyPath = filepath.Join(out, "web.crt"), filepath.Join(out, "web.key")
+	if err := IssueFiles(caDir, "spiffe://"+testTD+"/service/web", time.Hour, certPath, keyPath); err != nil {
 		t.Fatal(err)
 	}
-
-	logs := &logBuffer{}
-	web := &Manager{CADir: nodeDir, CertFile: certPath, KeyFile: keyPath, PollInterval: 20 * time.Millisecond,
+	logs = &logBuffer{}
+	m = &Manager{CADir: certOnlyDir(t, caDir), CertFile: certPath, KeyFile: keyPath, PollInterval: 20 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(logs, nil))}
-	if err := web.Start(context.Background()); err != nil {
+	if err := m.Start(context.Background()); err != nil {
 		t.Fatalf("Start in file mode: %v", err)
 	}
-	defer web.Close()
+	t.Cleanup(func() { m.Close() })
+	return m, logs, certPath, keyPath
+}
+
+func testFileModeReloads(t *testing.T) {
+	caDir := newCADir(t, testTD)
+	webID := "spiffe://" + testTD + "/service/web"
+	web, logs, certPath, keyPath := fileModeNode(t, caDir)
 	if web.TrustDomain() != testTD {
 		t.Errorf("TrustDomain %q", web.TrustDomain())
 	}
@@ -141,7 +172,7 @@ func TestFileModeReloads(t *testing.T) {
 	}
 	serialSeen := func() string {
 		t.Helper()
-		s, c := handshake(t, web.ServerTLS(nil), cli)
+		s, c := pipeHandshake(t, web.ServerTLS(nil), cli)
 		if s.err != nil || c.err != nil {
 			t.Fatalf("handshake: %v / %v", s.err, c.err)
 		}
@@ -149,17 +180,20 @@ func TestFileModeReloads(t *testing.T) {
 	}
 	serial1 := serialSeen()
 
-	// A new pair is picked up by the next handshake.
+	// A new pair is picked up by the next poll and the next handshake.
 	if err := IssueFiles(caDir, webID, time.Hour, certPath, keyPath); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "reload", func() bool { return web.Renewals() == 1 })
+	nextPoll(t, web)
+	if n := web.Renewals(); n != 1 {
+		t.Fatalf("Renewals %d after a new pair, want 1", n)
+	}
 	if serial2 := serialSeen(); serial2 == serial1 {
 		t.Error("handshake after reload still shows the old certificate")
 	}
 	good, _ := web.GetX509SVID()
 
-	// Bad replacements are refused and the current SVID stays.
+	// Bad replacements are refused, each once, and the current SVID stays.
 	stage := t.TempDir()
 	otherCA := newCADir(t, testTD)
 	sc, sk := filepath.Join(stage, "c"), filepath.Join(stage, "k")
@@ -188,7 +222,10 @@ func TestFileModeReloads(t *testing.T) {
 	for i, st := range steps {
 		before := logs.count("svid reload failed")
 		st.apply()
-		waitFor(t, 5*time.Second, st.name+" to be refused", func() bool { return logs.count("svid reload failed") > before })
+		nextPoll(t, web)
+		if got := logs.count("svid reload failed") - before; got != 1 {
+			t.Errorf("step %d %s: %d refusals logged, want 1", i, st.name, got)
+		}
 		if logs.count(st.want) == 0 {
 			t.Errorf("step %d %s: log lacks %q", i, st.name, st.want)
 		}
@@ -201,18 +238,66 @@ func TestFileModeReloads(t *testing.T) {
 	}
 	// A refused version is logged once, not on every poll.
 	n := logs.count("svid reload failed")
-	polls := web.polls.Load()
-	waitFor(t, 5*time.Second, "five more polls", func() bool { return web.polls.Load() >= polls+5 })
+	for range 5 {
+		nextPoll(t, web)
+	}
 	if got := logs.count("svid reload failed"); got != n {
 		t.Errorf("failed reload logged %d more times while files were unchanged", got-n)
 	}
 	if err := IssueFiles(caDir, webID, time.Hour, certPath, keyPath); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "recovery", func() bool { return web.Renewals() == 2 })
+	nextPoll(t, web)
+	if web.Renewals() != 2 {
+		t.Errorf("Renewals %d after recovery, want 2", web.Renewals())
+	}
 	if serial3 := serialSeen(); serial3 == serial1 {
 		t.Error("recovered certificate not served")
 	}
+}
+
+// TestFileModeVersionIsContent: file mode reloads when the bytes change and
+// only then. A file that is touched (or whose bytes were already loaded
+// under an older modification time, as when a poll lands between the writes
+// of key and certificate) is no new SVID, and a replacement of the same
+// size whose modification time did not move (a file system with coarse
+// timestamps, a copy that preserves times) is one.
+func TestFileModeVersionIsContent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m, logs, certPath, keyPath := fileModeNode(t, newCADir(t, testTD))
+
+		// Touched, same bytes: nothing to reload.
+		later := time.Now().Add(time.Minute)
+		for _, p := range []string{certPath, keyPath} {
+			if err := os.Chtimes(p, later, later); err != nil {
+				t.Fatal(err)
+			}
+		}
+		nextPoll(t, m)
+		if n := m.Renewals(); n != 0 || logs.count("svid reloaded") != 0 {
+			t.Errorf("touching the files counted as %d renewals (log %q)", n, logs.buf.String())
+		}
+
+		// Replaced with garbage of the same size, modification time put
+		// back: the change is still seen, and refused.
+		fi, err := os.Stat(certPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(certPath, bytes.Repeat([]byte{'x'}, int(fi.Size())), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(certPath, fi.ModTime(), fi.ModTime()); err != nil {
+			t.Fatal(err)
+		}
+		nextPoll(t, m)
+		if logs.count("svid reload failed") != 1 || logs.count("cannot parse") != 1 {
+			t.Errorf("same-size replacement not seen: log %q", logs.buf.String())
+		}
+		if m.Renewals() != 0 {
+			t.Errorf("Renewals %d, want 0", m.Renewals())
+		}
+	})
 }
 
 func TestFileModePinnedID(t *testing.T) {

@@ -3,9 +3,7 @@ package tlsmgr
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -22,28 +20,19 @@ type fileSet struct {
 	stamp fileVersion
 }
 
-// fileVersion identifies the contents of all of Files. It is a digest of
-// the bytes, not modification times and sizes: a replacement written within
-// the file system's timestamp granularity, with a key of the same length,
-// would otherwise go unnoticed. Files are a few kilobytes, so reading them
-// each poll costs little.
-type fileVersion [sha256.Size]byte
+// filePaths lists Files as certificate, key, certificate, key, ...
+func (p *PublicCerts) filePaths() []string {
+	paths := make([]string, 0, 2*len(p.Files))
+	for _, f := range p.Files {
+		paths = append(paths, f.Cert, f.Key)
+	}
+	return paths
+}
 
 // stampFiles reads every file of Files and digests them.
 func (p *PublicCerts) stampFiles() (fileVersion, error) {
-	h := sha256.New()
-	for _, f := range p.Files {
-		for _, name := range []string{f.Cert, f.Key} {
-			data, err := readSmallFile(name)
-			if err != nil {
-				return fileVersion{}, err
-			}
-			// Length-prefixed, so moving bytes between files changes the digest.
-			binary.Write(h, binary.BigEndian, uint64(len(data)))
-			h.Write(data)
-		}
-	}
-	return fileVersion(h.Sum(nil)), nil
+	v, _, err := readVersioned(p.filePaths()...)
+	return v, err
 }
 
 // pick chooses the certificate for a server name: exact DNS SAN, then a
@@ -84,24 +73,17 @@ func newFileSet(pairs []*tls.Certificate, stamp fileVersion) *fileSet {
 }
 
 // loadFileSet reads and checks every pair; any error fails the whole set.
-// The stamp is taken before reading, so a file changed during the read is
-// read again at the next poll.
+// The set's stamp is the version of the bytes parsed, so a file replaced
+// during the read is read again at the next poll, and one replacement is
+// never loaded twice.
 func (p *PublicCerts) loadFileSet() (*fileSet, error) {
-	st, err := p.stampFiles()
+	st, data, err := readVersioned(p.filePaths()...)
 	if err != nil {
 		return nil, err
 	}
 	pairs := make([]*tls.Certificate, 0, len(p.Files))
-	for _, f := range p.Files {
-		certPEM, err := readSmallFile(f.Cert)
-		if err != nil {
-			return nil, err
-		}
-		keyPEM, err := readSmallFile(f.Key)
-		if err != nil {
-			return nil, err
-		}
-		c, err := parsePublicPair(certPEM, keyPEM, p.clock())
+	for i, f := range p.Files {
+		c, err := parsePublicPair(data[2*i], data[2*i+1], p.clock())
 		if err != nil {
 			return nil, fmt.Errorf("certificate %s with key %s: %w", f.Cert, f.Key, err)
 		}

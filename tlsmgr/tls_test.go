@@ -31,30 +31,54 @@ func handshake(t *testing.T, srv, cli *tls.Config) (s, c hsResult) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	done := make(chan hsResult, 1)
+	accepted := make(chan net.Conn, 1)
 	go func() {
 		conn, err := ln.Accept()
 		if err != nil {
-			done <- hsResult{err: err}
+			close(accepted)
 			return
 		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(5 * time.Second))
-		tc := tls.Server(conn, srv)
+		accepted <- conn
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sconn, ok := <-accepted
+	if !ok {
+		conn.Close()
+		t.Fatal("accept failed")
+	}
+	return handshakeOver(t, sconn, conn, srv, cli)
+}
+
+// pipeHandshake is handshake over net.Pipe: inside a synctest bubble, where
+// every wait on a pipe is durably blocking and time is fake.
+func pipeHandshake(t *testing.T, srv, cli *tls.Config) (s, c hsResult) {
+	t.Helper()
+	sconn, cconn := net.Pipe()
+	return handshakeOver(t, sconn, cconn, srv, cli)
+}
+
+// handshakeOver runs the exchange of handshake on a connected pair and
+// closes both ends.
+func handshakeOver(t *testing.T, sconn, conn net.Conn, srv, cli *tls.Config) (s, c hsResult) {
+	t.Helper()
+	done := make(chan hsResult, 1)
+	go func() {
+		defer sconn.Close()
+		sconn.SetDeadline(time.Now().Add(5 * time.Second))
+		tc := tls.Server(sconn, srv)
 		if err := tc.Handshake(); err != nil {
 			done <- hsResult{err: err}
 			return
 		}
-		_, err = tc.Write([]byte("ok"))
+		_, err := tc.Write([]byte("ok"))
 		done <- hsResult{err: err, state: tc.ConnectionState()}
 		// Wait for the client to hang up so the "ok" is not lost to a reset.
 		io.Copy(io.Discard, tc)
 	}()
 
-	conn, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
 	tc := tls.Client(conn, cli)
 	if err := tc.Handshake(); err != nil {
