@@ -131,7 +131,9 @@ func TestPublicFilesBadReplacement(t *testing.T) {
 			chain, key, _ := pki.leaf(t, leafOpts{names: []string{"web.example"}, notBefore: time.Now().Add(-2 * time.Hour), notAfter: time.Now().Add(-time.Hour)})
 			writeAtomic(f.Key, key, 0o600)
 			writeAtomic(f.Cert, chain, 0o644)
-		}, "expired"},
+			// Not just "expired": the test's temporary directory, named
+			// after the test, is in every logged path.
+		}, "leaf expired"},
 		{"no DNS name", func(t *testing.T, f CertFiles) {
 			chain, key, _ := pki.leaf(t, leafOpts{})
 			writeAtomic(f.Key, key, 0o600)
