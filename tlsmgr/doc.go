@@ -35,7 +35,10 @@
 //     internal CA of the node (a key of its own, never the SPIFFE CA) that
 //     issues on demand, or from an ACME CA through certmagic (on-demand,
 //     HTTP-01 and TLS-ALPN-01). Internal and ACME issuance happen only for
-//     names the Allow callback accepts, so arbitrary SNI gets nothing.
+//     names the Allow callback accepts, so arbitrary SNI gets nothing. A
+//     client without SNI, or with a name that has no certificate, gets the
+//     default certificate (the first pair, or one for DefaultCertName that
+//     verifies for no real host) and a handshake, never internal_error.
 //     PublicCerts.TLSConfig is the public policy: TLS 1.3 preferred, TLS 1.2
 //     with ECDHE AEAD suites only, ALPN h2 and http/1.1, session tickets on.
 //

@@ -106,6 +106,8 @@ type PublicCerts struct {
 	files     atomic.Pointer[fileSet] // SourceFiles
 	filePolls atomic.Uint64           // SourceFiles: polls so far, for tests
 	internal  *internalIssuer         // SourceInternal
+	fallback  *defaultCert            // SourceInternal and SourceACME
+	defaults  defaultLog              // handshakes answered with a default
 	magic     *certmagic.Config       // SourceACME
 	cache     *certmagic.Cache        // SourceACME
 	issuer    atomic.Pointer[certmagic.ACMEIssuer]
@@ -341,18 +343,43 @@ func (p *PublicCerts) TLSConfig() *tls.Config {
 	}
 }
 
+// getCertificate picks the certificate for a handshake by SNI. A client
+// whose server name has no certificate (none sent, or one that Allow
+// refuses or no pair covers) gets the default one, the first pair of
+// SourceFiles or DefaultCertName's otherwise, and the reason is logged at
+// most once a minute: see DefaultCertName for why the handshake continues.
 func (p *PublicCerts) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if !p.active.Load() {
 		return nil, errors.New("tlsmgr: public certificates not started")
 	}
+	var (
+		cert *tls.Certificate
+		err  error
+	)
 	switch p.source() {
 	case SourceFiles:
-		return p.files.Load().pick(hello.ServerName), nil
+		set := p.files.Load()
+		if cert = set.lookup(hello.ServerName); cert != nil {
+			return cert, nil
+		}
+		p.noteDefault(reasonFor(hello), hello, nil)
+		return set.pairs[0], nil
 	case SourceInternal:
-		return p.internal.get(hello.Context(), hello.ServerName)
+		cert, err = p.internal.get(hello.Context(), hello.ServerName)
 	default:
-		return p.magic.GetCertificate(hello)
+		cert, err = p.magic.GetCertificate(hello)
 	}
+	if err == nil {
+		return cert, nil
+	}
+	def, derr := p.fallback.get(p.clock())
+	if derr != nil {
+		err = fmt.Errorf("%w (and no default certificate: %w)", err, derr)
+		p.noteDefault(reasonNoDefault, hello, err)
+		return nil, err
+	}
+	p.noteDefault(reasonFor(hello), hello, err)
+	return def, nil
 }
 
 // HTTPChallenge wraps the public HTTP listener's handler: in SourceACME it

@@ -2,6 +2,7 @@ package tlsmgr
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
@@ -24,6 +26,15 @@ const ACMEStorageDir = "acme"
 // HTTPChallenge, TLS-ALPN-01 through TLSConfig), later ones are served from
 // memory or storage, and certmagic renews them in the background.
 func (p *PublicCerts) startACME() error {
+	// No CA of our own to sign the default certificate: it is self-signed,
+	// which changes nothing for a client, since it never verifies anyway.
+	def, err := newDefaultCert(func(host string, now time.Time) (*tls.Certificate, error) {
+		return signLeaf(host, now, nil, nil)
+	}, p.clock())
+	if err != nil {
+		return fmt.Errorf("default certificate: %w", err)
+	}
+	p.fallback = def
 	var roots *x509.CertPool
 	if p.ACMECARoot != "" {
 		data, err := readSmallFile(p.ACMECARoot)

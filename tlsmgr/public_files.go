@@ -35,14 +35,23 @@ func (p *PublicCerts) stampFiles() (fileVersion, error) {
 	return v, err
 }
 
-// pick chooses the certificate for a server name: exact DNS SAN, then a
-// wildcard SAN one label up (RFC 6125 §6.4.3: the wildcard covers exactly
-// the left-most label), then the first pair. Names that cannot be host
-// names (none, an IP literal) get the first pair too.
+// pick chooses the certificate for a server name: lookup's, else the
+// first pair.
 func (s *fileSet) pick(serverName string) *tls.Certificate {
+	if c := s.lookup(serverName); c != nil {
+		return c
+	}
+	return s.pairs[0]
+}
+
+// lookup finds the certificate for a server name: exact DNS SAN, then a
+// wildcard SAN one label up (RFC 6125 §6.4.3: the wildcard covers exactly
+// the left-most label). Names that cannot be host names (none, an IP
+// literal) and names no pair covers get nil.
+func (s *fileSet) lookup(serverName string) *tls.Certificate {
 	host, err := normalizeHost(serverName)
 	if err != nil {
-		return s.pairs[0]
+		return nil
 	}
 	if c := s.exact[host]; c != nil {
 		return c
@@ -52,7 +61,7 @@ func (s *fileSet) pick(serverName string) *tls.Certificate {
 			return c
 		}
 	}
-	return s.pairs[0]
+	return nil
 }
 
 func newFileSet(pairs []*tls.Certificate, stamp fileVersion) *fileSet {

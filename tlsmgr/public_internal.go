@@ -95,7 +95,12 @@ func (p *PublicCerts) startInternal() error {
 	if err != nil {
 		return err
 	}
-	p.internal = &internalIssuer{p: p, root: root, key: key, entries: map[string]*internalEntry{}}
+	ii := &internalIssuer{p: p, root: root, key: key, entries: map[string]*internalEntry{}}
+	def, err := newDefaultCert(ii.issue, p.clock())
+	if err != nil {
+		return fmt.Errorf("default certificate: %w", err)
+	}
+	p.internal, p.fallback = ii, def
 	p.logger().Info("public certificates ready", "source", SourceInternal,
 		"ca", filepath.Join(p.DataDir, InternalCADir, InternalRootFile), "ca_not_after", root.NotAfter)
 	return nil
@@ -280,10 +285,18 @@ func (ii *internalIssuer) issueAllowed(ctx context.Context, host string, now tim
 	return cert, nil
 }
 
-// issue signs a serverAuth leaf for host: ECDSA P-256, valid from now-1m to
-// now+7d (never past the root). The chain holds the leaf only: the root is
-// the trust anchor clients were given (RFC 8446 §4.4.2 allows omitting it).
+// issue signs a serverAuth leaf for host with the internal CA: ECDSA
+// P-256, valid from now-1m to now+7d (never past the root). The chain holds
+// the leaf only: the root is the trust anchor clients were given (RFC 8446
+// §4.4.2 allows omitting it).
 func (ii *internalIssuer) issue(host string, now time.Time) (*tls.Certificate, error) {
+	return signLeaf(host, now, ii.root, ii.key)
+}
+
+// signLeaf makes a serverAuth leaf for host, valid from now-1m to now+7d,
+// signed by parent and parentKey (never valid past parent), or self-signed
+// when parent is nil.
+func signLeaf(host string, now time.Time, parent *x509.Certificate, parentKey crypto.Signer) (*tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate key: %w", err)
@@ -293,8 +306,8 @@ func (ii *internalIssuer) issue(host string, now time.Time) (*tls.Certificate, e
 		return nil, err
 	}
 	notAfter := now.Add(internalLeafLife)
-	if notAfter.After(ii.root.NotAfter) {
-		notAfter = ii.root.NotAfter
+	if parent != nil && notAfter.After(parent.NotAfter) {
+		notAfter = parent.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
@@ -306,7 +319,10 @@ func (ii *internalIssuer) issue(host string, now time.Time) (*tls.Certificate, e
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ii.root, key.Public(), ii.key)
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), parentKey)
 	if err != nil {
 		return nil, fmt.Errorf("sign certificate for %s: %w", host, err)
 	}

@@ -122,14 +122,29 @@ func TestPublicInternal(t *testing.T) {
 	}
 
 	t.Run("refused", func(t *testing.T) {
+		// A refused or malformed name gets the default certificate: a
+		// handshake, but no certificate that verifies for the name.
 		for _, host := range []string{"evil.example", "", "127.0.0.1", "a..b"} {
-			_, err := dial(addr, &tls.Config{ServerName: host, InsecureSkipVerify: true})
-			if err == nil {
-				t.Errorf("handshake for %q succeeded", host)
+			leaf, err := servedCert(t, addr, host)
+			if err != nil {
+				t.Errorf("handshake for %q: %v, want the default certificate", host, err)
+				continue
+			}
+			if !slices.Equal(leaf.DNSNames, []string{DefaultCertName}) {
+				t.Errorf("certificate for %q names %v, want only %s", host, leaf.DNSNames, DefaultCertName)
+			}
+			if host != "" && leaf.VerifyHostname(host) == nil {
+				t.Errorf("default certificate verifies for %q", host)
+			}
+			if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, DNSName: DefaultCertName, CurrentTime: start}); err != nil {
+				t.Errorf("default certificate does not chain to the internal root: %v", err)
 			}
 		}
-		if allow.callsFor("evil.example") != 1 {
-			t.Errorf("Allow calls for evil.example: %d, want 1", allow.callsFor("evil.example"))
+		if _, err := dial(addr, &tls.Config{ServerName: "evil.example", RootCAs: roots}); err == nil {
+			t.Error("a verifying client accepted the default certificate for evil.example")
+		}
+		if allow.callsFor("evil.example") != 2 {
+			t.Errorf("Allow calls for evil.example: %d, want 2 (one per handshake, nothing cached)", allow.callsFor("evil.example"))
 		}
 		// Malformed names never reach Allow.
 		for _, host := range []string{"", "127.0.0.1", "a..b"} {
@@ -165,8 +180,10 @@ func TestPublicInternal(t *testing.T) {
 		}
 		// A host the catalog forgot gets no renewal.
 		allow.set("api.example.com", false)
-		if _, err := dial(addr, &tls.Config{ServerName: "api.example.com", InsecureSkipVerify: true}); err == nil {
-			t.Error("renewal for a host Allow now refuses succeeded")
+		if leaf, err := servedCert(t, addr, "api.example.com"); err != nil {
+			t.Errorf("a host Allow now refuses: %v, want the default certificate", err)
+		} else if leaf.VerifyHostname("api.example.com") == nil {
+			t.Errorf("a host Allow now refuses got a certificate for %v", leaf.DNSNames)
 		}
 	})
 
