@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -44,10 +45,12 @@ type Cluster struct {
 	// message, so pools with different labels never exchange messages.
 	// Required, at most 255 bytes.
 	Label string
-	// Join lists seed "host:port" addresses. Start tries them once (about
-	// 2 s at most) and, if none answers, keeps retrying in the background;
-	// while the pool has fewer members than seeds+1 they are re-joined
-	// every 30 s to heal partitions. Default: none (a pool of one until
+	// Join lists seed "host:port" addresses. Start waits for the first
+	// attempt (about 2 s at most); the Cluster then keeps retrying until a
+	// seed answers, re-joins any seed that is not a member, and re-joins
+	// members it knew once they are gone (restarted, or across a
+	// partition), with backoff capped at 1 s on LAN and 2 s on WAN; see
+	// join.go. Default: none (the pool's first node: a pool of one until
 	// someone joins this node).
 	Join []string
 	// Logger receives this package's and memberlist's logs. Default:
@@ -83,7 +86,13 @@ type Cluster struct {
 	jobs      jobQueue
 	changed   chan struct{} // wakes the OnChange goroutine
 	conflict  chan struct{} // wakes the join goroutine
+	joinWake  chan struct{} // wakes the join goroutine: membership changed
 	firstJoin chan error    // the join goroutine's first attempt
+	joinStop  context.CancelFunc
+	joined    atomic.Bool // see Joined
+	bootID    uint64      // this process, in probe acks
+	boots     boots
+	bad       atomic.Uint64 // see BadPackets
 
 	// conflictAt is when a peer last reported an older address for our
 	// name (unix nanoseconds), see hooks.NotifyMerge.
@@ -274,7 +283,7 @@ func (c *Cluster) start() error {
 	cfg.DelegateProtocolVersion = 1
 	cfg.DelegateProtocolMin = 1
 	cfg.DelegateProtocolMax = 1
-	mlLog := newMemberlistLogger(c.log, c.markSuspect)
+	mlLog := newMemberlistLogger(c.log, c.markSuspect, &c.bad)
 	cfg.Logger = mlLog
 
 	nt, err := bindTransport(bind, mlLog)
@@ -310,6 +319,11 @@ func (c *Cluster) start() error {
 	c.dropLog.every = 10 * time.Second
 	c.changed = make(chan struct{}, 1)
 	c.conflict = make(chan struct{}, 1)
+	c.joinWake = make(chan struct{}, 1)
+	c.boots.ids = make(map[string]uint64)
+	for c.bootID == 0 {
+		c.bootID = rand.Uint64()
+	}
 	c.firstJoin = make(chan error, 1)
 	c.loopDone = make(chan struct{})
 	c.st.init()
@@ -323,6 +337,9 @@ func (c *Cluster) start() error {
 	self := ml.LocalNode().Address()
 	c.selfAddr.Store(&self)
 	c.seeds = c.seedList(self)
+	if len(c.seeds) == 0 {
+		c.joined.Store(true)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
@@ -332,7 +349,9 @@ func (c *Cluster) start() error {
 		go c.sendLoop(ctx)
 	}
 	go c.notifyLoop(ctx)
-	go c.joinLoop(ctx)
+	joinCtx, joinStop := context.WithCancel(ctx)
+	c.joinStop = joinStop
+	go c.joinLoop(joinCtx)
 	if c.self.Load() != nil {
 		c.box.put(event{kind: evLocal})
 	}
@@ -449,6 +468,19 @@ func (c *Cluster) Members() []Member {
 	return out
 }
 
+// Joined reports whether this node has reached its pool: it has no seeds
+// (it is the pool's first node), or a seed or a remembered member answered
+// a join, or some other member joined it. Once true it stays true: a pool
+// that shrinks later is healed by re-joins, not by calling the node
+// unready.
+func (c *Cluster) Joined() bool { return c.joined.Load() }
+
+// BadPackets counts what the network sent this node that gossip refused:
+// packets and streams memberlist could not authenticate, decrypt or decode
+// (its log lines that name a source address), and messages of members that
+// failed to decode. Log lines about them are rate-limited; this counts all.
+func (c *Cluster) BadPackets() uint64 { return c.bad.Load() }
+
 // JoinPeers contacts the given "host:port" addresses now and returns how
 // many answered; an error means none did. Start already joins the Join
 // field; this is for operators and tests.
@@ -502,6 +534,8 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	if ctx.Err() != nil || timeout <= 0 {
 		timeout = time.Nanosecond
 	}
+	// No join may bring this node back while it says goodbye.
+	c.joinStop()
 	err := c.ml.Leave(timeout)
 	if serr := c.shutdownLocked(); serr != nil && err == nil {
 		err = serr

@@ -131,10 +131,12 @@ func (h *hooks) NotifyMerge(peers []*memberlist.Node) error {
 	return nil
 }
 
-// AckPayload adds nothing to probe acks.
-func (h *hooks) AckPayload() []byte { return nil }
+// AckPayload carries this process's boot identifier in probe acks, so that
+// a member restarted at the same address is noticed (join.go).
+func (h *hooks) AckPayload() []byte { return h.c.bootPayload() }
 
 // NotifyPingComplete: the member answered our probe, so it is not suspect.
-func (h *hooks) NotifyPingComplete(other *memberlist.Node, _ time.Duration, _ []byte) {
+func (h *hooks) NotifyPingComplete(other *memberlist.Node, _ time.Duration, payload []byte) {
 	h.c.clearSuspect(other.Name)
+	h.c.noteBoot(other.Name, other.Address(), payload)
 }

@@ -41,9 +41,15 @@ type timings struct {
 	// conflictRetry is the pause between re-joins while peers still hold
 	// an older address for this node's name (a restart on a new port).
 	conflictRetry time.Duration
-	// rejoinEvery is how often seeds are re-joined while the pool looks
-	// smaller than the seed list, to heal a partition.
-	rejoinEvery time.Duration
+	// rejoinMin and rejoinMax bound the backoff between attempts to join
+	// a seed that is not a member or a remembered member that is gone
+	// (join.go), for rejoinFastFor after it went missing; after that it is
+	// tried every rejoinEvery. A remembered member is forgotten once gone
+	// for forgetAfter.
+	rejoinMin, rejoinMax time.Duration
+	rejoinFastFor        time.Duration
+	rejoinEvery          time.Duration
+	forgetAfter          time.Duration
 	// leaveTimeout bounds Leave when its context has no deadline.
 	leaveTimeout time.Duration
 	// updateTimeout bounds the wait for a meta update to be broadcast.
@@ -102,7 +108,11 @@ func (p Profile) config() (*memberlist.Config, timings) {
 			fetchDelay:    2 * time.Second,
 			fetchRetry:    5 * time.Second,
 			conflictRetry: 5 * time.Second,
+			rejoinMin:     250 * time.Millisecond,
+			rejoinMax:     2 * time.Second,
+			rejoinFastFor: 10 * time.Minute,
 			rejoinEvery:   30 * time.Second,
+			forgetAfter:   72 * time.Hour,
 			leaveTimeout:  5 * time.Second,
 			updateTimeout: 5 * time.Second,
 			tick:          250 * time.Millisecond,
@@ -116,7 +126,11 @@ func (p Profile) config() (*memberlist.Config, timings) {
 			fetchDelay:    500 * time.Millisecond,
 			fetchRetry:    2 * time.Second,
 			conflictRetry: 2 * time.Second,
+			rejoinMin:     100 * time.Millisecond,
+			rejoinMax:     time.Second,
+			rejoinFastFor: 10 * time.Minute,
 			rejoinEvery:   30 * time.Second,
+			forgetAfter:   72 * time.Hour,
 			leaveTimeout:  3 * time.Second,
 			updateTimeout: 2 * time.Second,
 			tick:          100 * time.Millisecond,

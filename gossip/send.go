@@ -2,11 +2,9 @@ package gossip
 
 import (
 	"context"
-	"math/rand/v2"
 	"net"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -121,101 +119,6 @@ func (c *Cluster) do(j job) {
 	if err != nil {
 		c.log.Debug("gossip: send failed; will retry", "job", j.kind, "to", j.to.name, "err", err)
 	}
-}
-
-// joinLoop makes the first join attempt for Start, retries until a seed
-// answers, re-joins the seeds while the pool looks partitioned, and
-// re-joins while peers still hold an old address for our name.
-func (c *Cluster) joinLoop(ctx context.Context) {
-	first := true
-	joined := len(c.seeds) == 0
-	backoff := time.Second
-	lastRejoin := time.Now()
-	var conflictSince time.Time
-	for {
-		wait := c.tm.rejoinEvery
-		switch {
-		case !joined:
-			n, err := c.ml.Join(c.seeds)
-			if first {
-				c.firstJoin <- err
-				first = false
-			}
-			if err == nil && n > 0 {
-				joined = true
-				lastRejoin = time.Now()
-				wait = c.tm.rejoinEvery
-			} else {
-				c.log.Debug("gossip: join failed", "seeds", c.seeds, "err", err)
-				wait = backoff
-				backoff = min(2*backoff, c.tm.rejoinEvery)
-			}
-		case int(c.nMembers.Load()) < len(c.seeds)+1 && time.Since(lastRejoin) >= c.tm.rejoinEvery:
-			// Fewer members than seeds: some seeds are across a
-			// partition that memberlist has given up on; a push/pull with
-			// them merges the two sides again.
-			lastRejoin = time.Now()
-			if _, err := c.ml.Join(c.seeds); err != nil {
-				c.log.Debug("gossip: re-join failed", "seeds", c.seeds, "err", err)
-			}
-		}
-
-		// While a peer lists our name at an old address, re-join every
-		// conflictRetry; a round in which no peer reports it ends that.
-		// Give up after tombTTL: then the other process is alive and it
-		// is a configuration error, which memberlist logs.
-		if at := c.conflictAt.Load(); at != 0 && joined {
-			if conflictSince.IsZero() {
-				conflictSince = time.Now()
-				c.log.Info("gossip: peers still know this name at an older address; re-joining until they accept the new one")
-			}
-			if time.Since(conflictSince) < tombTTL {
-				wait = c.tm.conflictRetry
-				t := time.NewTimer(wait)
-				select {
-				case <-ctx.Done():
-					t.Stop()
-					return
-				case <-t.C:
-				}
-				round := time.Now().UnixNano()
-				n, _ := c.ml.Join(c.conflictTargets())
-				if n > 0 && c.conflictAt.Load() < round {
-					c.conflictAt.Store(0)
-					conflictSince = time.Time{}
-					c.log.Info("gossip: peers accepted the new address")
-				}
-				continue
-			}
-		}
-
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		case <-c.conflict:
-			t.Stop()
-		}
-	}
-}
-
-// conflictTargets is the seeds and a few random members: enough to reach
-// the peers that still hold our old address without contacting a whole
-// large pool every round.
-func (c *Cluster) conflictTargets() []string {
-	out := append([]string(nil), c.seeds...)
-	var others []string
-	if v := c.view.Load(); v != nil {
-		for _, m := range v.members {
-			if m.Name != c.Name {
-				others = append(others, m.Addr)
-			}
-		}
-	}
-	rand.Shuffle(len(others), func(i, j int) { others[i], others[j] = others[j], others[i] })
-	return append(out, others[:min(4, len(others))]...)
 }
 
 func itoa(p uint16) string { return strconv.Itoa(int(p)) }

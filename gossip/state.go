@@ -128,6 +128,7 @@ func errTooBig(n, limit int) error { return errTooBigT{n, limit} }
 
 // refuse logs, rate-limited, a message that failed to decode.
 func (c *Cluster) refuse(what string, err error) {
+	c.bad.Add(1)
 	if ok, n := c.badLog.allow(time.Now()); ok {
 		c.log.Warn("gossip: refused malformed "+what, "err", err, "suppressed", n)
 	}
@@ -153,11 +154,23 @@ type tomb struct {
 	at      time.Time
 }
 
+// known is a member this node has seen alive, remembered so that it can be
+// joined again once it is gone (join.go).
+type known struct {
+	addr   string
+	lostAt time.Time // zero while it is a member
+}
+
+type lostMember struct {
+	name, addr string
+}
+
 // state is owned by the state goroutine; nothing else touches it.
 type state struct {
 	peers     map[string]*peer
 	records   map[string]*record
 	tombs     map[string]tomb
+	known     map[string]*known
 	dirty     bool
 	lastSweep time.Time
 }
@@ -166,6 +179,7 @@ func (s *state) init() {
 	s.peers = make(map[string]*peer)
 	s.records = make(map[string]*record)
 	s.tombs = make(map[string]tomb)
+	s.known = make(map[string]*known)
 }
 
 func (s *state) version(name string) uint64 {
@@ -179,6 +193,9 @@ func (s *state) version(name string) uint64 {
 type view struct {
 	members []Member // sorted by Name, self included (record filled by Members)
 	live    []entry  // records of live members other than self
+	// lost are remembered members that are gone, at addresses no member
+	// uses.
+	lost []lostMember
 }
 
 // run is the state goroutine.
@@ -205,6 +222,7 @@ func (c *Cluster) run(ctx context.Context) {
 			case c.changed <- struct{}{}:
 			default:
 			}
+			c.wakeJoin()
 		}
 	}
 }
@@ -256,6 +274,8 @@ func (c *Cluster) handle(e event, now time.Time) {
 		p.ip, p.port, p.meta = n.ip, n.port, meta
 		p.addr = net.JoinHostPort(n.ip.String(), itoa(n.port))
 		delete(s.tombs, n.name)
+		s.known[n.name] = &known{addr: p.addr}
+		c.joined.Store(true)
 		// A tombstone may have kept a record of this incarnation out; a
 		// pending record of a name not yet known becomes live now.
 		c.checkBehind(p, now)
@@ -275,8 +295,12 @@ func (c *Cluster) handle(e event, now time.Time) {
 		}
 		delete(s.peers, n.name)
 		delete(s.records, n.name)
+		if k := s.known[n.name]; k != nil {
+			k.lostAt = now
+		}
 		c.nMembers.Store(int32(len(s.peers) + 1))
 		c.clearSuspect(n.name)
+		c.forgetBoot(n.name)
 		s.dirty = true
 	case evLocal:
 		r := c.self.Load()
@@ -371,6 +395,18 @@ func (c *Cluster) housekeep(now time.Time) {
 			delete(s.tombs, name)
 		}
 	}
+	inUse := map[string]bool{}
+	for _, p := range s.peers {
+		inUse[p.addr] = true
+	}
+	for name, k := range s.known {
+		// Forget a member gone for forgetAfter, or whose address another
+		// member now uses (it was replaced).
+		if !k.lostAt.IsZero() && (now.Sub(k.lostAt) > c.tm.forgetAfter || inUse[k.addr]) {
+			delete(s.known, name)
+			s.dirty = true
+		}
+	}
 }
 
 // publish builds a new view from the state; called only by the state
@@ -391,6 +427,12 @@ func (c *Cluster) publish() {
 			v.live = append(v.live, entry{Name: name, Version: r.version, Data: r.data})
 		}
 		v.members = append(v.members, m)
+	}
+	self := c.selfAddr.Load()
+	for name, k := range s.known {
+		if !k.lostAt.IsZero() && (self == nil || k.addr != *self) {
+			v.lost = append(v.lost, lostMember{name: name, addr: k.addr})
+		}
 	}
 	slices.SortFunc(v.members, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	c.view.Store(v)
