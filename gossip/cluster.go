@@ -83,6 +83,7 @@ type Cluster struct {
 	cancel    context.CancelFunc
 	loopDone  chan struct{}
 	box       mailbox
+	updateMu  sync.Mutex // serializes memberlist's UpdateNode (send.go)
 	jobs      jobQueue
 	changed   chan struct{} // wakes the OnChange goroutine
 	conflict  chan struct{} // wakes the join goroutine

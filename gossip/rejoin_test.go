@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -229,4 +230,24 @@ func TestJunkPackets(t *testing.T) {
 	if !seesExactly(a, "a") {
 		t.Errorf("members %v", names(a.Members()))
 	}
+}
+
+// TestConcurrentUpdates: the senders re-advertise this node's meta at the
+// same time when its record changes in quick succession (as at a node's
+// start); memberlist must see one UpdateNode at a time, which the race
+// detector checks.
+func TestConcurrentUpdates(t *testing.T) {
+	t.Parallel()
+	a := newNode(t, "a")
+	var wg sync.WaitGroup
+	for range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				a.do(job{kind: jobUpdate})
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -106,7 +106,12 @@ func (c *Cluster) do(j job) {
 	var err error
 	switch j.kind {
 	case jobUpdate:
+		// memberlist's UpdateNode reads this node's address outside its
+		// lock while another UpdateNode writes it under the lock: two
+		// senders must not run it at once.
+		c.updateMu.Lock()
 		err = c.ml.UpdateNode(c.tm.updateTimeout)
+		c.updateMu.Unlock()
 	case jobWant:
 		err = c.ml.SendReliable(node, encodeWant(want{From: c.Name, Name: j.to.name, Version: j.have}))
 	case jobRecord:
