@@ -77,9 +77,9 @@ func (n *Node) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if !n.Ready() {
+		if why := n.notReady(); why != "" {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			w.Write([]byte("not ready\n"))
+			w.Write([]byte(why + "\n"))
 			return
 		}
 		w.Write([]byte("ready\n"))

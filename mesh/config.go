@@ -97,6 +97,12 @@ type Config struct {
 	WANGossipAddr string `yaml:"wan-gossip-addr" usage:"global pool gossip address (default :7947)"`
 	// WANJoin lists global pool seeds.
 	WANJoin []string `yaml:"wan-join" usage:"global pool seed host:port (repeatable)"`
+	// AllowAlone makes a node whose seeds (Join, WANJoin) do not answer
+	// ready anyway, alone in its pool, as the first node of a mesh whose
+	// seed list names nodes not started yet. Default false: such a node
+	// answers 503 on /readyz ("not joined: no seed answered") until a seed
+	// answers. A node without seeds is a first node and is ready alone.
+	AllowAlone bool `yaml:"allow-alone" usage:"ready even while no seed of --join/--wan-join answers (a first node); default: not ready until one does"`
 
 	// PublicHTTP is the edge's public plain HTTP listener. Required for
 	// edges.

@@ -3,6 +3,8 @@ package mesh
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/meshd/meshd/gossip"
 )
 
 // metrics are the node's Prometheus collectors, served on the admin API's
@@ -20,6 +22,7 @@ func (n *Node) newRegistry() *prometheus.Registry {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_svid_renewals_total", Help: "SVIDs minted or reloaded after the first.", ConstLabels: labels},
 			func() float64 { return float64(n.ids.Renewals()) }),
 		&memberCollector{n: n, desc: prometheus.NewDesc("meshd_gossip_members", "Members of each gossip pool the node sees.", []string{"pool"}, labels)},
+		&badPacketCollector{n: n, desc: prometheus.NewDesc("meshd_gossip_bad_packets_total", "Packets and streams that gossip refused from the network (not authenticated, not decrypted or not decoded), per pool; their log lines are rate-limited.", []string{"pool"}, labels)},
 		&serviceCollector{n: n, desc: prometheus.NewDesc("meshd_service_healthy_instances", "Healthy instances of each service per region, as the node sees them.", []string{"service", "service_region"}, labels)},
 	)
 	return reg
@@ -59,5 +62,24 @@ func (c *serviceCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 func (c *serviceCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range c.n.snap.Load().Services {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(s.Healthy), s.Service, s.Region)
+	}
+}
+
+type badPacketCollector struct {
+	n    *Node
+	desc *prometheus.Desc
+}
+
+func (c *badPacketCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *badPacketCollector) Collect(ch chan<- prometheus.Metric) {
+	// The pools are set during Start, before the node turns ready.
+	if !c.n.ready.Load() && !c.n.draining.Load() {
+		return
+	}
+	for pool, g := range map[string]*gossip.Cluster{"region": c.n.lan, "global": c.n.wan} {
+		if g != nil {
+			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(g.BadPackets()), pool)
+		}
 	}
 }

@@ -772,19 +772,39 @@ func (n *Node) outboundRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	return nil, errUnknownService(svc)
 }
 
-// Ready reports whether the node serves: started, not draining, and for a
-// sidecar, its app healthy; for an edge, a gateway answers its probes.
-func (n *Node) Ready() bool {
+// Ready reports whether the node serves: started, not draining, joined to
+// its pools unless AllowAlone, and for a sidecar, its app healthy; for an
+// edge, a gateway answers its probes.
+func (n *Node) Ready() bool { return n.notReady() == "" }
+
+// notReady says why the node is not ready, "" when it is.
+func (n *Node) notReady() string {
 	if !n.ready.Load() {
-		return false
+		if n.draining.Load() {
+			return "draining"
+		}
+		return "starting"
+	}
+	if !n.Config.AllowAlone {
+		// A node alone because no seed answered serves a mesh of one:
+		// its peers are elsewhere.
+		for _, g := range []*gossip.Cluster{n.lan, n.wan} {
+			if g != nil && !g.Joined() {
+				return "not joined: no seed answered"
+			}
+		}
 	}
 	switch n.Config.Role {
 	case RoleSidecar:
-		return n.healthy.Load()
+		if !n.healthy.Load() {
+			return "app not healthy"
+		}
 	case RoleEdge:
 		// An edge that reaches no gateway can only answer 503: a load
 		// balancer in front of it should look elsewhere, as BGP does.
-		return n.probe.anyUp()
+		if !n.probe.anyUp() {
+			return "no gateway answers"
+		}
 	}
-	return true
+	return ""
 }
