@@ -115,6 +115,8 @@ type Cluster struct {
 
 	// tune, if set, adjusts timings before Start uses them (tests only).
 	tune func(*memberlist.Config, *timings)
+	// wrap, if set, wraps the transport (tests only).
+	wrap func(*memberlist.NetTransport) memberlist.NodeAwareTransport
 }
 
 // Member is one member of the pool as this node sees it.
@@ -292,6 +294,9 @@ func (c *Cluster) start() error {
 		return fmt.Errorf("gossip: bind %s: %w", c.BindAddr, err)
 	}
 	cfg.Transport = nt
+	if c.wrap != nil {
+		cfg.Transport = c.wrap(nt)
+	}
 	cfg.BindAddr = bind.Addr().String()
 	cfg.BindPort = nt.GetAutoBindPort()
 	c.addr = net.JoinHostPort(bind.Addr().String(), strconv.Itoa(cfg.BindPort))

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 // waitAll polls cond every 20 ms for up to timeout and fails with every
@@ -250,4 +252,68 @@ func TestConcurrentUpdates(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// udpDropper loses every gossip packet this node sends; streams (TCP) work.
+type udpDropper struct{ *memberlist.NetTransport }
+
+func (d udpDropper) WriteTo(b []byte, addr string) (time.Time, error) { return time.Now(), nil }
+func (d udpDropper) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	return time.Now(), nil
+}
+
+// TestLostProbeAcksNotSuspect: a member whose probe acks over UDP are lost
+// (late or dropped, as under CPU starvation or a lossy path) but that still
+// answers over TCP is neither suspected nor declared dead: memberlist's TCP
+// fallback ping stays on in both profiles, with Lifeguard's awareness
+// stretching a struggling node's own probe timeouts. Without the fallback
+// the same member is suspected at its first probe, which shows the test
+// can see the difference.
+func TestLostProbeAcksNotSuspect(t *testing.T) {
+	t.Parallel()
+	for _, p := range []Profile{LAN, WAN} {
+		cfg, _ := p.config()
+		if cfg.DisableTcpPings || cfg.AwarenessMaxMultiplier < 2 || cfg.IndirectChecks < 1 {
+			t.Errorf("%s: TCP fallback pings %v, awareness multiplier %d, indirect checks %d", p,
+				!cfg.DisableTcpPings, cfg.AwarenessMaxMultiplier, cfg.IndirectChecks)
+		}
+	}
+	run := func(t *testing.T, tcpPings bool) (suspected bool) {
+		opt := func(c *Cluster) {
+			c.tune = func(cfg *memberlist.Config, _ *timings) { cfg.DisableTcpPings = !tcpPings }
+		}
+		a := newNode(t, "a", opt)
+		b := newNode(t, "b", opt, joining(a))
+		c := newNode(t, "c", opt, joining(a), func(c *Cluster) {
+			c.wrap = func(nt *memberlist.NetTransport) memberlist.NodeAwareTransport { return udpDropper{nt} }
+		})
+		waitAll(t, 10*time.Second, "three members", []*Cluster{a, b, c}, func() bool {
+			return seesExactly(a, "a", "b", "c") && seesExactly(b, "a", "b", "c")
+		})
+		// a and b each probe c about every 2 s (1 s interval, two
+		// members each); 6 s is three probes each.
+		deadline := time.Now().Add(6 * time.Second)
+		for time.Now().Before(deadline) {
+			for _, n := range []*Cluster{a, b} {
+				m, ok := member(n, "c")
+				if !ok || m.Suspect {
+					return true
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return false
+	}
+	t.Run("without TCP fallback", func(t *testing.T) {
+		t.Parallel()
+		if !run(t, false) {
+			t.Error("c was never suspected although its acks are lost and TCP pings are off: the test sees nothing")
+		}
+	})
+	t.Run("meshd's profile", func(t *testing.T) {
+		t.Parallel()
+		if run(t, true) {
+			t.Error("c, answering over TCP, was suspected or dropped because its UDP acks were lost")
+		}
+	})
 }
