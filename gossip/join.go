@@ -21,7 +21,8 @@ import (
 //   - every member seen alive is remembered by name and address; once it is
 //     gone (left or declared dead), its address is tried, with backoff,
 //     until the name is back, another member holds the address, or
-//     forgetAfter has passed;
+//     forgetAfter has passed (at most maxLost such members are kept, the
+//     most recently lost);
 //   - a member whose probe acks carry a new boot identifier has restarted
 //     at the same address faster than failure detection noticed; it knows
 //     nobody (a first node has no seeds), so it is joined at once.
@@ -173,10 +174,12 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 				r.delay = 0
 				r.next = now.Add(c.tm.rejoinEvery)
 			case ok:
-				// The target's members are merged; if it stays a target
-				// (an address now used by a member of another pool that
-				// shares our key and label), do not hammer it.
-				r.delay = c.rejoinCap(r, now)
+				// The target's members are merged and it should be a
+				// member within a gossip round. If it stays a target (a
+				// seed given by an address other than the one it
+				// advertises, behind NAT), each join is a full state
+				// exchange: back off from rejoinMax to rejoinEvery.
+				r.delay = min(max(2*r.delay, c.tm.rejoinMax), c.tm.rejoinEvery)
 				r.next = now.Add(r.delay)
 			default:
 				c.log.Debug("gossip: join failed; will retry", "addrs", res.t.addrs, "err", res.err)

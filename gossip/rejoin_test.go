@@ -317,3 +317,23 @@ func TestLostProbeAcksNotSuspect(t *testing.T) {
 		}
 	})
 }
+
+// TestLostMembersBounded: departed members are forgotten after
+// forgetAfter, and beyond maxLost only the most recently lost are kept.
+func TestLostMembersBounded(t *testing.T) {
+	c := &Cluster{tm: timings{forgetAfter: time.Hour}}
+	c.st.init()
+	t0 := time.Unix(1e6, 0)
+	for i := range maxLost + 50 {
+		c.st.known[fmt.Sprint("n", i)] = &known{addr: fmt.Sprintf("10.0.%d.%d:7946", i/256, i%256), lostAt: t0.Add(time.Duration(i) * time.Second)}
+	}
+	c.st.known["old"] = &known{addr: "10.1.0.1:7946", lostAt: t0.Add(-2 * time.Hour)}
+	c.st.known["here"] = &known{addr: "10.1.0.2:7946"}
+	c.housekeep(t0.Add(time.Hour - time.Minute))
+	if len(c.st.known) != maxLost+1 {
+		t.Fatalf("%d remembered, want %d lost and the one present", len(c.st.known), maxLost)
+	}
+	if c.st.known["old"] != nil || c.st.known["here"] == nil || c.st.known["n49"] != nil || c.st.known[fmt.Sprint("n", maxLost+49)] == nil {
+		t.Errorf("kept the wrong members: old %v, here %v, n49 %v", c.st.known["old"], c.st.known["here"], c.st.known["n49"])
+	}
+}

@@ -45,6 +45,8 @@ const (
 	pendingTTL = 30 * time.Second
 	tombTTL    = 5 * time.Minute
 	sweepEvery = 5 * time.Second
+	// maxLost bounds the departed members re-joined (join.go).
+	maxLost = 256
 )
 
 type evKind int
@@ -399,13 +401,27 @@ func (c *Cluster) housekeep(now time.Time) {
 	for _, p := range s.peers {
 		inUse[p.addr] = true
 	}
+	var lost []string
 	for name, k := range s.known {
+		if k.lostAt.IsZero() {
+			continue
+		}
 		// Forget a member gone for forgetAfter, or whose address another
 		// member now uses (it was replaced).
-		if !k.lostAt.IsZero() && (now.Sub(k.lostAt) > c.tm.forgetAfter || inUse[k.addr]) {
+		if now.Sub(k.lostAt) > c.tm.forgetAfter || inUse[k.addr] {
 			delete(s.known, name)
 			s.dirty = true
+			continue
 		}
+		lost = append(lost, name)
+	}
+	// In a pool with churn, keep trying only the most recently lost.
+	if len(lost) > maxLost {
+		slices.SortFunc(lost, func(a, b string) int { return s.known[b].lostAt.Compare(s.known[a].lostAt) })
+		for _, name := range lost[maxLost:] {
+			delete(s.known, name)
+		}
+		s.dirty = true
 	}
 }
 
