@@ -98,26 +98,29 @@ func newUpstreamSet(first, rest []*proxy.Upstream) *upstreamSet {
 	return s
 }
 
-// load is what the balancer compares: peak-EWMA latency times requests in
-// flight (proxy.Upstream.Cost), so a slow instance and a busy one both get
-// fewer requests; an ejected upstream (it could not be reached several
-// times in a row) after any other.
-func load(u *proxy.Upstream) int64 {
-	if u.Ejected(time.Now()) {
+// load is what the balancer compares at now: peak-EWMA latency times
+// requests in flight (proxy.Upstream.CostAt), so a slow instance and a busy
+// one both get fewer requests; an ejected upstream (it could not be reached
+// several times in a row) after any other.
+func load(u *proxy.Upstream, now time.Time) int64 {
+	if u.Ejected(now) {
 		return 1 << 62
 	}
-	return u.Cost()
+	return u.CostAt(now)
 }
 
-func (s *upstreamSet) pick() []*proxy.Upstream { return s.pickBy(load) }
+func (s *upstreamSet) pick() []*proxy.Upstream { return s.pickBy(load, time.Now()) }
 
 // pickBy balances by the power of two choices: of two distinct random
 // members of the preferred group, the less loaded one goes first, the
 // others stay behind it as retry candidates. Two random choices spread
 // load almost as well as scanning for the least loaded, cost two atomic
 // loads, and do not make every node herd onto the same "least loaded"
-// instance (Mitzenmacher, "The Power of Two Choices").
-func (s *upstreamSet) pickBy(load func(*proxy.Upstream) int64) []*proxy.Upstream {
+// instance (Mitzenmacher, "The Power of Two Choices"). The one passed over
+// is told so (proxy.Upstream.PassedOver): its latency estimate ages, so an
+// instance that answered slowly once is measured again soon instead of
+// never.
+func (s *upstreamSet) pickBy(load func(*proxy.Upstream, time.Time) int64, now time.Time) []*proxy.Upstream {
 	if s == nil {
 		return nil
 	}
@@ -130,9 +133,10 @@ func (s *upstreamSet) pickBy(load func(*proxy.Upstream) int64) []*proxy.Upstream
 	if j >= i {
 		j++
 	}
-	if load(s.rot[j][0]) < load(s.rot[i][0]) {
-		return s.rot[j]
+	if load(s.rot[j][0], now) < load(s.rot[i][0], now) {
+		i, j = j, i
 	}
+	s.rot[j][0].PassedOver(now)
 	return s.rot[i]
 }
 

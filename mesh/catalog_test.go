@@ -58,14 +58,14 @@ func TestSnapshotLocalInstances(t *testing.T) {
 	}
 	// A loaded (or ejected) instance is never first while the other is
 	// idle: with two candidates, both are always compared.
-	busy := func(u *proxy.Upstream) int64 {
+	busy := func(u *proxy.Upstream, _ time.Time) int64 {
 		if u.Name == "web-1" {
 			return 10
 		}
 		return 0
 	}
 	for i := 0; i < 100; i++ {
-		if ups := s.local["web"].pickBy(busy); ups[0].Name != "web-2" || ups[1].Name != "web-1" {
+		if ups := s.local["web"].pickBy(busy, time.Now()); ups[0].Name != "web-2" || ups[1].Name != "web-1" {
 			t.Fatalf("picked %v with web-1 loaded", names(ups))
 		}
 	}
