@@ -733,13 +733,14 @@ func (n *Node) gatewayRoute(out *http.Request) ([]*proxy.Upstream, error) {
 		out.Header.Set(HeaderService, svc)
 	}
 	s := n.snap.Load()
-	if ups := s.local[svc].pick(); len(ups) > 0 {
-		return ups, nil
+	remote := s.remote[svc]
+	if n.peerRole(out) == "gateway" {
+		remote = nil
 	}
-	if n.peerRole(out) != "gateway" {
-		if ups := s.remote[svc].pick(); len(ups) > 0 {
-			return ups, nil
-		}
+	// Local instances first, then other regions; draining instances, here
+	// or there, only when nothing else is left.
+	if ups := pickFirst(s.local[svc], remote); len(ups) > 0 {
+		return ups, nil
 	}
 	now := n.now()
 	if d := s.downFor(svc, now); d != nil || s.known[svc] {
@@ -759,10 +760,7 @@ func (n *Node) outboundRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	}
 	out.Header.Set(HeaderService, svc)
 	s := n.snap.Load()
-	if ups := s.local[svc].pick(); len(ups) > 0 {
-		return ups, nil
-	}
-	if ups := s.gateways.pick(); len(ups) > 0 {
+	if ups := pickFirst(s.local[svc], s.gateways); len(ups) > 0 {
 		return ups, nil
 	}
 	now := n.now()
