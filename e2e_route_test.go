@@ -5,11 +5,14 @@ package main
 // instances whose certificate the mesh does not trust.
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -147,5 +150,126 @@ func TestDrainLastResort(t *testing.T) {
 	t.Logf("only gateway draining: %d requests, %d failed", n, len(failed))
 	if len(failed) > 0 {
 		t.Errorf("while the only gateway drained, %d of %d requests failed, first: %v", len(failed), n, failed[:min(len(failed), 3)])
+	}
+}
+
+// steadyLoad sends n GETs of host to the edge at public, rate per second,
+// each in its own goroutine (at most 64 at once), and calls at(i) before
+// request i. It returns the failures (errors or non-200 answers), the
+// instances that served, and how long the run took.
+func steadyLoad(t *testing.T, public, host string, n, rate int, at func(i int)) (failed []string, servedBy map[string]int, took time.Duration) {
+	t.Helper()
+	var mu sync.Mutex
+	servedBy = map[string]int{}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}}
+	defer c.CloseIdleConnections()
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		<-tick.C
+		if at != nil {
+			at(i)
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			sent := time.Since(start)
+			req, _ := http.NewRequest(http.MethodGet, "http://"+public+"/", nil)
+			req.Host = host
+			resp, err := c.Do(req)
+			var e echoReply
+			if err == nil {
+				body, rerr := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				switch {
+				case rerr != nil:
+					err = rerr
+				case resp.StatusCode != 200:
+					err = fmt.Errorf("%d %.100s", resp.StatusCode, body)
+				default:
+					err = json.Unmarshal(body, &e)
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed = append(failed, fmt.Sprintf("request %d at %v: %v", i, sent.Round(time.Millisecond), err))
+				return
+			}
+			servedBy[e.Instance]++
+		}()
+	}
+	wg.Wait()
+	return failed, servedBy, time.Since(start)
+}
+
+// TestFailoverSIGKILL: both instances of web in eu are killed (SIGKILL,
+// by PID) in the middle of a steady 200 requests a second through an edge
+// in eu; the requests go on to us at once: at most a handful fail.
+func TestFailoverSIGKILL(t *testing.T) {
+	m := newRouteMesh(t)
+	gwEU := m.gateway("gw-eu", "eu")
+	gwUS := m.gateway("gw-us", "us", "--wan-join", gwEU.addr("wan-gossip"))
+	scEU1 := m.sidecar("web-eu-1", "web", "eu", startLiveApp(t, "web", "web-eu-1", "eu"), gwEU)
+	scEU2 := m.sidecar("web-eu-2", "web", "eu", startLiveApp(t, "web", "web-eu-2", "eu"), gwEU)
+	m.sidecar("web-us-1", "web", "us", startLiveApp(t, "web", "web-us-1", "us"), gwUS)
+	edge := m.edge("edge-eu", "eu", gwEU)
+	public := edge.addr("public-http")
+	seen := map[string]bool{}
+	eventually(t, 20*time.Second, "edge serves from both eu instances", func() error {
+		e, err := getEcho(public, "web.localhost")
+		if err != nil {
+			return err
+		}
+		seen[e.Instance] = true
+		if !seen["web-eu-1"] || !seen["web-eu-2"] {
+			return fmt.Errorf("seen %v", seen)
+		}
+		return nil
+	})
+	eventually(t, 20*time.Second, "edge knows web in us", func() error {
+		_, body, err := get(edge.addr("admin"), "x", "/v1/services")
+		if err != nil {
+			return err
+		}
+		var ss []mesh.ServiceInfo
+		if err := json.Unmarshal(body, &ss); err != nil {
+			return err
+		}
+		for _, s := range ss {
+			if s.Service == "web" && s.Region == "us" && s.Healthy == 1 {
+				return nil
+			}
+		}
+		return fmt.Errorf("services %s", body)
+	})
+
+	const n, rate, killAt = 1000, 200, 300
+	var killed time.Time
+	failed, servedBy, took := steadyLoad(t, public, "web.localhost", n, rate, func(i int) {
+		if i != killAt {
+			return
+		}
+		killed = time.Now()
+		for _, p := range []*proc{scEU1, scEU2} {
+			if err := p.stop(syscall.SIGKILL, 5*time.Second); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	t.Logf("%d requests in %v, both eu instances SIGKILLed before request %d (%v into the run): %d failed; served by %v",
+		n, took.Round(time.Millisecond), killAt, killed.Sub(time.Now().Add(-took)).Round(time.Millisecond), len(failed), servedBy)
+	if len(failed) > 0 {
+		t.Logf("first failures: %q", failed[:min(len(failed), 3)])
+	}
+	if len(failed) > 5 {
+		t.Fatalf("%d of %d requests failed after both eu instances were killed, want at most 5", len(failed), n)
+	}
+	if servedBy["web-us-1"] < (n-killAt)*9/10 {
+		t.Fatalf("us served %d requests after eu died, want nearly all of the last %d", servedBy["web-us-1"], n-killAt)
 	}
 }

@@ -414,8 +414,12 @@ func mergeSorted(a, b []string) []string {
 }
 
 // summarize is what a gateway publishes in the global pool for its region:
-// every service of the region with its count of healthy instances.
-func summarize(lan []member, region string) []ServiceRecord {
+// every service of the region with its count of healthy instances (and of
+// healthy ones that are draining). An instance the gateway ejected, when
+// ejected is not nil and says so, is not counted: its record may say it is
+// healthy, but the gateway cannot reach it, so a region with nothing else
+// must not look as if it served.
+func summarize(lan []member, region string, ejected func(svc string, r *NodeRecord) bool) []ServiceRecord {
 	byName := map[string]*ServiceRecord{}
 	for _, m := range lan {
 		r := m.rec
@@ -434,6 +438,7 @@ func summarize(lan []member, region string) []ServiceRecord {
 			}
 			switch {
 			case sv.Healthy == 0:
+			case ejected != nil && ejected(sv.Name, r):
 			case r.State == StateReady:
 				sr.Healthy++
 			default:

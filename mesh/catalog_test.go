@@ -73,7 +73,7 @@ func TestSnapshotLocalInstances(t *testing.T) {
 	if got := names(s.gateways.pick()); len(got) != 1 || got[0] != "gw-eu" {
 		t.Fatalf("gateways = %v", got)
 	}
-	sum := summarize(lan, "eu")
+	sum := summarize(lan, "eu", nil)
 	if len(sum) != 1 || sum[0].Name != "web" || sum[0].Healthy != 2 || sum[0].Draining != 1 {
 		t.Fatalf("summary = %+v", sum)
 	}
@@ -122,7 +122,7 @@ func TestSnapshotDomains(t *testing.T) {
 	if s.domains["www.example.com"] != "web" {
 		t.Fatalf("domains = %v", s.domains)
 	}
-	if sum := summarize(lan, "eu"); len(sum[0].Domains) != 1 {
+	if sum := summarize(lan, "eu", nil); len(sum[0].Domains) != 1 {
 		t.Fatalf("summary lost domains: %+v", sum)
 	}
 }
@@ -163,7 +163,7 @@ func TestSnapshotDrainingLastResort(t *testing.T) {
 	if s.local["web"].lastResort || !s.local["api"].lastResort {
 		t.Fatal("lastResort marks the wrong sets")
 	}
-	sum := summarize(lan, "eu")
+	sum := summarize(lan, "eu", nil)
 	if len(sum) != 2 || sum[0].Name != "api" || sum[0].Healthy != 0 || sum[0].Draining != 1 ||
 		sum[1].Name != "web" || sum[1].Healthy != 1 || sum[1].Draining != 1 {
 		t.Fatalf("summary = %+v, want api 0+1 draining, web 1+1 draining", sum)
@@ -184,4 +184,21 @@ func TestSnapshotDrainingLastResort(t *testing.T) {
 	want("edge web, only a draining gateway", s.remote["web"].pick(), "gw-ap")
 	s = buildSnapshot(RoleEdge, "eu", nil, wan[:1], fakeMaker{}, nil)
 	want("edge web, only draining instances", s.remote["web"].pick(), "gw-eu")
+}
+
+// TestSummaryLeavesOutEjected: an instance the gateway ejected (it could
+// not reach it several times in a row) is not counted as healthy in the
+// region's summary, whatever its own record says, so the edges stop
+// choosing a region where nothing can be reached.
+func TestSummaryLeavesOutEjected(t *testing.T) {
+	lan := []member{
+		sidecar("web-1", "eu", "web", 1, StateReady),
+		sidecar("web-2", "eu", "web", 1, StateReady),
+		sidecar("api-1", "eu", "api", 1, StateReady),
+	}
+	ejected := func(svc string, r *NodeRecord) bool { return r.Name != "web-2" }
+	sum := summarize(lan, "eu", ejected)
+	if len(sum) != 2 || sum[0].Name != "api" || sum[0].Healthy != 0 || sum[1].Name != "web" || sum[1].Healthy != 1 {
+		t.Fatalf("summary = %+v, want api 0 and web 1 (web-2)", sum)
+	}
 }
