@@ -569,14 +569,26 @@ func proxyStatusError(code int, err error) string {
 		}
 		return ""
 	case isDialError(err):
-		var cve *tls.CertificateVerificationError
+		var (
+			cve   *tls.CertificateVerificationError
+			ce    *certError
+			alert tls.AlertError
+			he    *handshakeError
+		)
 		switch {
 		case errors.Is(err, syscall.ECONNREFUSED):
 			return "connection_refused"
 		case isTimeout(err):
 			return "connection_timeout"
-		case errors.As(err, &cve):
+		case errors.As(err, &cve), errors.As(err, &ce):
+			// The upstream's certificate is not one this hop accepts:
+			// another CA, expired, or not the identity the catalog
+			// expects of it.
 			return "tls_certificate_error"
+		case errors.As(err, &alert):
+			return "tls_alert_received" // the upstream refused the handshake
+		case errors.As(err, &he):
+			return "tls_protocol_error"
 		}
 		return "destination_unavailable"
 	case isTimeout(err):
