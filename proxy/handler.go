@@ -54,7 +54,8 @@ type Handler struct {
 	// A request moves on to the next candidate only when it certainly did
 	// not reach the upstream (connect or TLS failure), or when it is
 	// idempotent and none of its body was read; never once response
-	// headers arrived and never after a timeout (retrying a slow upstream
+	// headers arrived (unless they carry a trusted retry signal, see
+	// TrustRetry) and never after a timeout (retrying a slow upstream
 	// multiplies its load). Default 3.
 	MaxAttempts int
 	// SignalRetry makes this hop say so when it answers an error because
@@ -403,9 +404,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // HeaderRetry is the retry signal between mesh hops (see
-// Handler.SignalRetry): "1" says the request reached no app and may be sent
-// to another candidate. It is an X-Mesh-* field, so the public edge drops
-// it in both directions.
+// Handler.SignalRetry): "1" on an error response says the hop reached no
+// upstream that could answer and the request may be sent to another
+// candidate: nothing acted on it, or it is idempotent, and no byte of its
+// body was read. It is an X-Mesh-* field, so the public edge drops it in
+// both directions.
 const HeaderRetry = "X-Mesh-Retry"
 
 // errRetrySignal: an upstream hop answered with HeaderRetry.
