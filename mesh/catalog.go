@@ -64,6 +64,7 @@ type ServiceInfo struct {
 	Service   string   `json:"service"`
 	Region    string   `json:"region"`
 	Healthy   int      `json:"healthy"`
+	Draining  int      `json:"draining,omitempty"` // healthy instances that are draining
 	Instances []string `json:"instances,omitempty"`
 	Gateways  []string `json:"gateways,omitempty"`
 	Domains   []string `json:"domains,omitempty"`
@@ -75,10 +76,15 @@ type ServiceInfo struct {
 // one costs no allocation.
 type upstreamSet struct {
 	rot [][]*proxy.Upstream
+	// lastResort marks a set without a preferred group: only draining
+	// members (or regions with nothing but draining instances), which
+	// still serve but should get a request only when nothing else can.
+	lastResort bool
 }
 
 // newUpstreamSet makes a set where requests are balanced over first and
-// fall back to rest in order.
+// fall back to rest in order. Without first, rest is tried in order and
+// the set is a last resort.
 func newUpstreamSet(first, rest []*proxy.Upstream) *upstreamSet {
 	s := &upstreamSet{}
 	if len(first) == 0 {
@@ -86,6 +92,7 @@ func newUpstreamSet(first, rest []*proxy.Upstream) *upstreamSet {
 			return nil
 		}
 		s.rot = [][]*proxy.Upstream{rest}
+		s.lastResort = true
 		return s
 	}
 	for i := range first {
@@ -98,26 +105,47 @@ func newUpstreamSet(first, rest []*proxy.Upstream) *upstreamSet {
 	return s
 }
 
-// load is what the balancer compares: peak-EWMA latency times requests in
-// flight (proxy.Upstream.Cost), so a slow instance and a busy one both get
-// fewer requests; an ejected upstream (it could not be reached several
-// times in a row) after any other.
-func load(u *proxy.Upstream) int64 {
-	if u.Ejected(time.Now()) {
-		return 1 << 62
+// pickFirst picks from the first of sets that has a preferred group, or
+// failing that from the first that has any candidate (draining members):
+// every member that is not draining, in whichever set, goes before any
+// that is.
+func pickFirst(sets ...*upstreamSet) []*proxy.Upstream {
+	for _, s := range sets {
+		if s != nil && !s.lastResort {
+			return s.pick()
+		}
 	}
-	return u.Cost()
+	for _, s := range sets {
+		if s != nil {
+			return s.pick()
+		}
+	}
+	return nil
 }
 
-func (s *upstreamSet) pick() []*proxy.Upstream { return s.pickBy(load) }
+// load is what the balancer compares at now: peak-EWMA latency times
+// requests in flight (proxy.Upstream.CostAt), so a slow instance and a busy
+// one both get fewer requests; an ejected upstream (it could not be reached
+// several times in a row) after any other.
+func load(u *proxy.Upstream, now time.Time) int64 {
+	if u.Ejected(now) {
+		return 1 << 62
+	}
+	return u.CostAt(now)
+}
+
+func (s *upstreamSet) pick() []*proxy.Upstream { return s.pickBy(load, time.Now()) }
 
 // pickBy balances by the power of two choices: of two distinct random
 // members of the preferred group, the less loaded one goes first, the
 // others stay behind it as retry candidates. Two random choices spread
 // load almost as well as scanning for the least loaded, cost two atomic
 // loads, and do not make every node herd onto the same "least loaded"
-// instance (Mitzenmacher, "The Power of Two Choices").
-func (s *upstreamSet) pickBy(load func(*proxy.Upstream) int64) []*proxy.Upstream {
+// instance (Mitzenmacher, "The Power of Two Choices"). The one passed over
+// is told so (proxy.Upstream.PassedOver): its latency estimate ages, so an
+// instance that answered slowly once is measured again soon instead of
+// never.
+func (s *upstreamSet) pickBy(load func(*proxy.Upstream, time.Time) int64, now time.Time) []*proxy.Upstream {
 	if s == nil {
 		return nil
 	}
@@ -130,9 +158,10 @@ func (s *upstreamSet) pickBy(load func(*proxy.Upstream) int64) []*proxy.Upstream
 	if j >= i {
 		j++
 	}
-	if load(s.rot[j][0]) < load(s.rot[i][0]) {
-		return s.rot[j]
+	if load(s.rot[j][0], now) < load(s.rot[i][0], now) {
+		i, j = j, i
 	}
+	s.rot[j][0].PassedOver(now)
 	return s.rot[i]
 }
 
@@ -180,9 +209,10 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 		s.claims.add(svc, r.Name, sv.Since, sv.Domains)
 	}
 
-	// Region pool: instances and the region's own gateways.
-	instances := map[string][]*proxy.Upstream{}
-	var gws []*proxy.Upstream
+	// Region pool: instances and the region's own gateways; draining ones
+	// apart, as last resorts.
+	instances, drainingInstances := map[string][]*proxy.Upstream{}, map[string][]*proxy.Upstream{}
+	var gws, drainingGWs []*proxy.Upstream
 	for _, m := range lan {
 		r := m.rec
 		s.Members = append(s.Members, memberInfo("region", m))
@@ -197,77 +227,110 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 				addDomains(sv.Name, r, sv)
 				in := info(sv.Name, r.Region)
 				in.Domains = mergeSorted(in.Domains, sv.Domains)
-				if ready && sv.Healthy > 0 {
-					in.Healthy++
-					in.Instances = append(in.Instances, r.Name)
-					if u := mk.instanceUpstream(sv.Name, r); u != nil {
-						instances[sv.Name] = append(instances[sv.Name], u)
+				if sv.Healthy == 0 {
+					continue
+				}
+				u := mk.instanceUpstream(sv.Name, r)
+				if !ready {
+					in.Draining++
+					if u != nil {
+						drainingInstances[sv.Name] = append(drainingInstances[sv.Name], u)
 					}
+					continue
+				}
+				in.Healthy++
+				in.Instances = append(in.Instances, r.Name)
+				if u != nil {
+					instances[sv.Name] = append(instances[sv.Name], u)
 				}
 			}
 		case RoleGateway:
-			if u := mk.gatewayUpstream(r); ready && u != nil {
-				gws = append(gws, u)
+			if u := mk.gatewayUpstream(r); u != nil {
+				if ready {
+					gws = append(gws, u)
+				} else {
+					drainingGWs = append(drainingGWs, u)
+				}
 			}
 		}
 	}
 	for svc, ups := range instances {
-		s.local[svc] = newUpstreamSet(ups, nil)
+		s.local[svc] = newUpstreamSet(ups, drainingInstances[svc])
 	}
-	s.gateways = newUpstreamSet(gws, nil)
+	for svc, ups := range drainingInstances {
+		if s.local[svc] == nil {
+			s.local[svc] = newUpstreamSet(nil, ups)
+		}
+	}
+	s.gateways = newUpstreamSet(gws, drainingGWs)
 
-	// Global pool: per region, the services its gateways summarize.
-	regionGWs := map[string][]*proxy.Upstream{}
+	// Global pool: per region, the services its gateways summarize. A
+	// gateway is a candidate for the services its record says its region
+	// serves; a draining gateway, and one whose region has nothing but
+	// draining instances of the service, only as a last resort.
+	type regionGWs struct{ serving, lastResort []*proxy.Upstream }
 	regionRTT := map[string]time.Duration{} // best measured RTT; 0 = not measured
-	svcRegions := map[string]map[string]bool{}
+	svcRegions := map[string]map[string]*regionGWs{}
+	addGW := func(svc, region string, u *proxy.Upstream, lastResort bool) {
+		if svcRegions[svc] == nil {
+			svcRegions[svc] = map[string]*regionGWs{}
+		}
+		g := svcRegions[svc][region]
+		if g == nil {
+			g = &regionGWs{}
+			svcRegions[svc][region] = g
+		}
+		if lastResort {
+			g.lastResort = append(g.lastResort, u)
+		} else {
+			g.serving = append(g.serving, u)
+		}
+	}
 	for _, m := range wan {
 		r := m.rec
 		s.Members = append(s.Members, memberInfo("global", m))
 		if r.Role != RoleGateway {
 			continue
 		}
+		// A gateway's own region is served from the region pool, which
+		// has the instance-level truth.
+		own := selfRole == RoleGateway && r.Region == selfRegion
+		ready := r.State == StateReady
+		var u *proxy.Upstream
+		if !own {
+			s.probeTargets = append(s.probeTargets, r.MeshAddr)
+			if res, known := probe.get(r.MeshAddr); !known || res.up {
+				u = mk.gatewayUpstream(r)
+				if u != nil && known && (regionRTT[r.Region] == 0 || res.rtt < regionRTT[r.Region]) {
+					regionRTT[r.Region] = res.rtt
+				}
+			}
+		}
 		for _, sv := range r.Services {
 			s.known[sv.Name] = true
-			if selfRole == RoleGateway && r.Region == selfRegion {
-				continue // the region pool has the instance-level truth
+			if own {
+				continue
 			}
 			addDomains(sv.Name, r, sv)
 			in := info(sv.Name, r.Region)
 			in.Domains = mergeSorted(in.Domains, sv.Domains)
-			if r.State != StateReady {
-				continue
+			if ready {
+				in.Gateways = append(in.Gateways, r.Name)
+				in.Healthy = max(in.Healthy, sv.Healthy)
+				in.Draining = max(in.Draining, sv.Draining)
 			}
-			in.Gateways = append(in.Gateways, r.Name)
-			if sv.Healthy > in.Healthy {
-				in.Healthy = sv.Healthy
-			}
-			if sv.Healthy > 0 {
-				if svcRegions[sv.Name] == nil {
-					svcRegions[sv.Name] = map[string]bool{}
-				}
-				svcRegions[sv.Name][r.Region] = true
-			}
-		}
-		if r.State == StateReady && !(selfRole == RoleGateway && r.Region == selfRegion) {
-			s.probeTargets = append(s.probeTargets, r.MeshAddr)
-			res, known := probe.get(r.MeshAddr)
-			if known && !res.up {
-				continue
-			}
-			if u := mk.gatewayUpstream(r); u != nil {
-				regionGWs[r.Region] = append(regionGWs[r.Region], u)
-				if known && (regionRTT[r.Region] == 0 || res.rtt < regionRTT[r.Region]) {
-					regionRTT[r.Region] = res.rtt
-				}
+			switch {
+			case u == nil:
+			case ready && sv.Healthy > 0:
+				addGW(sv.Name, r.Region, u, false)
+			case sv.Healthy > 0 || sv.Draining > 0:
+				addGW(sv.Name, r.Region, u, true)
 			}
 		}
 	}
 	for svc, regions := range svcRegions {
 		order := make([]string, 0, len(regions))
 		for reg := range regions {
-			if selfRole == RoleGateway && reg == selfRegion {
-				continue
-			}
 			order = append(order, reg)
 		}
 		// Nearest first: the node's own region, then the others by
@@ -286,17 +349,20 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 			}
 			return a < b
 		})
-		for len(order) > 0 && len(regionGWs[order[0]]) == 0 {
-			order = order[1:] // every gateway of that region is down
+		// Balanced over the nearest serving region's gateways; then the
+		// other serving regions in order; then the last resorts, nearest
+		// first.
+		var first, rest, lastResort []*proxy.Upstream
+		for _, reg := range order {
+			g := regions[reg]
+			if first == nil {
+				first = g.serving
+			} else {
+				rest = append(rest, g.serving...)
+			}
+			lastResort = append(lastResort, g.lastResort...)
 		}
-		if len(order) == 0 {
-			continue
-		}
-		var rest []*proxy.Upstream
-		for _, reg := range order[1:] {
-			rest = append(rest, regionGWs[reg]...)
-		}
-		if set := newUpstreamSet(regionGWs[order[0]], rest); set != nil {
+		if set := newUpstreamSet(first, append(rest, lastResort...)); set != nil {
 			s.remote[svc] = set
 		}
 	}
@@ -348,8 +414,12 @@ func mergeSorted(a, b []string) []string {
 }
 
 // summarize is what a gateway publishes in the global pool for its region:
-// every service of the region with its count of healthy instances.
-func summarize(lan []member, region string) []ServiceRecord {
+// every service of the region with its count of healthy instances (and of
+// healthy ones that are draining). An instance the gateway ejected, when
+// ejected is not nil and says so, is not counted: its record may say it is
+// healthy, but the gateway cannot reach it, so a region with nothing else
+// must not look as if it served.
+func summarize(lan []member, region string, ejected func(svc string, r *NodeRecord) bool) []ServiceRecord {
 	byName := map[string]*ServiceRecord{}
 	for _, m := range lan {
 		r := m.rec
@@ -366,8 +436,13 @@ func summarize(lan []member, region string) []ServiceRecord {
 			if sv.Since > 0 && (sr.Since == 0 || sv.Since < sr.Since) {
 				sr.Since = sv.Since // the region's oldest claim
 			}
-			if r.State == StateReady && sv.Healthy > 0 {
+			switch {
+			case sv.Healthy == 0:
+			case ejected != nil && ejected(sv.Name, r):
+			case r.State == StateReady:
 				sr.Healthy++
+			default:
+				sr.Draining++
 			}
 		}
 	}

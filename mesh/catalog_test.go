@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -48,8 +49,8 @@ func TestSnapshotLocalInstances(t *testing.T) {
 	seen := map[string]int{}
 	for i := 0; i < 400; i++ {
 		ups := s.local["web"].pick()
-		if len(ups) != 2 {
-			t.Fatalf("candidates = %v, want web-1 and web-2", names(ups))
+		if len(ups) != 3 || ups[2].Name != "web-4" {
+			t.Fatalf("candidates = %v, want web-1 and web-2, then the draining web-4", names(ups))
 		}
 		seen[ups[0].Name]++
 	}
@@ -58,22 +59,22 @@ func TestSnapshotLocalInstances(t *testing.T) {
 	}
 	// A loaded (or ejected) instance is never first while the other is
 	// idle: with two candidates, both are always compared.
-	busy := func(u *proxy.Upstream) int64 {
+	busy := func(u *proxy.Upstream, _ time.Time) int64 {
 		if u.Name == "web-1" {
 			return 10
 		}
 		return 0
 	}
 	for i := 0; i < 100; i++ {
-		if ups := s.local["web"].pickBy(busy); ups[0].Name != "web-2" || ups[1].Name != "web-1" {
+		if ups := s.local["web"].pickBy(busy, time.Now()); ups[0].Name != "web-2" || ups[1].Name != "web-1" || ups[2].Name != "web-4" {
 			t.Fatalf("picked %v with web-1 loaded", names(ups))
 		}
 	}
 	if got := names(s.gateways.pick()); len(got) != 1 || got[0] != "gw-eu" {
 		t.Fatalf("gateways = %v", got)
 	}
-	sum := summarize(lan, "eu")
-	if len(sum) != 1 || sum[0].Name != "web" || sum[0].Healthy != 2 {
+	sum := summarize(lan, "eu", nil)
+	if len(sum) != 1 || sum[0].Name != "web" || sum[0].Healthy != 2 || sum[0].Draining != 1 {
 		t.Fatalf("summary = %+v", sum)
 	}
 }
@@ -121,7 +122,83 @@ func TestSnapshotDomains(t *testing.T) {
 	if s.domains["www.example.com"] != "web" {
 		t.Fatalf("domains = %v", s.domains)
 	}
-	if sum := summarize(lan, "eu"); len(sum[0].Domains) != 1 {
+	if sum := summarize(lan, "eu", nil); len(sum[0].Domains) != 1 {
 		t.Fatalf("summary lost domains: %+v", sum)
+	}
+}
+
+// TestSnapshotDrainingLastResort: a draining instance or gateway still
+// serves its drain delay, so it stays a candidate, behind every one that
+// is not draining: the only instance of a service, or the only gateway of
+// the mesh, keeps serving until it stops instead of 503s from the moment
+// it publishes draining.
+func TestSnapshotDrainingLastResort(t *testing.T) {
+	drainingGW := func(name, region string, svcs ...ServiceRecord) member {
+		m := gateway(name, region, svcs...)
+		m.rec.State = StateDraining
+		return m
+	}
+	want := func(what string, got []*proxy.Upstream, names_ ...string) {
+		t.Helper()
+		if g := names(got); strings.Join(g, ",") != strings.Join(names_, ",") {
+			t.Fatalf("%s: candidates %v, want %v", what, g, names_)
+		}
+	}
+
+	// Region pool: the draining instance goes after the ready one, and
+	// alone it is still the candidate.
+	lan := []member{
+		sidecar("web-1", "eu", "web", 1, StateDraining),
+		sidecar("web-2", "eu", "web", 1, StateReady),
+		sidecar("api-1", "eu", "api", 1, StateDraining),
+		gateway("gw-eu-a", "eu"),
+		drainingGW("gw-eu-b", "eu"),
+	}
+	s := buildSnapshot(RoleGateway, "eu", lan, nil, fakeMaker{}, nil)
+	for i := 0; i < 20; i++ {
+		want("web", s.local["web"].pick(), "web-2", "web-1")
+		want("gateways", s.gateways.pick(), "gw-eu-a", "gw-eu-b")
+	}
+	want("api", s.local["api"].pick(), "api-1")
+	if s.local["web"].lastResort || !s.local["api"].lastResort {
+		t.Fatal("lastResort marks the wrong sets")
+	}
+	sum := summarize(lan, "eu", nil)
+	if len(sum) != 2 || sum[0].Name != "api" || sum[0].Healthy != 0 || sum[0].Draining != 1 ||
+		sum[1].Name != "web" || sum[1].Healthy != 1 || sum[1].Draining != 1 {
+		t.Fatalf("summary = %+v, want api 0+1 draining, web 1+1 draining", sum)
+	}
+
+	// Global pool, at an edge in eu: a region whose instances all drain,
+	// and a draining gateway, come after every region that serves.
+	wan := []member{
+		gateway("gw-eu", "eu", ServiceRecord{Name: "web", Draining: 1}, ServiceRecord{Name: "api", Healthy: 1}),
+		gateway("gw-us", "us", ServiceRecord{Name: "web", Healthy: 1}),
+		drainingGW("gw-ap", "ap", ServiceRecord{Name: "web", Healthy: 1}, ServiceRecord{Name: "api", Healthy: 1}),
+	}
+	s = buildSnapshot(RoleEdge, "eu", nil, wan, fakeMaker{}, nil)
+	want("edge web", s.remote["web"].pick(), "gw-us", "gw-eu", "gw-ap")
+	want("edge api", s.remote["api"].pick(), "gw-eu", "gw-ap")
+	// Nothing but last resorts: they are the candidates.
+	s = buildSnapshot(RoleEdge, "eu", nil, wan[2:], fakeMaker{}, nil)
+	want("edge web, only a draining gateway", s.remote["web"].pick(), "gw-ap")
+	s = buildSnapshot(RoleEdge, "eu", nil, wan[:1], fakeMaker{}, nil)
+	want("edge web, only draining instances", s.remote["web"].pick(), "gw-eu")
+}
+
+// TestSummaryLeavesOutEjected: an instance the gateway ejected (it could
+// not reach it several times in a row) is not counted as healthy in the
+// region's summary, whatever its own record says, so the edges stop
+// choosing a region where nothing can be reached.
+func TestSummaryLeavesOutEjected(t *testing.T) {
+	lan := []member{
+		sidecar("web-1", "eu", "web", 1, StateReady),
+		sidecar("web-2", "eu", "web", 1, StateReady),
+		sidecar("api-1", "eu", "api", 1, StateReady),
+	}
+	ejected := func(svc string, r *NodeRecord) bool { return r.Name != "web-2" }
+	sum := summarize(lan, "eu", ejected)
+	if len(sum) != 2 || sum[0].Name != "api" || sum[0].Healthy != 0 || sum[1].Name != "web" || sum[1].Healthy != 1 {
+		t.Fatalf("summary = %+v, want api 0 and web 1 (web-2)", sum)
 	}
 }

@@ -188,9 +188,13 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	case RoleGateway, RoleSidecar:
 		// Any identity of the trust domain may call; the handler decides
 		// what each identity may ask for.
-		h := &proxy.Handler{Pool: n.pool, Via: via, Logger: n.Logger}
+		// Both say when a request reached no app (SignalRetry), so the
+		// hop before sends it elsewhere; a gateway's upstreams are mesh
+		// peers, whose signal it trusts, a sidecar's is its app.
+		h := &proxy.Handler{Pool: n.pool, Via: via, Logger: n.Logger, SignalRetry: true}
 		if c.Role == RoleGateway {
 			h.Route = n.gatewayRoute
+			h.TrustRetry = true
 		} else {
 			app := &proxy.Upstream{Key: "app|" + c.Upstream, Addr: c.Upstream, Name: "app"}
 			h.Route = func(out *http.Request) ([]*proxy.Upstream, error) {
@@ -212,7 +216,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	if c.Role == RoleSidecar {
-		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Logger: n.Logger}, Logger: n.Logger}
+		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Logger: n.Logger,
+			TrustRetry: true}, Logger: n.Logger}
 		if err := startServer("outbound", n.outSrv); err != nil {
 			return err
 		}
@@ -283,6 +288,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		n.wg.Add(1)
 		go n.healthLoop(bg)
 	}
+	if c.Role == RoleGateway {
+		n.wg.Add(1)
+		go n.summaryLoop(bg)
+	}
 	n.Logger.Info("node started", "id", n.ID(), "mesh", n.advertise)
 	return nil
 }
@@ -294,7 +303,10 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 	c := &n.Config
 	// The edge's chain: request ID → access log → unknown hosts refused →
 	// cache → forward.
-	var h http.Handler = &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Logger: n.Logger}
+	// A gateway that reached no instance says so, and the edge tries the
+	// next region at once (TrustRetry: every upstream of the edge is a
+	// gateway with a verified identity).
+	var h http.Handler = &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Logger: n.Logger, TrustRetry: true}
 	size, _ := parseSize(c.CacheSize)
 	if size > 0 {
 		n.cache = edgeCacheStore(c, size, n.Logger.With("part", "cache"))
@@ -512,12 +524,49 @@ func (n *Node) wanRecord() *NodeRecord {
 	c := &n.Config
 	r := &NodeRecord{Name: c.Name, Role: c.Role, Region: c.Region, MeshAddr: n.advertise, State: n.state()}
 	if c.Role == RoleGateway && n.lan != nil {
-		r.Services = summarize(n.decode(n.lan.Members()), c.Region)
+		r.Services = summarize(n.decode(n.lan.Members()), c.Region, n.instanceEjectedLocked(time.Now()))
 	}
 	if c.Role == RoleEdge {
 		r.Purges = n.recentPurgesLocked(time.Now())
 	}
 	return r
+}
+
+// instanceEjectedLocked reports, for the region summary, whether the
+// gateway has ejected its upstream to an instance at now: it could not be
+// reached (refused, a failed handshake, an app that is gone) several times
+// in a row, so it does not count as healthy, whatever its record says.
+func (n *Node) instanceEjectedLocked(now time.Time) func(svc string, r *NodeRecord) bool {
+	return func(svc string, r *NodeRecord) bool {
+		id, err := tlsmgr.ServiceID(n.td, svc)
+		if err != nil {
+			return false
+		}
+		u := n.upstreams[r.MeshAddr+"|"+id]
+		return u != nil && u.Ejected(now)
+	}
+}
+
+// summaryRefresh is how often a gateway recomputes its region's summary
+// for the global pool: ejection of an instance is no gossip event, and the
+// edges should stop choosing a region with nothing healthy within about
+// this long.
+const summaryRefresh = 500 * time.Millisecond
+
+// summaryLoop republishes a gateway's global record when its summary
+// changed (publish sends only a changed record).
+func (n *Node) summaryLoop(ctx context.Context) {
+	defer n.wg.Done()
+	t := time.NewTicker(summaryRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n.publish()
+		}
+	}
 }
 
 // publish sends the node's records to its pools when they changed.
@@ -733,13 +782,14 @@ func (n *Node) gatewayRoute(out *http.Request) ([]*proxy.Upstream, error) {
 		out.Header.Set(HeaderService, svc)
 	}
 	s := n.snap.Load()
-	if ups := s.local[svc].pick(); len(ups) > 0 {
-		return ups, nil
+	remote := s.remote[svc]
+	if n.peerRole(out) == "gateway" {
+		remote = nil
 	}
-	if n.peerRole(out) != "gateway" {
-		if ups := s.remote[svc].pick(); len(ups) > 0 {
-			return ups, nil
-		}
+	// Local instances first, then other regions; draining instances, here
+	// or there, only when nothing else is left.
+	if ups := pickFirst(s.local[svc], remote); len(ups) > 0 {
+		return ups, nil
 	}
 	now := n.now()
 	if d := s.downFor(svc, now); d != nil || s.known[svc] {
@@ -759,10 +809,7 @@ func (n *Node) outboundRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	}
 	out.Header.Set(HeaderService, svc)
 	s := n.snap.Load()
-	if ups := s.local[svc].pick(); len(ups) > 0 {
-		return ups, nil
-	}
-	if ups := s.gateways.pick(); len(ups) > 0 {
+	if ups := pickFirst(s.local[svc], s.gateways); len(ups) > 0 {
 		return ups, nil
 	}
 	now := n.now()

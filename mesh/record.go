@@ -43,7 +43,11 @@ type ServiceRecord struct {
 	Name    string   `json:"name"`
 	Domains []string `json:"domains,omitempty"`
 	Healthy int      `json:"healthy"`
-	Weight  int      `json:"weight,omitempty"`
+	// Draining counts healthy instances that are draining: they still
+	// serve until their drain delay ends, so a region that has nothing
+	// else is a last resort, not dead (a gateway's summary; 0 elsewhere).
+	Draining int `json:"draining,omitempty"`
+	Weight   int `json:"weight,omitempty"`
 	// Since is when the oldest record behind this one started claiming
 	// the service and its Domains, in Unix milliseconds (a sidecar: when it
 	// started; a gateway: the oldest of its region's instances); 0 when
@@ -122,7 +126,7 @@ func DecodeRecord(b []byte) (*NodeRecord, error) {
 			return nil, fmt.Errorf("record %s: service %s listed twice", r.Name, s.Name)
 		}
 		seen[s.Name] = true
-		if s.Healthy < 0 || s.Weight < 0 || s.Since < 0 {
+		if s.Healthy < 0 || s.Draining < 0 || s.Weight < 0 || s.Since < 0 {
 			return nil, fmt.Errorf("record %s service %s: negative count", r.Name, s.Name)
 		}
 		for _, d := range s.Domains {

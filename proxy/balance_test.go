@@ -108,8 +108,94 @@ func TestPeakEWMA(t *testing.T) {
 		t.Fatalf("after LatencyDecay: %v, want about %v", l, want)
 	}
 	u.inflight.Store(3)
-	if u.Cost() != int64(u.Latency())*4 {
-		t.Fatalf("cost %d, want latency × (in flight + 1)", u.Cost())
+	at := t0.Add(2*time.Millisecond + LatencyDecay)
+	if c := u.CostAt(at); c != int64(u.Latency())*4 {
+		t.Fatalf("cost %d, want latency × (in flight + 1) = %d", c, int64(u.Latency())*4)
+	}
+	// An estimate nobody updates decays toward zero: 1/e per LatencyDecay.
+	if c, want := u.CostAt(at.Add(LatencyDecay)), float64(u.Latency())*4/math.E; math.Abs(float64(c)-want) > want/100 {
+		t.Fatalf("cost after LatencyDecay without samples %d, want about %.0f", c, want)
+	}
+}
+
+// p2c is the choice the catalog's balancer makes between two candidates
+// at now, including the pass-over it reports.
+func p2c(a, b *Upstream, now time.Time) *Upstream {
+	if b.CostAt(now) < a.CostAt(now) {
+		a, b = b, a
+	}
+	b.PassedOver(now)
+	return a
+}
+
+// TestPeakDoesNotStarve: one slow answer (a peak) must not keep an upstream
+// from being measured again while another one answers fast, neither when
+// requests are sparse (time decay) nor when they are dense (pass-over
+// aging); an upstream that is consistently slower still gets nothing.
+// The clock is injected: every step is a request at a chosen time.
+func TestPeakDoesNotStarve(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	run := func(a, b *Upstream, start time.Time, step time.Duration, n int, latency func(*Upstream) time.Duration, pass bool) (first, hitsA int) {
+		now := start
+		first = -1
+		for i := 0; i < n; i++ {
+			w := a
+			if pass {
+				w = p2c(a, b, now)
+			} else if b.CostAt(now) < a.CostAt(now) {
+				w = b
+			}
+			if w == a {
+				hitsA++
+				if first < 0 {
+					first = i
+				}
+			}
+			w.observe(latency(w), now.Add(latency(w)))
+			now = now.Add(step)
+		}
+		return first, hitsA
+	}
+	peaked := func() (a, b *Upstream) {
+		a, b = &Upstream{Name: "a"}, &Upstream{Name: "b"}
+		a.observe(time.Second, t0) // its first answer paid for a slow connection
+		b.observe(time.Millisecond, t0)
+		return a, b
+	}
+	ms := func(*Upstream) time.Duration { return time.Millisecond }
+
+	// Sparse: one request a second, nothing but time at work. a's
+	// second is forgotten when e^(-t/LatencyDecay) < 1/1000: ~69 s.
+	a, b := peaked()
+	if first, _ := run(a, b, t0.Add(time.Second), time.Second, 120, ms, false); first < 0 || first > 80 {
+		t.Fatalf("sparse requests: the peaked upstream was measured again at request %d, want within 80 s", first)
+	}
+	// Dense: a request every 2 ms; pass-overs age a's estimate.
+	a, b = peaked()
+	first, _ := run(a, b, t0.Add(time.Millisecond), 2*time.Millisecond, 40, ms, true)
+	if first < 0 || first > 20 {
+		t.Fatalf("dense requests: the peaked upstream was measured again at request %d, want within 20", first)
+	}
+	// Once measured again, equal upstreams share the requests.
+	if _, hits := run(a, b, t0.Add(time.Second), 2*time.Millisecond, 100, ms, true); hits < 20 || hits > 80 {
+		t.Fatalf("equal upstreams after the peak: a got %d of 100", hits)
+	}
+
+	// Consistently slower: a answered in 10 ms, several times, so its
+	// floor is 10 ms; aging stops there, above b's 1 ms.
+	a, b = &Upstream{Name: "a"}, &Upstream{Name: "b"}
+	for i := 0; i < 5; i++ {
+		a.observe(10*time.Millisecond, t0)
+		b.observe(time.Millisecond, t0)
+	}
+	slow := func(u *Upstream) time.Duration {
+		if u == a {
+			return 10 * time.Millisecond
+		}
+		return time.Millisecond
+	}
+	if _, hits := run(a, b, t0.Add(time.Millisecond), 2*time.Millisecond, 200, slow, true); hits != 0 {
+		t.Fatalf("a 10× slower upstream got %d of 200 dense requests, want 0", hits)
 	}
 }
 

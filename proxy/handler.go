@@ -54,9 +54,26 @@ type Handler struct {
 	// A request moves on to the next candidate only when it certainly did
 	// not reach the upstream (connect or TLS failure), or when it is
 	// idempotent and none of its body was read; never once response
-	// headers arrived and never after a timeout (retrying a slow upstream
+	// headers arrived (unless they carry a trusted retry signal, see
+	// TrustRetry) and never after a timeout (retrying a slow upstream
 	// multiplies its load). Default 3.
 	MaxAttempts int
+	// SignalRetry makes this hop say so when it answers an error because
+	// it could not get the request to any upstream while the request could
+	// still be sent elsewhere (no byte of its body read; every attempt
+	// failed before the upstream could act on it, or the request is
+	// idempotent): the error response carries HeaderRetry, which the hop
+	// before it, when it trusts this one, takes as "try your next
+	// candidate". Set on mesh hops (gateway, sidecar inbound), never on
+	// the public edge. Default false.
+	SignalRetry bool
+	// TrustRetry makes this hop act on HeaderRetry in its upstreams'
+	// responses: such a response is discarded and the request goes to the
+	// next candidate while it may (MaxAttempts, a body not yet read). Set
+	// only when every upstream is a mesh peer whose identity the TLS
+	// handshake verified; otherwise the field is removed from responses,
+	// so that an app cannot forge it. Default false.
+	TrustRetry bool
 	// Logger receives at most one debug record per request, and failures
 	// at warn level with their details (details never go to the client).
 	// Default slog.Default().
@@ -298,7 +315,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		err = errNoUpstream
 	}
 	if err != nil {
-		h.fail(w, r, c, nil, 0, err)
+		h.fail(w, r, c, o, nil, 0, err)
 		return
 	}
 
@@ -310,7 +327,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		u        *Upstream
 		attempts int
 	)
-	for _, cand := range ups {
+	for i, cand := range ups {
 		if attempts == c.maxAttempts {
 			break
 		}
@@ -325,14 +342,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		u.inflight.Add(1)
 		sent := time.Now()
 		resp, err = h.Pool.RoundTrip(u, &o.req)
-		if err != nil {
+		switch {
+		case err != nil:
 			u.inflight.Add(-1)
 			var de *dialError
 			u.reached(!errors.As(err, &de))
-		} else {
+		case resp.Header[HeaderRetry] == nil:
 			u.reached(true)
 			now := time.Now()
 			u.observe(now.Sub(sent), now)
+		case !h.TrustRetry:
+			// Not from a peer that may say so: an app cannot make
+			// meshd retry its requests elsewhere.
+			delete(resp.Header, HeaderRetry)
+			u.reached(true)
+			now := time.Now()
+			u.observe(now.Sub(sent), now)
+		default:
+			// The hop behind u reached no upstream: u failed this
+			// request as if it could not be reached (a dead app, a
+			// region with nothing left), and its fast error must not
+			// look like a fast answer to the balancer.
+			u.reached(false)
+			if attempts == c.maxAttempts || !hasCandidate(ups[i+1:]) || !retryable(r, o, errRetrySignal) {
+				break // its answer is the best there is
+			}
+			u.inflight.Add(-1)
+			discard(resp)
+			resp, err = nil, errRetrySignal
 		}
 		if err == nil || !retryable(r, o, err) {
 			break
@@ -344,7 +381,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		err = errNoUpstream // every candidate was nil
 	}
 	if err != nil {
-		h.fail(w, r, c, u, attempts, err)
+		h.fail(w, r, c, o, u, attempts, err)
 		return
 	}
 
@@ -357,7 +394,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// response header is written. HTTP/2 is always full duplex.
 		_ = rc.EnableFullDuplex()
 	}
-	status := h.respond(w, r, c, rc, resp)
+	status := h.respond(w, r, c, o, rc, resp)
 	if debug {
 		c.logger.Debug("proxy: forwarded",
 			"method", r.Method, "host", r.Host, "path", r.URL.Path,
@@ -365,6 +402,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"duration", time.Since(start))
 	}
 }
+
+// HeaderRetry is the retry signal between mesh hops (see
+// Handler.SignalRetry): "1" on an error response says the hop reached no
+// upstream that could answer and the request may be sent to another
+// candidate: nothing acted on it, or it is idempotent, and no byte of its
+// body was read. It is an X-Mesh-* field, so the public edge drops it in
+// both directions.
+const HeaderRetry = "X-Mesh-Retry"
+
+// errRetrySignal: an upstream hop answered with HeaderRetry.
+var errRetrySignal = errors.New("proxy: the upstream hop could not reach any upstream")
 
 // errNoUpstream: Route returned no candidate and no error.
 var errNoUpstream = &StatusError{Code: http.StatusServiceUnavailable, Msg: "meshd: no upstream available"}
@@ -379,6 +427,11 @@ func retryable(r *http.Request, o *outgoing, err error) bool {
 		// Never connected: the upstream did not see the request.
 		return true
 	}
+	if err == errRetrySignal {
+		// The hop behind the upstream says no app saw it; what this hop
+		// sent can be sent again if none of the body was read.
+		return !o.body.read.Load()
+	}
 	if isTimeout(err) {
 		// The upstream got the request and is slow; sending it to
 		// another one multiplies the load that made it slow.
@@ -388,6 +441,23 @@ func retryable(r *http.Request, o *outgoing, err error) bool {
 	// repeating it has no further effect (RFC 9110 §9.2.2) and no byte of
 	// the body was consumed, so the next upstream sees all of it.
 	return isIdempotent(r.Method) && !o.body.read.Load()
+}
+
+// hasCandidate reports whether ups holds another upstream to try.
+func hasCandidate(ups []*Upstream) bool {
+	for _, u := range ups {
+		if u != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// discard drops a response that will not be forwarded. An error answer is
+// short: reading it to the end lets its connection be reused.
+func discard(resp *http.Response) {
+	_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
+	resp.Body.Close()
 }
 
 // isIdempotent reports RFC 9110 §9.2.2 idempotent methods.
@@ -438,7 +508,7 @@ func classify(ctx context.Context, err error) (int, string) {
 
 // fail answers a request that could not be forwarded. u is the last
 // upstream tried, nil when none was.
-func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig, u *Upstream, attempts int, err error) {
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig, o *outgoing, u *Upstream, attempts int, err error) {
 	code, msg := classify(r.Context(), err)
 	attrs := []any{"method", r.Method, "host", r.Host, "path", r.URL.Path,
 		"status", code, "attempts", attempts, "err", err}
@@ -466,10 +536,19 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig,
 		// why. Hops after this one keep it; a cache in front reads it as
 		// "the origin could not be reached" (RFC 9111 §4.2.4).
 		ps := proxyStatusToken(h.Via) + "; error=" + t
+		if u != nil {
+			ps += "; next-hop=" + sfString(u.name())
+		}
 		if se != nil && se.Details != "" {
 			ps += "; details=" + sfString(se.Details)
 		}
 		w.Header()["Proxy-Status"] = []string{ps}
+	}
+	if h.SignalRetry && (code == http.StatusBadGateway || code == http.StatusServiceUnavailable) &&
+		(attempts == 0 && !o.body.read.Load() || retryable(r, o, err)) {
+		// Nothing upstream acted on it (or repeating it is harmless):
+		// the hop before this one may send it elsewhere.
+		w.Header()[HeaderRetry] = []string{"1"}
 	}
 	if se != nil && se.RetryAfter > 0 {
 		w.Header()["Retry-After"] = []string{strconv.FormatInt(int64((se.RetryAfter+time.Second-1)/time.Second), 10)}
@@ -485,20 +564,34 @@ func proxyStatusError(code int, err error) string {
 	switch {
 	case errors.As(err, &be):
 		return "" // the client's body failed
+	case err == errRetrySignal:
+		return "destination_unavailable"
 	case errors.As(err, &se):
 		if code == http.StatusServiceUnavailable || code == http.StatusBadGateway {
 			return "destination_unavailable"
 		}
 		return ""
 	case isDialError(err):
-		var cve *tls.CertificateVerificationError
+		var (
+			cve   *tls.CertificateVerificationError
+			ce    *certError
+			alert tls.AlertError
+			he    *handshakeError
+		)
 		switch {
 		case errors.Is(err, syscall.ECONNREFUSED):
 			return "connection_refused"
 		case isTimeout(err):
 			return "connection_timeout"
-		case errors.As(err, &cve):
+		case errors.As(err, &cve), errors.As(err, &ce):
+			// The upstream's certificate is not one this hop accepts:
+			// another CA, expired, or not the identity the catalog
+			// expects of it.
 			return "tls_certificate_error"
+		case errors.As(err, &alert):
+			return "tls_alert_received" // the upstream refused the handshake
+		case errors.As(err, &he):
+			return "tls_protocol_error"
 		}
 		return "destination_unavailable"
 	case isTimeout(err):
@@ -568,10 +661,15 @@ func (e *upstreamBodyError) Unwrap() error { return e.err }
 // respond copies resp to w: header without hop-by-hop fields, Via, status,
 // body and trailers. It returns the status for the log. Once the status
 // line is sent no error status is possible, so failures are handled here.
-func (h *Handler) respond(w http.ResponseWriter, r *http.Request, c *handlerConfig, rc *http.ResponseController, resp *http.Response) int {
+func (h *Handler) respond(w http.ResponseWriter, r *http.Request, c *handlerConfig, o *outgoing, rc *http.ResponseController, resp *http.Response) int {
 	defer resp.Body.Close()
 	hdr := w.Header()
 	copyResponseHeader(hdr, resp.Header, h.Public)
+	if hdr[HeaderRetry] != nil && (!h.SignalRetry || !retryable(r, o, errRetrySignal)) {
+		// A trusted hop's signal passed on only when this hop signals
+		// too and the request can still be replayed before it.
+		delete(hdr, HeaderRetry)
+	}
 	hdr["Via"] = appendVia(resp.Header["Via"], c.via(resp.ProtoMajor, resp.ProtoMinor, h.Via))
 	// Announce the upstream's trailers so the server sends them after the
 	// body (RFC 9110 §6.5.2); Go's transport lists their names in

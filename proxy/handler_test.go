@@ -897,6 +897,7 @@ func TestProxyStatus(t *testing.T) {
 	} {
 		addr := startProxy(t, &Handler{Route: fixedRoute(tt.up), Via: "meshd-test", MaxAttempts: 1})
 		resp, _ := rawExchange(t, addr, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+		tt.want += `; next-hop="` + tt.up.Addr + `"` // RFC 9209 §2.1.3: the upstream at fault
 		if resp.StatusCode != 502 || resp.Header.Get("Proxy-Status") != tt.want {
 			t.Errorf("%s: %d, Proxy-Status %q; want 502, %q", tt.name, resp.StatusCode, resp.Header.Get("Proxy-Status"), tt.want)
 		}

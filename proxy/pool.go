@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -202,6 +203,46 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
+// handshakeError marks a failed TLS handshake with an upstream.
+type handshakeError struct {
+	addr string
+	err  error
+}
+
+func (e *handshakeError) Error() string { return "tls handshake with " + e.addr + ": " + e.err.Error() }
+func (e *handshakeError) Unwrap() error { return e.err }
+
+// certError marks a refusal by the configuration's own verification
+// callbacks (VerifyPeerCertificate, VerifyConnection): meshd's mTLS
+// configurations check the peer's SPIFFE ID and chain there, so their
+// errors are not crypto/tls's *CertificateVerificationError, yet they say
+// the same thing: the peer's certificate is not acceptable.
+type certError struct{ err error }
+
+func (e *certError) Error() string { return e.err.Error() }
+func (e *certError) Unwrap() error { return e.err }
+
+// markCertErrors wraps cfg's verification callbacks so that their errors
+// are certErrors.
+func markCertErrors(cfg *tls.Config) {
+	if f := cfg.VerifyPeerCertificate; f != nil {
+		cfg.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+			if err := f(raw, chains); err != nil {
+				return &certError{err: err}
+			}
+			return nil
+		}
+	}
+	if f := cfg.VerifyConnection; f != nil {
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if err := f(cs); err != nil {
+				return &certError{err: err}
+			}
+			return nil
+		}
+	}
+}
+
 // isDialError reports whether err says the request never left this node.
 func isDialError(err error) bool {
 	var de *dialError
@@ -251,6 +292,7 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 		return uc
 	}
 	cfg := u.TLS.Clone()
+	markCertErrors(cfg)
 	h2 := p.HTTP2 && !u.HTTP1
 	if h2 {
 		protocols.SetHTTP2(true)
@@ -281,7 +323,7 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 		tc := tls.Client(raw, c)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			raw.Close()
-			return nil, &dialError{err: fmt.Errorf("tls handshake with %s: %w", addr, err)}
+			return nil, &dialError{err: &handshakeError{addr: addr, err: err}}
 		}
 		return tc, nil
 	}

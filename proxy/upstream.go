@@ -38,16 +38,47 @@ type Upstream struct {
 	inflight   atomic.Int64 // requests forwarded and not finished
 	failStreak atomic.Int32 // consecutive attempts that could not reach it
 	lastFail   atomic.Int64 // unix nanoseconds of the last such attempt
-	ewma       atomic.Int64 // peak EWMA of the time to a response header, ns
+	ewma       atomic.Int64 // peak EWMA of the time to a response header, ns, as of ewmaAt
 	ewmaAt     atomic.Int64 // unix nanoseconds of its last update
+	floor      atomic.Int64 // lowest recent time to a response header, ns (see observe)
+	samples    atomic.Int32 // answers measured, up to floorAfter
 }
 
 // LatencyDecay is the time constant of the latency estimate: a sample
-// older by LatencyDecay weighs 1/e of a new one. A slower sample than the
-// estimate replaces it at once (peak EWMA, as Finagle's and Linkerd's
-// balancers do), so an upstream that slows down sheds load immediately and
-// wins it back over about LatencyDecay.
+// older by LatencyDecay weighs 1/e of a new one, and an estimate not
+// updated for LatencyDecay has decayed to 1/e of its value (toward zero,
+// as Finagle's and Linkerd's peak EWMA do), so an upstream that gets no
+// traffic looks cheaper as time passes and is measured again. A slower
+// sample than the estimate replaces it at once, so an upstream that slows
+// down sheds load immediately and wins it back over about LatencyDecay.
 const LatencyDecay = 10 * time.Second
+
+// Aging of an upstream a balancer passes over (PassedOver). Time alone
+// is too slow for this: at a thousand requests a second, ten seconds of
+// decay is ten thousand requests, and two equal instances, one of which
+// had a single slow answer (its first, which paid for the connection, or
+// one that met a GC pause), would not share any of them.
+//
+// So each pass-over takes half of the distance between the estimate and
+// the upstream's floor: the lowest time to an answer it has shown
+// recently. A spike is forgotten after a few pass-overs, while an upstream
+// that is consistently slower keeps an estimate at its own floor, above
+// the faster one's, and gets almost nothing but what time decay and the
+// other's own slow answers give it. The floor is trusted once it rests on
+// floorAfter answers; before that the estimate ages toward zero.
+const (
+	passOverShift = 1 // each pass-over keeps 1/2 of the distance to the floor
+	floorRise     = 3 // a sample above the floor raises it by at most 1/8 of itself
+	floorAfter    = 3
+)
+
+// decayed is the estimate e (as of at, unix ns) at now: e·exp(-Δt/LatencyDecay).
+func decayed(e, at, now int64) int64 {
+	if e == 0 || now <= at {
+		return e
+	}
+	return int64(float64(e) * math.Exp(-float64(now-at)/float64(LatencyDecay)))
+}
 
 // observe folds the time to one response header into the estimate. Two
 // requests finishing at once may lose one of their samples: the estimate
@@ -59,30 +90,73 @@ func (u *Upstream) observe(d time.Duration, now time.Time) {
 		sample = 1
 	}
 	next := sample
-	if prev != 0 && sample < prev {
+	if cur := decayed(prev, prevAt, at); prev != 0 && sample < cur {
 		w := math.Exp(-float64(at-prevAt) / float64(LatencyDecay))
 		next = int64(float64(prev)*w + float64(sample)*(1-w))
 	}
 	u.ewma.Store(next)
 	u.ewmaAt.Store(at)
+
+	// The floor falls to a faster sample at once and rises by at most an
+	// eighth of itself per slower one: a single spike barely moves it, an
+	// upstream that stays slow raises it within a few dozen answers.
+	f := u.floor.Load()
+	switch {
+	case f == 0 || sample < f:
+		f = sample
+	default:
+		f += min(sample-f, f) >> floorRise
+	}
+	u.floor.Store(f)
+	if u.samples.Load() < floorAfter {
+		u.samples.Add(1)
+	}
 }
 
-// Latency is the peak-EWMA estimate of the time u takes to answer, 0
-// before its first answer.
+// PassedOver records that a balancer chose another upstream over u at
+// now: the estimate ages toward u's floor (see passOverShift), so an
+// upstream that once answered slowly is measured again after a few
+// requests went elsewhere instead of being starved while its estimate
+// cannot change. Balancers that compare candidates call it on the ones
+// they did not choose.
+func (u *Upstream) PassedOver(now time.Time) {
+	e := u.ewma.Load()
+	if e == 0 {
+		return // never measured: it costs nothing while idle anyway
+	}
+	at := now.UnixNano()
+	e = decayed(e, u.ewmaAt.Load(), at)
+	var f int64
+	if u.samples.Load() >= floorAfter {
+		f = u.floor.Load()
+	}
+	if e > f {
+		e = max(f+(e-f)>>passOverShift, 1)
+	}
+	u.ewma.Store(e)
+	u.ewmaAt.Store(at)
+}
+
+// Latency is the peak-EWMA estimate of the time u takes to answer as of
+// its last update (an answer or a pass-over), 0 before its first answer.
 func (u *Upstream) Latency() time.Duration { return time.Duration(u.ewma.Load()) }
 
-// Cost is what a latency-aware balancer compares: the latency estimate
-// times the requests in flight plus one, so that both a slow upstream and
-// a busy one cost more. An upstream never measured costs nothing while
-// idle, so it gets tried, and a second of latency per request in flight
-// otherwise, so a new instance gets one request at a time until its first
-// answer, never a herd.
-func (u *Upstream) Cost() int64 {
+// Cost is CostAt(time.Now()).
+func (u *Upstream) Cost() int64 { return u.CostAt(time.Now()) }
+
+// CostAt is what a latency-aware balancer compares at now: the latency
+// estimate, decayed for the time since its last update, times the
+// requests in flight plus one, so that both a slow upstream and a busy one
+// cost more. An upstream never measured costs nothing while idle, so it
+// gets tried, and a second of latency per request in flight otherwise, so
+// a new instance gets one request at a time until its first answer, never
+// a herd.
+func (u *Upstream) CostAt(now time.Time) int64 {
 	e, n := u.ewma.Load(), u.inflight.Load()
 	if e == 0 {
 		return n * int64(time.Second)
 	}
-	return e * (n + 1)
+	return max(decayed(e, u.ewmaAt.Load(), now.UnixNano()), 1) * (n + 1)
 }
 
 // Passive outlier ejection: an upstream that could not be reached
