@@ -12,7 +12,7 @@
 #   knobs: DURATION RATES SAT_DURATION SAT_WORKERS OVERLOAD OVER_DURATION
 #          RECOVERY_WAIT RECOVERY_RATE CHECK_RATE NEIGHBOURS TIMEOUT WARMUP
 #          MAX_CONNS_PER_IP SKIP_NGINX SKIP_HAPROXY SKIP_FULL SKIP_PAIR
-#          SKIP_OVERLOAD SKIP_NEIGHBOUR MESHD MESHD_LOG_LEVEL KEEP QUICK
+#          SKIP_OVERLOAD SKIP_NEIGHBOUR SCHEME MESHD MESHD_LOG_LEVEL KEEP QUICK
 set -euo pipefail
 
 QUICK="${QUICK:-0}"
@@ -30,10 +30,12 @@ CHECK_RATE="${CHECK_RATE:-1000}"            # the rate whose p99 and RSS the tar
 NEIGHBOURS="${NEIGHBOURS:-1}"               # CPU-bound busy loops of the neighbour phase
 TIMEOUT="${TIMEOUT:-2s}"                    # vegeta -timeout per request
 MAX_CONNS_PER_IP="${MAX_CONNS_PER_IP:--1}"  # the edge's --max-conns-per-ip (empty: meshd's default)
+SCHEME="${SCHEME:-https}"                   # https (as edge-tls.sh) or http: client -> nginx, HAProxy, edge
 RECOVERY_FACTOR=2                           # recovery p99 <= this × the quiet p99 at RECOVERY_RATE
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+[[ $SCHEME == https || $SCHEME == http ]] || { echo "SCHEME must be https or http, not $SCHEME" >&2; exit 2; }
 setup
 MACHINE="$(machine_line)"
 need curl:curl openssl:openssl nginx:nginx haproxy:haproxy
@@ -70,8 +72,11 @@ start meshd-client "$WORK/bin/meshd" run --role sidecar --name client-1 --servic
 CL_PID=$PID
 wait_ok "client sidecar /readyz" "$CL_PID" meshd-client "http://127.0.0.1:$CL_ADMIN/readyz"
 
-# nginx: TLS terminator in front of the app, as in edge-tls.sh.
+# nginx: TLS terminator in front of the app, as in edge-tls.sh (or a
+# plain HTTP proxy with SCHEME=http).
 self_signed server
+NGINX_PORT=$NGINX_HTTPS NGINX_TLS=" ssl http2"
+[[ $SCHEME == https ]] || NGINX_TLS=""
 mkdir -p "$WORK/nginx"
 {
 nginx_conf_head
@@ -82,7 +87,7 @@ cat <<EOF
 		keepalive_requests 1000000;
 	}
 	server {
-		listen 127.0.0.1:$NGINX_HTTPS ssl http2;
+		listen 127.0.0.1:$NGINX_PORT$NGINX_TLS;
 		server_name $HOST;
 		ssl_certificate $WORK/tls/server.crt;
 		ssl_certificate_key $WORK/tls/server.key;
@@ -106,6 +111,8 @@ EOF
 # threads by default one per core, no log, as many connections as the
 # file limit allows (two descriptors each: client and app).
 mkdir -p "$WORK/haproxy"
+HAPROXY_TLS=" ssl crt $WORK/tls/server.pem alpn h2,http/1.1"
+[[ $SCHEME == https ]] || HAPROXY_TLS=""
 cat >"$WORK/haproxy/haproxy.cfg" <<EOF
 global
 	maxconn $((NOFILE / 2 - 100))
@@ -120,7 +127,7 @@ defaults
 	timeout server 60s
 	timeout http-keep-alive 60s
 frontend web
-	bind 127.0.0.1:$HAPROXY_HTTPS ssl crt $WORK/tls/server.pem alpn h2,http/1.1
+	bind 127.0.0.1:$HAPROXY_HTTPS$HAPROXY_TLS
 	default_backend app
 backend app
 	server app 127.0.0.1:$ORIGIN_PORT
@@ -133,16 +140,20 @@ if [[ "${SKIP_HAPROXY:-0}" != 1 ]]; then
 fi
 
 # The targets: URL, vegeta arguments (words), processes whose CPU counts,
-# the process that must stay alive. Every TLS target is called by name
-# (SNI web.localhost) with vegeta's -connect-to pointing it at 127.0.0.1.
+# the process that must stay alive. nginx, HAProxy and the edge are called
+# by name (SNI and Host web.localhost) with vegeta's -connect-to pointing
+# the name at 127.0.0.1; with SCHEME=http on the same ports, except the
+# edge, which has a port of its own for plain HTTP.
+MESHD_PUBLIC=$MESHD_HTTPS
+[[ $SCHEME == https ]] || MESHD_PUBLIC=$MESHD_HTTP
 TARGETS=()
 declare -A URL VARGS SPIDS MAINPID
 add_target() { TARGETS+=("$1"); URL[$1]=$2; VARGS[$1]=$3; SPIDS[$1]=$4; MAINPID[$1]=$5; }
-tls_url() { echo "https://$HOST:$1$TARGET"; }
+tls_url() { echo "$SCHEME://$HOST:$1$TARGET"; }
 tls_args() { echo "-connect-to $HOST:$1:127.0.0.1:$1"; }
 [[ "${SKIP_NGINX:-0}" == 1 ]] || add_target nginx "$(tls_url "$NGINX_HTTPS")" "$(tls_args "$NGINX_HTTPS")" "$NGINX_PID" "$NGINX_PID"
 [[ "${SKIP_HAPROXY:-0}" == 1 ]] || add_target haproxy "$(tls_url "$HAPROXY_HTTPS")" "$(tls_args "$HAPROXY_HTTPS")" "$HAPROXY_PID" "$HAPROXY_PID"
-[[ "${SKIP_FULL:-0}" == 1 ]] || add_target meshd-full "$(tls_url "$MESHD_HTTPS")" "$(tls_args "$MESHD_HTTPS")" "$EDGE_PID $GW_PID $SC_PID" "$EDGE_PID"
+[[ "${SKIP_FULL:-0}" == 1 ]] || add_target meshd-full "$(tls_url "$MESHD_PUBLIC")" "$(tls_args "$MESHD_PUBLIC")" "$EDGE_PID $GW_PID $SC_PID" "$EDGE_PID"
 [[ "${SKIP_PAIR:-0}" == 1 ]] || add_target meshd-pair "http://127.0.0.1:$CL_OUTBOUND$TARGET" "-header Host:web.mesh" "$CL_PID $SC_PID" "$CL_PID"
 ((${#TARGETS[@]})) || die "every target is skipped"
 
@@ -281,8 +292,8 @@ rss() { awk -v w="$1" -v n="$2" '$1 == w && $2 == n { v = $3 } END { print (v ==
 p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 {
 	echo "load: GET $TARGET (1 KiB, Cache-Control: no-store), vegeta $VEGETA_VERSION over HTTP/1.1, -timeout $TIMEOUT, all on 127.0.0.1"
-	echo "  nginx, haproxy = TLS terminator -> app (one hop)"
-	echo "  meshd-full = edge (HTTPS, cache off) -> gateway -> sidecar -> app, mTLS between the hops"
+	echo "  nginx, haproxy = $SCHEME -> proxy -> app (one hop)"
+	echo "  meshd-full = $SCHEME -> edge (cache off) -> gateway -> sidecar -> app, mTLS between the hops"
 	echo "  meshd-pair = client app (plain HTTP, Host web.mesh) -> client sidecar's outbound listener -> mTLS -> server sidecar -> app"
 	echo "  steps of ${DURATION}s, targets interleaved per step; overload ${OVERLOAD}x the closed-loop rate of $SAT_WORKERS workers;"
 	echo "  neighbour = $NEIGHBOURS CPU-bound busy loop(s) running beside the whole phase; CPU = utime+stime of the target's processes per request"
@@ -328,7 +339,7 @@ p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 	done
 	echo
 	echo "targets"
-	check() { printf '  %-62s %-22s %s\n' "$1" "$2" "$3"; }
+	check() { printf '  %-64s %-34s %s\n' "$1" "$2" "$3"; }
 	# is COND VALUES...: pass or FAIL by an awk condition over a, b, c, or
 	# "-" when any value is missing (a skipped target or phase).
 	is() {
