@@ -9,7 +9,7 @@
 #
 #   sudo bench/load.sh               # about 9 min: 10 s per step
 #   sudo QUICK=1 bench/load.sh       # smoke run, about 2 min: 2 s per step
-#   knobs: DURATION RATES SAT_DURATION SAT_WORKERS OVERLOAD OVER_DURATION
+#   knobs: DURATION RATES SAT_DURATION SAT_WORKERS OVERLOAD OVER_DURATION OVER_WORKERS
 #          RECOVERY_WAIT RECOVERY_RATE CHECK_RATE NEIGHBOURS TIMEOUT WARMUP
 #          MAX_CONNS_PER_IP SKIP_NGINX SKIP_HAPROXY SKIP_FULL SKIP_PAIR
 #          SKIP_OVERLOAD SKIP_NEIGHBOUR SCHEME MESHD MESHD_LOG_LEVEL KEEP QUICK
@@ -24,6 +24,7 @@ SAT_DURATION="${SAT_DURATION:-$((step / 2))}" # seconds of the closed-loop satur
 SAT_WORKERS="${SAT_WORKERS:-50}"            # its concurrent requests (vegeta -max-workers)
 OVERLOAD="${OVERLOAD:-2}"                   # offered rate = OVERLOAD × saturation rate
 OVER_DURATION="${OVER_DURATION:-$step}"     # seconds of the overload step
+OVER_WORKERS="${OVER_WORKERS:-1000}"        # most requests in flight then (vegeta -max-workers; 0: no bound)
 RECOVERY_WAIT="${RECOVERY_WAIT:-5}"         # seconds between overload and recovery
 RECOVERY_RATE="${RECOVERY_RATE:-1000}"      # req/s of the recovery step
 CHECK_RATE="${CHECK_RATE:-1000}"            # the rate whose p99 and RSS the targets check
@@ -263,7 +264,9 @@ if [[ "${SKIP_OVERLOAD:-0}" != 1 ]]; then
 	for t in $(order 1); do
 		offered=$(awk -v s="${SAT[$t]}" -v f="$OVERLOAD" 'BEGIN { printf "%d", s * f + 0.5 }')
 		log "overload $t: $offered req/s (${OVERLOAD}x its saturation rate ${SAT[$t]}) for ${OVER_DURATION}s, then ${RECOVERY_RATE} req/s after ${RECOVERY_WAIT}s"
-		run "over/$t" "$t" "$OVER_DURATION" "$offered"
+		bound=()
+		((OVER_WORKERS > 0)) && bound=(-max-workers="$OVER_WORKERS")
+		run "over/$t" "$t" "$OVER_DURATION" "$offered" ${bound[@]+"${bound[@]}"}
 		echo "over/$t $offered" >>"$WORK/offered"
 		sleep "$RECOVERY_WAIT"
 		run "recovery/$t" "$t" "$DURATION" "$RECOVERY_RATE"
@@ -316,7 +319,8 @@ p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 	done
 	if [[ "${SKIP_OVERLOAD:-0}" != 1 ]]; then
 		echo
-		echo "overload: saturation = 2xx/s of $SAT_WORKERS closed-loop workers (${SAT_DURATION}s); then ${OVERLOAD}x that offered for ${OVER_DURATION}s;"
+		echo "overload: saturation = 2xx/s of $SAT_WORKERS closed-loop workers (${SAT_DURATION}s); then ${OVERLOAD}x that offered for ${OVER_DURATION}s"
+		echo "  with at most $OVER_WORKERS requests in flight (0: no bound; sent/s below offered: vegeta waited for a free worker);"
 		echo "  goodput = 2xx/s completed in the step; p99 ans = p99 of the answered requests; refused = answers that are not 2xx;"
 		echo "  recovery = $RECOVERY_RATE req/s for ${DURATION}s, ${RECOVERY_WAIT}s after the overload (its p99 over every request)"
 		printf '%-11s %8s %8s %8s %8s %6s %8s %8s %7s  %-24s %8s %6s\n' target "sat/s" "offered" "sent/s" "goodput" "g/sat" \
@@ -375,6 +379,14 @@ p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 	for n in sidecar-web sidecar-client; do
 		check "$n RSS idle: <= 20 MiB" "$(rss idle "$n") MiB" "$(is "a <= 20" "$(rss idle "$n")")"
 		check "$n RSS after $CHECK_RATE req/s: <= 40 MiB" "$(rss "after-$CHECK_RATE" "$n") MiB" "$(is "a <= 40" "$(rss "after-$CHECK_RATE" "$n")")"
+	done
+	echo
+	echo "meshd log records during the run (level ${MESHD_LOG_LEVEL:-warn} and above), most frequent messages per node:"
+	for n in edge gw sidecar client; do
+		logf="$WORK/logs/meshd-$n.log"
+		[[ -s "$logf" ]] || { echo "  $n: none"; continue; }
+		sed -E 's/^time=[^ ]+ //; s/(from|addr)=[^ ]*//g; s/127\.0\.0\.1:[0-9]+//g; s/[0-9]+(\.[0-9]+)?(ms|s|µs)\b/N\2/g' "$logf" |
+			cut -c1-160 | sort | uniq -c | sort -rn | head -n 4 | sed "s/^/  $n: /"
 	done
 	echo
 	echo "samples (key requests ok refused no_answer goodput/s p50 p90 p99 max p99_answered p99_refused codes cpu_us/req):"
