@@ -508,18 +508,36 @@ parse_vegeta() {
 	echo "$head $all $(cut -d' ' -f3 <<<"$ans") $(cut -d' ' -f3 <<<"$ref") $codes"
 }
 
+# waited_ticks VAR sets VAR to the CPU (utime+stime in clock ticks:
+# cutime and cstime of /proc/PID/stat) of the child processes this shell
+# has waited for so far. It sets a variable rather than printing, since
+# $(waited_ticks) would read the stat of the subshell it forks.
+waited_ticks() {
+	local me=$BASHPID stat rest w
+	stat="$(cat "/proc/$me/stat")"
+	rest="${stat##*) }"
+	# rest starts at field 3 (state); cutime and cstime are fields 16 and 17.
+	read -r -a w <<<"$rest"
+	printf -v "$1" '%d' $((w[13] + w[14]))
+}
+
 # attack OUT SECONDS RATE URL [VEGETA ARGS...] runs one vegeta attack over
 # HTTP/1.1 (TLS certificates not verified, bodies not kept, TIMEOUT per
 # request, default 2s) into OUT.bin and OUT.csv and prints parse_vegeta's
-# line. RATE is requests per second (open loop), or 0 with -max-workers N
-# for N workers as fast as each is answered (closed loop).
+# line followed by the CPU vegeta used (clock ticks). RATE is requests per
+# second (open loop), or 0 with -max-workers N for N workers as fast as
+# each is answered (closed loop). Run it in a subshell ($(attack ...)),
+# so the CPU is vegeta's alone.
 attack() {
-	local out=$1 secs=$2 rate=$3 url=$4
+	local out=$1 secs=$2 rate=$3 url=$4 t0 gen
 	shift 4
+	waited_ticks t0
 	echo "GET $url" | "$VEGETA" attack -rate="$rate/1s" -duration="${secs}s" -timeout="${TIMEOUT:-2s}" \
 		-insecure -http2=false -max-body=0 -output="$out.bin" "$@" 2>"$out.err" ||
 		die "vegeta attack of $url failed: $(tail -n 5 "$out.err")"
+	waited_ticks gen
+	gen=$((gen - t0))
 	"$VEGETA" encode --to csv --output "$out.csv" "$out.bin" 2>>"$out.err" ||
 		die "vegeta encode of $out.bin failed: $(tail -n 5 "$out.err")"
-	parse_vegeta "$out.csv" "$secs" || die "no vegeta results in $out.csv (attack of $url)"
+	echo "$(parse_vegeta "$out.csv" "$secs" || die "no vegeta results in $out.csv (attack of $url)") $gen"
 }

@@ -434,3 +434,26 @@ func TestStopRSS(t *testing.T) {
 		t.Errorf("rss_mib of a stopped process = %q, want -", f[5])
 	}
 }
+
+// TestWaitedTicks: the CPU of waited-for children is counted once they
+// have exited and been waited for, in the subshell that waited.
+func TestWaitedTicks(t *testing.T) {
+	out, err := lib(t, t.TempDir(), `
+		x=$( waited_ticks t0
+			bash -c 'end=$((SECONDS + 2)); while ((SECONDS < end)); do :; done'
+			waited_ticks t1
+			echo "$t0 $t1" )
+		echo "$x"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(out)
+	if len(f) != 2 {
+		t.Fatalf("output %q", out)
+	}
+	a, _ := strconv.Atoi(f[0])
+	b, _ := strconv.Atoi(f[1])
+	if b <= a {
+		t.Errorf("waited ticks did not grow after a CPU-burning child: %d then %d", a, b)
+	}
+}

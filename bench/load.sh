@@ -208,10 +208,11 @@ order() {
 }
 
 # run KEY TARGET SECONDS RATE [VEGETA ARGS...] runs one attack and appends
-# "KEY <parse_vegeta fields> CPU_US/REQ" to $WORK/load-samples.
+# "KEY <parse_vegeta fields> CPU_US/REQ GEN_CORES" to $WORK/load-samples:
+# the CPU of the target's processes per request, and the cores vegeta used.
 : >"$WORK/load-samples"
 run() {
-	local key=$1 t=$2 secs=$3 rate=$4 res t0 t1 n cpu pids extra
+	local key=$1 t=$2 secs=$3 rate=$4 res t0 t1 n cpu gen pids extra
 	shift 4
 	read -r -a pids <<<"${SPIDS[$t]}"
 	read -r -a extra <<<"${VARGS[$t]}"
@@ -220,7 +221,9 @@ run() {
 	t1="$(ticks "${pids[@]}")"
 	n="${res%% *}"
 	cpu="$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", n ? d * 1e6 / hz / n : 0 }')"
-	echo "$key $res $cpu" >>"$WORK/load-samples"
+	gen="$(awk -v g="${res##* }" -v hz="$CLK_TCK" -v s="$secs" 'BEGIN { printf "%.2f", g / hz / s }')"
+	res="${res% *}"
+	echo "$key $res $cpu $gen" >>"$WORK/load-samples"
 	# shellcheck disable=SC2086 # res is a list of fields
 	set -- $res
 	log "$(printf '%-28s %6s req  %6s 2xx  %5s refused  %5s no answer  p99 %8s ms  (answers %s ms)' "$key" "$1" "$2" "$3" "$4" "$8" "${10}")"
@@ -229,13 +232,14 @@ run() {
 
 # get KEY FIELD prints one field of a sample (2 requests, 3 ok, 4 refused,
 # 5 no answer, 6 goodput/s, 7 p50, 8 p90, 9 p99, 10 max, 11 answered p99,
-# 12 refused p99, 13 codes, 14 CPU µs/req), or "-" when there is none.
+# 12 refused p99, 13 codes, 14 CPU µs/req, 15 vegeta's cores), or "-"
+# when there is none.
 get() { awk -v k="$1" -v f="$2" '$1 == k { v = $f } END { print (v == "" ? "-" : v) }' "$WORK/load-samples"; }
 
 log "warm-up: ${WARMUP}s per target at 500 req/s"
 for t in "${TARGETS[@]}"; do
 	read -r -a extra <<<"${VARGS[$t]}"
-	attack "$WORK/out/warm-$t" "$WARMUP" 500 "${URL[$t]}" "${extra[@]}" >/dev/null || exit 1
+	_="$(attack "$WORK/out/warm-$t" "$WARMUP" 500 "${URL[$t]}" "${extra[@]}")" || exit 1
 done
 
 # steady PHASE runs every rate through every target, interleaved.
@@ -299,21 +303,22 @@ p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 	echo "  meshd-full = $SCHEME -> edge (cache off) -> gateway -> sidecar -> app, mTLS between the hops"
 	echo "  meshd-pair = client app (plain HTTP, Host web.mesh) -> client sidecar's outbound listener -> mTLS -> server sidecar -> app"
 	echo "  steps of ${DURATION}s, targets interleaved per step; overload ${OVERLOAD}x the closed-loop rate of $SAT_WORKERS workers;"
-	echo "  neighbour = $NEIGHBOURS CPU-bound busy loop(s) running beside the whole phase; CPU = utime+stime of the target's processes per request"
+	echo "  neighbour = $NEIGHBOURS CPU-bound busy loop(s) running beside the whole phase; CPU = utime+stime of the target's processes per request;"
+	echo "  gen = cores vegeta itself used during the step (it runs on the same machine)"
 	echo "  $MACHINE"
 	echo "  $(versions_line nginx haproxy vegeta)"
 	echo
 	echo "open loop (latency over every request, ms; errors = non-2xx + no answer; p99x = p99 / nginx's p99 in the same phase and rate)"
-	printf '%-9s %5s %-11s %8s %8s %8s %8s %8s %7s %7s %9s\n' phase rate target "sent/s" p50 p90 p99 max errors p99x "CPU µs/r"
+	printf '%-9s %5s %-11s %8s %8s %8s %8s %8s %7s %7s %9s %5s\n' phase rate target "sent/s" p50 p90 p99 max errors p99x "CPU µs/r" gen
 	for phase in quiet neighbour; do
 		for rate in $RATES; do
 			for t in "${TARGETS[@]}"; do
 				k="$phase/$rate/$t"
 				[[ "$(get "$k" 2)" == - ]] && continue
-				printf '%-9s %5s %-11s %8.0f %8s %8s %8s %8s %7d %7s %9s\n' "$phase" "$rate" "$t" \
+				printf '%-9s %5s %-11s %8.0f %8s %8s %8s %8s %7d %7s %9s %5s\n' "$phase" "$rate" "$t" \
 					"$(awk -v n="$(get "$k" 2)" -v d="$DURATION" 'BEGIN { print n / d }')" \
 					"$(get "$k" 7)" "$(get "$k" 8)" "$(get "$k" 9)" "$(get "$k" 10)" \
-					$(($(get "$k" 4) + $(get "$k" 5))) "$(p99x "$phase/$rate" "$t")x" "$(get "$k" 14)"
+					$(($(get "$k" 4) + $(get "$k" 5))) "$(p99x "$phase/$rate" "$t")x" "$(get "$k" 14)" "$(get "$k" 15)"
 			done
 		done
 	done
@@ -323,16 +328,16 @@ p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 		echo "  with at most $OVER_WORKERS requests in flight (0: no bound; sent/s below offered: vegeta waited for a free worker);"
 		echo "  goodput = 2xx/s completed in the step; p99 ans = p99 of the answered requests; refused = answers that are not 2xx;"
 		echo "  recovery = $RECOVERY_RATE req/s for ${DURATION}s, ${RECOVERY_WAIT}s after the overload (its p99 over every request)"
-		printf '%-11s %8s %8s %8s %8s %6s %8s %8s %7s  %-24s %8s %6s\n' target "sat/s" "offered" "sent/s" "goodput" "g/sat" \
-			"p99 ans" "p99 ref" "no ans" codes "rec p99" "rec er"
+		printf '%-11s %8s %8s %8s %8s %6s %8s %8s %7s  %-24s %5s %8s %6s\n' target "sat/s" "offered" "sent/s" "goodput" "g/sat" \
+			"p99 ans" "p99 ref" "no ans" codes gen "rec p99" "rec er"
 		for t in "${TARGETS[@]}"; do
 			k="over/$t"
-			printf '%-11s %8s %8s %8.0f %8s %6s %8s %8s %6.1f%%  %-24s %8s %6d\n' "$t" "${SAT[$t]}" \
+			printf '%-11s %8s %8s %8.0f %8s %6s %8s %8s %6.1f%%  %-24s %5s %8s %6d\n' "$t" "${SAT[$t]}" \
 				"$(awk -v k="$k" '$1 == k { print $2 }' "$WORK/offered")" \
 				"$(awk -v n="$(get "$k" 2)" -v d="$OVER_DURATION" 'BEGIN { print n / d }')" \
 				"$(get "$k" 6)" "$(ratio "$(get "$k" 6)" "${SAT[$t]}")" "$(get "$k" 11)" "$(get "$k" 12)" \
 				"$(awk -v a="$(get "$k" 5)" -v n="$(get "$k" 2)" 'BEGIN { print n ? 100 * a / n : 0 }')" \
-				"$(get "$k" 13)" "$(get "recovery/$t" 9)" $(($(get "recovery/$t" 4) + $(get "recovery/$t" 5)))
+				"$(get "$k" 13)" "$(get "$k" 15)" "$(get "recovery/$t" 9)" $(($(get "recovery/$t" 4) + $(get "recovery/$t" 5)))
 		done
 	fi
 	echo
@@ -389,7 +394,7 @@ p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 			cut -c1-160 | sort | uniq -c | sort -rn | head -n 4 | sed "s/^/  $n: /"
 	done
 	echo
-	echo "samples (key requests ok refused no_answer goodput/s p50 p90 p99 max p99_answered p99_refused codes cpu_us/req):"
+	echo "samples (key requests ok refused no_answer goodput/s p50 p90 p99 max p99_answered p99_refused codes cpu_us/req gen_cores):"
 	sed 's/^/  /' "$WORK/load-samples"
 } | tee "$RESULT"
 echo
