@@ -10,7 +10,7 @@
 #   sudo bench/load.sh               # about 9 min: 10 s per step
 #   sudo QUICK=1 bench/load.sh       # smoke run, about 2 min: 2 s per step
 #   knobs: DURATION RATES SAT_DURATION SAT_WORKERS OVERLOAD OVER_DURATION OVER_WORKERS
-#          RECOVERY_WAIT RECOVERY_RATE CHECK_RATE NEIGHBOURS TIMEOUT WARMUP
+#          RECOVERY_WAIT RECOVERY_RATE CHECK_RATE NEIGHBOURS TIMEOUT WARMUP IDLE_SECONDS
 #          MAX_CONNS_PER_IP SKIP_NGINX SKIP_HAPROXY SKIP_FULL SKIP_PAIR
 #          SKIP_OVERLOAD SKIP_NEIGHBOUR SCHEME MESHD MESHD_LOG_LEVEL KEEP QUICK
 set -euo pipefail
@@ -200,6 +200,20 @@ rss_all() {
 : >"$WORK/rss"
 rss_all idle
 
+# The CPU each target burns without load (meshd: gossip, health checks,
+# timers), so CPU per request at low rates can be read net of it.
+IDLE_SECONDS="${IDLE_SECONDS:-3}"
+declare -A IDLE0 IDLE_CORES
+for t in "${TARGETS[@]}"; do
+	read -r -a pids <<<"${SPIDS[$t]}"
+	IDLE0[$t]="$(ticks "${pids[@]}")"
+done
+sleep "$IDLE_SECONDS"
+for t in "${TARGETS[@]}"; do
+	read -r -a pids <<<"${SPIDS[$t]}"
+	IDLE_CORES[$t]="$(awk -v d=$(($(ticks "${pids[@]}") - IDLE0[$t])) -v hz="$CLK_TCK" -v s="$IDLE_SECONDS" 'BEGIN { printf "%.3f", d / hz / s }')"
+done
+
 # order I prints the targets rotated by I, so no target always runs first
 # (right after a pause) or last in a step.
 order() {
@@ -305,6 +319,9 @@ p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 	echo "  steps of ${DURATION}s, targets interleaved per step; overload ${OVERLOAD}x the closed-loop rate of $SAT_WORKERS workers;"
 	echo "  neighbour = $NEIGHBOURS CPU-bound busy loop(s) running beside the whole phase; CPU = utime+stime of the target's processes per request;"
 	echo "  gen = cores vegeta itself used during the step (it runs on the same machine)"
+	idle=""
+	for t in "${TARGETS[@]}"; do idle+="$t ${IDLE_CORES[$t]}, "; done
+	echo "  cores used without load (${IDLE_SECONDS}s before the warm-up): ${idle%, }"
 	echo "  $MACHINE"
 	echo "  $(versions_line nginx haproxy vegeta)"
 	echo
