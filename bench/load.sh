@@ -9,7 +9,7 @@
 #
 #   sudo bench/load.sh               # about 9 min: 10 s per step
 #   sudo QUICK=1 bench/load.sh       # smoke run, about 2 min: 2 s per step
-#   knobs: DURATION RATES SAT_DURATION SAT_WORKERS OVERLOAD OVER_DURATION OVER_WORKERS
+#   knobs: DURATION RATES CLIENT_CONNS SAT_DURATION SAT_WORKERS OVERLOAD OVER_DURATION OVER_CONNS
 #          RECOVERY_WAIT RECOVERY_RATE CHECK_RATE NEIGHBOURS TIMEOUT WARMUP IDLE_SECONDS
 #          MAX_CONNS_PER_IP SKIP_NGINX SKIP_HAPROXY SKIP_FULL SKIP_PAIR
 #          SKIP_OVERLOAD SKIP_NEIGHBOUR SCHEME MESHD MESHD_LOG_LEVEL KEEP QUICK
@@ -20,11 +20,12 @@ step=10
 [[ $QUICK == 1 ]] && step=2
 DURATION="${DURATION:-$step}"               # seconds of each fixed-rate step
 RATES="${RATES:-500 1000 2000}"             # fixed request rates, req/s
+CLIENT_CONNS="${CLIENT_CONNS:-100}"         # client connections of the fixed-rate steps (vegeta -max-connections)
 SAT_DURATION="${SAT_DURATION:-$((step / 2))}" # seconds of the closed-loop saturation run
 SAT_WORKERS="${SAT_WORKERS:-50}"            # its concurrent requests (vegeta -max-workers)
 OVERLOAD="${OVERLOAD:-2}"                   # offered rate = OVERLOAD × saturation rate
 OVER_DURATION="${OVER_DURATION:-$step}"     # seconds of the overload step
-OVER_WORKERS="${OVER_WORKERS:-1000}"        # most requests in flight then (vegeta -max-workers; 0: no bound)
+OVER_CONNS="${OVER_CONNS:-1000}"            # client connections then (vegeta -max-connections)
 RECOVERY_WAIT="${RECOVERY_WAIT:-5}"         # seconds between overload and recovery
 RECOVERY_RATE="${RECOVERY_RATE:-1000}"      # req/s of the recovery step
 CHECK_RATE="${CHECK_RATE:-1000}"            # the rate whose p99 and RSS the targets check
@@ -253,7 +254,7 @@ get() { awk -v k="$1" -v f="$2" '$1 == k { v = $f } END { print (v == "" ? "-" :
 log "warm-up: ${WARMUP}s per target at 500 req/s"
 for t in "${TARGETS[@]}"; do
 	read -r -a extra <<<"${VARGS[$t]}"
-	_="$(attack "$WORK/out/warm-$t" "$WARMUP" 500 "${URL[$t]}" "${extra[@]}")" || exit 1
+	_="$(attack "$WORK/out/warm-$t" "$WARMUP" 500 "${URL[$t]}" "${extra[@]}" -max-connections="$CLIENT_CONNS")" || exit 1
 done
 
 # steady PHASE runs every rate through every target, interleaved.
@@ -261,7 +262,7 @@ steady() {
 	local phase=$1 i=0 rate t
 	for rate in $RATES; do
 		for t in $(order "$i"); do
-			run "$phase/$rate/$t" "$t" "$DURATION" "$rate"
+			run "$phase/$rate/$t" "$t" "$DURATION" "$rate" -max-connections="$CLIENT_CONNS"
 		done
 		[[ $phase == quiet && $rate == "$CHECK_RATE" ]] && rss_all "after-$CHECK_RATE"
 		i=$((i + 1))
@@ -282,12 +283,10 @@ if [[ "${SKIP_OVERLOAD:-0}" != 1 ]]; then
 	for t in $(order 1); do
 		offered=$(awk -v s="${SAT[$t]}" -v f="$OVERLOAD" 'BEGIN { printf "%d", s * f + 0.5 }')
 		log "overload $t: $offered req/s (${OVERLOAD}x its saturation rate ${SAT[$t]}) for ${OVER_DURATION}s, then ${RECOVERY_RATE} req/s after ${RECOVERY_WAIT}s"
-		bound=()
-		((OVER_WORKERS > 0)) && bound=(-max-workers="$OVER_WORKERS")
-		run "over/$t" "$t" "$OVER_DURATION" "$offered" ${bound[@]+"${bound[@]}"}
+		run "over/$t" "$t" "$OVER_DURATION" "$offered" -max-connections="$OVER_CONNS"
 		echo "over/$t $offered" >>"$WORK/offered"
 		sleep "$RECOVERY_WAIT"
-		run "recovery/$t" "$t" "$DURATION" "$RECOVERY_RATE"
+		run "recovery/$t" "$t" "$DURATION" "$RECOVERY_RATE" -max-connections="$CLIENT_CONNS"
 	done
 	rss_all after-overload
 fi
@@ -316,7 +315,8 @@ p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 	echo "  nginx, haproxy = $SCHEME -> proxy -> app (one hop)"
 	echo "  meshd-full = $SCHEME -> edge (cache off) -> gateway -> sidecar -> app, mTLS between the hops"
 	echo "  meshd-pair = client app (plain HTTP, Host web.mesh) -> client sidecar's outbound listener -> mTLS -> server sidecar -> app"
-	echo "  steps of ${DURATION}s, targets interleaved per step; overload ${OVERLOAD}x the closed-loop rate of $SAT_WORKERS workers;"
+	echo "  steps of ${DURATION}s, targets interleaved per step, open loop over at most $CLIENT_CONNS client connections (a request"
+	echo "  that finds all busy waits in vegeta, and its wait counts in its latency); overload ${OVERLOAD}x the closed-loop rate of $SAT_WORKERS workers;"
 	echo "  neighbour = $NEIGHBOURS CPU-bound busy loop(s) running beside the whole phase; CPU = utime+stime of the target's processes per request;"
 	echo "  gen = cores vegeta itself used during the step (it runs on the same machine)"
 	idle=""
@@ -342,7 +342,7 @@ p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 	if [[ "${SKIP_OVERLOAD:-0}" != 1 ]]; then
 		echo
 		echo "overload: saturation = 2xx/s of $SAT_WORKERS closed-loop workers (${SAT_DURATION}s); then ${OVERLOAD}x that offered for ${OVER_DURATION}s"
-		echo "  with at most $OVER_WORKERS requests in flight (0: no bound; sent/s below offered: vegeta waited for a free worker);"
+		echo "  over at most $OVER_CONNS client connections (requests beyond wait in the client, their wait counted, until the timeout);"
 		echo "  goodput = 2xx/s completed in the step; p99 ans = p99 of the answered requests; refused = answers that are not 2xx;"
 		echo "  recovery = $RECOVERY_RATE req/s for ${DURATION}s, ${RECOVERY_WAIT}s after the overload (its p99 over every request)"
 		printf '%-11s %8s %8s %8s %8s %6s %8s %8s %7s  %-24s %5s %8s %6s\n' target "sat/s" "offered" "sent/s" "goodput" "g/sat" \
