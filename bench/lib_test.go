@@ -457,3 +457,25 @@ func TestWaitedTicks(t *testing.T) {
 		t.Errorf("waited ticks did not grow after a CPU-burning child: %d then %d", a, b)
 	}
 }
+
+// TestLoadKnobs: load.sh refuses a bad knob before it starts anything,
+// naming the variable. MESHD points nowhere, so a script that went on
+// despite the knob would stop at the build with another message.
+func TestLoadKnobs(t *testing.T) {
+	for _, kv := range []string{
+		"DURATION=0", "DURATION=ten", "RATES=500 1k", "RATES= ", "CLIENT_CONNS=-3",
+		"OVERLOAD=0", "OVERLOAD=x", "SCHEME=ftp", "MAX_CONNS_PER_IP=none", "NEIGHBOURS=-1",
+	} {
+		name, _, _ := strings.Cut(kv, "=")
+		cmd := exec.Command("bash", "load.sh")
+		cmd.Env = append(os.Environ(), "MESHD=/nonexistent/meshd", kv)
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Errorf("%s: load.sh succeeded", kv)
+			continue
+		}
+		if !strings.Contains(string(out), "FAILED: "+name+" ") {
+			t.Errorf("%s: want a failure naming %s, got:\n%s", kv, name, out)
+		}
+	}
+}

@@ -33,11 +33,24 @@ NEIGHBOURS="${NEIGHBOURS:-1}"               # CPU-bound busy loops of the neighb
 TIMEOUT="${TIMEOUT:-2s}"                    # vegeta -timeout per request
 MAX_CONNS_PER_IP="${MAX_CONNS_PER_IP:--1}"  # the edge's --max-conns-per-ip (empty: meshd's default)
 SCHEME="${SCHEME:-https}"                   # https (as edge-tls.sh) or http: client -> nginx, HAProxy, edge
+IDLE_SECONDS="${IDLE_SECONDS:-3}"           # seconds over which each target's idle CPU is read
 RECOVERY_FACTOR=2                           # recovery p99 <= this × the quiet p99 at RECOVERY_RATE
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[[ $SCHEME == https || $SCHEME == http ]] || { echo "SCHEME must be https or http, not $SCHEME" >&2; exit 2; }
+# Bad knobs stop the run before anything starts, naming the variable.
+for v in DURATION CLIENT_CONNS SAT_DURATION SAT_WORKERS OVER_DURATION OVER_CONNS RECOVERY_RATE CHECK_RATE IDLE_SECONDS; do
+	[[ "${!v:-1}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive whole number, not '${!v}'"
+done
+for v in RECOVERY_WAIT NEIGHBOURS WARMUP; do
+	[[ "${!v:-0}" =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
+done
+[[ "$OVERLOAD" =~ ^[0-9]+(\.[0-9]+)?$ && "$OVERLOAD" != 0 ]] || die "OVERLOAD must be a positive number, not '$OVERLOAD'"
+for r in $RATES; do [[ "$r" =~ ^[1-9][0-9]*$ ]] || die "RATES must be positive whole numbers, not '$r'"; done
+[[ -n "${RATES// /}" ]] || die "RATES is empty"
+[[ " $RATES " == *" $CHECK_RATE "* ]] || log "CHECK_RATE $CHECK_RATE is not among RATES ($RATES): its targets will show '-'"
+[[ -z "$MAX_CONNS_PER_IP" || "$MAX_CONNS_PER_IP" =~ ^(-1|[1-9][0-9]*)$ ]] || die "MAX_CONNS_PER_IP must be -1, a positive number or empty, not '$MAX_CONNS_PER_IP'"
+[[ $SCHEME == https || $SCHEME == http ]] || die "SCHEME must be https or http, not '$SCHEME'"
 setup
 MACHINE="$(machine_line)"
 need curl:curl openssl:openssl nginx:nginx haproxy:haproxy
@@ -203,7 +216,6 @@ rss_all idle
 
 # The CPU each target burns without load (meshd: gossip, health checks,
 # timers), so CPU per request at low rates can be read net of it.
-IDLE_SECONDS="${IDLE_SECONDS:-3}"
 declare -A IDLE0 IDLE_CORES
 for t in "${TARGETS[@]}"; do
 	read -r -a pids <<<"${SPIDS[$t]}"
