@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Shared helpers of bench/edge-tls.sh and bench/cache-hits.sh. Sourced,
-# never run. Everything here works on a plain Debian 12 machine as root.
+# Shared helpers of the scripts in bench/ (edge-tls.sh, cache-hits.sh,
+# load.sh, cache-conformance.sh). Sourced, never run. Everything here works on a plain Debian 12 machine as root.
 
 export PATH="$PATH:/usr/sbin:/sbin:/usr/local/go/bin"
 export LC_ALL=C
@@ -314,6 +314,8 @@ versions_line() {
 		hitch) v+=("$(hitch --version 2>&1 | head -n 1)") ;;
 		wrk) v+=("wrk $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f2)") ;;
 		h2load) v+=("$(h2load --version 2>&1 | head -n 1)") ;;
+		haproxy) v+=("$(haproxy -v 2>&1 | head -n 1 | cut -d' ' -f1-3)") ;;
+		vegeta) v+=("vegeta $VEGETA_VERSION") ;;
 		esac
 	done
 	local out
@@ -372,7 +374,10 @@ start_origin() {
 # start_mesh CACHE_SIZE HTTP_PORT HTTPS_PORT starts a gateway, a sidecar
 # for service web in front of the origin and an edge, all of region eu on
 # loopback, and waits until a request through the edge is answered.
-# Sets EDGE_PID, GW_PID, SC_PID.
+# EDGE_ARGS (an array, optional) adds flags to the edge's command line.
+# Sets EDGE_PID, GW_PID, SC_PID, and MESH_JOIN (the gateway's region
+# gossip address, for more nodes of region eu) and MESH_COMMON (the flags
+# every node of this mesh shares).
 start_mesh() {
 	local cache_size=$1 http_port=$2 https_port=$3
 	local m="$WORK/bin/meshd"
@@ -381,6 +386,10 @@ start_mesh() {
 	"$m" ca init --trust-domain bench.meshd --dir "$WORK/ca" >"$WORK/logs/ca.log" 2>&1 ||
 		die "meshd ca init failed: $(cat "$WORK/logs/ca.log")"
 	local common=(--region eu --ca-dir "$WORK/ca" --log-level "${MESHD_LOG_LEVEL:-warn}" --drain-delay 100ms)
+	# shellcheck disable=SC2034 # read by the scripts that source this file
+	MESH_COMMON=("${common[@]}")
+	# shellcheck disable=SC2034
+	MESH_JOIN="127.0.0.1:${p[1]}"
 	start meshd-gw "$m" run --role gateway --name gw "${common[@]}" \
 		--listen "127.0.0.1:${p[0]}" --gossip-addr "127.0.0.1:${p[1]}" \
 		--wan-gossip-addr "127.0.0.1:${p[2]}" --admin "127.0.0.1:${p[3]}"
@@ -396,10 +405,139 @@ start_mesh() {
 		--public-http "127.0.0.1:$http_port" --public-https "127.0.0.1:$https_port" \
 		--tls internal --data-dir "$WORK/edge-data" --public-http-allow web.localhost \
 		--cache-size "$cache_size" --wan-gossip-addr "127.0.0.1:${p[8]}" \
-		--wan-join "127.0.0.1:${p[2]}" --admin "127.0.0.1:${p[9]}"
+		--wan-join "127.0.0.1:${p[2]}" --admin "127.0.0.1:${p[9]}" ${EDGE_ARGS[@]+"${EDGE_ARGS[@]}"}
 	EDGE_PID=$PID
 	EDGE_ADMIN="127.0.0.1:${p[9]}"
 	wait_ok "edge /readyz" "$EDGE_PID" meshd-edge "http://$EDGE_ADMIN/readyz"
 	wait_ok "a request through meshd's edge" "$EDGE_PID" meshd-edge \
 		-H "Host: web.localhost" "http://127.0.0.1:$http_port/healthz"
+}
+
+# stop PID stops one process this script started, by its PID (TERM, then
+# KILL after 10 s), and forgets it so the exit trap does not signal a PID
+# the system may have reused since.
+stop() {
+	local pid=$1 n i keep=()
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((n = 0; n < 100; n++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	for i in "${PIDS[@]}"; do
+		[[ $i == "$pid" ]] || keep+=("$i")
+	done
+	PIDS=(${keep[@]+"${keep[@]}"})
+}
+
+# rss_mib PID prints the resident set (VmRSS of /proc/PID/status) in MiB
+# with one decimal, or "-" when the process is gone. HWM=1 reads VmHWM,
+# the peak resident set since the process started, instead.
+rss_mib() {
+	local field=VmRSS
+	[[ "${HWM:-0}" == 1 ]] && field=VmHWM
+	awk -v f="$field:" '$1 == f { printf "%.1f\n", $2 / 1024; found = 1 } END { if (!found) print "-" }' \
+		"/proc/$1/status" 2>/dev/null || echo "-"
+}
+
+VEGETA_VERSION=v12.13.0
+
+# need_vegeta sets VEGETA to a vegeta binary: on PATH, in Go's bin
+# directory, or installed there with go install (from the Go module proxy).
+need_vegeta() {
+	VEGETA="$(command -v vegeta 2>/dev/null || true)"
+	local gobin
+	gobin="$(go env GOBIN 2>/dev/null || true)"
+	[[ -n "$gobin" ]] || gobin="$(go env GOPATH 2>/dev/null || true)/bin"
+	[[ -n "$VEGETA" || ! -x "$gobin/vegeta" ]] || VEGETA="$gobin/vegeta"
+	if [[ -z "$VEGETA" ]]; then
+		command -v go >/dev/null || die "vegeta is missing and there is no go to install it"
+		log "installing vegeta $VEGETA_VERSION (go install)"
+		go install "github.com/tsenart/vegeta/v12@$VEGETA_VERSION" >"$WORK/logs/vegeta-install.log" 2>&1 ||
+			die "go install github.com/tsenart/vegeta/v12@$VEGETA_VERSION failed (it needs the Go module proxy; or put vegeta on PATH): $(tail -n 5 "$WORK/logs/vegeta-install.log")"
+		VEGETA="$gobin/vegeta"
+	fi
+	"$VEGETA" -version >/dev/null 2>&1 || die "$VEGETA does not run"
+}
+
+# pcts reads latencies in ns, one a line, and prints the nearest-rank
+# 50th, 90th and 99th percentiles and the maximum in ms, or "- - - -" when
+# there are none.
+pcts() {
+	sort -n | awk '
+		function rank(q,   i) { i = int(NR * q); if (i < NR * q) i++; if (i < 1) i = 1; return v[i] / 1e6 }
+		{ v[NR] = $1 }
+		END {
+			if (NR == 0) { print "- - - -"; exit }
+			printf "%.3f %.3f %.3f %.3f\n", rank(0.50), rank(0.90), rank(0.99), v[NR] / 1e6
+		}'
+}
+
+# parse_vegeta CSV SECONDS reads the results of one vegeta attack of
+# SECONDS (vegeta encode --to csv: timestamp ns, status, latency ns, ...)
+# and prints one line:
+#
+#	REQUESTS OK REFUSED NOANSWER GOODPUT P50 P90 P99 MAX ANS_P99 REF_P99 CODES
+#
+# OK: 2xx answers; REFUSED: answers with any other status; NOANSWER: status
+# 0 (timeouts, refused or reset connections); GOODPUT: 2xx answers that
+# completed within SECONDS of the first request, per second; P50..MAX: ms
+# over every request (one that got no answer counts with the time vegeta
+# waited for it); ANS_P99: p99 of the answered requests only; REF_P99: p99
+# of the refused ones ("-" when none); CODES: "status:count,..." by status.
+# Fails when the file holds no result or a line is not vegeta's.
+parse_vegeta() {
+	local csv=$1 secs=$2 head all ans ref codes
+	head="$(awk -F, -v d="$secs" '
+		$1 !~ /^[0-9]+$/ || $2 !~ /^[0-9]+$/ || $3 !~ /^[0-9]+$/ { bad = 1; exit }
+		{ ts[NR] = $1; end[NR] = $1 + $3; code[NR] = $2; if (NR == 1 || $1 < t0) t0 = $1 }
+		END {
+			if (bad || NR == 0) exit 1
+			for (i = 1; i <= NR; i++) {
+				if (code[i] >= 200 && code[i] < 300) { ok++; if (end[i] <= t0 + d * 1e9) good++ }
+				else if (code[i] == 0) none++
+				else refused++
+			}
+			printf "%d %d %d %d %.1f\n", NR, ok, refused, none, good / d
+		}' "$csv")" || return 1
+	all="$(cut -d, -f3 "$csv" | pcts)"
+	ans="$(awk -F, '$2 != 0 { print $3 }' "$csv" | pcts)"
+	ref="$(awk -F, '$2 != 0 && ($2 < 200 || $2 >= 300) { print $3 }' "$csv" | pcts)"
+	codes="$(cut -d, -f2 "$csv" | sort -n | uniq -c | awk '{ printf "%s%s:%s", sep, $2, $1; sep = "," }')"
+	echo "$head $all $(cut -d' ' -f3 <<<"$ans") $(cut -d' ' -f3 <<<"$ref") $codes"
+}
+
+# waited_ticks VAR sets VAR to the CPU (utime+stime in clock ticks:
+# cutime and cstime of /proc/PID/stat) of the child processes this shell
+# has waited for so far. It sets a variable rather than printing, since
+# $(waited_ticks) would read the stat of the subshell it forks.
+waited_ticks() {
+	local me=$BASHPID stat rest w
+	stat="$(cat "/proc/$me/stat")"
+	rest="${stat##*) }"
+	# rest starts at field 3 (state); cutime and cstime are fields 16 and 17.
+	read -r -a w <<<"$rest"
+	printf -v "$1" '%d' $((w[13] + w[14]))
+}
+
+# attack OUT SECONDS RATE URL [VEGETA ARGS...] runs one vegeta attack over
+# HTTP/1.1 (TLS certificates not verified, bodies not kept, TIMEOUT per
+# request, default 2s) into OUT.bin and OUT.csv and prints parse_vegeta's
+# line followed by the CPU vegeta used (clock ticks). RATE is requests per
+# second (open loop), or 0 with -max-workers N for N workers as fast as
+# each is answered (closed loop). Run it in a subshell ($(attack ...)),
+# so the CPU is vegeta's alone.
+attack() {
+	local out=$1 secs=$2 rate=$3 url=$4 t0 gen
+	shift 4
+	waited_ticks t0
+	echo "GET $url" | "$VEGETA" attack -rate="$rate/1s" -duration="${secs}s" -timeout="${TIMEOUT:-2s}" \
+		-insecure -http2=false -max-body=0 -output="$out.bin" "$@" 2>"$out.err" ||
+		die "vegeta attack of $url failed: $(tail -n 5 "$out.err")"
+	waited_ticks gen
+	gen=$((gen - t0))
+	"$VEGETA" encode --to csv --output "$out.csv" "$out.bin" 2>>"$out.err" ||
+		die "vegeta encode of $out.bin failed: $(tail -n 5 "$out.err")"
+	echo "$(parse_vegeta "$out.csv" "$secs" || die "no vegeta results in $out.csv (attack of $url)") $gen"
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"encoding/csv"
 	"fmt"
 	"math"
 	"os"
@@ -274,5 +275,207 @@ func TestMeasure(t *testing.T) {
 	}
 	if _, err := lib(t, dir, `zero() { echo "0 0 0"; }; measure k3 "$$" zero 2>/dev/null`); err == nil {
 		t.Error("a load with no requests did not fail the measurement")
+	}
+}
+
+// vegetaStats computes what parse_vegeta prints from a vegeta CSV file,
+// independently of the shell code under test: counts by class, goodput
+// in a window of secs from the first request, nearest-rank percentiles.
+func vegetaStats(t *testing.T, file string, secs float64) string {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := csv.NewReader(f)
+	r.FieldsPerRecord = -1
+	rows, err := r.ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all, answered, refused []float64
+	var ok, none, good int
+	codes := map[int]int{}
+	t0 := int64(math.MaxInt64)
+	for _, row := range rows {
+		ts, _ := strconv.ParseInt(row[0], 10, 64)
+		t0 = min(t0, ts)
+	}
+	for _, row := range rows {
+		ts, _ := strconv.ParseInt(row[0], 10, 64)
+		code, _ := strconv.Atoi(row[1])
+		lat, _ := strconv.ParseInt(row[2], 10, 64)
+		codes[code]++
+		ms := float64(lat) / 1e6
+		all = append(all, ms)
+		switch {
+		case code >= 200 && code < 300:
+			ok++
+			if ts+lat <= t0+int64(secs*1e9) {
+				good++
+			}
+			answered = append(answered, ms)
+		case code == 0:
+			none++
+		default:
+			refused = append(refused, ms)
+			answered = append(answered, ms)
+		}
+	}
+	rank := func(v []float64, q float64) string {
+		if len(v) == 0 {
+			return "-"
+		}
+		v = append([]float64(nil), v...)
+		sort.Float64s(v)
+		return fmt.Sprintf("%.3f", v[max(int(math.Ceil(float64(len(v))*q))-1, 0)])
+	}
+	var cs []string
+	keys := make([]int, 0, len(codes))
+	for c := range codes {
+		keys = append(keys, c)
+	}
+	sort.Ints(keys)
+	for _, c := range keys {
+		cs = append(cs, fmt.Sprintf("%d:%d", c, codes[c]))
+	}
+	return fmt.Sprintf("%d %d %d %d %.1f %s %s %s %s %s %s %s", len(rows), ok, len(refused), none,
+		float64(good)/secs, rank(all, 0.5), rank(all, 0.9), rank(all, 0.99), rank(all, 1),
+		rank(answered, 0.99), rank(refused, 0.99), strings.Join(cs, ","))
+}
+
+func TestParseVegeta(t *testing.T) {
+	dir := t.TempDir()
+	// Synthetic results: t0 = 1 s; two 200s inside a 1 s window, one 200
+	// that completes after it, a 503, a request without answer.
+	synth := filepath.Join(dir, "synth.csv")
+	lines := []string{
+		"1000000000,200,2000000,0,0,,,,0,GET,http://a/,",
+		"1100000000,200,4000000,0,0,,,,1,GET,http://a/,",
+		"1990000000,200,30000000,0,0,,,,2,GET,http://a/,",
+		"1200000000,503,500000,0,0,503 Service Unavailable,,,3,GET,http://a/,",
+		`1300000000,0,2000000000,0,0,"Get ""http://a/"": context deadline exceeded",,,4,GET,http://a/,`,
+	}
+	if err := os.WriteFile(synth, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		file string
+		secs float64
+		want string // "": must fail
+	}{
+		{"recorded run: 200, 404, connection refused", "testdata/vegeta-mixed.csv", 1, vegetaStats(t, "testdata/vegeta-mixed.csv", 1)},
+		{"goodput window, refusals, no answer", synth, 1, "5 3 1 1 2.0 4.000 2000.000 2000.000 2000.000 30.000 0.500 0:1,200:3,503:1"},
+		{"only 2xx: no refused p99", rewrite(t, dir, "vegeta-mixed.csv", "ok", ",0,", ",200,", ",404,", ",200,"), 1, ""},
+		{"not vegeta's CSV", rewrite(t, dir, "vegeta-mixed.csv", "bad", ",200,", ",OK,"), 1, ""},
+		{"empty", "/dev/null", 1, ""},
+	}
+	tests[2].want = vegetaStats(t, tests[2].file, 1)
+	if !strings.Contains(tests[2].want, " - 200:40") {
+		t.Fatalf("all-2xx expectation %q: want no refused p99 and 40 answers of 200", tests[2].want)
+	}
+	if got := vegetaStats(t, synth, 1); got != tests[1].want {
+		t.Fatalf("the independent computation disagrees with the synthetic case: %q", got)
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := lib(t, dir, "parse_vegeta "+strconv.Quote(tc.file)+" "+strconv.FormatFloat(tc.secs, 'f', -1, 64))
+			if tc.want == "" {
+				if err == nil {
+					t.Fatalf("parsed %q, want failure", out)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out != tc.want {
+				t.Errorf("got  %q\nwant %q", out, tc.want)
+			}
+		})
+	}
+}
+
+// TestStopRSS: stop ends one started process by its PID and forgets it;
+// rss_mib reads a live process and says "-" for a gone one.
+func TestStopRSS(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := lib(t, dir, `
+		start a sleep 30; a=$PID
+		start b sleep 30; b=$PID
+		r=$(rss_mib "$a"); h=$(HWM=1 rss_mib "$a")
+		stop "$a"
+		gone=0; kill -0 "$a" 2>/dev/null || gone=1
+		echo "$r $h $gone ${#PIDS[@]} $([[ ${PIDS[0]} == "$b" ]] && echo b) $(rss_mib "$a")"
+		stop "$b"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(out)
+	if len(f) != 6 {
+		t.Fatalf("output %q", out)
+	}
+	rss, err1 := strconv.ParseFloat(f[0], 64)
+	hwm, err2 := strconv.ParseFloat(f[1], 64)
+	// The kernel folds a task's RSS into VmHWM lazily, so a young
+	// process may show a peak below its current RSS: both just exist.
+	if err1 != nil || err2 != nil || rss <= 0 || hwm <= 0 {
+		t.Errorf("RSS %s MiB, peak %s MiB: want positive numbers", f[0], f[1])
+	}
+	if f[2] != "1" || f[3] != "1" || f[4] != "b" {
+		t.Errorf("after stop: gone=%s, %s PIDs left, first %q; want gone, 1 left, the other one", f[2], f[3], f[4])
+	}
+	if f[5] != "-" {
+		t.Errorf("rss_mib of a stopped process = %q, want -", f[5])
+	}
+}
+
+// TestWaitedTicks: the CPU of waited-for children is counted once they
+// have exited and been waited for, in the subshell that waited.
+func TestWaitedTicks(t *testing.T) {
+	out, err := lib(t, t.TempDir(), `
+		x=$( waited_ticks t0
+			bash -c 'end=$((SECONDS + 2)); while ((SECONDS < end)); do :; done'
+			waited_ticks t1
+			echo "$t0 $t1" )
+		echo "$x"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(out)
+	if len(f) != 2 {
+		t.Fatalf("output %q", out)
+	}
+	a, _ := strconv.Atoi(f[0])
+	b, _ := strconv.Atoi(f[1])
+	if b <= a {
+		t.Errorf("waited ticks did not grow after a CPU-burning child: %d then %d", a, b)
+	}
+}
+
+// TestLoadKnobs: load.sh refuses a bad knob before it starts anything,
+// naming the variable. MESHD points nowhere, so a script that went on
+// despite the knob would stop at the build with another message.
+func TestLoadKnobs(t *testing.T) {
+	for _, kv := range []string{
+		"DURATION=0", "DURATION=ten", "RATES=500 1k", "RATES= ", "CLIENT_CONNS=-3",
+		"OVERLOAD=0", "OVERLOAD=x", "SCHEME=ftp", "MAX_CONNS_PER_IP=none", "NEIGHBOURS=-1",
+	} {
+		name, _, _ := strings.Cut(kv, "=")
+		cmd := exec.Command("bash", "load.sh")
+		cmd.Env = append(os.Environ(), "MESHD=/nonexistent/meshd", kv)
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Errorf("%s: load.sh succeeded", kv)
+			continue
+		}
+		if !strings.Contains(string(out), "FAILED: "+name+" ") {
+			t.Errorf("%s: want a failure naming %s, got:\n%s", kv, name, out)
+		}
 	}
 }
