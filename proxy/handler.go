@@ -327,8 +327,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		resp, err = h.Pool.RoundTrip(u, &o.req)
 		if err != nil {
 			u.inflight.Add(-1)
-			var de *dialError
-			u.reached(!errors.As(err, &de))
+			if !isOverloaded(err) { // refused here: says nothing of u's health
+				var de *dialError
+				u.reached(!errors.As(err, &de))
+			}
 		} else {
 			u.reached(true)
 			now := time.Now()
@@ -374,6 +376,12 @@ var errNoUpstream = &StatusError{Code: http.StatusServiceUnavailable, Msg: "mesh
 func retryable(r *http.Request, o *outgoing, err error) bool {
 	if r.Context().Err() != nil {
 		return false // the client is gone
+	}
+	if isOverloaded(err) {
+		// Refused by admission control: the balancer put the least
+		// loaded candidate first, so the others are likely full too,
+		// and queueing at each would multiply the wait (limit.go).
+		return false
 	}
 	if isDialError(err) {
 		// Never connected: the upstream did not see the request.
@@ -483,6 +491,8 @@ func proxyStatusError(code int, err error) string {
 	var se *StatusError
 	var be *requestBodyError
 	switch {
+	case isOverloaded(err):
+		return "connection_limit_reached" // admission control (limit.go)
 	case errors.As(err, &be):
 		return "" // the client's body failed
 	case errors.As(err, &se):
