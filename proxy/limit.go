@@ -69,16 +69,20 @@ const (
 // while the node uses less than half of it: an idle limit says nothing
 // about capacity and would only let the next burst through unchecked.
 //
-// The baseline is an average of the latency of requests sent while this
-// node had at most limitMin requests in flight to the upstream. Such
-// requests meet no queue of this node's making, so their latency is the
-// upstream's own. A minimum over raw samples, the classic minRTT, is pulled
-// down by the cheapest answers (a 304, a cached 404) and never rises unless
-// the limiter stops traffic to re-measure it; the baseline here stops
-// moving under sustained load (no request is then sent at low concurrency),
-// so it cannot creep up with the queue, and when the upstream really became
-// slower the limit falls to limitMin, where every request is a baseline
-// request again and the new latency is learnt.
+// The baseline is an average of the latency of calm requests: while one of
+// them was in flight, this node never had more than limitMin requests in
+// flight to the upstream and dialled no connection to it. Calm requests
+// meet no queue of this node's making, and no handshake, so their latency
+// is the upstream's own. A minimum over raw samples, the classic minRTT, is
+// pulled down by the cheapest answers (a 304, a cached 404) and never rises
+// unless the limiter stops traffic to re-measure it; this baseline stops
+// moving under sustained load (no request is calm then), so it cannot creep
+// up with the queue, and when the upstream really became slower the limit
+// falls to limitMin, where requests are calm again and the new latency is
+// learnt. A burst on a new upstream has no calm request; until the first
+// one, the baseline is the minimum of all samples: the requests served
+// first met no queue at the upstream, and a baseline too low only makes
+// the limit fall to limitMin, where calm requests correct it.
 const (
 	limitMin           = 4
 	limitMax           = 1000
@@ -99,6 +103,18 @@ const (
 	baselineShift     = 4
 	baselineSampleCap = 4
 )
+
+// A queue absorbs bursts; under sustained overload it only adds its timeout
+// to the latency of every request it lets through, since it is always full
+// (a standing queue). As in CoDel and Facebook's adaptive queueing, a
+// queue that has not been empty for a whole queue timeout is standing, and
+// so is one that refused a request within the last queue timeout (without
+// that, a standing queue drains with the short wait, and the next arrivals
+// would wait long again). A request then waits at most
+// standingQueueDivisor times less: enough to take a slot that frees (on a
+// mesh hop one frees every few milliseconds), too little to add much
+// latency.
+const standingQueueDivisor = 20
 
 // errOverloaded is what a client sees when admission control refused its
 // request: 503 with Retry-After: 1 (RFC 9110 §10.2.3) and Proxy-Status
@@ -151,10 +167,11 @@ type limiter struct {
 	epoch        time.Time        // times are nanoseconds since epoch
 	total        *atomic.Int64    // the pool's count of refused requests; may be nil
 
-	limit    atomic.Int64 // requests admitted at once
-	inflight atomic.Int64 // requests admitted and not released
-	waiting  atomic.Int64 // requests in or entering the queue
-	rejected atomic.Int64 // requests refused (queue full or timed out)
+	limit     atomic.Int64 // requests admitted at once
+	inflight  atomic.Int64 // requests admitted and not released
+	waiting   atomic.Int64 // requests in or entering the queue
+	rejected  atomic.Int64 // requests refused (queue full or timed out)
+	refusedAt atomic.Int64 // when the last was, nanoseconds since epoch
 
 	// The current sampling window, added to without the mutex.
 	winSum   atomic.Int64 // nanoseconds
@@ -164,10 +181,15 @@ type limiter struct {
 
 	baseline atomic.Int64 // nanoseconds; 0 before the first baseline sample
 	rtt      atomic.Int64 // mean of the last window, nanoseconds
+	// stirred counts events that end calm (see the baseline): the
+	// requests in flight going above limitMin, and dials.
+	stirred     atomic.Int64
+	provisional atomic.Bool // no calm sample yet: the baseline is the minimum
 
 	mu         sync.Mutex
 	head, tail *waiter
 	queued     int64
+	lastEmpty  int64   // when the queue was last empty, nanoseconds since epoch
 	est        float64 // the adaptive limit before rounding
 }
 
@@ -191,22 +213,23 @@ func newLimiter(mode int, queueTimeout time.Duration, maxQueue int, now func() t
 	}
 	l := &limiter{adaptive: mode == 0, queueTimeout: queueTimeout, maxQueue: int64(maxQueue),
 		now: now, epoch: now(), total: total, est: limitInitial}
+	l.provisional.Store(true)
 	if l.adaptive {
 		l.limit.Store(limitInitial)
 	} else {
 		l.limit.Store(int64(mode))
 	}
 	l.winEnd.Store(int64(limitWindow))
+	l.refusedAt.Store(math.MinInt64 / 2) // long ago
 	return l
 }
 
 func (l *limiter) clock() int64 { return int64(l.now().Sub(l.epoch)) }
 
 // acquire admits a request: at once while the upstream is under its limit
-// and nobody waits, else after waiting in the queue. It returns the number
-// of requests in flight with this one, for release, or an *overloadError,
-// or ctx's error when the client went away while queued. A nil limiter
-// admits everything.
+// and nobody waits, else after waiting in the queue. It returns a ticket
+// for release, or an *overloadError, or ctx's error when the client went
+// away while queued. A nil limiter admits everything.
 func (l *limiter) acquire(ctx context.Context) (int64, error) {
 	if l == nil {
 		return 0, nil
@@ -219,9 +242,12 @@ func (l *limiter) acquire(ctx context.Context) (int64, error) {
 	return l.wait(ctx)
 }
 
-// take takes a free slot, if there is one.
+// take takes a free slot, if there is one. Its ticket is stirred+1 as it
+// was before the slot was taken when the request may be calm (at most
+// limitMin in flight with it), else 0.
 func (l *limiter) take() (int64, bool) {
 	for {
+		st := l.stirred.Load()
 		n := l.inflight.Load()
 		if n >= l.limit.Load() {
 			return 0, false
@@ -231,8 +257,22 @@ func (l *limiter) take() (int64, bool) {
 			if n > l.winPeak.Load() {
 				l.notePeak(n)
 			}
-			return n, true
+			if n <= limitMin {
+				return st + 1, true
+			}
+			if n == limitMin+1 {
+				l.stirred.Add(1)
+			}
+			return 0, true
 		}
+	}
+}
+
+// stir ends the calm of the requests in flight: a connection is being
+// dialled, and its handshake competes with them. A nil limiter ignores it.
+func (l *limiter) stir() {
+	if l != nil {
+		l.stirred.Add(1)
 	}
 }
 
@@ -263,7 +303,15 @@ func (l *limiter) wait(ctx context.Context) (int64, error) {
 			return n, nil
 		}
 	}
-	if l.queueTimeout <= 0 || l.queued >= l.queueBound() {
+	timeout := l.queueTimeout
+	now := l.clock()
+	if l.queued == 0 {
+		l.lastEmpty = now
+	}
+	if now-l.lastEmpty > int64(timeout) || now-l.refusedAt.Load() < int64(timeout) {
+		timeout /= standingQueueDivisor
+	}
+	if timeout <= 0 || l.queued >= l.queueBound(timeout) {
 		l.waiting.Add(-1)
 		l.mu.Unlock()
 		l.refused()
@@ -279,7 +327,7 @@ func (l *limiter) wait(ctx context.Context) (int64, error) {
 	l.queued++
 	l.mu.Unlock()
 
-	timer := time.NewTimer(l.queueTimeout)
+	timer := time.NewTimer(timeout)
 	var err error
 	select {
 	case <-w.ch:
@@ -311,6 +359,7 @@ func (l *limiter) wait(ctx context.Context) (int64, error) {
 }
 
 func (l *limiter) refused() {
+	l.refusedAt.Store(l.clock())
 	l.rejected.Add(1)
 	if l.total != nil {
 		l.total.Add(1)
@@ -329,7 +378,9 @@ func (l *limiter) unlinkLocked(w *waiter) {
 		l.tail = w.prev
 	}
 	w.prev, w.next = nil, nil
-	l.queued--
+	if l.queued--; l.queued == 0 {
+		l.lastEmpty = l.clock()
+	}
 }
 
 // dispatchLocked hands free slots to the waiters in queue order.
@@ -347,12 +398,12 @@ func (l *limiter) dispatchLocked() {
 	}
 }
 
-// queueBound is how many requests may wait: Pool.MaxQueue, or as many as
-// the upstream can take within the queue timeout at its current pace
-// (limit × queue timeout / latency, Little's law), at least the limit. A
-// request that would wait longer is better refused at once: its client
-// can retry elsewhere with all of its time left.
-func (l *limiter) queueBound() int64 {
+// queueBound is how many requests may wait for timeout: Pool.MaxQueue, or
+// as many as the upstream can take within timeout at its current pace
+// (limit × timeout / latency, Little's law), at least the limit. A request
+// that would wait longer is better refused at once: its client can retry
+// elsewhere with all of its time left.
+func (l *limiter) queueBound(timeout time.Duration) int64 {
 	if l.maxQueue > 0 {
 		return l.maxQueue
 	}
@@ -364,19 +415,19 @@ func (l *limiter) queueBound() int64 {
 	if rtt <= 0 {
 		return max(lim, limitMax) // nothing measured yet: the timeout decides
 	}
-	q := float64(lim) * float64(l.queueTimeout) / float64(rtt)
+	q := float64(lim) * float64(timeout) / float64(rtt)
 	return int64(min(max(q, float64(lim)), float64(max(lim, limitMax))))
 }
 
-// release gives back a slot taken by acquire; n is what acquire returned.
-// With sample set, rtt (the time from sending the request to its response
-// header) feeds the limit.
-func (l *limiter) release(n int64, rtt time.Duration, sample bool) {
+// release gives back a slot taken by acquire with its ticket. With sample
+// set, rtt (the time from sending the request to its response header)
+// feeds the limit.
+func (l *limiter) release(ticket int64, rtt time.Duration, sample bool) {
 	if l == nil {
 		return
 	}
 	if sample {
-		l.record(n, rtt)
+		l.record(ticket > 0 && l.stirred.Load() == ticket-1, rtt)
 	}
 	l.inflight.Add(-1)
 	if l.waiting.Load() > 0 {
@@ -386,12 +437,18 @@ func (l *limiter) release(n int64, rtt time.Duration, sample bool) {
 	}
 }
 
-// record adds one latency sample, and closes the window when it is over.
-func (l *limiter) record(n int64, rtt time.Duration) {
+// record adds one latency sample, of a calm request or not, and closes the
+// window when it is over.
+func (l *limiter) record(calm bool, rtt time.Duration) {
 	ns := max(int64(rtt), 1)
 	b := l.baseline.Load()
-	if n <= limitMin {
+	if calm {
+		if l.provisional.Load() {
+			l.provisional.Store(false)
+		}
 		l.updateBaseline(ns)
+	} else if l.provisional.Load() && (b == 0 || ns < b) {
+		l.baseline.CompareAndSwap(b, ns) // lost to another sample: fine
 	}
 	if b > 0 && ns > limitSampleCap*b {
 		ns = limitSampleCap * b
@@ -508,12 +565,14 @@ func waitDialSlot(ctx context.Context, slots chan struct{}, timeout time.Duratio
 }
 
 // admission returns the connections of a new key with the pool's admission
-// control set up.
-func (p *Pool) admission() *upstreamConns {
+// control set up. Dials are bounded for TLS upstreams only: a handshake
+// costs a millisecond of CPU or several round trips, a plain connect to the
+// app on loopback microseconds.
+func (p *Pool) admission(u *Upstream) *upstreamConns {
 	qt := orDefault(p.QueueTimeout, DefaultQueueTimeout)
 	uc := &upstreamConns{queueTimeout: qt, rejected: &p.rejected,
 		lim: newLimiter(p.ConcurrencyLimit, qt, p.MaxQueue, nil, &p.rejected)}
-	if d := orDefault(p.MaxDialsPerUpstream, DefaultMaxDialsPerUpstream); d > 0 {
+	if d := orDefault(p.MaxDialsPerUpstream, DefaultMaxDialsPerUpstream); d > 0 && u.TLS != nil {
 		uc.dials = make(chan struct{}, d)
 	}
 	return uc
@@ -521,7 +580,10 @@ func (p *Pool) admission() *upstreamConns {
 
 // newH1Pool builds the fast path's pool, sharing the key's dial slots.
 func (uc *upstreamConns) newH1Pool(dial func(ctx context.Context) (net.Conn, error), maxIdle int, idleTimeout, headerTimeout time.Duration) *h1Pool {
-	p := newH1Pool(dial, maxIdle, idleTimeout, headerTimeout)
+	p := newH1Pool(func(ctx context.Context) (net.Conn, error) {
+		uc.lim.stir()
+		return dial(ctx)
+	}, maxIdle, idleTimeout, headerTimeout)
 	p.dials, p.queueTimeout, p.rejected = uc.dials, uc.queueTimeout, uc.rejected
 	return p
 }
@@ -533,18 +595,20 @@ func (uc *upstreamConns) newH1Pool(dial func(ctx context.Context) (net.Conn, err
 // connection came up is not needed: that connection has served the
 // requests waiting, so it is skipped.
 func (uc *upstreamConns) boundDial(dial func(ctx context.Context, network, addr string) (net.Conn, error), h2 bool) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	if uc.dials == nil {
-		return dial
-	}
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		ready := uc.h2Ready.Load()
-		if err := waitDialSlot(ctx, uc.dials, uc.queueTimeout, uc.rejected); err != nil {
-			return nil, err
+		if uc.dials != nil {
+			uc.pendingDials.Add(1)
+			defer uc.pendingDials.Add(-1)
+			ready := uc.h2Ready.Load()
+			if err := waitDialSlot(ctx, uc.dials, uc.queueTimeout, uc.rejected); err != nil {
+				return nil, err
+			}
+			defer func() { <-uc.dials }()
+			if h2 && uc.h2Ready.Load() != ready {
+				return nil, errDialSkipped
+			}
 		}
-		defer func() { <-uc.dials }()
-		if h2 && uc.h2Ready.Load() != ready {
-			return nil, errDialSkipped
-		}
+		uc.lim.stir()
 		return dial(ctx, network, addr)
 	}
 }

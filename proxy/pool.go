@@ -95,7 +95,7 @@ type Pool struct {
 	// least its limit.
 	MaxQueue int
 	// MaxDialsPerUpstream bounds the connections being dialled (TCP and TLS
-	// handshakes) at once per upstream; other requests wait for one of
+	// handshakes) at once per TLS upstream; other requests wait for one of
 	// them, an idle connection or a dial slot. Default 4
 	// (DefaultMaxDialsPerUpstream); negative: no bound.
 	MaxDialsPerUpstream int
@@ -188,6 +188,7 @@ type upstreamConns struct {
 	queueTimeout time.Duration
 	rejected     *atomic.Int64
 	h2Ready      atomic.Uint64 // HTTP/2 connections established
+	pendingDials atomic.Int64  // transport dials waiting for a slot or dialling
 }
 
 // conns returns the connections of u.Key, creating them on first use. The
@@ -290,7 +291,7 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 		DisableCompression: true,
 		Protocols:          &protocols,
 	}
-	uc := p.admission()
+	uc := p.admission(u)
 	uc.t = t
 	t.DialContext = uc.boundDial(dial, false)
 	if u.TLS == nil {
