@@ -315,6 +315,64 @@ func TestLimiterQueue(t *testing.T) {
 			}
 		})
 	})
+	t.Run("a standing queue waits a twentieth of the timeout", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			l := newLimiter(1, 100*time.Millisecond, 0, nil, nil)
+			n, _ := l.acquire(context.Background())
+			waited := func() time.Duration {
+				start := time.Now()
+				if _, err := l.acquire(context.Background()); !errors.Is(err, errQueueTimeout) {
+					t.Fatalf("err %v, want a queue timeout", err)
+				}
+				return time.Since(start)
+			}
+			if d := waited(); d != 100*time.Millisecond {
+				t.Errorf("first waiter waited %v, want the whole timeout", d)
+			}
+			// It was refused: the queue stands, the next waits 5 ms.
+			if d := waited(); d != 5*time.Millisecond {
+				t.Errorf("waiter after a refusal waited %v, want 5ms", d)
+			}
+			time.Sleep(100 * time.Millisecond) // no refusal for a whole timeout
+			if d := waited(); d != 100*time.Millisecond {
+				t.Errorf("waiter after a calm timeout waited %v, want the whole timeout again", d)
+			}
+			l.release(n, 0, false)
+		})
+	})
+	t.Run("a queue that does not empty for a whole timeout stands", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			l := newLimiter(1, 100*time.Millisecond, 0, nil, nil)
+			n, _ := l.acquire(context.Background())
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			queue := func() { // a waiter that is served or refused later
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if m, err := l.acquire(context.Background()); err == nil {
+						time.Sleep(time.Second)
+						l.release(m, 0, false)
+					}
+				}()
+				synctest.Wait()
+			}
+			queue()                           // 0 ms: A waits
+			time.Sleep(50 * time.Millisecond) // 50 ms: B waits
+			queue()
+			time.Sleep(10 * time.Millisecond) // 60 ms: A gets the slot, B still waits
+			l.release(n, 0, false)
+			synctest.Wait()
+			time.Sleep(50 * time.Millisecond) // 110 ms: the queue was never empty
+			start := time.Now()
+			if _, err := l.acquire(context.Background()); !errors.Is(err, errQueueTimeout) {
+				t.Fatalf("err %v, want a queue timeout", err)
+			}
+			if d := time.Since(start); d != 5*time.Millisecond {
+				t.Errorf("waiter at a queue busy for 110 ms waited %v, want 5ms", d)
+			}
+		})
+	})
 	t.Run("queue bound follows the upstream's pace", func(t *testing.T) {
 		l := newLimiter(10, 100*time.Millisecond, 0, nil, nil)
 		if got := l.queueBound(100 * time.Millisecond); got != limitMax {
