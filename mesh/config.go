@@ -8,10 +8,13 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/meshd/meshd/proxy"
 )
 
 // Roles a node can play.
@@ -231,6 +234,17 @@ type Config struct {
 	// ShutdownGrace bounds how long in-flight requests may take to finish
 	// once listeners stop. Default 10s.
 	ShutdownGrace time.Duration `yaml:"shutdown-grace" usage:"bound on in-flight requests at shutdown (default 10s)"`
+	// ConcurrencyLimit bounds the requests the node has in flight to each
+	// upstream (its app, an instance, a gateway) before their response
+	// header: "adaptive" follows the upstream's latency (between 4 and
+	// 1000), a number N fixes the limit at N, "off" removes it. Requests
+	// over the limit wait up to QueueTimeout, then get 503 with
+	// Retry-After: 1 without being sent. Default adaptive.
+	ConcurrencyLimit string `yaml:"concurrency-limit" usage:"requests in flight per upstream: adaptive, off or a number; the rest wait up to queue-timeout, then get 503 (default adaptive)"`
+	// QueueTimeout is how long a request over an upstream's concurrency
+	// limit waits for a slot (or for a connection while dials to the
+	// upstream are bounded). Default 100ms.
+	QueueTimeout time.Duration `yaml:"queue-timeout" usage:"how long a request over an upstream's concurrency limit waits for a slot before 503 (default 100ms)"`
 
 	// LogFormat is text or json. Default text.
 	LogFormat string `yaml:"log-format" usage:"text or json (default text)"`
@@ -296,6 +310,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.ServiceTombstone == 0 {
 		c.ServiceTombstone = 24 * time.Hour
+	}
+	if c.ConcurrencyLimit == "" {
+		c.ConcurrencyLimit = "adaptive"
+	}
+	if c.QueueTimeout == 0 {
+		c.QueueTimeout = proxy.DefaultQueueTimeout
 	}
 	if c.TLS == "" {
 		c.TLS = "internal"
@@ -364,6 +384,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ServiceTombstone < 0 {
 		return fieldErr("service-tombstone", "must not be negative")
+	}
+	if _, err := c.PoolConcurrencyLimit(); err != nil {
+		return &FieldError{Field: "concurrency-limit", Err: err}
+	}
+	if c.QueueTimeout < time.Millisecond || c.QueueTimeout > maxQueueTimeout {
+		return fieldErr("queue-timeout", "%v: want a duration from 1ms to %v (a longer wait outlasts the clients it would serve)", c.QueueTimeout, maxQueueTimeout)
 	}
 	if c.HealthInterval < 0 {
 		return fieldErr("health-interval", "must not be negative")
@@ -492,6 +518,29 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// maxQueueTimeout bounds queue-timeout: a request queued longer has
+// usually been given up by its client.
+const maxQueueTimeout = time.Minute
+
+// maxConcurrencyLimit bounds a fixed concurrency-limit.
+const maxConcurrencyLimit = 1_000_000
+
+// PoolConcurrencyLimit is concurrency-limit as proxy.Pool.ConcurrencyLimit
+// takes it: 0 adaptive, -1 off, N > 0 fixed.
+func (c *Config) PoolConcurrencyLimit() (int, error) {
+	switch c.ConcurrencyLimit {
+	case "", "adaptive":
+		return 0, nil
+	case "off":
+		return -1, nil
+	}
+	n, err := strconv.Atoi(c.ConcurrencyLimit)
+	if err != nil || n < 1 || n > maxConcurrencyLimit {
+		return 0, fmt.Errorf("%q: want adaptive, off or a number from 1 to %d", c.ConcurrencyLimit, maxConcurrencyLimit)
+	}
+	return n, nil
 }
 
 // validLabel accepts names used in SPIFFE IDs and host names: lowercase

@@ -44,6 +44,14 @@ func TestConfigValidate(t *testing.T) {
 		{"spire and files", func(c *Config) { c.SPIFFESocket, c.CertFile, c.KeyFile = "unix:///run/spire.sock", "a", "b" }, "spiffe-socket"},
 		{"cert without key", func(c *Config) { c.CertFile = "a" }, "key-file"},
 		{"negative drain", func(c *Config) { c.DrainDelay = -time.Second }, "drain-delay"},
+		{"fixed concurrency limit", func(c *Config) { c.ConcurrencyLimit = "200" }, ""},
+		{"no concurrency limit", func(c *Config) { c.ConcurrencyLimit = "off" }, ""},
+		{"bad concurrency limit", func(c *Config) { c.ConcurrencyLimit = "fast" }, "concurrency-limit"},
+		{"zero concurrency limit", func(c *Config) { c.ConcurrencyLimit = "0" }, "concurrency-limit"},
+		{"negative concurrency limit", func(c *Config) { c.ConcurrencyLimit = "-3" }, "concurrency-limit"},
+		{"negative queue timeout", func(c *Config) { c.QueueTimeout = -time.Second }, "queue-timeout"},
+		{"tiny queue timeout", func(c *Config) { c.QueueTimeout = time.Microsecond }, "queue-timeout"},
+		{"huge queue timeout", func(c *Config) { c.QueueTimeout = time.Hour }, "queue-timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -152,4 +160,17 @@ func FuzzLoadConfig(f *testing.F) {
 		c.SetDefaults()
 		_ = pos.Annotate(c.Validate())
 	})
+}
+
+func TestPoolConcurrencyLimit(t *testing.T) {
+	for in, want := range map[string]int{"": 0, "adaptive": 0, "off": -1, "1": 1, "250": 250} {
+		c := Config{ConcurrencyLimit: in}
+		if got, err := c.PoolConcurrencyLimit(); err != nil || got != want {
+			t.Errorf("%q: %d, %v; want %d", in, got, err, want)
+		}
+	}
+	c := validSidecar()
+	if c.ConcurrencyLimit != "adaptive" || c.QueueTimeout != 100*time.Millisecond {
+		t.Errorf("defaults: concurrency-limit %q, queue-timeout %v", c.ConcurrencyLimit, c.QueueTimeout)
+	}
 }

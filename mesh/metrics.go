@@ -24,8 +24,52 @@ func (n *Node) newRegistry() *prometheus.Registry {
 		&memberCollector{n: n, desc: prometheus.NewDesc("meshd_gossip_members", "Members of each gossip pool the node sees.", []string{"pool"}, labels)},
 		&badPacketCollector{n: n, desc: prometheus.NewDesc("meshd_gossip_bad_packets_total", "Packets and streams that gossip refused from the network (not authenticated, not decrypted or not decoded), per pool; their log lines are rate-limited.", []string{"pool"}, labels)},
 		&serviceCollector{n: n, desc: prometheus.NewDesc("meshd_service_healthy_instances", "Healthy instances of each service per region, as the node sees them.", []string{"service", "service_region"}, labels)},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_admission_rejected_total", Help: "Requests refused with 503 by admission control (concurrency limit, queue, dials) without being sent.", ConstLabels: labels},
+			func() float64 {
+				if n.pool == nil {
+					return 0
+				}
+				return float64(n.pool.Rejected())
+			}),
+		newLimitCollector(n, labels),
 	)
 	return reg
+}
+
+// limitCollector reports each upstream's admission state (proxy.Pool.Limits)
+// at scrape time.
+type limitCollector struct {
+	n                                *Node
+	limit, inflight, queued, refused *prometheus.Desc
+}
+
+func newLimitCollector(n *Node, labels prometheus.Labels) *limitCollector {
+	l := []string{"upstream"}
+	return &limitCollector{n: n,
+		limit:    prometheus.NewDesc("meshd_upstream_concurrency_limit", "Requests the node admits at once to each upstream (adaptive or fixed).", l, labels),
+		inflight: prometheus.NewDesc("meshd_upstream_inflight", "Requests sent to each upstream and waiting for their response header.", l, labels),
+		queued:   prometheus.NewDesc("meshd_upstream_queued", "Requests waiting for a slot under each upstream's concurrency limit.", l, labels),
+		refused:  prometheus.NewDesc("meshd_upstream_rejected_total", "Requests refused by each upstream's concurrency limit since its connections were created.", l, labels),
+	}
+}
+
+func (c *limitCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.limit
+	ch <- c.inflight
+	ch <- c.queued
+	ch <- c.refused
+}
+
+func (c *limitCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.n.pool == nil {
+		return
+	}
+	for _, u := range c.n.pool.Limits() {
+		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(u.Limit), u.Key)
+		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(u.InFlight), u.Key)
+		ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(u.Queued), u.Key)
+		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(u.Rejected), u.Key)
+	}
 }
 
 func b2f(b bool) float64 {

@@ -171,7 +171,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("ca-dir: %w", err)
 	}
 
-	n.pool = &proxy.Pool{HTTP2: true}
+	// One pool for every handler of the node: each upstream has one
+	// admission limit whichever listener its requests come from.
+	limit, _ := c.PoolConcurrencyLimit() // validated
+	n.pool = &proxy.Pool{HTTP2: true, ConcurrencyLimit: limit, QueueTimeout: c.QueueTimeout}
 	closers = append(closers, n.pool.CloseIdle)
 
 	startServer := func(name string, s *proxy.Server) error {

@@ -64,6 +64,12 @@ type h1Pool struct {
 	idleTimeout   time.Duration
 	headerTimeout time.Duration
 	closed        atomic.Bool // forgotten: connections are closed, not kept
+	// dials bounds the dials in flight (shared with the key's transport);
+	// nil: no bound. A request that finds every slot taken waits up to
+	// queueTimeout for a slot or an idle connection (see limit.go).
+	dials        chan struct{}
+	queueTimeout time.Duration
+	rejected     *atomic.Int64
 }
 
 func newH1Pool(dial func(ctx context.Context) (net.Conn, error), maxIdle int, idleTimeout, headerTimeout time.Duration) *h1Pool {
@@ -115,21 +121,20 @@ func (r *countingReader) Read(p []byte) (int, error) {
 // get returns an idle connection, or dials one when none is idle or fresh
 // is set.
 func (p *h1Pool) get(ctx context.Context, fresh bool) (*h1Conn, error) {
-	for !fresh {
-		select {
-		case pc := <-p.idle:
-			if !pc.state.CompareAndSwap(connIdle, connBusy) {
-				continue // its idle timer closed it
-			}
-			pc.timer.Stop()
-			pc.reused = true
+	if !fresh {
+		if pc := p.idleConn(); pc != nil {
 			return pc, nil
-		default:
-			fresh = true
 		}
 	}
 	if p.closed.Load() {
 		return nil, errPoolClosed
+	}
+	if p.dials != nil {
+		pc, err := p.waitDial(ctx, fresh)
+		if pc != nil || err != nil {
+			return pc, err
+		}
+		defer func() { <-p.dials }()
 	}
 	c, err := p.dial(ctx)
 	if err != nil {
@@ -141,6 +146,66 @@ func (p *h1Pool) get(ctx context.Context, fresh bool) (*h1Conn, error) {
 	pc.bw = bufio.NewWriterSize(c, h1BufSize)
 	pc.abort = func() { _ = pc.c.Close() }
 	return pc, nil
+}
+
+// idleConn takes an idle connection, or returns nil when none is idle.
+func (p *h1Pool) idleConn() *h1Conn {
+	for {
+		select {
+		case pc := <-p.idle:
+			if pc.claim() {
+				return pc
+			}
+		default:
+			return nil
+		}
+	}
+}
+
+// claim makes an idle connection taken from the stack busy; false when its
+// idle timer closed it.
+func (pc *h1Conn) claim() bool {
+	if !pc.state.CompareAndSwap(connIdle, connBusy) {
+		return false
+	}
+	pc.timer.Stop()
+	pc.reused = true
+	return true
+}
+
+// waitDial takes a dial slot, or, while every slot is taken, waits for a
+// slot or for an idle connection (not when fresh: the caller wants a new
+// one), whichever comes first, at most queueTimeout. It returns the idle
+// connection, or nil with a slot taken.
+func (p *h1Pool) waitDial(ctx context.Context, fresh bool) (*h1Conn, error) {
+	select {
+	case p.dials <- struct{}{}:
+		return nil, nil
+	default:
+	}
+	idle := p.idle
+	if fresh {
+		idle = nil // never ready
+	}
+	t := time.NewTimer(p.queueTimeout)
+	defer t.Stop()
+	for {
+		select {
+		case pc := <-idle:
+			if pc.claim() {
+				return pc, nil
+			}
+		case p.dials <- struct{}{}:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+			if p.rejected != nil {
+				p.rejected.Add(1)
+			}
+			return nil, errDialQueue
+		}
+	}
 }
 
 // put returns a connection whose exchange ended cleanly to the idle stack,

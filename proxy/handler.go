@@ -345,8 +345,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case err != nil:
 			u.inflight.Add(-1)
-			var de *dialError
-			u.reached(!errors.As(err, &de))
+			if !isOverloaded(err) { // refused here: says nothing of u's health
+				var de *dialError
+				u.reached(!errors.As(err, &de))
+			}
 		case resp.Header[HeaderRetry] == nil:
 			u.reached(true)
 			now := time.Now()
@@ -422,6 +424,12 @@ var errNoUpstream = &StatusError{Code: http.StatusServiceUnavailable, Msg: "mesh
 func retryable(r *http.Request, o *outgoing, err error) bool {
 	if r.Context().Err() != nil {
 		return false // the client is gone
+	}
+	if isOverloaded(err) {
+		// Refused by admission control: the balancer put the least
+		// loaded candidate first, so the others are likely full too,
+		// and queueing at each would multiply the wait (limit.go).
+		return false
 	}
 	if isDialError(err) {
 		// Never connected: the upstream did not see the request.
@@ -545,6 +553,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig,
 		w.Header()["Proxy-Status"] = []string{ps}
 	}
 	if h.SignalRetry && (code == http.StatusBadGateway || code == http.StatusServiceUnavailable) &&
+		!isOverloaded(err) && // a refusal by admission control is final: retries would multiply an overload
 		(attempts == 0 && !o.body.read.Load() || retryable(r, o, err)) {
 		// Nothing upstream acted on it (or repeating it is harmless):
 		// the hop before this one may send it elsewhere.
@@ -562,6 +571,8 @@ func proxyStatusError(code int, err error) string {
 	var se *StatusError
 	var be *requestBodyError
 	switch {
+	case isOverloaded(err):
+		return "connection_limit_reached" // admission control (limit.go)
 	case errors.As(err, &be):
 		return "" // the client's body failed
 	case err == errRetrySignal:

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -78,7 +79,30 @@ type Pool struct {
 	// per Pool.
 	HTTP2 bool
 
-	transports sync.Map // Upstream.Key → *upstreamConns
+	// ConcurrencyLimit bounds, per upstream (Upstream.Key), the requests
+	// sent and not yet answered with a response header (see limit.go): 0
+	// adapts the limit to the upstream's latency, between 4 and 1000; N > 0
+	// fixes it at N; a negative value turns admission control off. A request
+	// over the limit waits up to QueueTimeout for a slot; one that cannot
+	// get one is answered 503 with Retry-After and Proxy-Status
+	// error=connection_limit_reached, and never sent. Default 0: adaptive.
+	ConcurrencyLimit int
+	// QueueTimeout is how long a request waits for a slot under the limit,
+	// and for a connection while MaxDialsPerUpstream dials are in flight.
+	// Default 100 ms (DefaultQueueTimeout).
+	QueueTimeout time.Duration
+	// MaxQueue bounds the requests waiting per upstream. Default 0: as many
+	// as the upstream serves within QueueTimeout at its measured pace, at
+	// least its limit.
+	MaxQueue int
+	// MaxDialsPerUpstream bounds the connections being dialled (TCP and TLS
+	// handshakes) at once per TLS upstream; other requests wait for one of
+	// them, an idle connection or a dial slot. Default 4
+	// (DefaultMaxDialsPerUpstream); negative: no bound.
+	MaxDialsPerUpstream int
+
+	transports sync.Map     // Upstream.Key → *upstreamConns
+	rejected   atomic.Int64 // requests refused by admission control
 }
 
 // errBadUpstream is returned for an Upstream without Key or Addr.
@@ -95,6 +119,10 @@ func (p *Pool) Validate() error {
 		return fmt.Errorf("proxy: pool: ResponseHeaderTimeout %v is negative", p.ResponseHeaderTimeout)
 	case p.IdleTimeout < 0:
 		return fmt.Errorf("proxy: pool: IdleTimeout %v is negative", p.IdleTimeout)
+	case p.QueueTimeout < 0:
+		return fmt.Errorf("proxy: pool: QueueTimeout %v is negative", p.QueueTimeout)
+	case p.MaxQueue < 0:
+		return fmt.Errorf("proxy: pool: MaxQueue %d is negative", p.MaxQueue)
 	}
 	return nil
 }
@@ -124,11 +152,23 @@ func (p *Pool) RoundTrip(u *Upstream, req *http.Request) (*http.Response, error)
 		req.URL.Scheme = "http"
 	}
 	req.URL.Host = u.Addr
+	n, err := uc.lim.acquire(req.Context())
+	if err != nil {
+		return nil, err
+	}
+	var sent time.Time
+	if uc.lim != nil {
+		sent = time.Now()
+	}
 	var resp *http.Response
 	if uc.h1 != nil && useFastPath(req) {
 		resp, err = uc.h1.roundTrip(req)
 	} else {
-		resp, err = uc.t.RoundTrip(req)
+		resp, err = uc.roundTrip(req)
+	}
+	if uc.lim != nil {
+		rtt, sample := limitSample(req, resp, err, sent)
+		uc.lim.release(n, rtt, sample)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("proxy: round trip to %s: %w", u.Addr, err)
@@ -142,6 +182,14 @@ func (p *Pool) RoundTrip(u *Upstream, req *http.Request) (*http.Response, error)
 type upstreamConns struct {
 	t  *http.Transport
 	h1 *h1Pool
+	// Admission control (limit.go): nil lim is no limit, nil dials no
+	// bound on dials.
+	lim          *limiter
+	dials        chan struct{}
+	queueTimeout time.Duration
+	rejected     *atomic.Int64
+	h2Ready      atomic.Uint64 // HTTP/2 connections established
+	pendingDials atomic.Int64  // transport dials waiting for a slot or dialling
 }
 
 // conns returns the connections of u.Key, creating them on first use. The
@@ -284,9 +332,11 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 		DisableCompression: true,
 		Protocols:          &protocols,
 	}
-	uc := &upstreamConns{t: t}
+	uc := p.admission(u)
+	uc.t = t
+	t.DialContext = uc.boundDial(dial, false)
 	if u.TLS == nil {
-		uc.h1 = newH1Pool(func(ctx context.Context) (net.Conn, error) {
+		uc.h1 = uc.newH1Pool(func(ctx context.Context) (net.Conn, error) {
 			return dial(ctx, "tcp", u.Addr)
 		}, maxIdle, idleTimeout, headerTimeout)
 		return uc
@@ -325,11 +375,14 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 			raw.Close()
 			return nil, &dialError{err: &handshakeError{addr: addr, err: err}}
 		}
+		if tc.ConnectionState().NegotiatedProtocol == "h2" {
+			uc.h2Ready.Add(1)
+		}
 		return tc, nil
 	}
-	t.DialTLSContext = dialTLS
+	t.DialTLSContext = uc.boundDial(dialTLS, h2)
 	if !h2 {
-		uc.h1 = newH1Pool(func(ctx context.Context) (net.Conn, error) {
+		uc.h1 = uc.newH1Pool(func(ctx context.Context) (net.Conn, error) {
 			return dialTLS(ctx, "tcp", u.Addr)
 		}, maxIdle, idleTimeout, headerTimeout)
 	}
