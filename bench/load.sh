@@ -320,6 +320,8 @@ DATE="$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$BENCH_DIR/results"
 RESULT="$BENCH_DIR/results/load-$DATE.txt"
 rss() { awk -v w="$1" -v n="$2" '$1 == w && $2 == n { v = $3 } END { print (v == "" ? "-" : v) }' "$WORK/rss"; }
+# times_x R prints a ratio as "Rx", or "-" when there is none.
+times_x() { [[ "$1" == - ]] && echo - || echo "${1}x"; }
 # p99x A B prints A's p99 over B's for one key prefix, or "-".
 p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 {
@@ -347,7 +349,7 @@ p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 				printf '%-9s %5s %-11s %8.0f %8s %8s %8s %8s %7d %7s %9s %5s\n' "$phase" "$rate" "$t" \
 					"$(awk -v n="$(get "$k" 2)" -v d="$DURATION" 'BEGIN { print n / d }')" \
 					"$(get "$k" 7)" "$(get "$k" 8)" "$(get "$k" 9)" "$(get "$k" 10)" \
-					$(($(get "$k" 4) + $(get "$k" 5))) "$(p99x "$phase/$rate" "$t")x" "$(get "$k" 14)" "$(get "$k" 15)"
+					$(($(get "$k" 4) + $(get "$k" 5))) "$(times_x "$(p99x "$phase/$rate" "$t")")" "$(get "$k" 14)" "$(get "$k" 15)"
 			done
 		done
 	done
@@ -390,13 +392,13 @@ p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 		for pair in meshd-full:3 meshd-pair:2; do
 			t=${pair%:*} lim=${pair#*:}
 			x="$(p99x "$phase/$CHECK_RATE" "$t")"
-			check "$t p99 at $CHECK_RATE req/s, $phase: <= ${lim}x nginx's" "${x}x" "$(is "a <= $lim" "$x")"
+			check "$t p99 at $CHECK_RATE req/s, $phase: <= ${lim}x nginx's" "$(times_x "$x")" "$(is "a <= $lim" "$x")"
 		done
 	done
 	if [[ "${SKIP_OVERLOAD:-0}" != 1 ]]; then
 		for t in meshd-full meshd-pair; do
 			g="$(ratio "$(get "over/$t" 6)" "${SAT[$t]:-}")"
-			check "$t goodput at ${OVERLOAD}x saturation: >= 0.7x saturation" "${g}x" "$(is "a >= 0.7" "$g")"
+			check "$t goodput at ${OVERLOAD}x saturation: >= 0.7x saturation" "$(times_x "$g")" "$(is "a >= 0.7" "$g")"
 			r="$(get "over/$t" 12)"
 			if [[ "$r" == - && "$(get "over/$t" 2)" != - ]]; then
 				check "$t refused answers at ${OVERLOAD}x saturation: p99 <= 10 ms" "none refused" pass
