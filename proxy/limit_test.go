@@ -409,7 +409,9 @@ func heldUpstream(t *testing.T) (*Upstream, *atomic.Int64, chan struct{}) {
 func TestHandlerRefusesOverLimit(t *testing.T) {
 	up, got, release := heldUpstream(t)
 	pool := &Pool{ConcurrencyLimit: 1, QueueTimeout: time.Millisecond}
-	addr := startProxy(t, &Handler{Route: fixedRoute(up), Pool: pool, Via: "meshd-gw"})
+	// SignalRetry: a refusal by admission control is final, never a retry
+	// signal that would send the overload on to another instance.
+	addr := startProxy(t, &Handler{Route: fixedRoute(up), Pool: pool, Via: "meshd-gw", SignalRetry: true})
 	first := make(chan error, 1)
 	go func() {
 		resp, err := http.Get("http://" + addr + "/first")
@@ -427,7 +429,10 @@ func TestHandlerRefusesOverLimit(t *testing.T) {
 	if ra := resp.Header.Get("Retry-After"); ra != "1" {
 		t.Errorf("Retry-After %q, want 1", ra)
 	}
-	if ps := resp.Header.Get("Proxy-Status"); ps != "meshd-gw; error=connection_limit_reached" {
+	if rs := resp.Header.Get(HeaderRetry); rs != "" {
+		t.Errorf("%s %q on a refusal by admission control", HeaderRetry, rs)
+	}
+	if ps := resp.Header.Get("Proxy-Status"); !strings.HasPrefix(ps, "meshd-gw; error=connection_limit_reached; next-hop=") {
 		t.Errorf("Proxy-Status %q", ps)
 	}
 	if !strings.Contains(body, "concurrency limit") {
