@@ -59,13 +59,13 @@ const (
 // mean time to response header is compared with the upstream's unloaded
 // latency (the baseline):
 //
-//	gradient = clamp(limitTolerance × baseline / sample, 0.5, 1)
+//	gradient = clamp((limitTolerance × baseline + limitSlack) / sample, 0.5, 1)
 //	limit    = limit × gradient + √limit
 //
 // At the baseline the limit grows by √limit per window (the headroom that
 // keeps the upstream busy); once queueing at the upstream shows as latency
-// beyond limitTolerance × baseline it shrinks, by at most half per window,
-// settling where the headroom balances the gradient. The limit does not grow
+// beyond limitTolerance × baseline + limitSlack it shrinks, by at most half
+// per window, settling where the headroom balances the gradient. The limit does not grow
 // while the node uses less than half of it: an idle limit says nothing
 // about capacity and would only let the next burst through unchecked.
 //
@@ -92,10 +92,21 @@ const (
 	// limitTolerance: latency up to 25% above the baseline is jitter, not
 	// queueing (Envoy's default buffer).
 	limitTolerance = 1.25
-	// limitSampleCap: a sample counts at most this many baselines in a
-	// window's mean, so that one request stuck for a minute weighs as ten
-	// ordinary ones and does not halve the limit by itself; a timeout still
-	// counts (slowness is the signal).
+	// limitSlack: a few milliseconds more are the CPU being shared, not a
+	// queue at the upstream. A mesh hop answers in a fraction of a
+	// millisecond on an idle machine; on a busy one every process on its
+	// path waits for a core for up to a scheduler slice (Linux's CFS: 3–12 ms
+	// on small machines), whoever else runs there: a CPU-bound neighbour,
+	// the app, this node. A limit that read that wait as overload refused
+	// requests at a third of capacity (bench/load.sh: 18% of 2,000 req/s
+	// refused by the edge with the machine two-thirds busy), and shrinking
+	// the concurrency does not shorten it. Queueing that matters grows far
+	// past it, and slow upstreams (tens of milliseconds) hardly see it.
+	limitSlack = 5 * time.Millisecond
+	// limitSampleCap: a sample counts at most this many times the
+	// baseline plus limitSlack in a window's mean, so that one request
+	// stuck for a minute weighs as ten slow ones and does not halve the
+	// limit by itself; a timeout still counts (slowness is the signal).
 	limitSampleCap = 10
 	// baselineShift: each baseline sample moves the baseline by 1/16 of its
 	// difference, capped at 4 baselines, so that no single sample moves it
@@ -450,8 +461,8 @@ func (l *limiter) record(calm bool, rtt time.Duration) {
 	} else if l.provisional.Load() && (b == 0 || ns < b) {
 		l.baseline.CompareAndSwap(b, ns) // lost to another sample: fine
 	}
-	if b > 0 && ns > limitSampleCap*b {
-		ns = limitSampleCap * b
+	if c := limitSampleCap * (b + int64(limitSlack)); b > 0 && ns > c {
+		ns = c
 	}
 	l.winSum.Add(ns)
 	if l.winCount.Add(1) >= limitWindowSamples && l.clock() >= l.winEnd.Load() && l.mu.TryLock() {
@@ -495,7 +506,7 @@ func (l *limiter) closeWindowLocked() {
 		return
 	}
 	lim := l.est
-	gradient := min(max(limitTolerance*float64(b)/float64(mean), 0.5), 1)
+	gradient := min(max((limitTolerance*float64(b)+float64(limitSlack))/float64(mean), 0.5), 1)
 	next := lim*gradient + math.Sqrt(lim)
 	if gradient == 1 && float64(peak)*2 < lim {
 		next = lim // the limit is not what holds the requests back
