@@ -315,6 +315,18 @@ if [[ "${SKIP_NEIGHBOUR:-0}" != 1 ]]; then
 fi
 HWM=1 rss_all peak
 
+# refusals PID prints the node's meshd_admission_rejected_total: requests
+# its admission control refused over the whole run, or "-".
+refusals() {
+	local admin
+	admin="$(tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | awk 'p { print; exit } $0 == "--admin" { p = 1 }')"
+	[[ -n "$admin" ]] || { echo -; return; }
+	curl -s --max-time 2 "http://$admin/metrics" |
+		awk '/^meshd_admission_rejected_total/ { v += $NF; found = 1 } END { print (found ? v : "-") }'
+}
+declare -A REFUSED
+for n in "${NODES[@]}"; do REFUSED[$n]="$(refusals "${NODE[$n]}")"; done
+
 # The table.
 DATE="$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$BENCH_DIR/results"
@@ -372,10 +384,10 @@ p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 		done
 	fi
 	echo
-	echo "meshd resident memory (VmRSS, MiB; peak = VmHWM at the end)"
-	printf '%-15s %6s %12s %15s %6s\n' node idle "after $CHECK_RATE/s" "after overload" peak
+	echo "meshd resident memory (VmRSS, MiB; peak = VmHWM at the end) and the requests each node's admission control refused in the run"
+	printf '%-15s %6s %12s %15s %6s %8s\n' node idle "after $CHECK_RATE/s" "after overload" peak refused
 	for n in "${NODES[@]}"; do
-		printf '%-15s %6s %12s %15s %6s\n' "$n" "$(rss idle "$n")" "$(rss "after-$CHECK_RATE" "$n")" "$(rss after-overload "$n")" "$(rss peak "$n")"
+		printf '%-15s %6s %12s %15s %6s %8s\n' "$n" "$(rss idle "$n")" "$(rss "after-$CHECK_RATE" "$n")" "$(rss after-overload "$n")" "$(rss peak "$n")" "${REFUSED[$n]}"
 	done
 	echo
 	echo "targets"
