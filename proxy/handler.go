@@ -495,6 +495,9 @@ func classify(ctx context.Context, err error) (int, string) {
 	if ctx.Err() != nil {
 		return StatusClientClosedRequest, ""
 	}
+	if isOverloaded(err) {
+		return errOverloaded.Code, errOverloaded.Msg
+	}
 	var se *StatusError
 	if errors.As(err, &se) {
 		if se.Code >= 400 && se.Code <= 599 {
@@ -518,48 +521,67 @@ func classify(ctx context.Context, err error) (int, string) {
 // upstream tried, nil when none was.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig, o *outgoing, u *Upstream, attempts int, err error) {
 	code, msg := classify(r.Context(), err)
-	attrs := []any{"method", r.Method, "host", r.Host, "path", r.URL.Path,
-		"status", code, "attempts", attempts, "err", err}
-	if u != nil {
-		attrs = append(attrs, "upstream", u.name(), "addr", u.Addr)
+	overloaded := isOverloaded(err)
+	// The record's attributes are built only when it is written: under
+	// overload a node refuses more requests than it serves, and each
+	// refusal is a debug record nobody reads.
+	record := func(level slog.Level, what string) {
+		if !c.logger.Enabled(r.Context(), level) {
+			return
+		}
+		attrs := []any{"method", r.Method, "host", r.Host, "path", r.URL.Path,
+			"status", code, "attempts", attempts, "err", err}
+		if u != nil {
+			attrs = append(attrs, "upstream", u.name(), "addr", u.Addr)
+		}
+		c.logger.Log(r.Context(), level, what, attrs...)
 	}
 	if code == StatusClientClosedRequest {
 		h.clientGone.Add(1)
-		c.logger.Debug("proxy: client went away", attrs...)
+		record(slog.LevelDebug, "proxy: client went away")
 		return
 	}
 	h.failures.Add(1)
 	var se *StatusError
-	if errors.As(err, &se) {
+	switch {
+	case overloaded:
+		// Refused by this node's admission control: counted in
+		// /metrics, one debug record.
+		se = errOverloaded
+		record(slog.LevelDebug, "proxy: refused by admission control")
+	case errors.As(err, &se):
 		// A routing decision, not a fault of this node: one debug record.
-		c.logger.Debug("proxy: not routed", attrs...)
-	} else if code == http.StatusBadRequest {
+		record(slog.LevelDebug, "proxy: not routed")
+	case code == http.StatusBadRequest:
 		// Nothing wrong with this node or the upstream.
-		c.logger.Debug("proxy: client error: bad request body", attrs...)
-	} else {
-		c.logger.Warn("proxy: forwarding failed", attrs...)
+		record(slog.LevelDebug, "proxy: client error: bad request body")
+	default:
+		record(slog.LevelWarn, "proxy: forwarding failed")
 	}
 	if t := proxyStatusError(code, err); t != "" {
 		// RFC 9209: says this answer is a proxy's, not the origin's, and
 		// why. Hops after this one keep it; a cache in front reads it as
 		// "the origin could not be reached" (RFC 9111 §4.2.4).
-		ps := proxyStatusToken(h.Via) + "; error=" + t
+		ps := make([]byte, 0, 96)
+		ps = append(append(append(ps, proxyStatusToken(h.Via)...), "; error="...), t...)
 		if u != nil {
-			ps += "; next-hop=" + sfString(u.name())
+			ps = appendSFString(append(ps, "; next-hop="...), u.name())
 		}
 		if se != nil && se.Details != "" {
-			ps += "; details=" + sfString(se.Details)
+			ps = appendSFString(append(ps, "; details="...), se.Details)
 		}
-		w.Header()["Proxy-Status"] = []string{ps}
+		w.Header()["Proxy-Status"] = []string{string(ps)}
 	}
 	if h.SignalRetry && (code == http.StatusBadGateway || code == http.StatusServiceUnavailable) &&
-		!isOverloaded(err) && // a refusal by admission control is final: retries would multiply an overload
+		!overloaded && // a refusal by admission control is final: retries would multiply an overload
 		(attempts == 0 && !o.body.read.Load() || retryable(r, o, err)) {
 		// Nothing upstream acted on it (or repeating it is harmless):
 		// the hop before this one may send it elsewhere.
 		w.Header()[HeaderRetry] = []string{"1"}
 	}
-	if se != nil && se.RetryAfter > 0 {
+	if overloaded {
+		w.Header()["Retry-After"] = retryAfterOverloaded
+	} else if se != nil && se.RetryAfter > 0 {
 		w.Header()["Retry-After"] = []string{strconv.FormatInt(int64((se.RetryAfter+time.Second-1)/time.Second), 10)}
 	}
 	writeError(w, code, msg)
@@ -568,11 +590,12 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig,
 // proxyStatusError is the RFC 9209 §2.3 error type of a request that could
 // not be forwarded, or "" when no upstream was at fault.
 func proxyStatusError(code int, err error) string {
+	if isOverloaded(err) {
+		return "connection_limit_reached" // admission control (limit.go)
+	}
 	var se *StatusError
 	var be *requestBodyError
 	switch {
-	case isOverloaded(err):
-		return "connection_limit_reached" // admission control (limit.go)
 	case errors.As(err, &be):
 		return "" // the client's body failed
 	case err == errRetrySignal:
@@ -618,7 +641,11 @@ func proxyStatusError(code int, err error) string {
 // quoted, with '"' and '\' escaped; a byte outside printable ASCII, which
 // an sf-string cannot carry, becomes '?'.
 func sfString(s string) string {
-	b := make([]byte, 0, len(s)+2)
+	return string(appendSFString(make([]byte, 0, len(s)+2), s))
+}
+
+// appendSFString appends s to b as sfString renders it.
+func appendSFString(b []byte, s string) []byte {
 	b = append(b, '"')
 	for i := 0; i < len(s); i++ {
 		c := s[i]
@@ -631,7 +658,7 @@ func sfString(s string) string {
 			b = append(b, c)
 		}
 	}
-	return string(append(b, '"'))
+	return append(b, '"')
 }
 
 // proxyStatusToken is the proxy's name in Proxy-Status: an sf-token, or
@@ -656,12 +683,26 @@ func proxyStatusToken(name string) string {
 // of this handler from keeping a failure that is over in a moment.
 func writeError(w http.ResponseWriter, code int, msg string) {
 	hdr := w.Header()
-	hdr["Content-Type"] = []string{"text/plain; charset=utf-8"}
-	hdr["X-Content-Type-Options"] = []string{"nosniff"}
-	hdr["Cache-Control"] = []string{"no-store"}
+	hdr["Content-Type"] = errorContentType
+	hdr["X-Content-Type-Options"] = errorNoSniff
+	hdr["Cache-Control"] = errorNoStore
 	w.WriteHeader(code)
+	if msg == errOverloaded.Msg {
+		_, _ = w.Write(overloadedBody)
+		return
+	}
 	_, _ = io.WriteString(w, msg+"\n")
 }
+
+// The fields of every error answer, shared: a handler's header map is
+// dropped after its response, and no writer changes a value in place.
+var (
+	errorContentType     = []string{"text/plain; charset=utf-8"}
+	errorNoSniff         = []string{"nosniff"}
+	errorNoStore         = []string{"no-store"}
+	retryAfterOverloaded = []string{strconv.Itoa(int(errOverloaded.RetryAfter / time.Second))}
+	overloadedBody       = []byte(errOverloaded.Msg + "\n")
+)
 
 // errUpstreamBody marks a failure to read the upstream's response body.
 type upstreamBodyError struct{ err error }

@@ -162,8 +162,27 @@ var (
 // isOverloaded reports whether err is a refusal by admission control: the
 // request never left this node and the upstream is not at fault.
 func isOverloaded(err error) bool {
-	var oe *overloadError
-	return errors.As(err, &oe)
+	// Unwrapped by hand: errors.As would put its target on the heap, on
+	// every refusal and every failure.
+	for err != nil {
+		if _, ok := err.(*overloadError); ok {
+			return true
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() error }:
+			err = u.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				if isOverloaded(e) {
+					return true
+				}
+			}
+			return false
+		default:
+			return false
+		}
+	}
+	return false
 }
 
 // limiter is the admission control of one upstream: a concurrency limit,

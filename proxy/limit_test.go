@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -420,7 +421,7 @@ func TestLimiterQueue(t *testing.T) {
 
 // heldUpstream answers every request after release is closed, and counts
 // the requests that reached it.
-func heldUpstream(t *testing.T) (*Upstream, *atomic.Int64, chan struct{}) {
+func heldUpstream(t testing.TB) (*Upstream, *atomic.Int64, chan struct{}) {
 	t.Helper()
 	var got atomic.Int64
 	release := make(chan struct{})
@@ -789,3 +790,43 @@ func TestOverloadEndToEnd(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRefused is the cost of a request that admission control
+// refuses: under overload a node refuses more requests than it serves,
+// and every microsecond a refusal costs is taken from those it serves.
+func BenchmarkRefused(b *testing.B) {
+	up, got, release := heldUpstream(b)
+	defer close(release)
+	pool := &Pool{ConcurrencyLimit: 1, QueueTimeout: time.Millisecond}
+	defer pool.CloseIdle()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	h := &Handler{Route: fixedRoute(up), Pool: pool, Via: "bench", Logger: logger}
+	go func() {
+		req := httptest.NewRequest("GET", "http://web/held", nil)
+		h.ServeHTTP(httptest.NewRecorder(), req)
+	}()
+	for got.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	req := httptest.NewRequest("GET", "http://web/", nil)
+	w := &discardWriter{h: http.Header{}}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		clear(w.h)
+		w.code = 0
+		h.ServeHTTP(w, req)
+		if w.code != http.StatusServiceUnavailable {
+			b.Fatalf("status %d, want 503", w.code)
+		}
+	}
+}
+
+type discardWriter struct {
+	h    http.Header
+	code int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) WriteHeader(code int)        { w.code = code }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
