@@ -84,8 +84,8 @@ func TestConcurrencyLimitFlags(t *testing.T) {
 	mresp.Body.Close()
 	for _, want := range []string{
 		`meshd_admission_rejected_total{region="eu",role="sidecar"} 1`,
-		`meshd_upstream_concurrency_limit{region="eu",role="sidecar",upstream="app|` + app.Listener.Addr().String() + `"} 1`,
-		`meshd_upstream_rejected_total{region="eu",role="sidecar",upstream="`,
+		`meshd_upstream_concurrency_limit{region="eu",role="sidecar",service="",upstream="app|` + app.Listener.Addr().String() + `"} 1`,
+		`meshd_upstream_rejected_total{region="eu",role="sidecar",service="",upstream="`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)

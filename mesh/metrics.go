@@ -44,7 +44,9 @@ type limitCollector struct {
 }
 
 func newLimitCollector(n *Node, labels prometheus.Labels) *limitCollector {
-	l := []string{"upstream"}
+	// service: the split of the upstream's limit by the service a
+	// request is for (a gateway carries many); "" for the upstream's own.
+	l := []string{"upstream", "service"}
 	return &limitCollector{n: n,
 		limit:    prometheus.NewDesc("meshd_upstream_concurrency_limit", "Requests the node admits at once to each upstream (adaptive or fixed).", l, labels),
 		inflight: prometheus.NewDesc("meshd_upstream_inflight", "Requests sent to each upstream and waiting for their response header.", l, labels),
@@ -65,10 +67,10 @@ func (c *limitCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	for _, u := range c.n.pool.Limits() {
-		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(u.Limit), u.Key)
-		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(u.InFlight), u.Key)
-		ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(u.Queued), u.Key)
-		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(u.Rejected), u.Key)
+		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(u.Limit), u.Key, u.Split)
+		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(u.InFlight), u.Key, u.Split)
+		ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(u.Queued), u.Key, u.Split)
+		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(u.Rejected), u.Key, u.Split)
 	}
 }
 

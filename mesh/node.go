@@ -174,7 +174,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	// One pool for every handler of the node: each upstream has one
 	// admission limit whichever listener its requests come from.
 	limit, _ := c.PoolConcurrencyLimit() // validated
-	n.pool = &proxy.Pool{HTTP2: true, ConcurrencyLimit: limit, QueueTimeout: c.QueueTimeout}
+	n.pool = &proxy.Pool{HTTP2: true, ConcurrencyLimit: limit, QueueTimeout: c.QueueTimeout,
+		// A gateway carries every service of its region: each service
+		// gets its own limit towards it. Requests to an app carry no
+		// service header and count against the app's one limit.
+		LimitKey: func(r *http.Request) string { return r.Header.Get(HeaderService) }}
 	closers = append(closers, n.pool.CloseIdle)
 
 	startServer := func(name string, s *proxy.Server) error {

@@ -536,10 +536,63 @@ func (l *limiter) closeWindowLocked() {
 	l.dispatchLocked()
 }
 
+// maxLimitSplits bounds the limits of one upstream split by
+// Pool.LimitKey: the keys are services of the catalog, but a bound keeps
+// a bug or a flood of names from growing the pool without end.
+const maxLimitSplits = 256
+
+// limiterFor returns the limiter req counts against: its split of the
+// upstream's limit by keyOf (created on first use, as the upstream's own),
+// or the upstream's own.
+func (uc *upstreamConns) limiterFor(keyOf func(*http.Request) string, req *http.Request) *limiter {
+	if uc.lim == nil || keyOf == nil {
+		return uc.lim
+	}
+	k := keyOf(req)
+	if k == "" {
+		return uc.lim
+	}
+	if l, ok := uc.splits.Load(k); ok {
+		return l.(*limiter)
+	}
+	if uc.nsplits.Load() >= maxLimitSplits {
+		return uc.lim
+	}
+	l, loaded := uc.splits.LoadOrStore(k, uc.lim.sibling())
+	if !loaded {
+		uc.nsplits.Add(1)
+	}
+	return l.(*limiter)
+}
+
+// stir ends the calm of the requests in flight to the upstream, in every
+// split of its limit: a connection is being dialled.
+func (uc *upstreamConns) stir() {
+	if uc.lim == nil {
+		return
+	}
+	uc.lim.stir()
+	uc.splits.Range(func(_, l any) bool {
+		l.(*limiter).stir()
+		return true
+	})
+}
+
+// sibling returns a new limiter in the same mode and with the same
+// queueing as l, counting refusals in the same total.
+func (l *limiter) sibling() *limiter {
+	mode := 0
+	if !l.adaptive {
+		mode = int(l.limit.Load())
+	}
+	return newLimiter(mode, l.queueTimeout, int(l.maxQueue), l.now, l.total)
+}
+
 // UpstreamLimit is the admission state of one upstream (see
-// Pool.ConcurrencyLimit).
+// Pool.ConcurrencyLimit), or of one split of it (Pool.LimitKey).
 type UpstreamLimit struct {
 	Key      string        // Upstream.Key
+	Split    string        // Pool.LimitKey of the split; "" for the upstream's own limit
 	Limit    int           // requests admitted at once
 	InFlight int           // requests admitted and waiting for their response header
 	Queued   int           // requests waiting for a slot
@@ -552,20 +605,33 @@ type UpstreamLimit struct {
 func (p *Pool) Limits() []UpstreamLimit {
 	var out []UpstreamLimit
 	p.transports.Range(func(k, v any) bool {
-		l := v.(*upstreamConns).lim
-		if l == nil {
+		uc := v.(*upstreamConns)
+		if uc.lim == nil {
 			return true
 		}
-		l.mu.Lock()
-		q := l.queued
-		l.mu.Unlock()
-		out = append(out, UpstreamLimit{Key: k.(string), Limit: int(l.limit.Load()),
-			InFlight: int(l.inflight.Load()), Queued: int(q), Rejected: l.rejected.Load(),
-			Baseline: time.Duration(l.baseline.Load())})
+		out = append(out, uc.lim.state(k.(string), ""))
+		uc.splits.Range(func(s, l any) bool {
+			out = append(out, l.(*limiter).state(k.(string), s.(string)))
+			return true
+		})
 		return true
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Key != out[j].Key {
+			return out[i].Key < out[j].Key
+		}
+		return out[i].Split < out[j].Split
+	})
 	return out
+}
+
+func (l *limiter) state(key, split string) UpstreamLimit {
+	l.mu.Lock()
+	q := l.queued
+	l.mu.Unlock()
+	return UpstreamLimit{Key: key, Split: split, Limit: int(l.limit.Load()),
+		InFlight: int(l.inflight.Load()), Queued: int(q), Rejected: l.rejected.Load(),
+		Baseline: time.Duration(l.baseline.Load())}
 }
 
 // Rejected returns how many requests admission control refused since the
@@ -611,7 +677,7 @@ func (p *Pool) admission(u *Upstream) *upstreamConns {
 // newH1Pool builds the fast path's pool, sharing the key's dial slots.
 func (uc *upstreamConns) newH1Pool(dial func(ctx context.Context) (net.Conn, error), maxIdle int, idleTimeout, headerTimeout time.Duration) *h1Pool {
 	p := newH1Pool(func(ctx context.Context) (net.Conn, error) {
-		uc.lim.stir()
+		uc.stir()
 		return dial(ctx)
 	}, maxIdle, idleTimeout, headerTimeout)
 	p.dials, p.queueTimeout, p.rejected = uc.dials, uc.queueTimeout, uc.rejected
@@ -638,7 +704,7 @@ func (uc *upstreamConns) boundDial(dial func(ctx context.Context, network, addr 
 				return nil, errDialSkipped
 			}
 		}
-		uc.lim.stir()
+		uc.stir()
 		return dial(ctx, network, addr)
 	}
 }

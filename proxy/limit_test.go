@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -830,3 +831,100 @@ type discardWriter struct {
 func (w *discardWriter) Header() http.Header         { return w.h }
 func (w *discardWriter) WriteHeader(code int)        { w.code = code }
 func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestLimitSplit: with Pool.LimitKey, the requests for one service fill
+// their own limit of an upstream and leave the other services' slots
+// free, as a gateway carrying a slow service and a fast one needs.
+func TestLimitSplit(t *testing.T) {
+	up, got, release := heldUpstream(t)
+	pool := &Pool{ConcurrencyLimit: 1, QueueTimeout: time.Millisecond,
+		LimitKey: func(r *http.Request) string { return r.Header.Get("X-Service") }}
+	defer pool.CloseIdle()
+	send := func(svc string) chan int {
+		done := make(chan int, 1)
+		go func() {
+			req := httptest.NewRequest("GET", "http://web/", nil).WithContext(context.Background())
+			req.RequestURI = ""
+			if svc != "" {
+				req.Header.Set("X-Service", svc)
+			}
+			resp, err := pool.RoundTrip(up, req)
+			switch {
+			case isOverloaded(err):
+				done <- http.StatusServiceUnavailable
+			case err != nil:
+				t.Error(err)
+				done <- 0
+			default:
+				resp.Body.Close()
+				done <- resp.StatusCode
+			}
+		}()
+		return done
+	}
+	slow := send("slow") // held upstream: takes slow's one slot
+	waitFor(t, "the slow request upstream", 5*time.Second, func() bool { return got.Load() == 1 })
+	if code := <-send("slow"); code != http.StatusServiceUnavailable {
+		t.Errorf("a second slow request: %d, want refused (503)", code)
+	}
+	fast := send("fast") // its own slot: reaches the upstream
+	waitFor(t, "the fast request upstream", 5*time.Second, func() bool { return got.Load() == 2 })
+	plain := send("") // the upstream's own limit
+	waitFor(t, "the request without a key upstream", 5*time.Second, func() bool { return got.Load() == 3 })
+
+	ls := pool.Limits()
+	var splits []string
+	for _, l := range ls {
+		splits = append(splits, l.Split)
+		if l.InFlight != 1 {
+			t.Errorf("split %q: %d in flight, want 1", l.Split, l.InFlight)
+		}
+		if want := int64(0); l.Split == "slow" {
+			if l.Rejected != 1 {
+				t.Errorf("split slow refused %d, want 1", l.Rejected)
+			}
+		} else if l.Rejected != want {
+			t.Errorf("split %q refused %d, want 0", l.Split, l.Rejected)
+		}
+	}
+	if strings.Join(splits, ",") != ",fast,slow" {
+		t.Errorf("Limits lists splits %q, want the upstream's own, fast and slow", splits)
+	}
+	if n := pool.Rejected(); n != 1 {
+		t.Errorf("pool refused %d, want 1", n)
+	}
+	close(release)
+	for name, done := range map[string]chan int{"slow": slow, "fast": fast, "without a key": plain} {
+		if code := <-done; code != http.StatusOK {
+			t.Errorf("the held %s request: %d, want 200", name, code)
+		}
+	}
+}
+
+func TestLimitSplitsBounded(t *testing.T) {
+	pool := &Pool{ConcurrencyLimit: 3, LimitKey: func(r *http.Request) string { return r.Header.Get("X-Service") }}
+	uc, err := pool.conns(&Upstream{Key: "k", Addr: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest("GET", "http://web/", nil)
+	seen := map[*limiter]bool{}
+	for i := range maxLimitSplits + 10 {
+		req.Header.Set("X-Service", "svc-"+strconv.Itoa(i))
+		l := uc.limiterFor(pool.LimitKey, req)
+		if i >= maxLimitSplits && l != uc.lim {
+			t.Fatalf("key %d beyond the bound got a limiter of its own", i)
+		}
+		if l.limit.Load() != 3 {
+			t.Fatalf("split limit %d, want the pool's fixed 3", l.limit.Load())
+		}
+		seen[l] = true
+	}
+	if len(seen) != maxLimitSplits+1 {
+		t.Errorf("%d limiters, want %d splits and the upstream's own", len(seen), maxLimitSplits)
+	}
+	req.Header.Set("X-Service", "svc-0")
+	if a, b := uc.limiterFor(pool.LimitKey, req), uc.limiterFor(pool.LimitKey, req); a != b || a == uc.lim {
+		t.Error("the same key did not get the same split")
+	}
+}

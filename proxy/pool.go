@@ -100,6 +100,15 @@ type Pool struct {
 	// them, an idle connection or a dial slot. Default 4
 	// (DefaultMaxDialsPerUpstream); negative: no bound.
 	MaxDialsPerUpstream int
+	// LimitKey splits an upstream's concurrency limit by what a request is
+	// for: requests whose LimitKey differs count against separate limits
+	// of the same upstream, each with its own latency baseline. A gateway
+	// carries every service of its region over the same connections, and a
+	// slow service must neither look like an overloaded gateway nor take
+	// the slots of a fast one. Nil, or "" for a request: the upstream's one
+	// limit. At most maxLimitSplits keys per upstream; requests of later
+	// ones share the upstream's limit.
+	LimitKey func(req *http.Request) string
 
 	transports sync.Map     // Upstream.Key → *upstreamConns
 	rejected   atomic.Int64 // requests refused by admission control
@@ -152,12 +161,13 @@ func (p *Pool) RoundTrip(u *Upstream, req *http.Request) (*http.Response, error)
 		req.URL.Scheme = "http"
 	}
 	req.URL.Host = u.Addr
-	n, err := uc.lim.acquire(req.Context())
+	lim := uc.limiterFor(p.LimitKey, req)
+	n, err := lim.acquire(req.Context())
 	if err != nil {
 		return nil, err
 	}
 	var sent time.Time
-	if uc.lim != nil {
+	if lim != nil {
 		sent = time.Now()
 	}
 	var resp *http.Response
@@ -166,9 +176,9 @@ func (p *Pool) RoundTrip(u *Upstream, req *http.Request) (*http.Response, error)
 	} else {
 		resp, err = uc.roundTrip(req)
 	}
-	if uc.lim != nil {
+	if lim != nil {
 		rtt, sample := limitSample(req, resp, err, sent)
-		uc.lim.release(n, rtt, sample)
+		lim.release(n, rtt, sample)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("proxy: round trip to %s: %w", u.Addr, err)
@@ -185,6 +195,8 @@ type upstreamConns struct {
 	// Admission control (limit.go): nil lim is no limit, nil dials no
 	// bound on dials.
 	lim          *limiter
+	splits       sync.Map     // Pool.LimitKey → *limiter, beside lim
+	nsplits      atomic.Int32 // entries in splits
 	dials        chan struct{}
 	queueTimeout time.Duration
 	rejected     *atomic.Int64
