@@ -88,7 +88,7 @@ type verifiedChain struct {
 }
 
 // maxVerified bounds the verification memo: past it the memo starts over.
-// A node sees one entry per peer certificate.
+// It holds one entry per certificate of a peer that is still valid.
 const maxVerified = 1024
 
 // verify verifies the chain a peer presented (leaf first) with go-spiffe,
@@ -139,11 +139,22 @@ func (m *Manager) verify(certs []*x509.Certificate, now time.Time) (*verifiedCha
 		return nil, errors.New("tlsmgr: no verified chain")
 	}
 	m.verifiedMu.Lock()
-	if m.verified == nil || len(m.verified) >= maxVerified {
+	defer m.verifiedMu.Unlock()
+	if m.verified == nil {
 		m.verified = make(map[[32]byte]*verifiedChain)
 	}
+	// A new chain is rare (a new peer, a renewed certificate): forget the
+	// results no handshake can use any more, and start over if the memo
+	// is still full.
+	for k, old := range m.verified {
+		if old.bundle != cur.bundle || now.After(old.summary.notAfter) {
+			delete(m.verified, k)
+		}
+	}
+	if len(m.verified) >= maxVerified {
+		clear(m.verified)
+	}
 	m.verified[key] = v
-	m.verifiedMu.Unlock()
 	return v, nil
 }
 

@@ -391,3 +391,25 @@ func TestResumeOverHTTP(t *testing.T) {
 		})
 	}
 }
+
+func TestVerificationMemo(t *testing.T) {
+	p := newResumePair(t, nil, nil, 0)
+	p.mustConnect(t, "first", false)
+	p.mustConnect(t, "second", true)
+	p.web.verifiedMu.Lock()
+	n := len(p.web.verified)
+	p.web.verifiedMu.Unlock()
+	if n != 1 {
+		t.Fatalf("server memo holds %d chains, want 1 (api's)", n)
+	}
+	// A new bundle value: the memo is not used, and its old entries go.
+	setRoots(t, p.web, caRoot(t, p.dir))
+	p.mustConnect(t, "same roots, new bundle value", true)
+	p.web.verifiedMu.Lock()
+	for _, v := range p.web.verified {
+		if v.bundle != p.web.cur.Load().bundle {
+			t.Error("memo kept a result for a bundle no longer current")
+		}
+	}
+	p.web.verifiedMu.Unlock()
+}
