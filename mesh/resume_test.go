@@ -2,8 +2,10 @@ package mesh
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"testing"
 	"time"
 )
@@ -49,5 +51,14 @@ func TestHopsResumeTLSSessions(t *testing.T) {
 		if sc.ids.Resumed() == scBefore {
 			t.Errorf("request %d: the gateway's new HTTP/1.1 connection to the sidecar did not resume", i)
 		}
+	}
+	resp, err := http.Get("http://" + sc.Addrs()["admin"] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if m := regexp.MustCompile(`(?m)^meshd_tls_resumed_total\{.*\} (\d+)$`).FindStringSubmatch(string(b)); m == nil || m[1] == "0" {
+		t.Errorf("/metrics: meshd_tls_resumed_total %v, want a count above 0", m)
 	}
 }
