@@ -21,6 +21,8 @@ func (n *Node) newRegistry() *prometheus.Registry {
 			func() float64 { return float64(n.ids.NotAfter().Unix()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_svid_renewals_total", Help: "SVIDs minted or reloaded after the first.", ConstLabels: labels},
 			func() float64 { return float64(n.ids.Renewals()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_tls_resumed_total", Help: "mTLS handshakes, as server or client, that resumed a session and re-authorized the peer.", ConstLabels: labels},
+			func() float64 { return float64(n.ids.Resumed()) }),
 		&memberCollector{n: n, desc: prometheus.NewDesc("meshd_gossip_members", "Members of each gossip pool the node sees.", []string{"pool"}, labels)},
 		&badPacketCollector{n: n, desc: prometheus.NewDesc("meshd_gossip_bad_packets_total", "Packets and streams that gossip refused from the network (not authenticated, not decrypted or not decoded), per pool; their log lines are rate-limited.", []string{"pool"}, labels)},
 		&serviceCollector{n: n, desc: prometheus.NewDesc("meshd_service_healthy_instances", "Healthy instances of each service per region, as the node sees them.", []string{"service", "service_region"}, labels)},

@@ -28,7 +28,9 @@
 //     listener and without touching open connections.
 //   - Manager.ServerTLS / Manager.ClientTLS / PeerID: the mTLS configs.
 //     Verification is go-spiffe's (tlsconfig with x509svid and x509bundle
-//     sources and authorizers); nothing here verifies certificates by hand.
+//     sources and authorizers; x509svid.Verify's result is remembered per
+//     presented chain and bundle value); nothing here verifies certificates
+//     by hand.
 //   - PublicCerts / InternalRoot: the certificates of the edge's public
 //     listener, from PEM files (chosen by SNI, reloaded on Reload and on
 //     change, OCSP-stapled when the certificate names a responder), from an
@@ -42,8 +44,15 @@
 //     PublicCerts.TLSConfig is the public policy: TLS 1.3 preferred, TLS 1.2
 //     with ECDHE AEAD suites only, ALPN h2 and http/1.1, session tickets on.
 //
-// Session resumption is off on both sides of the mTLS configs: go-spiffe's authorizer runs in
-// VerifyPeerCertificate, which crypto/tls skips on resumed sessions. As a
-// second line of defence every config also re-verifies resumed sessions in
-// VerifyConnection, in case a caller turns resumption back on.
+// Sessions between mesh hops resume (resume.go): the server issues tickets
+// under keys the Manager rotates (TicketKeyRotation), each ClientTLS config
+// keeps a small session cache of its own, and every resumed handshake
+// re-authorizes the peer, because crypto/tls skips VerifyPeerCertificate,
+// where go-spiffe's authorizer runs, on resumed sessions. A ticket records
+// the peer's SPIFFE ID, the roots its chain verified against and when the
+// chain expires; it is accepted only while that root is still in the
+// current trust bundle, no certificate of the chain has expired and the
+// authorizer still accepts the ID, otherwise the handshake is a full one.
+// VerifyConnection then verifies the chain restored from the session
+// again, on both sides.
 package tlsmgr

@@ -90,6 +90,14 @@ type Manager struct {
 	polls    atomic.Uint64 // file mode: completed polls, for tests
 	updates  atomic.Uint64 // Workload API mode: processed updates, for tests
 	cur      atomic.Pointer[identity]
+	resumed  atomic.Uint64 // resumed handshakes re-authorized by verifyResumed
+
+	bundleSum atomic.Pointer[bundleDigest] // digest of cur's bundle (resume.go)
+	tkeys     atomic.Pointer[ticketKeys]   // session ticket keys (resume.go)
+	tkeysMu   sync.Mutex                   // serializes their rotation
+
+	verifiedMu sync.Mutex
+	verified   map[[32]byte]*verifiedChain // verification memo (resume.go)
 
 	mu      sync.Mutex
 	started bool

@@ -53,9 +53,14 @@ func handshake(t *testing.T, srv, cli *tls.Config) (s, c hsResult) {
 }
 
 // pipeHandshake is handshake over net.Pipe: inside a synctest bubble, where
-// every wait on a pipe is durably blocking and time is fake.
+// every wait on a pipe is durably blocking and time is fake. It never
+// resumes: net.Pipe has no buffer, and a resuming server's first flight,
+// which carries the next ticket, would block until the client read past
+// its own Finished, which it writes first.
 func pipeHandshake(t *testing.T, srv, cli *tls.Config) (s, c hsResult) {
 	t.Helper()
+	cli = cli.Clone()
+	cli.ClientSessionCache = nil
 	sconn, cconn := net.Pipe()
 	return handshakeOver(t, sconn, cconn, srv, cli)
 }
@@ -251,17 +256,21 @@ func TestClientTLSRefusesBadPeerID(t *testing.T) {
 func TestTLSConfigSettings(t *testing.T) {
 	m := startManager(t, newCADir(t, testTD), "spiffe://"+testTD+"/service/web", 0)
 	s := m.ServerTLS(nil)
-	if s.MinVersion != tls.VersionTLS12 || !s.SessionTicketsDisabled || s.ClientAuth != tls.RequireAnyClientCert ||
-		strings.Join(s.NextProtos, ",") != "h2,http/1.1" || s.VerifyConnection == nil {
+	if s.MinVersion != tls.VersionTLS12 || s.SessionTicketsDisabled || s.ClientAuth != tls.RequireAnyClientCert ||
+		strings.Join(s.NextProtos, ",") != "h2,http/1.1" || s.VerifyConnection == nil || s.WrapSession == nil || s.UnwrapSession == nil {
 		t.Errorf("server config: min %x tickets-off %v clientauth %v alpn %v", s.MinVersion, s.SessionTicketsDisabled, s.ClientAuth, s.NextProtos)
 	}
 	c, err := m.ClientTLS("spiffe://"+testTD+"/service/api", "h2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MinVersion != tls.VersionTLS12 || c.ClientSessionCache != nil || strings.Join(c.NextProtos, ",") != "h2" ||
-		c.GetClientCertificate == nil || c.VerifyPeerCertificate == nil {
-		t.Errorf("client config: min %x cache %v alpn %v", c.MinVersion, c.ClientSessionCache, c.NextProtos)
+	if _, ok := c.ClientSessionCache.(*sessionCache); c.MinVersion != tls.VersionTLS12 || !ok || strings.Join(c.NextProtos, ",") != "h2" ||
+		c.GetClientCertificate == nil || c.VerifyPeerCertificate == nil || c.VerifyConnection == nil {
+		t.Errorf("client config: min %x cache %T alpn %v", c.MinVersion, c.ClientSessionCache, c.NextProtos)
+	}
+	c2, _ := m.ClientTLS("spiffe://"+testTD+"/service/api", "h2")
+	if c2.ClientSessionCache == c.ClientSessionCache {
+		t.Error("two ClientTLS configs share a session cache")
 	}
 	if id, ok := PeerID(nil); ok || id != "" {
 		t.Error("PeerID(nil) reported a peer")
@@ -271,9 +280,8 @@ func TestTLSConfigSettings(t *testing.T) {
 	}
 }
 
-// TestResumedSessionReauthorized turns session tickets back on, against the
-// advice of ServerTLS, and checks that VerifyConnection still applies the
-// policy to a resumed session, which skips VerifyPeerCertificate.
+// TestResumedSessionReauthorized: with a cache of crypto/tls's own (not
+// ClientTLS's), a resumed session still meets the policy of the day.
 func TestResumedSessionReauthorized(t *testing.T) {
 	dir := newCADir(t, testTD)
 	webID := "spiffe://" + testTD + "/service/web"
@@ -288,7 +296,6 @@ func TestResumedSessionReauthorized(t *testing.T) {
 		}
 		return nil
 	})
-	srv.SessionTicketsDisabled = false
 	cli, err := api.ClientTLS(webID)
 	if err != nil {
 		t.Fatal(err)

@@ -35,15 +35,22 @@ func (m *Manager) ServerTLS(allow func(peerID string) error) *tls.Config {
 		return nil
 	})
 	cfg := tlsconfig.MTLSServerConfig(m, m, authorize)
+	cfg.VerifyPeerCertificate = m.verifyPeer(authorize)
 	cfg.MinVersion = tls.VersionTLS12
 	cfg.NextProtos = []string{"h2", "http/1.1"}
-	// go-spiffe authorizes the peer in VerifyPeerCertificate, which crypto/tls
-	// does not call when a session is resumed: a ticket issued to a peer that
-	// allow accepted yesterday would let it skip today's policy, and a ticket
-	// would outlive the peer's SVID. Without tickets every connection runs a
-	// full handshake and the authorizer sees every peer.
-	cfg.SessionTicketsDisabled = true
-	cfg.VerifyConnection = m.verifyResumed(authorize)
+	// Sessions resume (resume.go): go-spiffe authorizes the peer in
+	// VerifyPeerCertificate, which crypto/tls does not call when a session
+	// is resumed, so the ticket records what that verification found and
+	// UnwrapSession accepts it only while the chain's root is still
+	// trusted, no certificate of the chain has expired and allow still
+	// accepts the peer; VerifyConnection then verifies the restored chain
+	// again against the current bundle. Tickets are encrypted with keys
+	// the Manager rotates every TicketKeyRotation.
+	cfg.SessionTicketsDisabled = false
+	cfg.WrapSession = m.wrapSession(authorize)
+	cfg.UnwrapSession = m.unwrapSession(authorize)
+	cfg.VerifyConnection = m.verifyResumed(authorize, nil)
+	cfg.Time = m.Now
 	return cfg
 }
 
@@ -54,7 +61,12 @@ func (m *Manager) ServerTLS(allow func(peerID string) error) *tls.Config {
 //
 // Hostname verification is replaced by the SPIFFE ID check: go-spiffe sets
 // InsecureSkipVerify and verifies the chain itself in VerifyPeerCertificate.
-// There is no ClientSessionCache: a resumed session would skip that check.
+// Each config has its own ClientSessionCache (bounded, clientSessionCacheSize
+// entries), so a config built per upstream resumes sessions with that
+// upstream only. A session is offered only while the trust bundle is the
+// one it was verified against, and every resumed handshake verifies the
+// server's chain from the session again, against the current bundle and by
+// the same authorizer; a failure forgets every session of the config.
 func (m *Manager) ClientTLS(peerID string, nextProtos ...string) (*tls.Config, error) {
 	id, err := spiffeid.FromString(peerID)
 	if err != nil {
@@ -69,34 +81,63 @@ func (m *Manager) ClientTLS(peerID string, nextProtos ...string) (*tls.Config, e
 	}
 	authorize := tlsconfig.AuthorizeID(id)
 	cfg := tlsconfig.MTLSClientConfig(m, m, authorize)
+	cfg.VerifyPeerCertificate = m.verifyPeer(authorize)
 	cfg.MinVersion = tls.VersionTLS12
 	if len(nextProtos) > 0 {
 		cfg.NextProtos = append([]string(nil), nextProtos...)
 	}
-	cfg.ClientSessionCache = nil
-	cfg.VerifyConnection = m.verifyResumed(authorize)
+	cache := newSessionCache(m, clientSessionCacheSize)
+	cfg.ClientSessionCache = cache
+	cfg.VerifyConnection = m.verifyResumed(authorize, cache.flush)
+	cfg.Time = m.Now
 	return cfg, nil
+}
+
+// verifyPeer is the VerifyPeerCertificate of a full handshake: go-spiffe's
+// (as tlsconfig's), at the Manager's clock, so that full and resumed
+// handshakes judge validity by the same time, and remembered (see
+// Manager.verify) for the session ticket that follows.
+func (m *Manager) verifyPeer(authorize tlsconfig.Authorizer) func([][]byte, [][]*x509.Certificate) error {
+	return func(raw [][]byte, _ [][]*x509.Certificate) error {
+		certs := make([]*x509.Certificate, 0, len(raw))
+		for _, r := range raw {
+			c, err := x509.ParseCertificate(r)
+			if err != nil {
+				return fmt.Errorf("x509svid: unable to parse certificate: %w", err)
+			}
+			certs = append(certs, c)
+		}
+		_, err := m.authorized(certs, m.now(), authorize)
+		return err
+	}
 }
 
 // verifyResumed re-runs go-spiffe's verification and the authorizer on a
 // resumed session. crypto/tls calls VerifyConnection on every handshake,
-// resumed or not, but VerifyPeerCertificate only on full ones. The configs
-// built here disable resumption, so this is a second line of defence for a
-// caller that turns it back on (a ClientSessionCache, tickets): the peer
+// resumed or not, but VerifyPeerCertificate only on full ones: the peer
 // certificates restored from the session are checked against the current
-// bundle, at the current time, and by the same authorizer.
-func (m *Manager) verifyResumed(authorize tlsconfig.Authorizer) func(tls.ConnectionState) error {
+// bundle, at the current time, and by the same authorizer. failed, when
+// not nil, runs when a resumed session is refused (the client forgets its
+// sessions, so that the next connection is a full handshake).
+func (m *Manager) verifyResumed(authorize tlsconfig.Authorizer, failed func()) func(tls.ConnectionState) error {
 	return func(cs tls.ConnectionState) error {
 		if !cs.DidResume {
 			return nil // VerifyPeerCertificate already ran
 		}
-		id, chains, err := x509svid.Verify(cs.PeerCertificates, m)
-		if err != nil {
-			return err
+		if _, err := m.authorized(cs.PeerCertificates, m.now(), authorize); err != nil {
+			if failed != nil {
+				failed()
+			}
+			return fmt.Errorf("tlsmgr: resumed session refused: %w", err)
 		}
-		return authorize(id, chains)
+		m.resumed.Add(1)
+		return nil
 	}
 }
+
+// Resumed returns how many resumed handshakes (as server or client) the
+// Manager's configs accepted after re-authorizing the peer.
+func (m *Manager) Resumed() uint64 { return m.resumed.Load() }
 
 func (m *Manager) trustDomain() spiffeid.TrustDomain {
 	cur := m.cur.Load()
