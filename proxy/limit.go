@@ -69,6 +69,16 @@ const (
 // while the node uses less than half of it: an idle limit says nothing
 // about capacity and would only let the next burst through unchecked.
 //
+// Latency that a smaller limit does not shorten is not a queue of this
+// node's making: a CPU taken by other processes, a slower network, other
+// clients of the same upstream. Refusing requests for it only turns slow
+// answers into refusals. So when futileCuts windows in a row cut the limit,
+// the requests in flight halved and latency did not fall by a quarter, that
+// latency is taken as the upstream's unloaded one: the baseline is lifted
+// to where it is normal (the lift fades again, by half per window, once
+// latency falls below the lifted baseline). A queue at the upstream
+// shortens with every cut, so a real overload never lifts it.
+//
 // The baseline is an average of the latency of calm requests: while one of
 // them was in flight, this node never had more than limitMin requests in
 // flight to the upstream and dialled no connection to it. Calm requests
@@ -114,6 +124,13 @@ const (
 	baselineShift     = 4
 	baselineSampleCap = 4
 )
+
+// futileCuts is how many windows in a row must cut the limit, halving the
+// requests in flight without shortening latency, before the latency is
+// taken for one that this node's concurrency does not cause. A queue at the
+// upstream shortens as soon as fewer requests are sent (Little's law):
+// half as many in flight, half as long a wait.
+const futileCuts = 5
 
 // A queue absorbs bursts; under sustained overload it only adds its timeout
 // to the latency of every request it lets through, since it is always full
@@ -221,6 +238,11 @@ type limiter struct {
 	queued     int64
 	lastEmpty  int64   // when the queue was last empty, nanoseconds since epoch
 	est        float64 // the adaptive limit before rounding
+	// Cuts that did not shorten latency (see closeWindowLocked).
+	lift      int64 // nanoseconds added to the baseline: latency not of this node's making
+	cutStreak int   // windows in a row that cut the limit
+	cutPeak   int64 // requests in flight in the first of them
+	cutMean   int64 // the highest mean latency of the streak
 }
 
 // waiter is a request queued for a slot; granted and n are set under the
@@ -525,7 +547,37 @@ func (l *limiter) closeWindowLocked() {
 		return
 	}
 	lim := l.est
-	gradient := min(max((limitTolerance*float64(b)+float64(limitSlack))/float64(mean), 0.5), 1)
+	if l.lift > 0 && mean < b+l.lift {
+		// Faster than the lifted baseline: what slowed the upstream is
+		// gone, and the lift with it, by half per window.
+		if l.lift /= 2; l.lift < b/16 {
+			l.lift = 0
+		}
+	}
+	gradient := min(max((limitTolerance*float64(b+l.lift)+float64(limitSlack))/float64(mean), 0.5), 1)
+	if gradient < 1 {
+		if l.cutStreak == 0 {
+			l.cutPeak, l.cutMean = peak, mean
+		}
+		// Latency lags concurrency by a round trip: the streak is judged
+		// against its slowest window, not its first.
+		l.cutMean = max(l.cutMean, mean)
+		l.cutStreak++
+		if l.cutStreak >= futileCuts && peak*2 <= l.cutPeak && mean*4 >= l.cutMean*3 {
+			// The limit has been cut for futileCuts windows, the requests
+			// in flight have halved, and latency has not moved: it is not
+			// a queue of this node's requests (a CPU starved by other
+			// processes, a slow network, other clients of the upstream),
+			// and refusing more would only turn slow answers into
+			// refusals. The baseline is lifted to where this latency is
+			// normal, and the limit grows again from here.
+			l.lift = max(l.lift, int64((float64(mean)-float64(limitSlack))/limitTolerance)-b)
+			l.cutStreak = 0
+			gradient = 1
+		}
+	} else {
+		l.cutStreak = 0
+	}
 	next := lim*gradient + math.Sqrt(lim)
 	if gradient == 1 && float64(peak)*2 < lim {
 		next = lim // the limit is not what holds the requests back

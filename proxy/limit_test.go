@@ -43,8 +43,23 @@ func newLimitSim() *limitSim {
 		lowest: limitInitial, highest: limitInitial}
 }
 
-// run completes 20 requests per sampling window for windows windows.
+// run completes 20 requests per sampling window for windows windows, each
+// with latency rtt whatever the number in flight: latency this node's
+// concurrency does not cause.
 func (s *limitSim) run(conc int, rtt time.Duration, windows int) {
+	s.runWith(conc, func(int) time.Duration { return rtt }, windows)
+}
+
+// runQueue is run against an upstream that serves capacity requests at
+// once in service each and queues the rest: latency grows with the
+// requests in flight.
+func (s *limitSim) runQueue(conc, capacity int, service time.Duration, windows int) {
+	s.runWith(conc, func(inflight int) time.Duration {
+		return service * time.Duration(max(inflight, capacity)) / time.Duration(capacity)
+	}, windows)
+}
+
+func (s *limitSim) runWith(conc int, latency func(inflight int) time.Duration, windows int) {
 	canceled, cancel := context.WithCancel(context.Background())
 	cancel() // acquire never waits: a full limiter refuses at once
 	const steps = 20
@@ -60,6 +75,7 @@ func (s *limitSim) run(conc int, rtt time.Duration, windows int) {
 		s.clk.t = s.clk.t.Add(win / steps)
 		if len(s.held) > 0 {
 			n := s.held[0]
+			rtt := latency(len(s.held))
 			s.held = s.held[1:]
 			s.l.release(n, rtt, true)
 		}
@@ -94,17 +110,43 @@ func TestAdaptiveLimit(t *testing.T) {
 				t.Errorf("limit %d, want it to stay at %d: the limit was not what held requests back", s.limit(), limitInitial)
 			}
 		}},
-		{"shrinks when latency doubles", func(t *testing.T, s *limitSim) {
+		{"shrinks to what a queueing upstream serves", func(t *testing.T, s *limitSim) {
 			s.run(2, base, 3)
 			s.run(saturate, base, 10)
 			before := s.limit()
-			s.run(saturate, 2*base, 30)
-			if s.limit() >= before {
-				t.Errorf("limit %d after latency doubled, was %d", s.limit(), before)
+			// 8 at a time, the rest queued: latency grows with what
+			// is in flight. Cutting shortens it, so the cuts go on.
+			s.runQueue(saturate, 8, base, 100)
+			s.lowest, s.highest = s.limit(), s.limit()
+			s.runQueue(saturate, 8, base, 100)
+			if s.highest >= before {
+				t.Errorf("limit up to %d against a queueing upstream, was %d", s.highest, before)
 			}
-			// limit×0.65 + √limit settles near 8.
-			if s.limit() > 10 {
-				t.Errorf("limit %d, want it near the gradient's equilibrium of 8", s.limit())
+			// Latency 1.3 baselines at about 10 in flight, where
+			// limit×gradient + √limit balances.
+			if s.highest > 20 || s.lowest < 8 {
+				t.Errorf("limit between %d and %d, want it near the upstream's capacity of 8", s.lowest, s.highest)
+			}
+		}},
+		{"cuts that do not shorten latency lift the baseline", func(t *testing.T, s *limitSim) {
+			s.run(2, base, 3)
+			s.run(saturate, base, 10)
+			before := s.limit()
+			// Twice as slow whatever the concurrency, as on a CPU
+			// taken by other processes: after the cuts halve what is
+			// in flight without effect, the limit grows again.
+			s.run(saturate, 2*base, 3)
+			if s.limit() >= before {
+				t.Errorf("limit %d right after latency doubled, was %d: want a cut first", s.limit(), before)
+			}
+			s.run(saturate, 2*base, 40)
+			if s.limit() < before {
+				t.Errorf("limit %d after 40 windows at a latency it does not cause, was %d", s.limit(), before)
+			}
+			// And back to normal: the lift fades.
+			s.run(saturate, base, 20)
+			if lift := time.Duration(s.l.lift); lift != 0 {
+				t.Errorf("lift %v after 20 windows back at the baseline", lift)
 			}
 		}},
 		{"halves at most per window", func(t *testing.T, s *limitSim) {
@@ -140,19 +182,19 @@ func TestAdaptiveLimit(t *testing.T) {
 			s.run(2, base, 3)
 			// The two requests in flight when the load ramps up meet
 			// the queue too: they are not calm once a fifth is sent.
-			s.run(saturate, 2*base, 100)
-			if b := time.Duration(s.l.baseline.Load()); b != base {
-				t.Errorf("baseline %v after 100 windows of queueing, want %v", b, base)
+			s.runQueue(saturate, 8, base, 100)
+			if b := time.Duration(s.l.baseline.Load()); b != base || s.l.lift != 0 {
+				t.Errorf("baseline %v lifted by %v after 100 windows of queueing, want %v", b, time.Duration(s.l.lift), base)
 			}
 		}},
 		{"learns an upstream that became slower", func(t *testing.T, s *limitSim) {
 			s.run(2, base, 3)
-			// Four times slower for good: the limit falls to its minimum,
-			// where requests are calm again, so the baseline follows
-			// (until the limit grows past the minimum again) and the
-			// limit opens again.
+			// Four times slower for good: cuts that do not shorten
+			// latency lift the baseline (and at the minimum, requests
+			// are calm again and the baseline follows), and the limit
+			// opens again.
 			s.run(saturate, 4*base, 200)
-			if b := time.Duration(s.l.baseline.Load()); b < 2*base {
+			if b := time.Duration(s.l.baseline.Load() + s.l.lift); b < 2*base {
 				t.Errorf("baseline %v, want it to have followed the upstream to about %v", b, 4*base)
 			}
 			if s.limit() <= limitMin {
@@ -185,7 +227,7 @@ func TestLimitSlack(t *testing.T) {
 		s.run(2, base, 3)
 		s.run(5000, base, 5)
 		before := s.limit()
-		s.run(5000, tt.rtt, 20)
+		s.run(5000, tt.rtt, 2)
 		if shrunk := s.limit() < before; shrunk != tt.shrink {
 			t.Errorf("latency %v after a baseline of %v: limit %d, was %d; want shrunk %v", tt.rtt, base, s.limit(), before, tt.shrink)
 		}
