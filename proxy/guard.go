@@ -49,11 +49,9 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				if hc.cork == nil {
 					g.serve(w, r)
 				} else {
-					hw := &h2Writer{ResponseWriter: w}
+					hw := &h2Writer{ResponseWriter: w, cork: hc.cork, head: r.Method == http.MethodHead}
 					g.serve(hw, r)
-					if hw.buffered(r) {
-						hc.cork.hold()
-					}
+					hw.done()
 				}
 				if ctx.Err() == nil {
 					hc.completed()
@@ -473,7 +471,9 @@ func newH2Conn(c net.Conn, maxStreams int) *h2conn {
 	// twice the stream limit is far from what a real client nets.
 	hc := &h2conn{c: c, slack: 2 * int64(maxStreams), done: make(chan struct{})}
 	if tc, ok := c.(*tls.Conn); ok {
-		hc.cork, _ = tc.NetConn().(*corkConn)
+		if hc.cork, _ = tc.NetConn().(*corkConn); hc.cork != nil {
+			hc.cork.serveH2()
+		}
 	}
 	return hc
 }

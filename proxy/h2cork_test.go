@@ -151,30 +151,89 @@ func TestCorkConnHoldsNoLargeWrite(t *testing.T) {
 	}
 }
 
-func TestH2WriterBuffered(t *testing.T) {
-	get := httptest.NewRequest(http.MethodGet, "/", nil)
-	head := httptest.NewRequest(http.MethodHead, "/", nil)
+// record returns one TLS application data record of n bytes in all.
+func record(n int) []byte {
+	p := bytes.Repeat([]byte{'r'}, n)
+	p[0], p[1], p[2], p[3], p[4] = 23, 3, 3, byte((n-5)>>8), byte(n-5)
+	return p
+}
+
+func TestCorkConnJoinsFullRecordsOnHTTP2(t *testing.T) {
+	// 16406: TLS 1.3 (the content type byte); 16413: TLS 1.2 AES-GCM.
+	full, full12, tail := record(tlsFullRecord+1), record(tlsFullRecord+8), record(5+9+17)
+	if fullRecord(record(tlsFullRecord-1)) || fullRecord(tail) || !fullRecord(full12) {
+		t.Fatal("fullRecord misjudges record lengths")
+	}
+	for _, h2 := range []bool{false, true} {
+		under := &writesConn{}
+		c := newCorkConn(under)
+		if h2 {
+			c.serveH2()
+		}
+		for _, p := range [][]byte{full, full, tail, tail} {
+			if n, err := c.Write(p); n != len(p) || err != nil {
+				t.Fatalf("Write = %d, %v", n, err)
+			}
+		}
+		got := under.got()
+		want := []string{string(full), string(full), string(tail), string(tail)}
+		if h2 {
+			want = []string{string(full) + string(full) + string(tail), string(tail)}
+		}
+		if !equalWrites(got, want) {
+			t.Errorf("h2 %v: %d writes of %v bytes, want %d", h2, len(got), lens(got), len(want))
+		}
+	}
+}
+
+func TestCorkConnFullRecordAtTheEndGoesOut(t *testing.T) {
+	under := &writesConn{}
+	c := newCorkConn(under)
+	c.serveH2()
+	full := record(tlsFullRecord)
+	_, _ = c.Write(full)
+	waitFor(t, "the kept record", 5*time.Second, func() bool { return len(under.got()) == 1 })
+}
+
+func lens(s []string) []int {
+	var n []int
+	for _, x := range s {
+		n = append(n, len(x))
+	}
+	return n
+}
+
+// countingCork counts the announcements an h2Writer makes.
+func countingCork() (*corkConn, *writesConn) {
+	under := &writesConn{}
+	return newCorkConn(under), under
+}
+
+func TestH2WriterAnnouncesHeadersFollowedByData(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		r    *http.Request
+		head bool
 		do   func(w *h2Writer)
-		want bool
+		want int // announcements
 	}{
-		{"small body", get, func(w *h2Writer) { _, _ = w.Write(make([]byte, 1024)) }, true},
-		{"body at the server's buffer size", get, func(w *h2Writer) { _, _ = w.Write(make([]byte, h2HandlerBufferSize)) }, true},
-		{"body over it", get, func(w *h2Writer) {
+		{"small body, at the return", false, func(w *h2Writer) { _, _ = w.Write(make([]byte, 1024)) }, 1},
+		{"body at the server's buffer size", false, func(w *h2Writer) { _, _ = w.Write(make([]byte, h2HandlerBufferSize)) }, 1},
+		{"body over it, at the overflowing write", false, func(w *h2Writer) {
 			_, _ = w.Write(make([]byte, h2HandlerBufferSize))
 			_, _ = w.Write([]byte("x"))
-		}, false},
-		{"no body", get, func(w *h2Writer) { w.WriteHeader(http.StatusNoContent) }, false},
-		{"flushed", get, func(w *h2Writer) { _, _ = w.Write([]byte("x")); w.Flush() }, false},
-		{"informational first", get, func(w *h2Writer) { w.WriteHeader(http.StatusEarlyHints); _, _ = w.Write([]byte("x")) }, false},
-		{"HEAD", head, func(w *h2Writer) { _, _ = w.Write([]byte("x")) }, false},
+			_, _ = w.Write(make([]byte, 3*h2HandlerBufferSize))
+		}, 1},
+		{"no body", false, func(w *h2Writer) { w.WriteHeader(http.StatusNoContent) }, 0},
+		{"flush before any body", false, func(w *h2Writer) { w.WriteHeader(http.StatusOK); w.Flush(); _, _ = w.Write([]byte("x")) }, 0},
+		{"flushed body, then more", false, func(w *h2Writer) { _, _ = w.Write([]byte("x")); w.Flush(); _, _ = w.Write([]byte("y")); w.Flush() }, 1},
+		{"HEAD", true, func(w *h2Writer) { _, _ = w.Write([]byte("x")) }, 0},
 	} {
-		w := &h2Writer{ResponseWriter: httptest.NewRecorder()}
+		cork, _ := countingCork()
+		w := &h2Writer{ResponseWriter: httptest.NewRecorder(), cork: cork, head: tc.head}
 		tc.do(w)
-		if got := w.buffered(tc.r); got != tc.want {
-			t.Errorf("%s: buffered %v, want %v", tc.name, got, tc.want)
+		w.done()
+		if cork.pending != tc.want {
+			t.Errorf("%s: %d announcements, want %d", tc.name, cork.pending, tc.want)
 		}
 	}
 }
