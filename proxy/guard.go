@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -45,7 +46,13 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if hc, _ := r.Context().Value(h2ConnKey{}).(*h2conn); hc != nil {
 			ctx := r.Context()
 			if ctx.Err() == nil {
-				g.serve(w, r)
+				if hc.cork == nil {
+					g.serve(w, r)
+				} else {
+					hw := &h2Writer{ResponseWriter: w, cork: hc.cork, head: r.Method == http.MethodHead}
+					g.serve(hw, r)
+					hw.done()
+				}
 				if ctx.Err() == nil {
 					hc.completed()
 					return
@@ -446,6 +453,7 @@ func (w *guardWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // stream was held is closed: one that resets slowly also ends.
 type h2conn struct {
 	c     net.Conn
+	cork  *corkConn // under c's TLS; nil if none
 	slack int64
 	debt  atomic.Int64
 	held  atomic.Int64 // handlers waiting in reset, for tests
@@ -461,7 +469,13 @@ type h2ConnKey struct{}
 func newH2Conn(c net.Conn, maxStreams int) *h2conn {
 	// A browser leaving a page cancels all its open streams at once:
 	// twice the stream limit is far from what a real client nets.
-	return &h2conn{c: c, slack: 2 * int64(maxStreams), done: make(chan struct{})}
+	hc := &h2conn{c: c, slack: 2 * int64(maxStreams), done: make(chan struct{})}
+	if tc, ok := c.(*tls.Conn); ok {
+		if hc.cork, _ = tc.NetConn().(*corkConn); hc.cork != nil {
+			hc.cork.serveH2()
+		}
+	}
+	return hc
 }
 
 // completed records a stream answered in full.

@@ -410,7 +410,9 @@ func (s *Server) acceptLoop(ln net.Listener, tlsCfg *tls.Config, h1 *h1srv, hl *
 // serveTLS runs the handshake, within the header timeout, and hands the
 // connection to the server of the negotiated protocol.
 func (s *Server) serveTLS(c net.Conn, cfg *tls.Config, h1 *h1srv, hl *handoffListener, logger *slog.Logger, bound string) {
-	tc := tls.Server(c, cfg)
+	// The cork (see corkConn) sits under TLS: Go's HTTP/2 server must
+	// be handed a *tls.Conn.
+	tc := tls.Server(newCorkConn(c), cfg)
 	if h1.headerTimeout > 0 {
 		_ = c.SetDeadline(time.Now().Add(h1.headerTimeout))
 	}
