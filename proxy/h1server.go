@@ -34,8 +34,8 @@ import (
 //
 // A client going away is noticed when a write fails; a handler that waits
 // for an upstream before writing asks for more with watchClient, which
-// reads ahead on the connection while it waits (the forwarding Handler
-// does, cache hits never do).
+// reads ahead on the connection while it waits longer than watchDelay (the
+// forwarding Handler does, cache hits never do).
 //
 // HTTP/2 connections stay on net/http's server (see Server.Start).
 
@@ -77,7 +77,10 @@ type h1conn struct {
 	state  atomic.Int32
 
 	// The read-ahead of watchClient: it reads into bgByte while a handler
-	// waits; a byte read is the start of the next request.
+	// waits; a byte read is the start of the next request. bgArmed: asked
+	// for, starting when bgTimer fires (see watchDelay).
+	bgArmed bool
+	bgTimer *time.Timer
 	bgOn    bool
 	bgDone  chan struct{}
 	bgByte  [1]byte
@@ -329,34 +332,63 @@ func watchClient(ctx context.Context) {
 	c.startWatch()
 }
 
-// startWatch starts the read-ahead for the request being served unless
-// something could still read from the connection (a request body) or the
-// client already sent more.
+// watchDelay is how long a handler that asked for watchClient waits before
+// the read-ahead starts. Most requests are answered sooner, and for them
+// the read-ahead would cost more than the rest of the hop's own work: a
+// goroutine, a read that finds nothing, four deadline changes and two
+// goroutine switches to stop it. A client that leaves is noticed at most
+// this much later than it would be otherwise. A variable for tests.
+var watchDelay = 10 * time.Millisecond
+
+// startWatch asks for the read-ahead of the request being served, in
+// watchDelay, unless something could still read from the connection (a
+// request body) or the client already sent more.
 func (c *h1conn) startWatch() {
 	c.curLock.Lock()
 	defer c.curLock.Unlock()
 	w := c.cur
-	if w == nil || c.bgOn || !w.body.done() || c.br.Buffered() > 0 || c.bgHave || c.bgErr != nil {
+	if w == nil || c.bgOn || c.bgArmed || !w.body.done() || c.br.Buffered() > 0 || c.bgHave || c.bgErr != nil {
 		return
 	}
+	c.bgArmed = true
+	if c.bgTimer == nil {
+		c.bgTimer = time.AfterFunc(watchDelay, c.watch)
+	} else {
+		c.bgTimer.Reset(watchDelay)
+	}
+}
+
+// watch is the read-ahead, run by bgTimer on its own goroutine while the
+// request that asked for it is still being served.
+func (c *h1conn) watch() {
+	c.curLock.Lock()
+	w := c.cur
+	if !c.bgArmed || w == nil {
+		c.curLock.Unlock()
+		return
+	}
+	c.bgArmed = false
 	c.bgOn = true
 	c.clearRead()
 	cancel := w.cancel
-	go func() {
-		n, err := c.rwc.Read(c.bgByte[:])
-		if n == 1 {
-			c.bgHave = true
-		} else if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			c.bgErr = err
-			cancel()
-		}
-		c.bgDone <- struct{}{}
-	}()
+	c.curLock.Unlock()
+	n, err := c.rwc.Read(c.bgByte[:])
+	if n == 1 {
+		c.bgHave = true
+	} else if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		c.bgErr = err
+		cancel()
+	}
+	c.bgDone <- struct{}{}
 }
 
 // stopWatch ends the read-ahead and waits for it.
 func (c *h1conn) stopWatch() {
 	c.curLock.Lock()
+	if c.bgArmed {
+		c.bgArmed = false
+		c.bgTimer.Stop()
+	}
 	on := c.bgOn
 	c.curLock.Unlock()
 	if !on {
@@ -731,8 +763,11 @@ func (w *h1resp) FlushError() error {
 // SetReadDeadline bounds the reads of the request body
 // (http.ResponseController).
 func (w *h1resp) SetReadDeadline(t time.Time) error {
-	w.c.rdArmed, w.c.idleAt = !t.IsZero(), time.Time{}
-	return w.c.rwc.SetReadDeadline(t)
+	c := w.c
+	c.curLock.Lock() // the read-ahead's start clears the deadline too
+	defer c.curLock.Unlock()
+	c.rdArmed, c.idleAt = !t.IsZero(), time.Time{}
+	return c.rwc.SetReadDeadline(t)
 }
 
 // SetWriteDeadline bounds the writes of the response.

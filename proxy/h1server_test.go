@@ -377,6 +377,51 @@ func TestH1WatchClient(t *testing.T) {
 	}
 }
 
+// TestH1WatchDelayed: the read-ahead starts only once the handler has
+// waited watchDelay; a request answered sooner never starts it.
+func TestH1WatchDelayed(t *testing.T) {
+	saved := watchDelay
+	t.Cleanup(func() { watchDelay = saved })
+	watchDelay = time.Hour
+	started := make(chan bool, 1)
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		watchClient(r.Context())
+		c := r.Context().Value(h1ConnKey{}).(*h1conn)
+		c.curLock.Lock()
+		armed, on := c.bgArmed, c.bgOn
+		c.curLock.Unlock()
+		started <- armed && !on
+	}), nil).BoundAddr()
+	if resp, _ := rawExchange(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if !<-started {
+		t.Fatal("the read-ahead was not merely armed right after watchClient")
+	}
+
+	watchDelay = time.Millisecond
+	addr = startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		watchClient(r.Context())
+		c := r.Context().Value(h1ConnKey{}).(*h1conn)
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			c.curLock.Lock()
+			on := c.bgOn
+			c.curLock.Unlock()
+			if on {
+				started <- true
+				return
+			}
+		}
+		started <- false
+	}), nil).BoundAddr()
+	if resp, _ := rawExchange(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if !<-started {
+		t.Fatal("the read-ahead did not start after watchDelay")
+	}
+}
+
 // TestH1WatchKeepsPipelinedRequest: what the read-ahead of watchClient
 // reads is the next request, and it is served.
 func TestH1WatchKeepsPipelinedRequest(t *testing.T) {
