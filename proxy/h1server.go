@@ -262,7 +262,6 @@ func (c *h1conn) writeRefusal(re *requestError) {
 // handler gets a copy with the request's context) and finishes the exchange.
 func (c *h1conn) serveRequest(r0 *http.Request) (keep bool) {
 	ctx, cancel := context.WithCancel(c.ctx)
-	defer cancel()
 	r0.RemoteAddr = c.remote
 	r0.TLS = c.tls
 	r := r0.WithContext(ctx)
@@ -274,7 +273,8 @@ func (c *h1conn) serveRequest(r0 *http.Request) (keep bool) {
 	} else {
 		clear(c.hdr)
 	}
-	w := &h1resp{c: c, req: r, header: c.hdr, cancel: cancel}
+	w := &h1resp{c: c, req: r, header: c.hdr, ctx: ctx, cancel: cancel}
+	defer w.cancelRequest()
 	w.body.init(c, w, r)
 	r.Body = &w.body
 	if r.ContentLength == 0 && r.TransferEncoding == nil {
@@ -370,14 +370,13 @@ func (c *h1conn) watch() {
 	c.bgArmed = false
 	c.bgOn = true
 	c.clearRead()
-	cancel := w.cancel
 	c.curLock.Unlock()
 	n, err := c.rwc.Read(c.bgByte[:])
 	if n == 1 {
 		c.bgHave = true
 	} else if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		c.bgErr = err
-		cancel()
+		w.cancelRequest()
 	}
 	c.bgDone <- struct{}{}
 }
@@ -448,8 +447,16 @@ type h1resp struct {
 	c      *h1conn
 	req    *http.Request
 	header http.Header
+	ctx    context.Context // the request's, canceled by cancelRequest
 	cancel context.CancelFunc
 	body   h1body
+
+	// abort is run (on its own goroutine) when the request is canceled:
+	// the fast path's upstream connection registers its Close here
+	// instead of with context.AfterFunc (see onCancel).
+	abortMu  sync.Mutex
+	abort    func()
+	canceled bool
 
 	status      int  // final status written, 0 before
 	headerSent  bool // the header section is in wbuf or on the wire
@@ -642,11 +649,72 @@ func headBuffered(br *bufio.Reader) bool {
 	return bytes.Contains(b, []byte("\n\r\n")) || bytes.Contains(b, []byte("\n\n"))
 }
 
+// cancelRequest cancels the request's context and runs the registered
+// abort, if any.
+func (w *h1resp) cancelRequest() {
+	w.cancel()
+	w.abortMu.Lock()
+	f := w.abort
+	w.abort, w.canceled = nil, true
+	w.abortMu.Unlock()
+	if f != nil {
+		go f()
+	}
+}
+
+// cancelHook is what onCancel registered: a hook with meshd's HTTP/1.1
+// server, or context.AfterFunc's stop function.
+type cancelHook struct {
+	w    *h1resp
+	stop func() bool
+}
+
+// onCancel runs f once ctx is canceled, as context.AfterFunc(ctx, f) does.
+// When ctx is canceled exactly when a request of meshd's HTTP/1.1 server is
+// (its context, or one that only adds values), f is registered with that
+// request: one lock, where context.AfterFunc costs four allocations, a map
+// and a goroutine switch to stop it. At most one such hook per request;
+// a second one goes to context.AfterFunc.
+func onCancel(ctx context.Context, f func()) cancelHook {
+	if c, _ := ctx.Value(h1ConnKey{}).(*h1conn); c != nil {
+		c.curLock.Lock()
+		w := c.cur
+		c.curLock.Unlock()
+		if w != nil && w.ctx.Done() == ctx.Done() {
+			w.abortMu.Lock()
+			defer w.abortMu.Unlock()
+			switch {
+			case w.canceled:
+				go f()
+				return cancelHook{w: w}
+			case w.abort == nil:
+				w.abort = f
+				return cancelHook{w: w}
+			}
+		}
+	}
+	return cancelHook{stop: context.AfterFunc(ctx, f)}
+}
+
+// release unregisters the hook; false when f already ran or was started.
+func (h cancelHook) release() bool {
+	if h.w == nil {
+		return h.stop()
+	}
+	h.w.abortMu.Lock()
+	defer h.w.abortMu.Unlock()
+	if h.w.abort == nil {
+		return false
+	}
+	h.w.abort = nil
+	return true
+}
+
 // wrote records a write error: the client is gone.
 func (w *h1resp) wrote(err error) {
 	if err != nil && w.c.werr == nil {
 		w.c.werr = err
-		w.cancel()
+		w.cancelRequest()
 	}
 }
 

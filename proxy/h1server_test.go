@@ -422,6 +422,62 @@ func TestH1WatchDelayed(t *testing.T) {
 	}
 }
 
+// TestH1OnCancel: a hook registered for a request of the server runs when
+// its client leaves, not at all when released first, at once on a request
+// already canceled; a context that can be canceled on its own gets
+// context.AfterFunc.
+func TestH1OnCancel(t *testing.T) {
+	type result struct {
+		direct, released, derived bool // registered with the request
+		releasedOK                bool
+	}
+	ran := make(chan string, 4)
+	results := make(chan result, 1)
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := context.WithValue(r.Context(), struct{}{}, 1) // values only: still the request's
+		var res result
+		h := onCancel(ctx, func() { ran <- "released" })
+		res.released = h.w != nil
+		res.releasedOK = h.release()
+		derived, cancel := context.WithCancel(ctx)
+		defer cancel()
+		hd := onCancel(derived, func() { ran <- "derived" })
+		res.derived = hd.w != nil
+		defer hd.release()
+		hr := onCancel(ctx, func() { ran <- "request" })
+		res.direct = hr.w != nil
+		results <- res
+		watchClient(r.Context())
+		<-r.Context().Done()
+		hr.release()
+		onCancel(ctx, func() { ran <- "late" })
+	}), nil).BoundAddr()
+	c, _ := dialRaw(t, addr)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	res := <-results
+	if !res.released || !res.releasedOK || res.derived || !res.direct {
+		t.Fatalf("%+v: want a hook with the request for the request's context only, released in time", res)
+	}
+	c.Close()
+	got := map[string]bool{}
+	for range 3 {
+		select {
+		case s := <-ran:
+			got[s] = true
+		case <-time.After(5 * time.Second):
+			t.Fatalf("hooks run: %v, want request, derived and late", got)
+		}
+	}
+	if !got["request"] || !got["derived"] || !got["late"] {
+		t.Fatalf("hooks run: %v, want request, derived and late", got)
+	}
+	select {
+	case s := <-ran:
+		t.Fatalf("hook %q ran too", s)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
 // TestH1WatchKeepsPipelinedRequest: what the read-ahead of watchClient
 // reads is the next request, and it is served.
 func TestH1WatchKeepsPipelinedRequest(t *testing.T) {
