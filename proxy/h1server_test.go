@@ -905,3 +905,39 @@ func TestSilentConnectionClosed(t *testing.T) {
 		})
 	}
 }
+
+// TestH1FieldValues: field values, gathered into one string per section,
+// come out as sent: repeated fields in order, an append to one does not
+// reach its neighbour, a head that arrives in pieces and the next request
+// on the connection (which reuses the value buffer) are read right, and a
+// handler may keep values after the next request was read.
+func TestH1FieldValues(t *testing.T) {
+	kept := make(chan http.Header, 2)
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header
+		kept <- h
+		next := h.Get("X-Mesh-Service")
+		_ = append(h["X-B"], "appended")
+		if got := h.Get("X-Mesh-Service"); got != next {
+			t.Errorf("X-Mesh-Service %q after appending to X-B, was %q", got, next)
+		}
+		fmt.Fprintf(w, "%s|%s|%s|%q", strings.Join(h["X-A"], ","), h.Get("X-B"), h.Get("X-Mesh-Service"), h.Get("X-Empty"))
+	}), nil).BoundAddr()
+	c, br := dialRaw(t, addr)
+	head := "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-B: b\r\nx-a:  2 \r\nX-Mesh-Service: web\r\nX-Empty:\r\n\r\n"
+	io.WriteString(c, head[:20])
+	time.Sleep(20 * time.Millisecond)
+	io.WriteString(c, head[20:])
+	if _, body := readResp(t, br, "GET"); body != `1,2|b|web|""` {
+		t.Fatalf("first: %q", body)
+	}
+	first := <-kept
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nX-A: other\r\nX-B: longer value\r\n\r\n")
+	if _, body := readResp(t, br, "GET"); body != `other|longer value||""` {
+		t.Fatalf("second: %q", body)
+	}
+	<-kept
+	if got := strings.Join(first["X-A"], ","); got != "1,2" || first.Get("X-B") != "b" {
+		t.Fatalf("the first request's values changed: X-A %q X-B %q", got, first.Get("X-B"))
+	}
+}
