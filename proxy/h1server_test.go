@@ -941,3 +941,44 @@ func TestH1FieldValues(t *testing.T) {
 		t.Fatalf("the first request's values changed: X-A %q X-B %q", got, first.Get("X-B"))
 	}
 }
+
+// writeCounter counts the writes to a connection.
+type writeCounter struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *writeCounter) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestH1ForwardedResponseOneWrite: a forwarded response's head and a 1 KiB
+// body reach the client in one write, request after request.
+func TestH1ForwardedResponseOneWrite(t *testing.T) {
+	_, up := plainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Length", "1024")
+		_, _ = w.Write(make([]byte, 1024))
+	}))
+	h := &Handler{Route: fixedRoute(up), Pool: &Pool{}, Via: "test-hop", Logger: testLogger()}
+	t.Cleanup(h.Pool.CloseIdle)
+	s := &h1srv{handler: h, headerTimeout: 5 * time.Second, idleTimeout: time.Minute,
+		maxHeaderBytes: DefaultMaxHeaderBytes, logger: testLogger()}
+	a, b := net.Pipe()
+	t.Cleanup(func() { b.Close() })
+	wc := &writeCounter{Conn: a}
+	go s.serve(wc, nil)
+	_ = b.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(b)
+	for i := range 3 {
+		before := wc.writes.Load()
+		go io.WriteString(b, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, body := readResp(t, br, "GET")
+		if resp.StatusCode != 200 || len(body) != 1024 {
+			t.Fatalf("request %d: status %d, %d bytes", i, resp.StatusCode, len(body))
+		}
+		if n := wc.writes.Load() - before; n != 1 {
+			t.Errorf("request %d: the response took %d writes, want 1", i, n)
+		}
+	}
+}
