@@ -374,7 +374,8 @@ start_origin() {
 # start_mesh CACHE_SIZE HTTP_PORT HTTPS_PORT starts a gateway, a sidecar
 # for service web in front of the origin and an edge, all of region eu on
 # loopback, and waits until a request through the edge is answered.
-# EDGE_ARGS (an array, optional) adds flags to the edge's command line.
+# EDGE_ARGS (an array, optional) adds flags to the edge's command line;
+# MESHD_ARGS (a string, split on spaces) adds flags to every node's.
 # Sets EDGE_PID, GW_PID, SC_PID, and MESH_JOIN (the gateway's region
 # gossip address, for more nodes of region eu) and MESH_COMMON (the flags
 # every node of this mesh shares).
@@ -386,6 +387,10 @@ start_mesh() {
 	"$m" ca init --trust-domain bench.meshd --dir "$WORK/ca" >"$WORK/logs/ca.log" 2>&1 ||
 		die "meshd ca init failed: $(cat "$WORK/logs/ca.log")"
 	local common=(--region eu --ca-dir "$WORK/ca" --log-level "${MESHD_LOG_LEVEL:-warn}" --drain-delay 100ms)
+	if [[ -n "${MESHD_ARGS:-}" ]]; then
+		# shellcheck disable=SC2206 # split on purpose: several flags
+		common+=(${MESHD_ARGS})
+	fi
 	# shellcheck disable=SC2034 # read by the scripts that source this file
 	MESH_COMMON=("${common[@]}")
 	# shellcheck disable=SC2034

@@ -471,7 +471,11 @@ func newH2Conn(c net.Conn, maxStreams int) *h2conn {
 	// twice the stream limit is far from what a real client nets.
 	hc := &h2conn{c: c, slack: 2 * int64(maxStreams), done: make(chan struct{})}
 	if tc, ok := c.(*tls.Conn); ok {
-		if hc.cork, _ = tc.NetConn().(*corkConn); hc.cork != nil {
+		nc := tc.NetConn()
+		if rc, ok := nc.(*rawConn); ok {
+			nc = rc.Conn // raw system calls stay off on HTTP/2
+		}
+		if hc.cork, _ = nc.(*corkConn); hc.cork != nil {
 			hc.cork.serveH2()
 		}
 	}

@@ -90,8 +90,11 @@ type h1Conn struct {
 	bw     *bufio.Writer
 	state  atomic.Int32
 	timer  *time.Timer // closes the connection once idle for idleTimeout
-	abort  func()      // closes the connection; built once, run by context.AfterFunc
+	abort  func()      // closes the connection; built once, run on cancellation (onCancel)
 	reused bool        // carried an exchange before this one
+	// hdrAt is when the read deadline bounding a response header was set;
+	// zero: none is set (see exchangeLocked).
+	hdrAt time.Time
 }
 
 // countingReader counts the bytes read from the connection since the last
@@ -306,10 +309,11 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 	// The client going away (or any cancellation) closes the connection,
 	// which ends a read or write in progress; the connection is then
 	// never reused.
-	stop := context.AfterFunc(ctx, pc.abort)
-	resp, err := pc.exchangeLocked(req)
+	hook := onCancel(ctx, pc.abort)
+	fr := new(fastResponse)
+	resp, err := pc.exchangeLocked(req, fr)
 	if err != nil {
-		stop()
+		hook.release()
 		pc.close()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -319,20 +323,34 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 	if resp.Body == http.NoBody {
 		// No body to wait for (HEAD, 204, 304, Content-Length: 0): the
 		// connection is free now.
-		pc.release(stop, !resp.Close && !req.Close)
+		pc.release(hook, !resp.Close && !req.Close)
 		return resp, nil
 	}
-	resp.Body = &h1Body{rc: resp.Body, pc: pc, stop: stop, reuse: !resp.Close && !req.Close}
+	fr.body = h1Body{rc: resp.Body, pc: pc, hook: hook, reuse: !resp.Close && !req.Close}
+	resp.Body = &fr.body
 	return resp, nil
 }
 
-func (pc *h1Conn) exchangeLocked(req *http.Request) (*http.Response, error) {
+// fastResponse is what an exchange allocates, in one piece: the response
+// (when readSimpleResponse parsed it), its Content-Length body, and the
+// body that gives the connection back.
+type fastResponse struct {
+	resp  http.Response
+	fixed fixedBody
+	body  h1Body
+}
+
+func (pc *h1Conn) exchangeLocked(req *http.Request, fr *fastResponse) (*http.Response, error) {
 	p := pc.pool
 	pc.lr.n = 0
-	if p.headerTimeout > 0 {
+	if p.headerTimeout > 0 && rearm(&pc.hdrAt, p.headerTimeout) {
 		// Bounds the wait for the response header, as the transport's
-		// ResponseHeaderTimeout does; the body has no deadline.
-		_ = pc.c.SetReadDeadline(time.Now().Add(p.headerTimeout))
+		// ResponseHeaderTimeout does; the body has no deadline. As on
+		// the server side (rearm), a deadline set less than a
+		// sixteenth of the timeout ago is kept, and it stays set while
+		// the connection is idle: one timer update per connection and
+		// second at most, not two per exchange.
+		_ = pc.c.SetReadDeadline(pc.hdrAt.Add(p.headerTimeout))
 	}
 	if err := writeRequestHead(pc.bw, req); err != nil {
 		return nil, pc.failed(fmt.Errorf("write request: %w", err))
@@ -344,7 +362,7 @@ func (pc *h1Conn) exchangeLocked(req *http.Request) (*http.Response, error) {
 	var resp *http.Response
 	for n := 0; ; n++ {
 		var err error
-		resp, err = readResponse(pc.br, req)
+		resp, err = readResponse(pc.br, req, fr)
 		if err != nil {
 			if isTimeout(err) {
 				return nil, fmt.Errorf("timeout awaiting response headers: %w", err)
@@ -367,18 +385,31 @@ func (pc *h1Conn) exchangeLocked(req *http.Request) (*http.Response, error) {
 		}
 	}
 	pc.lr.max = 0
-	if p.headerTimeout > 0 {
+	if !pc.hdrAt.IsZero() && !bodyBuffered(resp, pc.br) {
+		// The body needs more reads from the connection, which the
+		// header's deadline must not bound.
 		_ = pc.c.SetReadDeadline(time.Time{})
+		pc.hdrAt = time.Time{}
 	}
 	return resp, nil
+}
+
+// bodyBuffered reports whether the whole of resp's body is in br already:
+// reading it takes no read from the connection.
+func bodyBuffered(resp *http.Response, br *bufio.Reader) bool {
+	if resp.Body == http.NoBody {
+		return true
+	}
+	fb, ok := resp.Body.(*fixedBody)
+	return ok && fb.n <= int64(br.Buffered())
 }
 
 // readResponse reads a response head: the common shape (a final status,
 // Content-Length or no body, no Transfer-Encoding, no trailers, every line
 // strict) straight from the bytes already buffered, anything else with
 // http.ReadResponse, which has consumed nothing yet when it takes over.
-func readResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
-	if resp := readSimpleResponse(br, req); resp != nil {
+func readResponse(br *bufio.Reader, req *http.Request, fr *fastResponse) (*http.Response, error) {
+	if resp := readSimpleResponse(br, req, fr); resp != nil {
 		return resp, nil
 	}
 	return http.ReadResponse(br, req)
@@ -388,8 +419,9 @@ var crlfcrlf = []byte("\r\n\r\n")
 
 // readSimpleResponse returns nil, having consumed nothing, unless the whole
 // head is buffered and has the common shape. Header values are substrings
-// of one string: one allocation for all of them.
-func readSimpleResponse(br *bufio.Reader, req *http.Request) *http.Response {
+// of one string: one allocation for all of them. The response and its body
+// are fr's.
+func readSimpleResponse(br *bufio.Reader, req *http.Request, fr *fastResponse) *http.Response {
 	if _, err := br.Peek(1); err != nil {
 		return nil // http.ReadResponse meets the same error
 	}
@@ -403,7 +435,8 @@ func readSimpleResponse(br *bufio.Reader, req *http.Request) *http.Response {
 	if len(line) < 12 || line[8] != ' ' || (line[12:] != "" && line[12] != ' ') || !validFieldValue(line) {
 		return nil
 	}
-	resp := &http.Response{Request: req, ProtoMajor: 1}
+	resp := &fr.resp
+	*resp = http.Response{Request: req, ProtoMajor: 1}
 	switch line[:8] {
 	case "HTTP/1.1":
 		resp.Proto, resp.ProtoMinor = "HTTP/1.1", 1
@@ -465,7 +498,8 @@ func readSimpleResponse(br *bufio.Reader, req *http.Request) *http.Response {
 	case cl == 0:
 		resp.ContentLength, resp.Body = 0, http.NoBody
 	default:
-		resp.ContentLength, resp.Body = cl, &fixedBody{br: br, n: cl}
+		fr.fixed = fixedBody{br: br, n: cl}
+		resp.ContentLength, resp.Body = cl, &fr.fixed
 	}
 	_, _ = br.Discard(end + len(crlfcrlf))
 	return resp
@@ -524,8 +558,8 @@ func (pc *h1Conn) failed(err error) error {
 
 // release ends an exchange: the connection goes back to the idle stack when
 // reuse is allowed and the cancellation hook had not fired.
-func (pc *h1Conn) release(stop func() bool, reuse bool) {
-	if stop() && reuse && pc.br.Buffered() == 0 {
+func (pc *h1Conn) release(hook cancelHook, reuse bool) {
+	if hook.release() && reuse && pc.br.Buffered() == 0 {
 		pc.pool.put(pc)
 		return
 	}
@@ -538,7 +572,7 @@ func (pc *h1Conn) release(stop func() bool, reuse bool) {
 type h1Body struct {
 	rc    io.ReadCloser
 	pc    *h1Conn
-	stop  func() bool
+	hook  cancelHook
 	reuse bool
 	done  bool
 }
@@ -550,10 +584,10 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.done = true
-		b.pc.release(b.stop, b.reuse)
+		b.pc.release(b.hook, b.reuse)
 	} else if err != nil {
 		b.done = true
-		b.stop()
+		b.hook.release()
 		b.pc.close()
 		return n, err
 	}
@@ -565,7 +599,7 @@ func (b *h1Body) Close() error {
 		return nil
 	}
 	b.done = true
-	b.stop()
+	b.hook.release()
 	b.pc.close()
 	_ = b.rc.Close() // returns at once: the connection is closed
 	return nil

@@ -277,6 +277,49 @@ func TestFastPathHeaderTimeout(t *testing.T) {
 	}
 }
 
+// TestFastPathHeaderDeadlineKept: the header deadline, kept set across
+// exchanges, still bounds the header of a later exchange on the same
+// connection, and never a body that comes after its header.
+func TestFastPathHeaderDeadlineKept(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	up, accepted := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		for n := 0; readRequest(br); n++ {
+			switch n {
+			case 0: // at once, the whole body with the header
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			case 1: // a header at once, the body after more than the timeout
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nsl")
+				time.Sleep(2 * timeout)
+				_, _ = io.WriteString(c, "ow")
+			case 2: // at once again
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			default: // never
+				_, _ = br.ReadByte()
+				return
+			}
+		}
+	})
+	p := &Pool{ResponseHeaderTimeout: timeout}
+	t.Cleanup(p.CloseIdle)
+	for _, want := range []string{"ok", "slow", "ok"} {
+		if _, got := get(t, p, up, "GET", "/", nil); got != want {
+			t.Fatalf("body %q, want %q", got, want)
+		}
+	}
+	req, _ := http.NewRequest("GET", "/", nil)
+	start := time.Now()
+	_, err := p.RoundTrip(up, req)
+	if err == nil || !isTimeout(err) {
+		t.Fatalf("error %v, want a timeout", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("timed out after %v", d)
+	}
+	if n := accepted.Load(); n != 1 {
+		t.Errorf("%d connections, want 1", n)
+	}
+}
+
 func TestFastPathEarlyCloseDropsConnection(t *testing.T) {
 	up, opened, closed := countingUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Larger than any buffer: the response is still being sent when
@@ -508,7 +551,7 @@ func sameAsGo(t testing.TB, in, method string) bool {
 	t.Helper()
 	req := &http.Request{Method: method}
 	br := bufio.NewReaderSize(strings.NewReader(in), 4096)
-	fast := readSimpleResponse(br, req)
+	fast := readSimpleResponse(br, req, new(fastResponse))
 	took := fast != nil
 	if fast == nil {
 		return false

@@ -46,6 +46,7 @@ type lineReader struct {
 	br     *bufio.Reader
 	budget int
 	acc    []byte // a line longer than br's buffer, reassembled
+	vals   []byte // the field values of the section being read (parseFields), kept between sections when small
 }
 
 // next returns the next line without its terminator. The slice is valid
@@ -186,16 +187,31 @@ func parseVersion(v []byte) (major, minor int, ok bool) {
 // parseFields reads a field section up to its empty line (RFC 9112 §5):
 // the header section, or with trailer set a chunked body's trailer
 // section. Field values are kept as sent, without surrounding whitespace.
+//
+// The values are gathered into one buffer while the section is read (the
+// lines themselves are only valid until the next read), then made one
+// string, which every value is a substring of: one allocation for all of
+// them, one for the map and one for the value slices.
 func parseFields(lr *lineReader, trailer bool) (http.Header, error) {
-	h := make(http.Header, 8)
-	var vals []string
+	type field struct {
+		key      string
+		off, end int
+	}
+	var stack [32]field
+	fields := stack[:0]
+	vb := lr.vals[:0]
+	defer func() {
+		if cap(vb) <= maxKeptValues {
+			lr.vals = vb[:0]
+		}
+	}()
 	for {
 		line, err := lr.next()
 		if err != nil {
 			return nil, err
 		}
 		if len(line) == 0 {
-			return h, nil
+			break
 		}
 		if line[0] == ' ' || line[0] == '\t' {
 			// obs-fold (RFC 9112 §5.2): refuse rather than unfold.
@@ -214,9 +230,22 @@ func parseFields(lr *lineReader, trailer bool) (http.Header, error) {
 		if trailer && !httpguts.ValidTrailerHeader(key) {
 			continue // framing and routing fields have no place in a trailer
 		}
-		vals = addField(h, vals, key, string(value))
+		off := len(vb)
+		vb = append(vb, value...)
+		fields = append(fields, field{key, off, len(vb)})
 	}
+	all := string(vb)
+	h := make(http.Header, len(fields))
+	vals := make([]string, 0, len(fields))
+	for _, f := range fields {
+		vals = addField(h, vals, f.key, all[f.off:f.end])
+	}
+	return h, nil
 }
+
+// maxKeptValues bounds the value buffer a connection keeps between header
+// sections; a larger one (a head near MaxHeaderBytes) is dropped after use.
+const maxKeptValues = 4 << 10
 
 // addField adds one field value to h. Single values, what most fields
 // have, share the backing array vals (grown 16 at a time), each sliced at
@@ -414,6 +443,8 @@ var commonFields = func() map[string]string {
 		"Sec-Fetch-User", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
 		"Upgrade-Insecure-Requests", "User-Agent", "Via", "X-Forwarded-For",
 		"X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-Ip", "X-Request-Id",
+		// meshd's own, on every mesh hop.
+		"X-Mesh-Caller", "X-Mesh-Instance", "X-Mesh-Region", "X-Mesh-Retry", "X-Mesh-Service",
 		// Response fields, for the upstream side (h1.go).
 		"Accept-Ranges", "Access-Control-Allow-Origin", "Age", "Alt-Svc", "Cache-Tag",
 		"Cdn-Cache-Control", "Content-Disposition", "Content-Language", "Content-Location",

@@ -34,8 +34,8 @@ import (
 //
 // A client going away is noticed when a write fails; a handler that waits
 // for an upstream before writing asks for more with watchClient, which
-// reads ahead on the connection while it waits (the forwarding Handler
-// does, cache hits never do).
+// reads ahead on the connection while it waits longer than watchDelay (the
+// forwarding Handler does, cache hits never do).
 //
 // HTTP/2 connections stay on net/http's server (see Server.Start).
 
@@ -77,7 +77,10 @@ type h1conn struct {
 	state  atomic.Int32
 
 	// The read-ahead of watchClient: it reads into bgByte while a handler
-	// waits; a byte read is the start of the next request.
+	// waits; a byte read is the start of the next request. bgArmed: asked
+	// for, starting when bgTimer fires (see watchDelay).
+	bgArmed bool
+	bgTimer *time.Timer
 	bgOn    bool
 	bgDone  chan struct{}
 	bgByte  [1]byte
@@ -259,7 +262,6 @@ func (c *h1conn) writeRefusal(re *requestError) {
 // handler gets a copy with the request's context) and finishes the exchange.
 func (c *h1conn) serveRequest(r0 *http.Request) (keep bool) {
 	ctx, cancel := context.WithCancel(c.ctx)
-	defer cancel()
 	r0.RemoteAddr = c.remote
 	r0.TLS = c.tls
 	r := r0.WithContext(ctx)
@@ -271,7 +273,8 @@ func (c *h1conn) serveRequest(r0 *http.Request) (keep bool) {
 	} else {
 		clear(c.hdr)
 	}
-	w := &h1resp{c: c, req: r, header: c.hdr, cancel: cancel}
+	w := &h1resp{c: c, req: r, header: c.hdr, ctx: ctx, cancel: cancel}
+	defer w.cancelRequest()
 	w.body.init(c, w, r)
 	r.Body = &w.body
 	if r.ContentLength == 0 && r.TransferEncoding == nil {
@@ -329,34 +332,62 @@ func watchClient(ctx context.Context) {
 	c.startWatch()
 }
 
-// startWatch starts the read-ahead for the request being served unless
-// something could still read from the connection (a request body) or the
-// client already sent more.
+// watchDelay is how long a handler that asked for watchClient waits before
+// the read-ahead starts. Most requests are answered sooner, and for them
+// the read-ahead would cost more than the rest of the hop's own work: a
+// goroutine, a read that finds nothing, four deadline changes and two
+// goroutine switches to stop it. A client that leaves is noticed at most
+// this much later than it would be otherwise. A variable for tests.
+var watchDelay = 10 * time.Millisecond
+
+// startWatch asks for the read-ahead of the request being served, in
+// watchDelay, unless something could still read from the connection (a
+// request body) or the client already sent more.
 func (c *h1conn) startWatch() {
 	c.curLock.Lock()
 	defer c.curLock.Unlock()
 	w := c.cur
-	if w == nil || c.bgOn || !w.body.done() || c.br.Buffered() > 0 || c.bgHave || c.bgErr != nil {
+	if w == nil || c.bgOn || c.bgArmed || !w.body.done() || c.br.Buffered() > 0 || c.bgHave || c.bgErr != nil {
 		return
 	}
+	c.bgArmed = true
+	if c.bgTimer == nil {
+		c.bgTimer = time.AfterFunc(watchDelay, c.watch)
+	} else {
+		c.bgTimer.Reset(watchDelay)
+	}
+}
+
+// watch is the read-ahead, run by bgTimer on its own goroutine while the
+// request that asked for it is still being served.
+func (c *h1conn) watch() {
+	c.curLock.Lock()
+	w := c.cur
+	if !c.bgArmed || w == nil {
+		c.curLock.Unlock()
+		return
+	}
+	c.bgArmed = false
 	c.bgOn = true
 	c.clearRead()
-	cancel := w.cancel
-	go func() {
-		n, err := c.rwc.Read(c.bgByte[:])
-		if n == 1 {
-			c.bgHave = true
-		} else if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			c.bgErr = err
-			cancel()
-		}
-		c.bgDone <- struct{}{}
-	}()
+	c.curLock.Unlock()
+	n, err := c.rwc.Read(c.bgByte[:])
+	if n == 1 {
+		c.bgHave = true
+	} else if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		c.bgErr = err
+		w.cancelRequest()
+	}
+	c.bgDone <- struct{}{}
 }
 
 // stopWatch ends the read-ahead and waits for it.
 func (c *h1conn) stopWatch() {
 	c.curLock.Lock()
+	if c.bgArmed {
+		c.bgArmed = false
+		c.bgTimer.Stop()
+	}
 	on := c.bgOn
 	c.curLock.Unlock()
 	if !on {
@@ -416,8 +447,16 @@ type h1resp struct {
 	c      *h1conn
 	req    *http.Request
 	header http.Header
+	ctx    context.Context // the request's, canceled by cancelRequest
 	cancel context.CancelFunc
 	body   h1body
+
+	// abort is run (on its own goroutine) when the request is canceled:
+	// the fast path's upstream connection registers its Close here
+	// instead of with context.AfterFunc (see onCancel).
+	abortMu  sync.Mutex
+	abort    func()
+	canceled bool
 
 	status      int  // final status written, 0 before
 	headerSent  bool // the header section is in wbuf or on the wire
@@ -610,11 +649,72 @@ func headBuffered(br *bufio.Reader) bool {
 	return bytes.Contains(b, []byte("\n\r\n")) || bytes.Contains(b, []byte("\n\n"))
 }
 
+// cancelRequest cancels the request's context and runs the registered
+// abort, if any.
+func (w *h1resp) cancelRequest() {
+	w.cancel()
+	w.abortMu.Lock()
+	f := w.abort
+	w.abort, w.canceled = nil, true
+	w.abortMu.Unlock()
+	if f != nil {
+		go f()
+	}
+}
+
+// cancelHook is what onCancel registered: a hook with meshd's HTTP/1.1
+// server, or context.AfterFunc's stop function.
+type cancelHook struct {
+	w    *h1resp
+	stop func() bool
+}
+
+// onCancel runs f once ctx is canceled, as context.AfterFunc(ctx, f) does.
+// When ctx is canceled exactly when a request of meshd's HTTP/1.1 server is
+// (its context, or one that only adds values), f is registered with that
+// request: one lock, where context.AfterFunc costs four allocations, a map
+// and a goroutine switch to stop it. At most one such hook per request;
+// a second one goes to context.AfterFunc.
+func onCancel(ctx context.Context, f func()) cancelHook {
+	if c, _ := ctx.Value(h1ConnKey{}).(*h1conn); c != nil {
+		c.curLock.Lock()
+		w := c.cur
+		c.curLock.Unlock()
+		if w != nil && w.ctx.Done() == ctx.Done() {
+			w.abortMu.Lock()
+			defer w.abortMu.Unlock()
+			switch {
+			case w.canceled:
+				go f()
+				return cancelHook{w: w}
+			case w.abort == nil:
+				w.abort = f
+				return cancelHook{w: w}
+			}
+		}
+	}
+	return cancelHook{stop: context.AfterFunc(ctx, f)}
+}
+
+// release unregisters the hook; false when f already ran or was started.
+func (h cancelHook) release() bool {
+	if h.w == nil {
+		return h.stop()
+	}
+	h.w.abortMu.Lock()
+	defer h.w.abortMu.Unlock()
+	if h.w.abort == nil {
+		return false
+	}
+	h.w.abort = nil
+	return true
+}
+
 // wrote records a write error: the client is gone.
 func (w *h1resp) wrote(err error) {
 	if err != nil && w.c.werr == nil {
 		w.c.werr = err
-		w.cancel()
+		w.cancelRequest()
 	}
 }
 
@@ -731,8 +831,11 @@ func (w *h1resp) FlushError() error {
 // SetReadDeadline bounds the reads of the request body
 // (http.ResponseController).
 func (w *h1resp) SetReadDeadline(t time.Time) error {
-	w.c.rdArmed, w.c.idleAt = !t.IsZero(), time.Time{}
-	return w.c.rwc.SetReadDeadline(t)
+	c := w.c
+	c.curLock.Lock() // the read-ahead's start clears the deadline too
+	defer c.curLock.Unlock()
+	c.rdArmed, c.idleAt = !t.IsZero(), time.Time{}
+	return c.rwc.SetReadDeadline(t)
 }
 
 // SetWriteDeadline bounds the writes of the response.

@@ -377,6 +377,107 @@ func TestH1WatchClient(t *testing.T) {
 	}
 }
 
+// TestH1WatchDelayed: the read-ahead starts only once the handler has
+// waited watchDelay; a request answered sooner never starts it.
+func TestH1WatchDelayed(t *testing.T) {
+	saved := watchDelay
+	t.Cleanup(func() { watchDelay = saved })
+	watchDelay = time.Hour
+	started := make(chan bool, 1)
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		watchClient(r.Context())
+		c := r.Context().Value(h1ConnKey{}).(*h1conn)
+		c.curLock.Lock()
+		armed, on := c.bgArmed, c.bgOn
+		c.curLock.Unlock()
+		started <- armed && !on
+	}), nil).BoundAddr()
+	if resp, _ := rawExchange(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if !<-started {
+		t.Fatal("the read-ahead was not merely armed right after watchClient")
+	}
+
+	watchDelay = time.Millisecond
+	addr = startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		watchClient(r.Context())
+		c := r.Context().Value(h1ConnKey{}).(*h1conn)
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			c.curLock.Lock()
+			on := c.bgOn
+			c.curLock.Unlock()
+			if on {
+				started <- true
+				return
+			}
+		}
+		started <- false
+	}), nil).BoundAddr()
+	if resp, _ := rawExchange(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if !<-started {
+		t.Fatal("the read-ahead did not start after watchDelay")
+	}
+}
+
+// TestH1OnCancel: a hook registered for a request of the server runs when
+// its client leaves, not at all when released first, at once on a request
+// already canceled; a context that can be canceled on its own gets
+// context.AfterFunc.
+func TestH1OnCancel(t *testing.T) {
+	type result struct {
+		direct, released, derived bool // registered with the request
+		releasedOK                bool
+	}
+	ran := make(chan string, 4)
+	results := make(chan result, 1)
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := context.WithValue(r.Context(), struct{}{}, 1) // values only: still the request's
+		var res result
+		h := onCancel(ctx, func() { ran <- "released" })
+		res.released = h.w != nil
+		res.releasedOK = h.release()
+		derived, cancel := context.WithCancel(ctx)
+		defer cancel()
+		hd := onCancel(derived, func() { ran <- "derived" })
+		res.derived = hd.w != nil
+		defer hd.release()
+		hr := onCancel(ctx, func() { ran <- "request" })
+		res.direct = hr.w != nil
+		results <- res
+		watchClient(r.Context())
+		<-r.Context().Done()
+		hr.release()
+		onCancel(ctx, func() { ran <- "late" })
+	}), nil).BoundAddr()
+	c, _ := dialRaw(t, addr)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	res := <-results
+	if !res.released || !res.releasedOK || res.derived || !res.direct {
+		t.Fatalf("%+v: want a hook with the request for the request's context only, released in time", res)
+	}
+	c.Close()
+	got := map[string]bool{}
+	for range 3 {
+		select {
+		case s := <-ran:
+			got[s] = true
+		case <-time.After(5 * time.Second):
+			t.Fatalf("hooks run: %v, want request, derived and late", got)
+		}
+	}
+	if !got["request"] || !got["derived"] || !got["late"] {
+		t.Fatalf("hooks run: %v, want request, derived and late", got)
+	}
+	select {
+	case s := <-ran:
+		t.Fatalf("hook %q ran too", s)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
 // TestH1WatchKeepsPipelinedRequest: what the read-ahead of watchClient
 // reads is the next request, and it is served.
 func TestH1WatchKeepsPipelinedRequest(t *testing.T) {
@@ -802,5 +903,82 @@ func TestSilentConnectionClosed(t *testing.T) {
 			}
 			t.Logf("closed after %v", time.Since(start))
 		})
+	}
+}
+
+// TestH1FieldValues: field values, gathered into one string per section,
+// come out as sent: repeated fields in order, an append to one does not
+// reach its neighbour, a head that arrives in pieces and the next request
+// on the connection (which reuses the value buffer) are read right, and a
+// handler may keep values after the next request was read.
+func TestH1FieldValues(t *testing.T) {
+	kept := make(chan http.Header, 2)
+	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header
+		kept <- h
+		next := h.Get("X-Mesh-Service")
+		_ = append(h["X-B"], "appended")
+		if got := h.Get("X-Mesh-Service"); got != next {
+			t.Errorf("X-Mesh-Service %q after appending to X-B, was %q", got, next)
+		}
+		fmt.Fprintf(w, "%s|%s|%s|%q", strings.Join(h["X-A"], ","), h.Get("X-B"), h.Get("X-Mesh-Service"), h.Get("X-Empty"))
+	}), nil).BoundAddr()
+	c, br := dialRaw(t, addr)
+	head := "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-B: b\r\nx-a:  2 \r\nX-Mesh-Service: web\r\nX-Empty:\r\n\r\n"
+	io.WriteString(c, head[:20])
+	time.Sleep(20 * time.Millisecond)
+	io.WriteString(c, head[20:])
+	if _, body := readResp(t, br, "GET"); body != `1,2|b|web|""` {
+		t.Fatalf("first: %q", body)
+	}
+	first := <-kept
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nX-A: other\r\nX-B: longer value\r\n\r\n")
+	if _, body := readResp(t, br, "GET"); body != `other|longer value||""` {
+		t.Fatalf("second: %q", body)
+	}
+	<-kept
+	if got := strings.Join(first["X-A"], ","); got != "1,2" || first.Get("X-B") != "b" {
+		t.Fatalf("the first request's values changed: X-A %q X-B %q", got, first.Get("X-B"))
+	}
+}
+
+// writeCounter counts the writes to a connection.
+type writeCounter struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *writeCounter) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestH1ForwardedResponseOneWrite: a forwarded response's head and a 1 KiB
+// body reach the client in one write, request after request.
+func TestH1ForwardedResponseOneWrite(t *testing.T) {
+	_, up := plainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Length", "1024")
+		_, _ = w.Write(make([]byte, 1024))
+	}))
+	h := &Handler{Route: fixedRoute(up), Pool: &Pool{}, Via: "test-hop", Logger: testLogger()}
+	t.Cleanup(h.Pool.CloseIdle)
+	s := &h1srv{handler: h, headerTimeout: 5 * time.Second, idleTimeout: time.Minute,
+		maxHeaderBytes: DefaultMaxHeaderBytes, logger: testLogger()}
+	a, b := net.Pipe()
+	t.Cleanup(func() { b.Close() })
+	wc := &writeCounter{Conn: a}
+	go s.serve(wc, nil)
+	_ = b.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(b)
+	for i := range 3 {
+		before := wc.writes.Load()
+		go io.WriteString(b, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, body := readResp(t, br, "GET")
+		if resp.StatusCode != 200 || len(body) != 1024 {
+			t.Fatalf("request %d: status %d, %d bytes", i, resp.StatusCode, len(body))
+		}
+		if n := wc.writes.Load() - before; n != 1 {
+			t.Errorf("request %d: the response took %d writes, want 1", i, n)
+		}
 	}
 }

@@ -174,6 +174,7 @@ type outgoing struct {
 	req  http.Request
 	url  url.URL
 	body trackedBody
+	via  [4]string // the response's Via values, when they fit
 }
 
 // trackedBody wraps the incoming body so the retry decision can tell whether
@@ -722,7 +723,7 @@ func (h *Handler) respond(w http.ResponseWriter, r *http.Request, c *handlerConf
 		// too and the request can still be replayed before it.
 		delete(hdr, HeaderRetry)
 	}
-	hdr["Via"] = appendVia(resp.Header["Via"], c.via(resp.ProtoMajor, resp.ProtoMinor, h.Via))
+	hdr["Via"] = appendVia(o.via[:], resp.Header["Via"], c.via(resp.ProtoMajor, resp.ProtoMinor, h.Via))
 	// Announce the upstream's trailers so the server sends them after the
 	// body (RFC 9110 §6.5.2); Go's transport lists their names in
 	// resp.Trailer before the body is read.

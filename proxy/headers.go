@@ -258,13 +258,16 @@ func copyResponseHeader(dst, src http.Header, public bool) {
 	}
 }
 
-// appendVia returns the Via values of a response with via appended, in a new
-// slice (the received slice may be shared).
-func appendVia(received []string, via string) []string {
-	out := make([]string, len(received)+1)
-	copy(out, received)
-	out[len(received)] = via
-	return out
+// appendVia returns the Via values of a response with via appended, in
+// buf's array when they fit (the caller's, per request), else in a new
+// slice: never in the received slice, which may be shared.
+func appendVia(buf []string, received []string, via string) []string {
+	out := buf[:0]
+	if len(received)+1 > cap(buf) {
+		out = make([]string, 0, len(received)+1)
+	}
+	out = append(out, received...)
+	return append(out, via)
 }
 
 // isUpgrade reports whether r asks to switch protocols: an HTTP/1.1 Upgrade

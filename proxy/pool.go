@@ -349,7 +349,13 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 	t.DialContext = uc.boundDial(dial, false)
 	if u.TLS == nil {
 		uc.h1 = uc.newH1Pool(func(ctx context.Context) (net.Conn, error) {
-			return dial(ctx, "tcp", u.Addr)
+			c, err := dial(ctx, "tcp", u.Addr)
+			if err != nil {
+				return nil, err
+			}
+			rc := newRawConn(c)
+			rc.enable()
+			return rc, nil
 		}, maxIdle, idleTimeout, headerTimeout)
 		return uc
 	}
@@ -367,12 +373,22 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 	// failed handshake is marked as a dialError: a retry on another
 	// candidate is then safe for any request. The transport still reads
 	// the negotiated ALPN protocol from the returned *tls.Conn.
-	dialTLS := func(ctx context.Context, network, addr string) (net.Conn, error) {
+	//
+	// The fast path's connections read and write the TCP connection under
+	// TLS with raw system calls (rawConn, rawtcp.go); the transport's use
+	// Go's own.
+	dialTLS := func(ctx context.Context, network, addr string, rawIO bool) (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 		defer cancel()
 		raw, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, &dialError{err: fmt.Errorf("dial %s: %w", addr, err)}
+		}
+		under := raw
+		if rawIO {
+			rc := newRawConn(raw)
+			rc.enable()
+			under = rc
 		}
 		c := cfg
 		if c.ServerName == "" {
@@ -382,7 +398,7 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 			c = cfg.Clone()
 			c.ServerName, _, _ = net.SplitHostPort(addr)
 		}
-		tc := tls.Client(raw, c)
+		tc := tls.Client(under, c)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			raw.Close()
 			return nil, &dialError{err: &handshakeError{addr: addr, err: err}}
@@ -392,10 +408,12 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 		}
 		return tc, nil
 	}
-	t.DialTLSContext = uc.boundDial(dialTLS, h2)
+	t.DialTLSContext = uc.boundDial(func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return dialTLS(ctx, network, addr, false)
+	}, h2)
 	if !h2 {
 		uc.h1 = uc.newH1Pool(func(ctx context.Context) (net.Conn, error) {
-			return dialTLS(ctx, "tcp", u.Addr)
+			return dialTLS(ctx, "tcp", u.Addr, true)
 		}, maxIdle, idleTimeout, headerTimeout)
 	}
 	return uc

@@ -147,3 +147,47 @@ func (t *rawTCP) writev(a, b []byte) (int, error) {
 }
 
 func (t *rawTCP) Write(p []byte) (int, error) { return t.writev(p, nil) }
+
+// rawConn is a net.Conn whose Read and Write go through rawTCP (raw
+// system calls on the TCP connection under it) once on is set, and through
+// the wrapped connection before. It sits under a tls.Conn, where a plain
+// TCP connection's reads and writes cannot be reached otherwise: meshd's
+// HTTP/1.1 server turns it on after a handshake that chose http/1.1 (a
+// connection handed to net/http's HTTP/2 server keeps Go's own calls), the
+// fast path's upstream connections at once. Close, addresses and deadlines
+// are the wrapped connection's.
+type rawConn struct {
+	net.Conn
+	t  *rawTCP // nil when there is no TCP connection under Conn
+	on bool    // set before the connection is shared between goroutines
+}
+
+// newRawConn wraps c; a *corkConn and a *limitConn are looked through to
+// find the TCP connection.
+func newRawConn(c net.Conn) *rawConn {
+	tc := c
+	if cc, ok := tc.(*corkConn); ok {
+		tc = cc.Conn
+	}
+	if lc, ok := tc.(*limitConn); ok {
+		tc = lc.Conn
+	}
+	return &rawConn{Conn: c, t: newRawTCP(tc)}
+}
+
+// enable makes reads and writes raw, when there is a TCP connection.
+func (c *rawConn) enable() { c.on = c.t != nil }
+
+func (c *rawConn) Read(p []byte) (int, error) {
+	if c.on {
+		return c.t.Read(p)
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *rawConn) Write(p []byte) (int, error) {
+	if c.on {
+		return c.t.Write(p)
+	}
+	return c.Conn.Write(p)
+}

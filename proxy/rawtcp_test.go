@@ -1,10 +1,13 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"testing"
 	"time"
@@ -152,5 +155,110 @@ func TestRawTCPNoAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%.1f allocations per write and read", allocs)
+	}
+}
+
+// TestRawConnUnderTLS: a TLS connection over rawConn (as the HTTP/1.1
+// server's and the fast path's are) carries data both ways, honours read
+// deadlines without breaking the connection (watchClient's read-ahead is
+// stopped that way), and a Close wakes a blocked read.
+func TestRawConnUnderTLS(t *testing.T) {
+	a, b := tcpPair(t)
+	cfg, roots := selfSigned(t)
+	ra, rb := newRawConn(a), newRawConn(b)
+	ra.enable()
+	rb.enable()
+	if !ra.on || !rb.on {
+		t.Fatal("rawConn not enabled over TCP")
+	}
+	srv := tls.Server(ra, cfg)
+	cli := tls.Client(rb, &tls.Config{RootCAs: roots, ServerName: "localhost"})
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Handshake() }()
+	if err := cli.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	msg := bytes.Repeat([]byte("0123456789"), 5000) // several records
+	go func() { _, err := cli.Write(msg); errc <- err }()
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(srv, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("read %v, equal %v", err, bytes.Equal(got, msg))
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+
+	_ = srv.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	var one [1]byte
+	_, err := srv.Read(one[:])
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !isTimeout(err) {
+		t.Fatalf("read past the deadline: %v", err)
+	}
+	_ = srv.SetReadDeadline(time.Time{})
+	go func() { _, err := cli.Write([]byte("x")); errc <- err }()
+	if _, err := srv.Read(one[:]); err != nil || one[0] != 'x' {
+		t.Fatalf("read after a deadline: %q %v", one[:], err)
+	}
+	<-errc
+
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		srv.Close()
+	}()
+	if _, err := srv.Read(one[:]); err == nil {
+		t.Fatal("read on a closed connection succeeded")
+	}
+}
+
+// TestRawConnPassThrough: a rawConn not enabled, or over something that
+// is not TCP, uses the wrapped connection.
+func TestRawConnPassThrough(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	r := newRawConn(a)
+	r.enable()
+	if r.on {
+		t.Fatal("enabled over a net.Pipe")
+	}
+	go func() { _, _ = b.Write([]byte("hi")) }()
+	var buf [2]byte
+	if _, err := io.ReadFull(r, buf[:]); err != nil || string(buf[:]) != "hi" {
+		t.Fatalf("%q %v", buf[:], err)
+	}
+}
+
+// TestServerTLSRawIO: an HTTP/1.1 connection over TLS reads and writes
+// with raw system calls.
+func TestServerTLSRawIO(t *testing.T) {
+	cfg, roots := selfSigned(t)
+	s := startWith(t, &Server{Handler: http.HandlerFunc(okHandler), TLS: cfg})
+	c, err := tls.Dial("tcp", s.BoundAddr(), &tls.Config{RootCAs: roots, ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%v %v", resp, err)
+	}
+	s.h1.mu.Lock()
+	defer s.h1.mu.Unlock()
+	n, raw := 0, 0
+	for hc := range s.h1.conns {
+		n++
+		if tc, ok := hc.rwc.(*tls.Conn); ok {
+			if rc, ok := tc.NetConn().(*rawConn); ok && rc.on {
+				raw++
+			}
+		}
+	}
+	if n != 1 || raw != 1 {
+		t.Fatalf("%d HTTP/1.1 connections, %d with raw I/O", n, raw)
 	}
 }

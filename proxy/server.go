@@ -410,9 +410,12 @@ func (s *Server) acceptLoop(ln net.Listener, tlsCfg *tls.Config, h1 *h1srv, hl *
 // serveTLS runs the handshake, within the header timeout, and hands the
 // connection to the server of the negotiated protocol.
 func (s *Server) serveTLS(c net.Conn, cfg *tls.Config, h1 *h1srv, hl *handoffListener, logger *slog.Logger, bound string) {
-	// The cork (see corkConn) sits under TLS: Go's HTTP/2 server must
-	// be handed a *tls.Conn.
-	tc := tls.Server(newCorkConn(c), cfg)
+	// Two wrappers under TLS: the cork (corkConn), which Go's HTTP/2
+	// server writes through, and raw system calls (rawConn), which the
+	// HTTP/1.1 server turns on once the handshake chose it; then reads
+	// and writes go straight to the TCP connection, past the cork.
+	rc := newRawConn(newCorkConn(c))
+	tc := tls.Server(rc, cfg)
 	if h1.headerTimeout > 0 {
 		_ = c.SetDeadline(time.Now().Add(h1.headerTimeout))
 	}
@@ -428,6 +431,9 @@ func (s *Server) serveTLS(c net.Conn, cfg *tls.Config, h1 *h1srv, hl *handoffLis
 	case "h2":
 		hl.push(tc)
 	case "", "http/1.1":
+		// Raw system calls under TLS too (rawtcp.go); HTTP/2 keeps
+		// Go's own.
+		rc.enable()
 		h1.serve(tc, &st)
 	default:
 		// acme-tls/1 (RFC 8737): the handshake was the whole exchange.
