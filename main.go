@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"reflect"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -261,7 +262,10 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	logger := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
 	slog.SetDefault(logger)
-	gc := tuneGC(os.Getenv, cfg.Role, cfg.CacheBytes())
+	gc, err := tuneGC(os.Getenv, cfg.Role, cfg.CacheBytes())
+	if err != nil {
+		return err
+	}
 	if gc.Percent > 0 {
 		debug.SetGCPercent(gc.Percent)
 	}
@@ -347,16 +351,20 @@ func roleGC(role string, cacheBytes int64) gcPolicy {
 // tuneGC returns the role's settings less what the operator chose: GOGC
 // in the environment keeps the runtime's percent, GOMEMLIMIT its limit;
 // each is decided on its own, so GOGC=200 alone still gets the role's
-// limit.
-func tuneGC(getenv func(string) string, role string, cacheBytes int64) gcPolicy {
+// limit. A GOGC the runtime would silently read as 100 is an error (the
+// runtime itself stops at a malformed GOMEMLIMIT).
+func tuneGC(getenv func(string) string, role string, cacheBytes int64) (gcPolicy, error) {
 	p := roleGC(role, cacheBytes)
-	if getenv("GOGC") != "" {
+	if v := getenv("GOGC"); v != "" {
+		if _, err := strconv.Atoi(v); err != nil && v != "off" {
+			return gcPolicy{}, fmt.Errorf("GOGC=%s: want a percentage (a whole number) or off", v)
+		}
 		p.Percent = 0
 	}
 	if getenv("GOMEMLIMIT") != "" {
 		p.Limit = 0
 	}
-	return p
+	return p, nil
 }
 
 // bindConfigFlags defines one flag per field of mesh.Config, named by its

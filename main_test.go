@@ -36,8 +36,16 @@ func TestTuneGC(t *testing.T) {
 		{"gateway, GOMEMLIMIT chosen by the operator", mesh.RoleGateway, map[string]string{"GOMEMLIMIT": "512MiB"}, 0, gcPolicy{gatewayGCPercent, 0}},
 	}
 	for _, tt := range tests {
-		if got := tuneGC(env(tt.env), tt.role, tt.cache); got != tt.want {
-			t.Errorf("%s: tuneGC = %+v; want %+v", tt.name, got, tt.want)
+		got, err := tuneGC(env(tt.env), tt.role, tt.cache)
+		if err != nil || got != tt.want {
+			t.Errorf("%s: tuneGC = %+v, %v; want %+v", tt.name, got, err, tt.want)
+		}
+	}
+	// A GOGC the runtime would read as 100 is refused, naming it.
+	for _, v := range []string{"abc", "1.5", "400%", "OFF"} {
+		_, err := tuneGC(env(map[string]string{"GOGC": v}), mesh.RoleSidecar, 0)
+		if err == nil || !strings.Contains(err.Error(), "GOGC="+v) {
+			t.Errorf("GOGC=%s: err = %v; want one naming GOGC=%s", v, err, v)
 		}
 	}
 }
