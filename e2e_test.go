@@ -97,10 +97,20 @@ func startNode(t *testing.T, name string, args ...string) *proc {
 // ends either way.
 func tryStartNode(t *testing.T, name string, args ...string) (*proc, error) {
 	t.Helper()
+	return tryStartNodeEnv(t, name, nil, args...)
+}
+
+// tryStartNodeEnv is tryStartNode with env (KEY=VALUE) added to the
+// process's environment.
+func tryStartNodeEnv(t *testing.T, name string, env []string, args ...string) (*proc, error) {
+	t.Helper()
 	args = append([]string{"run", "--name", name, "--log-format", "json", "--log-level", "info",
 		"--admin", "127.0.0.1:0", "--drain-delay", "300ms"}, args...)
 	p := &proc{t: t, name: name, addrs: map[string]string{}, done: make(chan struct{})}
 	p.cmd = exec.Command(meshdBin, args...)
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		return nil, err

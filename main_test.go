@@ -7,28 +7,45 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/meshd/meshd/mesh"
 )
 
+// Each role gets its own collector settings, and an operator's GOGC or
+// GOMEMLIMIT replaces the role's choice of that one setting only.
 func TestTuneGC(t *testing.T) {
 	env := func(kv map[string]string) func(string) string {
 		return func(k string) string { return kv[k] }
 	}
+	const cache = 256 << 20
 	tests := []struct {
-		name      string
-		env       map[string]string
-		cache     int64
-		wantPct   int
-		wantLimit int64
+		name  string
+		role  string
+		env   map[string]string
+		cache int64
+		want  gcPolicy
 	}{
-		{"edge with the default cache", nil, 256 << 20, gcPercent, 256<<20 + gcHeadroom},
-		{"no cache", nil, 0, gcPercent, gcHeadroom},
-		{"GOGC chosen by the operator", map[string]string{"GOGC": "100"}, 256 << 20, 0, 0},
-		{"GOMEMLIMIT chosen by the operator", map[string]string{"GOMEMLIMIT": "2GiB"}, 0, 0, 0},
+		{"edge with the default cache", mesh.RoleEdge, nil, cache, gcPolicy{edgeGCPercent, cache + gcHeadroom}},
+		{"edge without a cache", mesh.RoleEdge, nil, 0, gcPolicy{edgeGCPercent, gcHeadroom}},
+		{"gateway", mesh.RoleGateway, nil, 0, gcPolicy{gatewayGCPercent, gcHeadroom}},
+		{"sidecar", mesh.RoleSidecar, nil, 0, gcPolicy{sidecarGCPercent, 0}},
+		{"edge, GOGC chosen by the operator", mesh.RoleEdge, map[string]string{"GOGC": "100"}, cache, gcPolicy{0, cache + gcHeadroom}},
+		{"edge, GOMEMLIMIT chosen by the operator", mesh.RoleEdge, map[string]string{"GOMEMLIMIT": "2GiB"}, cache, gcPolicy{edgeGCPercent, 0}},
+		{"edge, both chosen by the operator", mesh.RoleEdge, map[string]string{"GOGC": "off", "GOMEMLIMIT": "2GiB"}, cache, gcPolicy{0, 0}},
+		{"sidecar, GOGC chosen by the operator", mesh.RoleSidecar, map[string]string{"GOGC": "50"}, 0, gcPolicy{0, 0}},
+		{"gateway, GOMEMLIMIT chosen by the operator", mesh.RoleGateway, map[string]string{"GOMEMLIMIT": "512MiB"}, 0, gcPolicy{gatewayGCPercent, 0}},
 	}
 	for _, tt := range tests {
-		pct, limit := tuneGC(env(tt.env), tt.cache)
-		if pct != tt.wantPct || limit != tt.wantLimit {
-			t.Errorf("%s: tuneGC = %d, %d; want %d, %d", tt.name, pct, limit, tt.wantPct, tt.wantLimit)
+		got, err := tuneGC(env(tt.env), tt.role, tt.cache)
+		if err != nil || got != tt.want {
+			t.Errorf("%s: tuneGC = %+v, %v; want %+v", tt.name, got, err, tt.want)
+		}
+	}
+	// A GOGC the runtime would read as 100 is refused, naming it.
+	for _, v := range []string{"abc", "1.5", "400%", "OFF"} {
+		_, err := tuneGC(env(map[string]string{"GOGC": v}), mesh.RoleSidecar, 0)
+		if err == nil || !strings.Contains(err.Error(), "GOGC="+v) {
+			t.Errorf("GOGC=%s: err = %v; want one naming GOGC=%s", v, err, v)
 		}
 	}
 }

@@ -81,7 +81,7 @@ func TestREADMEShell(t *testing.T) {
 		t.Skip("curl is not installed: the README's block calls it")
 	}
 	block := readmeBlock(t, "## A two-region mesh from a shell")
-	const build = "go build -o meshd .\n"
+	const build = "CGO_ENABLED=0 go build -o meshd .\n"
 	if !strings.HasPrefix(block, build) {
 		t.Fatalf("the README's block no longer starts with %q:\n%s", build, block)
 	}

@@ -89,6 +89,13 @@ type timings struct {
 // requirement. Probing a few dozen WAN members every 2 s costs a few hundred
 // bytes per second per node.
 //
+// LAN sends its packets uncompressed: memberlist compresses every packet
+// with a fresh LZW writer, 64 KiB of garbage per ping and ack, the largest
+// source of an idle sidecar's allocations, to save a few bytes on a
+// network where bytes are cheap. Receivers decompress whatever is
+// compressed whatever their own setting, so mixed pools interoperate. WAN
+// keeps compression.
+//
 // DeadNodeReclaimTime lets a node that restarts with the same name on a new
 // address take its name back once the old address has been dead that long
 // (memberlist refuses the new address while the old one is alive, so two live
@@ -119,6 +126,7 @@ func (p Profile) config() (*memberlist.Config, timings) {
 		}
 	default:
 		c := memberlist.DefaultLANConfig()
+		c.EnableCompression = false
 		c.SuspicionMult = 3
 		c.SuspicionMaxTimeoutMult = 2
 		c.DeadNodeReclaimTime = 5 * time.Second
