@@ -132,6 +132,10 @@ ports() {
 start() {
 	local name=$1
 	shift
+	# SERVER_CPUS (a taskset list, e.g. "1"): the cores servers run on.
+	if [[ -n "${SERVER_CPUS:-}" ]]; then
+		set -- taskset -c "$SERVER_CPUS" "$@"
+	fi
 	"$@" >"$WORK/logs/$name.log" 2>&1 &
 	PID=$!
 	PIDS+=("$PID")
@@ -545,7 +549,10 @@ attack() {
 	local out=$1 secs=$2 rate=$3 url=$4 t0 gen
 	shift 4
 	waited_ticks t0
-	echo "GET $url" | "$VEGETA" attack -rate="$rate/1s" -duration="${secs}s" -timeout="${TIMEOUT:-2s}" \
+	# GEN_CPUS (a taskset list, e.g. "0"): the cores vegeta runs on.
+	local pin=()
+	[[ -z "${GEN_CPUS:-}" ]] || pin=(taskset -c "$GEN_CPUS")
+	echo "GET $url" | ${pin[@]+"${pin[@]}"} "$VEGETA" attack -rate="$rate/1s" -duration="${secs}s" -timeout="${TIMEOUT:-2s}" \
 		-insecure -http2=false -max-body=0 -output="$out.bin" "$@" 2>"$out.err" ||
 		die "vegeta attack of $url failed: $(tail -n 5 "$out.err")"
 	waited_ticks gen

@@ -12,7 +12,7 @@
 #   knobs: DURATION RATES CLIENT_CONNS SAT_DURATION SAT_WORKERS OVERLOAD OVER_DURATION OVER_CONNS
 #          RECOVERY_WAIT RECOVERY_RATE CHECK_RATE NEIGHBOURS TIMEOUT WARMUP IDLE_SECONDS
 #          MAX_CONNS_PER_IP SKIP_NGINX SKIP_HAPROXY SKIP_FULL SKIP_PAIR
-#          SKIP_OVERLOAD SKIP_NEIGHBOUR SCHEME MESHD MESHD_LOG_LEVEL KEEP QUICK
+#          SKIP_OVERLOAD SKIP_NEIGHBOUR SCHEME MESHD MESHD_LOG_LEVEL KEEP QUICK PIN
 set -euo pipefail
 
 QUICK="${QUICK:-0}"
@@ -51,6 +51,20 @@ for r in $RATES; do [[ "$r" =~ ^[1-9][0-9]*$ ]] || die "RATES must be positive w
 [[ " $RATES " == *" $CHECK_RATE "* ]] || log "CHECK_RATE $CHECK_RATE is not among RATES ($RATES): its targets will show '-'"
 [[ -z "$MAX_CONNS_PER_IP" || "$MAX_CONNS_PER_IP" =~ ^(-1|[1-9][0-9]*)$ ]] || die "MAX_CONNS_PER_IP must be -1, a positive number or empty, not '$MAX_CONNS_PER_IP'"
 [[ $SCHEME == https || $SCHEME == http ]] || die "SCHEME must be https or http, not '$SCHEME'"
+# PIN=1: vegeta on the first core, every server (and the neighbour) on the
+# others, so that past saturation the load generator does not take the
+# servers' CPU; with every process on every core, 2x saturation starves
+# whoever answers (nginx included) and measures the generator as much as
+# the targets.
+PIN="${PIN:-0}"
+if [[ $PIN == 1 ]]; then
+	ncpu="$(nproc)"
+	((ncpu >= 2)) || die "PIN=1 needs at least 2 cores, this machine has $ncpu"
+	command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
+	export GEN_CPUS=0 SERVER_CPUS="1-$((ncpu - 1))"
+elif [[ $PIN != 0 ]]; then
+	die "PIN must be 0 or 1, not '$PIN'"
+fi
 setup
 MACHINE="$(machine_line)"
 need curl:curl openssl:openssl nginx:nginx haproxy:haproxy
@@ -345,6 +359,7 @@ p99x() { ratio "$(get "$1/$2" 9)" "$(get "$1/nginx" 9)"; }
 	echo "  that finds all busy waits in vegeta, and its wait counts in its latency); overload ${OVERLOAD}x the closed-loop rate of $SAT_WORKERS workers;"
 	echo "  neighbour = $NEIGHBOURS CPU-bound busy loop(s) running beside the whole phase; CPU = utime+stime of the target's processes per request;"
 	echo "  gen = cores vegeta itself used during the step (it runs on the same machine)"
+	[[ $PIN == 1 ]] && echo "  PIN=1: vegeta on core $GEN_CPUS, every server and the neighbour on cores $SERVER_CPUS"
 	idle=""
 	for t in "${TARGETS[@]}"; do idle+="$t ${IDLE_CORES[$t]}, "; done
 	echo "  cores used without load (${IDLE_SECONDS}s before the warm-up): ${idle%, }"
