@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -433,6 +434,11 @@ func TestH1OnCancel(t *testing.T) {
 	}
 	ran := make(chan string, 4)
 	results := make(chan result, 1)
+	// The handler releases its hooks only once the test has seen them
+	// run: a release racing the cancellation may stop a hook first, as
+	// it should.
+	proceed := make(chan struct{})
+	letGo := sync.OnceFunc(func() { close(proceed) })
 	addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := context.WithValue(r.Context(), struct{}{}, 1) // values only: still the request's
 		var res result
@@ -449,9 +455,11 @@ func TestH1OnCancel(t *testing.T) {
 		results <- res
 		watchClient(r.Context())
 		<-r.Context().Done()
-		hr.release()
 		onCancel(ctx, func() { ran <- "late" })
+		<-proceed
+		hr.release()
 	}), nil).BoundAddr()
+	t.Cleanup(letGo) // before the server's shutdown, which waits for the handler
 	c, _ := dialRaw(t, addr)
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	res := <-results
@@ -468,6 +476,7 @@ func TestH1OnCancel(t *testing.T) {
 			t.Fatalf("hooks run: %v, want request, derived and late", got)
 		}
 	}
+	letGo()
 	if !got["request"] || !got["derived"] || !got["late"] {
 		t.Fatalf("hooks run: %v, want request, derived and late", got)
 	}

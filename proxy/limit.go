@@ -661,11 +661,19 @@ func (p *Pool) Limits() []UpstreamLimit {
 		if uc.lim == nil {
 			return true
 		}
-		out = append(out, uc.lim.state(k.(string), ""))
+		own := uc.lim.state(k.(string), "")
+		split := false
 		uc.splits.Range(func(s, l any) bool {
+			split = true
 			out = append(out, l.(*limiter).state(k.(string), s.(string)))
 			return true
 		})
+		if !split || own.InFlight > 0 || own.Queued > 0 || own.Rejected > 0 || own.Baseline > 0 {
+			// Where every request has a split, the upstream's own
+			// limit, never used, would only be a row stuck at its
+			// initial value.
+			out = append(out, own)
+		}
 		return true
 	})
 	sort.Slice(out, func(i, j int) bool {

@@ -911,6 +911,14 @@ func TestLimitSplit(t *testing.T) {
 	}
 	fast := send("fast") // its own slot: reaches the upstream
 	waitFor(t, "the fast request upstream", 5*time.Second, func() bool { return got.Load() == 2 })
+	// The upstream's own limit has seen no request: not listed.
+	var before []string
+	for _, l := range pool.Limits() {
+		before = append(before, l.Split)
+	}
+	if strings.Join(before, ",") != "fast,slow" {
+		t.Errorf("Limits lists splits %q before any request without a key, want fast and slow", before)
+	}
 	plain := send("") // the upstream's own limit
 	waitFor(t, "the request without a key upstream", 5*time.Second, func() bool { return got.Load() == 3 })
 
