@@ -335,6 +335,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if cand == nil {
 			continue
 		}
+		if isOverloaded(err) && !h.Pool.HasFreeSlot(cand, &o.req) {
+			// After a refusal by admission control only a candidate
+			// that admits at once is worth it: waiting in a second
+			// queue would double the wait.
+			continue
+		}
 		if attempts > 0 {
 			h.retries.Add(1)
 		}
@@ -374,7 +380,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			discard(resp)
 			resp, err = nil, errRetrySignal
 		}
-		if err == nil || !retryable(r, o, err) {
+		// A refusal by admission control sent nothing: the next
+		// candidate with a free slot may take it (see above).
+		moveOn := isOverloaded(err) && r.Context().Err() == nil
+		if err == nil || !moveOn && !retryable(r, o, err) {
 			break
 		}
 		c.logger.Debug("proxy: attempt failed, trying next candidate",
@@ -427,9 +436,10 @@ func retryable(r *http.Request, o *outgoing, err error) bool {
 		return false // the client is gone
 	}
 	if isOverloaded(err) {
-		// Refused by admission control: the balancer put the least
-		// loaded candidate first, so the others are likely full too,
-		// and queueing at each would multiply the wait (limit.go).
+		// Refused by admission control: not a retry. ServeHTTP moves
+		// it only to a candidate that admits it at once, and never
+		// signals the hop before to send it elsewhere: queueing at
+		// each would multiply the wait, and the overload with it.
 		return false
 	}
 	if isDialError(err) {

@@ -694,6 +694,21 @@ func (l *limiter) state(key, split string) UpstreamLimit {
 		Baseline: time.Duration(l.baseline.Load())}
 }
 
+// HasFreeSlot reports whether a request like req would be admitted to u at
+// once: u has no limit, or a slot free and nobody queued for it. An
+// upstream not used yet has every slot free.
+func (p *Pool) HasFreeSlot(u *Upstream, req *http.Request) bool {
+	if u == nil || u.Key == "" {
+		return false
+	}
+	v, ok := p.transports.Load(u.Key)
+	if !ok {
+		return true
+	}
+	l := v.(*upstreamConns).limiterFor(p.LimitKey, req)
+	return l == nil || l.waiting.Load() == 0 && l.inflight.Load() < l.limit.Load()
+}
+
 // Rejected returns how many requests admission control refused since the
 // pool was created: queue full, queue timeout, or no connection within the
 // queue timeout.

@@ -978,3 +978,63 @@ func TestLimitSplitsBounded(t *testing.T) {
 		t.Error("the same key did not get the same split")
 	}
 }
+
+// TestRefusalMovesToFreeInstance: a request refused by one instance's
+// limit goes to another candidate that admits it at once; when none
+// does, it is refused, once, without queueing again. Refusals never count
+// against an instance's health.
+func TestRefusalMovesToFreeInstance(t *testing.T) {
+	busy, busyGot, release := heldUpstream(t)
+	defer close(release)
+	var freeGot atomic.Int64
+	_, free := plainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		freeGot.Add(1)
+		io.WriteString(w, "free")
+	}))
+	pool := &Pool{ConcurrencyLimit: 1, QueueTimeout: time.Millisecond}
+	defer pool.CloseIdle()
+	var route atomic.Pointer[[]*Upstream]
+	route.Store(&[]*Upstream{busy, free})
+	h := &Handler{Pool: pool, Via: "meshd-gw", SignalRetry: true,
+		Route: func(*http.Request) ([]*Upstream, error) { return *route.Load(), nil }}
+	addr := startProxy(t, h)
+	go func() {
+		if resp, err := http.Get("http://" + addr + "/held"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	waitFor(t, "the first request at the busy instance", 5*time.Second, func() bool { return busyGot.Load() == 1 })
+
+	for i := range 5 {
+		resp, body := rawExchange(t, addr, "GET /next HTTP/1.1\r\nHost: web\r\n\r\n")
+		if resp.StatusCode != http.StatusOK || body != "free" {
+			t.Fatalf("request %d: %d %q, want 200 from the free instance", i, resp.StatusCode, body)
+		}
+	}
+	if n := freeGot.Load(); n != 5 {
+		t.Errorf("the free instance got %d requests, want 5", n)
+	}
+
+	// Only the busy instance: refused, and the busy one is not ejected.
+	route.Store(&[]*Upstream{busy})
+	for i := range 5 {
+		resp, _ := rawExchange(t, addr, "POST /next HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\n\r\nhi")
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(HeaderRetry) != "" {
+			t.Fatalf("request %d to a full instance: %d, %s %q, want 503 without a retry signal", i, resp.StatusCode, HeaderRetry, resp.Header.Get(HeaderRetry))
+		}
+	}
+	if busy.Ejected(time.Now()) {
+		t.Error("refusals by this node's admission control ejected the instance")
+	}
+	if n := busyGot.Load(); n != 1 {
+		t.Errorf("the busy instance got %d requests, want only the held one", n)
+	}
+	// What the handler asks the pool before moving a refused request.
+	route.Store(&[]*Upstream{busy, free})
+	if !pool.HasFreeSlot(free, httptest.NewRequest("GET", "http://web/", nil)) {
+		t.Fatal("the free instance has no free slot")
+	}
+	if pool.HasFreeSlot(busy, httptest.NewRequest("GET", "http://web/", nil)) {
+		t.Fatal("the busy instance has a free slot")
+	}
+}
