@@ -597,24 +597,35 @@ const maxLimitSplits = 256
 // upstream's limit by keyOf (created on first use, as the upstream's own),
 // or the upstream's own.
 func (uc *upstreamConns) limiterFor(keyOf func(*http.Request) string, req *http.Request) *limiter {
-	if uc.lim == nil || keyOf == nil {
-		return uc.lim
-	}
-	k := keyOf(req)
-	if k == "" {
-		return uc.lim
-	}
-	if l, ok := uc.splits.Load(k); ok {
-		return l.(*limiter)
+	l, k := uc.existingLimiter(keyOf, req)
+	if l != nil || k == "" {
+		return l
 	}
 	if uc.nsplits.Load() >= maxLimitSplits {
 		return uc.lim
 	}
-	l, loaded := uc.splits.LoadOrStore(k, uc.lim.sibling())
+	v, loaded := uc.splits.LoadOrStore(k, uc.lim.sibling())
 	if !loaded {
 		uc.nsplits.Add(1)
 	}
-	return l.(*limiter)
+	return v.(*limiter)
+}
+
+// existingLimiter returns the limiter req counts against if it exists
+// already; else nil and the split's key, which is "" only when req counts
+// against the upstream's own limit (or there is no limit).
+func (uc *upstreamConns) existingLimiter(keyOf func(*http.Request) string, req *http.Request) (*limiter, string) {
+	if uc.lim == nil || keyOf == nil {
+		return uc.lim, ""
+	}
+	k := keyOf(req)
+	if k == "" {
+		return uc.lim, ""
+	}
+	if l, ok := uc.splits.Load(k); ok {
+		return l.(*limiter), k
+	}
+	return nil, k
 }
 
 // stir ends the calm of the requests in flight to the upstream, in every
@@ -705,8 +716,11 @@ func (p *Pool) HasFreeSlot(u *Upstream, req *http.Request) bool {
 	if !ok {
 		return true
 	}
-	l := v.(*upstreamConns).limiterFor(p.LimitKey, req)
-	return l == nil || l.waiting.Load() == 0 && l.inflight.Load() < l.limit.Load()
+	l, _ := v.(*upstreamConns).existingLimiter(p.LimitKey, req)
+	if l == nil {
+		return true // no limit, or a split no request has used yet
+	}
+	return l.waiting.Load() == 0 && l.inflight.Load() < l.limit.Load()
 }
 
 // Rejected returns how many requests admission control refused since the
