@@ -34,8 +34,14 @@
 // (bodies, other methods, HTTP/2 upstreams) goes through http.Transport.
 //
 // Bodies are streamed in both directions through pooled 32 KiB buffers, so
-// memory use does not grow with body size. Protocol upgrades (WebSocket) and
-// CONNECT tunnels are not forwarded yet: they are answered with 501.
+// memory use does not grow with body size.
+//
+// CONNECT and protocol upgrades (WebSocket) are tunnels (tunnel.go): routed
+// like requests, carried as a CONNECT stream over an HTTP/2 upstream or on a
+// connection of their own over HTTP/1.1, to a Raw upstream as plain TCP;
+// half-closes travel end to end, and a tunnel idle for
+// Handler.TunnelIdleTimeout is closed. A public listener refuses CONNECT
+// (405): an edge is not an open proxy.
 //
 // # Listeners
 //

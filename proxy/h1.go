@@ -632,7 +632,7 @@ func writeRequestHead(w *bufio.Writer, req *http.Request) error {
 	if ua := req.Header["User-Agent"]; len(ua) > 0 && ua[0] != "" {
 		writeField(w, "User-Agent", ua[0])
 	}
-	if req.Method != http.MethodGet && req.Method != http.MethodHead {
+	if req.Method != http.MethodGet && req.Method != http.MethodHead && req.Method != http.MethodConnect {
 		// As Go's transport does: servers expect a length for other
 		// methods even without a body.
 		w.WriteString("Content-Length: 0\r\n")

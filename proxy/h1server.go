@@ -294,6 +294,9 @@ func (c *h1conn) serveRequest(r0 *http.Request) (keep bool) {
 		w.body.close()
 		return false
 	}
+	if w.hijacked {
+		return false // the tunnel is over; so is the connection
+	}
 	c.stopWatch()
 	w.finish()
 	drained := w.body.finish()
@@ -466,6 +469,7 @@ type h1resp struct {
 	clen        int64 // declared Content-Length; -1 unknown
 	written     int64 // body bytes the handler wrote
 	raw         []byte
+	hijacked    bool // the handler took the connection (Hijack)
 }
 
 // maxLazyBody is how much of a body without Content-Length is held back to
@@ -842,6 +846,57 @@ func (w *h1resp) SetReadDeadline(t time.Time) error {
 func (w *h1resp) SetWriteDeadline(t time.Time) error {
 	w.c.sendAt = time.Time{}
 	return w.c.rwc.SetWriteDeadline(t)
+}
+
+// Hijack hands the connection to the handler (a tunnel: CONNECT or a
+// protocol upgrade), before any of the response was sent; its bytes are
+// the handler's from then on. Unlike net/http's, the connection stays
+// tracked by the server: Shutdown waits for the handler to return (a
+// tunnel drains within the grace), and the server closes the connection
+// when it does. The read-ahead of watchClient is stopped and every
+// deadline cleared; the returned conn's CloseWrite half-closes it.
+func (w *h1resp) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c := w.c
+	if w.headerSent || w.status != 0 {
+		return nil, nil, errors.New("proxy: hijack after the response started")
+	}
+	if w.hijacked {
+		return nil, nil, errors.New("proxy: connection already hijacked")
+	}
+	c.stopWatch()
+	w.hijacked = true
+	w.closeAfter = true
+	_ = c.rwc.SetDeadline(time.Time{})
+	c.rdArmed, c.idleAt, c.sendAt = false, time.Time{}, time.Time{}
+	hc := &hijackedConn{Conn: c.rwc, c: c}
+	return hc, bufio.NewReadWriter(c.br, bufio.NewWriter(hc)), nil
+}
+
+// hijackedConn reads through the connection's buffer (which may hold bytes
+// the client sent after its request head) and writes as the server does.
+type hijackedConn struct {
+	net.Conn
+	c *h1conn
+}
+
+func (h *hijackedConn) Read(p []byte) (int, error) {
+	if h.c.br.Buffered() > 0 {
+		return h.c.br.Read(p)
+	}
+	return connReader{h.c}.Read(p)
+}
+
+func (h *hijackedConn) Write(p []byte) (int, error) { return h.c.write(p) }
+
+// CloseWrite half-closes: close_notify on TLS, FIN on TCP.
+func (h *hijackedConn) CloseWrite() error {
+	if hc, ok := h.c.rwc.(halfCloser); ok {
+		return hc.CloseWrite()
+	}
+	if hc, ok := h.c.wc.(halfCloser); ok {
+		return hc.CloseWrite()
+	}
+	return h.c.rwc.Close()
 }
 
 // EnableFullDuplex: the request body can always be read while the response

@@ -74,6 +74,10 @@ type Handler struct {
 	// handshake verified; otherwise the field is removed from responses,
 	// so that an app cannot forge it. Default false.
 	TrustRetry bool
+	// TunnelIdleTimeout closes a tunnel (CONNECT, WebSocket) that carried
+	// no byte either way for this long. Default an hour
+	// (DefaultTunnelIdleTimeout).
+	TunnelIdleTimeout time.Duration
 	// Logger receives at most one debug record per request, and failures
 	// at warn level with their details (details never go to the client).
 	// Default slog.Default().
@@ -86,6 +90,11 @@ type Handler struct {
 	retries    atomic.Int64
 	failures   atomic.Int64
 	clientGone atomic.Int64
+
+	tunnels         atomic.Int64 // tunnels opened
+	tunnelsOpen     atomic.Int64 // tunnels open now
+	tunnelBytesUp   atomic.Int64 // bytes from clients to upstreams through closed tunnels
+	tunnelBytesDown atomic.Int64 // bytes from upstreams to clients through closed tunnels
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -105,6 +114,11 @@ type Stats struct {
 	Retries    int64 // attempts beyond the first
 	Failures   int64 // requests answered with an error status by this hop
 	ClientGone int64 // requests whose client went away (recorded as 499)
+
+	Tunnels         int64 // tunnels (CONNECT, upgrades) opened
+	TunnelsOpen     int64 // tunnels open now
+	TunnelBytesUp   int64 // bytes client → upstream through tunnels that closed
+	TunnelBytesDown int64 // bytes upstream → client through tunnels that closed
 }
 
 // Stats returns the handler's counters. It is safe to call at any time.
@@ -114,6 +128,11 @@ func (h *Handler) Stats() Stats {
 		Retries:    h.retries.Load(),
 		Failures:   h.failures.Load(),
 		ClientGone: h.clientGone.Load(),
+
+		Tunnels:         h.tunnels.Load(),
+		TunnelsOpen:     h.tunnelsOpen.Load(),
+		TunnelBytesUp:   h.tunnelBytesUp.Load(),
+		TunnelBytesDown: h.tunnelBytesDown.Load(),
 	}
 }
 
@@ -300,12 +319,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "meshd: proxy misconfigured")
 		return
 	}
-	if isUpgrade(r) || r.Method == http.MethodConnect {
-		// Protocol upgrades (WebSocket) and CONNECT tunnels need a
-		// bidirectional byte copy that this handler does not implement
-		// yet; 501 says so rather than forwarding a broken exchange.
-		h.failures.Add(1)
-		writeError(w, http.StatusNotImplemented, "meshd: protocol upgrade and CONNECT are not supported")
+	if proto, ok := tunnelProto(r, h.Public); ok {
+		h.serveTunnel(w, r, c, proto)
 		return
 	}
 

@@ -334,24 +334,6 @@ func TestResponseHeaderTimeout(t *testing.T) {
 	}
 }
 
-func TestUpgradeNotImplemented(t *testing.T) {
-	var calls atomic.Int64
-	_, up := plainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { calls.Add(1) }))
-	addr := startProxy(t, &Handler{Route: fixedRoute(up)})
-	for _, req := range []string{
-		"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-		"CONNECT web.mesh:443 HTTP/1.1\r\nHost: web.mesh:443\r\n\r\n",
-	} {
-		resp, _ := rawExchange(t, addr, req)
-		if resp.StatusCode != http.StatusNotImplemented {
-			t.Errorf("%q: status %d, want 501", req[:12], resp.StatusCode)
-		}
-	}
-	if calls.Load() != 0 {
-		t.Error("upgrade request reached the upstream")
-	}
-}
-
 func TestExpectContinue(t *testing.T) {
 	_, up := plainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/reject" {

@@ -270,16 +270,6 @@ func appendVia(buf []string, received []string, via string) []string {
 	return append(out, via)
 }
 
-// isUpgrade reports whether r asks to switch protocols: an HTTP/1.1 Upgrade
-// (RFC 9110 §7.8) or an HTTP/2 extended CONNECT (RFC 8441), which Go's
-// server exposes as the ":protocol" pseudo-field.
-func isUpgrade(r *http.Request) bool {
-	if _, ok := r.Header[":protocol"]; ok {
-		return true
-	}
-	return hasToken(r.Header["Connection"], "upgrade")
-}
-
 // isToken reports whether s is a non-empty RFC 9110 §5.6.2 token (a field
 // name, a method, a Via pseudonym).
 func isToken[T string | []byte](s T) bool {

@@ -201,7 +201,11 @@ type upstreamConns struct {
 	queueTimeout time.Duration
 	rejected     *atomic.Int64
 	h2Ready      atomic.Uint64 // HTTP/2 connections established
-	pendingDials atomic.Int64  // transport dials waiting for a slot or dialling
+	// dialTunnel opens a connection of a tunnel's own (tunnel.go): TCP
+	// to a plain upstream, TLS speaking HTTP/1.1 to an HTTP/1.1 one.
+	dialTunnel    func(ctx context.Context) (net.Conn, error)
+	headerTimeout time.Duration
+	pendingDials  atomic.Int64 // transport dials waiting for a slot or dialling
 }
 
 // conns returns the connections of u.Key, creating them on first use. The
@@ -346,8 +350,10 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 	}
 	uc := p.admission(u)
 	uc.t = t
+	uc.headerTimeout = headerTimeout
 	t.DialContext = uc.boundDial(dial, false)
 	if u.TLS == nil {
+		uc.dialTunnel = func(ctx context.Context) (net.Conn, error) { return dial(ctx, "tcp", u.Addr) }
 		uc.h1 = uc.newH1Pool(func(ctx context.Context) (net.Conn, error) {
 			c, err := dial(ctx, "tcp", u.Addr)
 			if err != nil {
@@ -415,6 +421,7 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 		uc.h1 = uc.newH1Pool(func(ctx context.Context) (net.Conn, error) {
 			return dialTLS(ctx, "tcp", u.Addr, true)
 		}, maxIdle, idleTimeout, headerTimeout)
+		uc.dialTunnel = func(ctx context.Context) (net.Conn, error) { return dialTLS(ctx, "tcp", u.Addr, false) }
 	}
 	return uc
 }

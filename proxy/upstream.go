@@ -32,6 +32,10 @@ type Upstream struct {
 	// is cheap and HTTP/1.1 costs less CPU per request (see Pool.HTTP2).
 	// Default false: the Pool decides.
 	HTTP1 bool
+	// Raw makes a tunnel (a CONNECT) to this upstream a TCP connection to
+	// Addr carrying the tunnel's bytes, with no HTTP: the app's TCP port
+	// behind its sidecar. Requests are not sent to a Raw upstream.
+	Raw bool
 
 	// Load and health, kept by the Handler for balancers (see InFlight
 	// and Ejected).
