@@ -320,20 +320,52 @@ func (h *Handler) serveTunnel(w http.ResponseWriter, r *http.Request, c *handler
 		delete(o.req.Header, headerUpgrade)
 		delete(o.req.Header, headerTarget)
 	}
+	resp, stream, u, attempts, err := h.openTunnel(r, c, o, proto)
+	if err != nil {
+		h.fail(w, r, c, o, u, attempts, err)
+		return
+	}
+	if stream == nil {
+		// Refused by the upstream: its answer goes back as it is.
+		h.respond(w, r, c, o, http.NewResponseController(w), resp)
+		return
+	}
+	defer stream.Close()
+	client, err := h.acceptTunnel(w, r, c, o, resp, proto)
+	if err != nil {
+		h.clientGone.Add(1)
+		c.logger.Debug("proxy: tunnel client went away", "host", r.Host, "err", err)
+		return
+	}
+	defer client.Close()
+	h.carry(r, c, client, stream, u, proto)
+}
+
+// carry splices an open tunnel and counts it.
+func (h *Handler) carry(r *http.Request, c *handlerConfig, client, stream io.ReadWriteCloser, u *Upstream, proto string) {
+	h.tunnels.Add(1)
+	h.tunnelsOpen.Add(1)
+	defer h.tunnelsOpen.Add(-1)
+	up, down := splice(client, stream, orDefault(h.TunnelIdleTimeout, DefaultTunnelIdleTimeout))
+	h.tunnelBytesUp.Add(up)
+	h.tunnelBytesDown.Add(down)
+	c.logger.Debug("proxy: tunnel closed", "host", r.Host, "proto", proto, "upstream", u.name(),
+		"bytes_up", up, "bytes_down", down)
+}
+
+// openTunnel routes the tunnel of o and opens it to the first candidate
+// that can be reached. A tunnel moves on to the next candidate only when it
+// certainly did not reach an upstream (a dial or handshake failure): its
+// bytes are never sent twice. On a refusal by the upstream stream is nil
+// and resp its answer.
+func (h *Handler) openTunnel(r *http.Request, c *handlerConfig, o *outgoing, proto string) (resp *http.Response, stream io.ReadWriteCloser, u *Upstream, attempts int, err error) {
 	ups, err := h.Route(&o.req)
 	if err == nil && len(ups) == 0 {
 		err = errNoUpstream
 	}
 	if err != nil {
-		h.fail(w, r, c, o, nil, 0, err)
-		return
+		return nil, nil, nil, 0, err
 	}
-	var (
-		resp     *http.Response
-		stream   io.ReadWriteCloser
-		u        *Upstream
-		attempts int
-	)
 	for _, cand := range ups {
 		if attempts == c.maxAttempts {
 			break
@@ -354,37 +386,54 @@ func (h *Handler) serveTunnel(w http.ResponseWriter, r *http.Request, c *handler
 		var de *dialError
 		u.reached(!errors.As(err, &de))
 		if r.Context().Err() != nil || !isDialError(err) {
-			break // it may have reached the upstream: a tunnel is never sent twice
+			break
 		}
 	}
 	if resp == nil && err == nil {
 		err = errNoUpstream
 	}
-	if err != nil {
-		h.fail(w, r, c, o, u, attempts, err)
+	return resp, stream, u, attempts, err
+}
+
+// ServeConn carries conn, a TCP connection accepted by the caller (a
+// sidecar's local port for a service's TCP port, an edge's public TCP
+// port), through a tunnel to authority ("db.mesh:pg"), routed by Route as
+// a CONNECT to it with the fields of header (may be nil). It returns when
+// the tunnel is over, and closes conn. A connection that cannot be
+// carried (no route, no upstream reached, refused by the upstream) is
+// closed, and the reason logged at warn: a TCP client cannot be told why.
+func (h *Handler) ServeConn(ctx context.Context, conn net.Conn, authority string, header http.Header) {
+	defer conn.Close()
+	c := h.config()
+	h.requests.Add(1)
+	if c.err != nil {
+		h.failures.Add(1)
+		c.logger.Error("proxy: handler misconfigured", "err", c.err)
 		return
 	}
-	if stream == nil {
-		// Refused by the upstream: its answer goes back as it is.
-		h.respond(w, r, c, o, http.NewResponseController(w), resp)
+	if header == nil {
+		header = http.Header{}
+	}
+	r := (&http.Request{Method: http.MethodConnect, Host: authority, URL: &url.URL{Host: authority},
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: header, Body: http.NoBody,
+		RequestURI: authority, RemoteAddr: conn.RemoteAddr().String()}).WithContext(ctx)
+	o := &outgoing{}
+	h.prepare(o, r, c)
+	o.req.Body, o.req.GetBody, o.req.ContentLength = nil, nil, 0
+	resp, stream, u, _, err := h.openTunnel(r, c, o, "")
+	if err == nil && stream == nil {
+		discard(resp)
+		err = fmt.Errorf("the upstream answered %d", resp.StatusCode)
+	}
+	if err != nil {
+		h.failures.Add(1)
+		code, msg := classify(ctx, err)
+		c.logger.Warn("proxy: TCP connection not carried", "target", authority, "remote", r.RemoteAddr,
+			"upstream", u.name(), "status", code, "reason", msg, "err", err)
 		return
 	}
 	defer stream.Close()
-	client, err := h.acceptTunnel(w, r, c, o, resp, proto)
-	if err != nil {
-		h.clientGone.Add(1)
-		c.logger.Debug("proxy: tunnel client went away", "host", r.Host, "err", err)
-		return
-	}
-	defer client.Close()
-	h.tunnels.Add(1)
-	h.tunnelsOpen.Add(1)
-	defer h.tunnelsOpen.Add(-1)
-	up, down := splice(client, stream, orDefault(h.TunnelIdleTimeout, DefaultTunnelIdleTimeout))
-	h.tunnelBytesUp.Add(up)
-	h.tunnelBytesDown.Add(down)
-	c.logger.Debug("proxy: tunnel closed", "host", r.Host, "proto", proto, "upstream", u.name(),
-		"bytes_up", up, "bytes_down", down)
+	h.carry(r, c, conn, stream, u, "")
 }
 
 // acceptTunnel tells the client the tunnel is open and returns its side of

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha1"
 	"crypto/tls"
 	"encoding/base64"
@@ -309,5 +310,59 @@ func TestUpgradeWithBodyRefused(t *testing.T) {
 	}
 	if calls.Load() != 0 {
 		t.Error("refused upgrade reached the upstream")
+	}
+}
+
+// TestServeConn: a TCP connection handed to ServeConn goes through the
+// hops to the raw server with half-close; one that cannot be routed is
+// closed.
+func TestServeConn(t *testing.T) {
+	app := tcpServer(t, replyAfterEOF)
+	_, hs := hopChain(t, &Upstream{Key: "app-tcp", Addr: app, Raw: true})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	refuse := &Handler{Route: func(*http.Request) ([]*Upstream, error) {
+		return nil, &StatusError{Code: http.StatusNotFound, Msg: "meshd: no such service"}
+	}, Pool: &Pool{}, Via: "refuse", Logger: testLogger()}
+	go func() {
+		for i := 0; ; i++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			h := hs[0]
+			if i > 0 {
+				h = refuse
+			}
+			go h.ServeConn(context.Background(), c, "db.mesh:pg", nil)
+		}
+	}()
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "hello")
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "got 5: hello" {
+		t.Fatalf("answer %q %v", got, err)
+	}
+
+	c2, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	_ = c2.SetDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c2.Read(make([]byte, 1)); n != 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("unroutable connection: read %d %v, want it closed", n, err)
+	}
+	if s := refuse.Stats(); s.Failures != 1 {
+		t.Errorf("failures %d, want 1", s.Failures)
 	}
 }

@@ -195,6 +195,9 @@ func (u *Upstream) reached(ok bool) {
 }
 
 func (u *Upstream) name() string {
+	if u == nil {
+		return ""
+	}
 	if u.Name != "" {
 		return u.Name
 	}
