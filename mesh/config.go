@@ -79,8 +79,16 @@ type Config struct {
 	// Domains are extra public host names of the sidecar's service.
 	Domains []string `yaml:"domains" usage:"extra public host names of the sidecar's service (repeatable)"`
 	// Upstream is the app's plain HTTP address, on loopback. Required for
-	// sidecars.
+	// sidecars, except for an app that publishes only TCP ports (TCP).
 	Upstream string `yaml:"upstream" usage:"the app's plain HTTP address, e.g. 127.0.0.1:8080"`
+	// TCP publishes TCP ports of the app, NAME=ADDRESS; callers reach one
+	// as <service>.mesh:NAME (or the app's port number).
+	TCP []string `yaml:"tcp" usage:"sidecar: publish a TCP port of the app, NAME=127.0.0.1:5432 (repeatable)" list:"repeat"`
+	// TCPOut opens local listeners for TCP ports of services,
+	// SERVICE[/PORT]=LOCAL-ADDRESS: each connection is carried to the
+	// port through the mesh. PORT may be left out when the service
+	// publishes one TCP port.
+	TCPOut []string `yaml:"tcp-out" usage:"sidecar: local listener for a service's TCP port, SERVICE[/PORT]=127.0.0.1:15432 (repeatable)" list:"repeat"`
 	// Outbound is the sidecar's plaintext listener for the app's calls to
 	// http://<service>.mesh/. Default "127.0.0.1:15001".
 	Outbound string `yaml:"outbound" usage:"sidecar listener for the app's calls to http://<service>.mesh/ (default 127.0.0.1:15001)"`
@@ -495,15 +503,22 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	if err := c.validatePorts(); err != nil {
+		return err
+	}
 	if c.Role == RoleSidecar {
 		if err := validLabel(c.Service); err != nil {
 			return &FieldError{Field: "service", Err: err}
 		}
-		if c.Upstream == "" {
-			return fieldErr("upstream", "required for a sidecar: the app's address, e.g. 127.0.0.1:8080")
-		}
-		if err := validHostPort(c.Upstream); err != nil {
-			return &FieldError{Field: "upstream", Err: err}
+		switch {
+		case c.Upstream == "" && len(c.TCP) == 0:
+			return fieldErr("upstream", "required for a sidecar: the app's address, e.g. 127.0.0.1:8080 (or --tcp for an app without HTTP)")
+		case c.Upstream == "" && c.HealthPath != "":
+			return fieldErr("health-path", "an app without --upstream has no HTTP to check; its first --tcp port is checked by a TCP connect")
+		case c.Upstream != "":
+			if err := validHostPort(c.Upstream); err != nil {
+				return &FieldError{Field: "upstream", Err: err}
+			}
 		}
 		if err := validHostPort(c.Outbound); err != nil {
 			return &FieldError{Field: "outbound", Err: err}

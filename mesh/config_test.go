@@ -52,6 +52,19 @@ func TestConfigValidate(t *testing.T) {
 		{"negative queue timeout", func(c *Config) { c.QueueTimeout = -time.Second }, "queue-timeout"},
 		{"tiny queue timeout", func(c *Config) { c.QueueTimeout = time.Microsecond }, "queue-timeout"},
 		{"huge queue timeout", func(c *Config) { c.QueueTimeout = time.Hour }, "queue-timeout"},
+		{"tcp ports", func(c *Config) {
+			c.TCP, c.TCPOut = []string{"pg=127.0.0.1:5432", "redis=127.0.0.1:6379"}, []string{"db/pg=127.0.0.1:15432", "cache=127.0.0.1:16379"}
+		}, ""},
+		{"tcp only", func(c *Config) { c.Upstream, c.TCP = "", []string{"pg=127.0.0.1:5432"} }, ""},
+		{"tcp only with health path", func(c *Config) { c.Upstream, c.TCP, c.HealthPath = "", []string{"pg=127.0.0.1:5432"}, "/h" }, "health-path"},
+		{"tcp without name", func(c *Config) { c.TCP = []string{"127.0.0.1:5432"} }, "tcp"},
+		{"tcp numeric name", func(c *Config) { c.TCP = []string{"5432=127.0.0.1:5432"} }, "tcp"},
+		{"tcp bad address", func(c *Config) { c.TCP = []string{"pg=5432"} }, "tcp"},
+		{"tcp twice", func(c *Config) { c.TCP = []string{"pg=127.0.0.1:5432", "pg=127.0.0.1:5433"} }, "tcp"},
+		{"tcp on a gateway", func(c *Config) { c.Role, c.TCP = RoleGateway, []string{"pg=127.0.0.1:5432"} }, "tcp"},
+		{"tcp-out bad service", func(c *Config) { c.TCPOut = []string{"Db/pg=127.0.0.1:15432"} }, "tcp-out"},
+		{"tcp-out no address", func(c *Config) { c.TCPOut = []string{"db/pg"} }, "tcp-out"},
+		{"tcp-out twice", func(c *Config) { c.TCPOut = []string{"db/pg=127.0.0.1:15432", "db/x=127.0.0.1:15432"} }, "tcp-out"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -18,14 +18,25 @@ var healthClient = &http.Client{
 }
 
 // checkApp runs one health check of the sidecar's app: an HTTP GET of
-// HealthPath (2xx or 3xx is healthy) or, without one, a TCP connect.
+// HealthPath (2xx or 3xx is healthy) or, without one, a TCP connect: to
+// the app's HTTP address, or for an app without one (TCP ports only) to its
+// first TCP port.
 func (n *Node) checkApp(ctx context.Context) bool {
 	c := &n.Config
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if c.HealthPath == "" {
+	if c.HealthPath == "" || c.Upstream == "" {
+		addr := c.Upstream
+		if addr == "" {
+			for _, p := range c.AppPorts() {
+				if p.Proto == "tcp" {
+					addr = p.Addr
+					break
+				}
+			}
+		}
 		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", c.Upstream)
+		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return false
 		}

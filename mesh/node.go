@@ -38,6 +38,7 @@ type Node struct {
 	pool     *proxy.Pool
 
 	meshSrv, outSrv, publicSrv, httpsSrv *proxy.Server
+	outPorts                             *portListeners // sidecar: --tcp-out
 	adminSrv                             *http.Server // nil without Admin
 	adminAddr                            string       // its bound address; unix:PATH for a socket
 	advertise                            string
@@ -84,9 +85,15 @@ type Node struct {
 }
 
 // Addrs reports the bound address of each listener the node runs, keyed by
-// "mesh", "outbound", "public-http", "admin", "gossip", "wan-gossip".
+// "mesh", "outbound", "public-http", "admin", "gossip", "wan-gossip", and
+// "tcp-out SERVICE[/PORT]" for each --tcp-out.
 func (n *Node) Addrs() map[string]string {
 	m := map[string]string{}
+	if n.outPorts != nil {
+		for k, v := range n.outPorts.addrs {
+			m[k] = v
+		}
+	}
 	for name, s := range map[string]*proxy.Server{"mesh": n.meshSrv, "outbound": n.outSrv, "public-http": n.publicSrv, "public-https": n.httpsSrv} {
 		if s != nil {
 			m[name] = s.BoundAddr()
@@ -204,8 +211,16 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			h.TrustRetry = true
 		} else {
 			app := &proxy.Upstream{Key: "app|" + c.Upstream, Addr: c.Upstream, Name: "app"}
+			ports := newAppPorts(c.AppPorts())
 			h.Route = func(out *http.Request) ([]*proxy.Upstream, error) {
 				out.Header.Del(HeaderService)
+				if out.Method == http.MethodConnect {
+					return ports.route(c.Service, out) // a TCP port of the app
+				}
+				if c.Upstream == "" {
+					return nil, &proxy.StatusError{Code: http.StatusNotFound,
+						Msg: "meshd: service " + c.Service + " serves no HTTP, only TCP ports"}
+				}
 				return []*proxy.Upstream{app}, nil
 			}
 		}
@@ -223,11 +238,15 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	if c.Role == RoleSidecar {
-		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Logger: n.Logger,
-			TrustRetry: true}, Logger: n.Logger}
+		out := &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Logger: n.Logger, TrustRetry: true}
+		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: out, Logger: n.Logger}
 		if err := startServer("outbound", n.outSrv); err != nil {
 			return err
 		}
+		if n.outPorts, err = n.startOutPorts(bg, out); err != nil {
+			return err
+		}
+		closers = append(closers, n.outPorts.close)
 	}
 	if c.Role == RoleEdge {
 		if err := n.startEdge(bg, startServer, &closers); err != nil {
@@ -464,6 +483,15 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			}
 		}()
 	}
+	if n.outPorts != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := n.outPorts.shutdown(graceCtx); err != nil {
+				n.Logger.Warn("tcp-out connections did not finish in time", "err", err)
+			}
+		}()
+	}
 	wg.Wait()
 
 	// The draining record was the last: a gossip change seen while leaving
@@ -520,7 +548,8 @@ func (n *Node) lanRecord() *NodeRecord {
 		if n.healthy.Load() {
 			h = 1
 		}
-		r.Services = []ServiceRecord{{Name: c.Service, Domains: c.Domains, Healthy: h, Since: n.since}}
+		r.Services = []ServiceRecord{{Name: c.Service, Domains: c.Domains, Healthy: h, Since: n.since,
+			Ports: portRecords(c.AppPorts())}}
 	}
 	return r
 }
@@ -783,7 +812,7 @@ func (n *Node) gatewayRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	svc := out.Header.Get(HeaderService)
 	if svc == "" {
 		var ok bool
-		if svc, ok = meshService(out.Host); !ok {
+		if svc, ok = meshService(tunnelHost(out)); !ok {
 			return nil, errNoHost(out.Host)
 		}
 		out.Header.Set(HeaderService, svc)
@@ -809,7 +838,7 @@ func (n *Node) gatewayRoute(out *http.Request) ([]*proxy.Upstream, error) {
 // of the region directly, else the region's gateway. Any other host is
 // refused: the outbound listener is not an open proxy.
 func (n *Node) outboundRoute(out *http.Request) ([]*proxy.Upstream, error) {
-	svc, ok := meshService(out.Host)
+	svc, ok := meshService(tunnelHost(out))
 	if !ok {
 		return nil, &proxy.StatusError{Code: http.StatusNotFound,
 			Msg: fmt.Sprintf("meshd: the outbound listener routes only <service>.mesh hosts, not %q", truncate(out.Host, 100))}

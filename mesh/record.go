@@ -55,6 +55,16 @@ type ServiceRecord struct {
 	// the first time at once (see nameBook); it is a hint from gossip, not
 	// an authority.
 	Since int64 `json:"since,omitempty"`
+	// Ports are the TCP and UDP ports the app publishes besides HTTP
+	// (a sidecar's record; --tcp).
+	Ports []PortRecord `json:"ports,omitempty"`
+}
+
+// PortRecord is one published port of a service.
+type PortRecord struct {
+	Name  string `json:"name"`
+	Proto string `json:"proto"`          // "tcp" or "udp"
+	Port  int    `json:"port,omitempty"` // the app's port number
 }
 
 // Encode renders the record for gossip.
@@ -132,6 +142,17 @@ func DecodeRecord(b []byte) (*NodeRecord, error) {
 		for _, d := range s.Domains {
 			if err := validDomain(d); err != nil {
 				return nil, fmt.Errorf("record %s service %s domain: %w", r.Name, s.Name, err)
+			}
+		}
+		if len(s.Ports) > 2*maxPorts {
+			return nil, fmt.Errorf("record %s service %s: %d ports, over the limit", r.Name, s.Name, len(s.Ports))
+		}
+		for _, p := range s.Ports {
+			if err := validLabel(p.Name); err != nil {
+				return nil, fmt.Errorf("record %s service %s port: %w", r.Name, s.Name, err)
+			}
+			if p.Proto != "tcp" && p.Proto != "udp" || p.Port < 0 || p.Port > 65535 {
+				return nil, fmt.Errorf("record %s service %s port %s: bad protocol or number", r.Name, s.Name, p.Name)
 			}
 		}
 	}

@@ -404,6 +404,8 @@ func (h *Handler) openTunnel(r *http.Request, c *handlerConfig, o *outgoing, pro
 // closed, and the reason logged at warn: a TCP client cannot be told why.
 func (h *Handler) ServeConn(ctx context.Context, conn net.Conn, authority string, header http.Header) {
 	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() }) // the caller stops: so does the tunnel
+	defer stop()
 	c := h.config()
 	h.requests.Add(1)
 	if c.err != nil {

@@ -1,0 +1,351 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/meshd/meshd/proxy"
+)
+
+// TCP (and UDP) ports of services: a sidecar publishes its app's ports by
+// name (--tcp pg=127.0.0.1:5432); a caller reaches one through a tunnel to
+// "<service>.mesh:<port>", where the port is the name, the app's port
+// number, or 0 for the service's only TCP port. Each hop routes the tunnel
+// as it routes a request for the service (same instances, gateways,
+// identities and authorization); the last hop, the sidecar beside the app,
+// connects to the app's port.
+
+// maxPorts bounds the ports a sidecar publishes (and a record may list).
+const maxPorts = 64
+
+// AppPort is a port of the app that a sidecar publishes.
+type AppPort struct {
+	Name  string // "pg"
+	Proto string // "tcp" or "udp"
+	Addr  string // the app's address, "127.0.0.1:5432"
+}
+
+// OutPort is a local listener of a sidecar for a port of a service.
+type OutPort struct {
+	Service string // "db"
+	Port    string // "pg"; "" for the service's only port of its protocol
+	Proto   string // "tcp" or "udp"
+	Listen  string // "127.0.0.1:15432"
+}
+
+// authority is the tunnel target for the port: "db.mesh:pg", "db.mesh:0".
+func (p OutPort) authority() string {
+	port := p.Port
+	if port == "" {
+		port = "0"
+	}
+	return p.Service + meshSuffix + ":" + port
+}
+
+// parseAppPort parses NAME=ADDR (--tcp, --udp).
+func parseAppPort(proto, v string) (AppPort, error) {
+	name, rest, ok := strings.Cut(v, "=")
+	if !ok {
+		return AppPort{}, fmt.Errorf("%q: want NAME=ADDRESS, e.g. pg=127.0.0.1:5432", v)
+	}
+	if err := validLabel(name); err != nil {
+		return AppPort{}, fmt.Errorf("%q: port name: %w", v, err)
+	}
+	if isNumber(name) {
+		return AppPort{}, fmt.Errorf("%q: a port name is not a number (callers may use the number of the app's port)", v)
+	}
+	addr := rest
+	p := AppPort{Name: name, Proto: proto, Addr: addr}
+	if err := validHostPort(addr); err != nil {
+		return AppPort{}, fmt.Errorf("%q: %w", v, err)
+	}
+	return p, nil
+}
+
+// parseOutPort parses SERVICE[/PORT]=LOCALADDR (--tcp-out, --udp-out).
+func parseOutPort(proto, v string) (OutPort, error) {
+	target, listen, ok := strings.Cut(v, "=")
+	if !ok {
+		return OutPort{}, fmt.Errorf("%q: want SERVICE[/PORT]=LOCAL-ADDRESS, e.g. db/pg=127.0.0.1:15432", v)
+	}
+	svc, port, _ := strings.Cut(target, "/")
+	if err := validLabel(svc); err != nil {
+		return OutPort{}, fmt.Errorf("%q: service: %w", v, err)
+	}
+	if port != "" && !isNumber(port) {
+		if err := validLabel(port); err != nil {
+			return OutPort{}, fmt.Errorf("%q: port: %w", v, err)
+		}
+	}
+	if err := validHostPort(listen); err != nil {
+		return OutPort{}, fmt.Errorf("%q: %w", v, err)
+	}
+	return OutPort{Service: svc, Port: port, Proto: proto, Listen: listen}, nil
+}
+
+func isNumber(s string) bool {
+	if s == "" || len(s) > 5 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// AppPorts returns the app's ports of --tcp and --udp. The configuration
+// must be valid.
+func (c *Config) AppPorts() []AppPort {
+	var ps []AppPort
+	for _, v := range c.TCP {
+		if p, err := parseAppPort("tcp", v); err == nil {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// OutPorts returns the local listeners of --tcp-out and --udp-out. The
+// configuration must be valid.
+func (c *Config) OutPorts() []OutPort {
+	var ps []OutPort
+	for _, v := range c.TCPOut {
+		if p, err := parseOutPort("tcp", v); err == nil {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// validatePorts checks --tcp and --tcp-out.
+func (c *Config) validatePorts() error {
+	if c.Role != RoleSidecar {
+		for field, v := range map[string][]string{"tcp": c.TCP, "tcp-out": c.TCPOut} {
+			if len(v) > 0 {
+				return fieldErr(field, "only a sidecar publishes or reaches service ports")
+			}
+		}
+		return nil
+	}
+	if len(c.TCP) > maxPorts {
+		return fieldErr("tcp", "%d ports, over the limit of %d", len(c.TCP), maxPorts)
+	}
+	names := map[string]bool{}
+	for _, v := range c.TCP {
+		p, err := parseAppPort("tcp", v)
+		if err != nil {
+			return &FieldError{Field: "tcp", Err: err}
+		}
+		if names[p.Name] {
+			return fieldErr("tcp", "port name %q given twice", p.Name)
+		}
+		names[p.Name] = true
+	}
+	listens := map[string]bool{}
+	for _, v := range c.TCPOut {
+		p, err := parseOutPort("tcp", v)
+		if err != nil {
+			return &FieldError{Field: "tcp-out", Err: err}
+		}
+		if listens[p.Listen] && !strings.HasSuffix(p.Listen, ":0") {
+			return fieldErr("tcp-out", "local address %s given twice", p.Listen)
+		}
+		listens[p.Listen] = true
+	}
+	return nil
+}
+
+// splitTunnelTarget splits a tunnel authority "db.mesh:pg" into the host
+// and the port token.
+func splitTunnelTarget(authority string) (host, port string) {
+	i := strings.LastIndexByte(authority, ':')
+	if i < 0 {
+		return authority, ""
+	}
+	return authority[:i], authority[i+1:]
+}
+
+// tunnelHost is the host of out to route by: a CONNECT's authority without
+// its port token (which may be a name, which Host parsing refuses).
+func tunnelHost(out *http.Request) string {
+	if out.Method != http.MethodConnect {
+		return out.Host
+	}
+	h, _ := splitTunnelTarget(out.Host)
+	return h
+}
+
+// appPorts is the sidecar's view of its app's ports, built once at start.
+type appPorts struct {
+	byName map[string]*proxy.Upstream // TCP ports by name
+	byNum  map[string]*proxy.Upstream // by the app's port number
+	only   *proxy.Upstream            // the one TCP port, when there is one
+	names  []string
+}
+
+func newAppPorts(ps []AppPort) *appPorts {
+	a := &appPorts{byName: map[string]*proxy.Upstream{}, byNum: map[string]*proxy.Upstream{}}
+	for _, p := range ps {
+		if p.Proto != "tcp" {
+			continue
+		}
+		u := &proxy.Upstream{Key: "app-tcp|" + p.Name + "|" + p.Addr, Addr: p.Addr, Name: "app:" + p.Name, Raw: true}
+		a.byName[p.Name] = u
+		if _, port, err := net.SplitHostPort(p.Addr); err == nil {
+			if _, dup := a.byNum[port]; dup {
+				a.byNum[port] = nil // two apps' ports with one number: by name only
+			} else {
+				a.byNum[port] = u
+			}
+		}
+		a.names = append(a.names, p.Name)
+	}
+	if len(a.byName) == 1 {
+		for _, u := range a.byName {
+			a.only = u
+		}
+	}
+	return a
+}
+
+// route picks the app's port a CONNECT asks for.
+func (a *appPorts) route(service string, out *http.Request) ([]*proxy.Upstream, error) {
+	_, port := splitTunnelTarget(out.Host)
+	var u *proxy.Upstream
+	switch {
+	case port == "0" || port == "":
+		u = a.only
+		if u == nil && len(a.names) > 1 {
+			return nil, &proxy.StatusError{Code: http.StatusNotFound,
+				Msg: fmt.Sprintf("meshd: service %s has %d TCP ports (%s): name one", service, len(a.names), strings.Join(a.names, ", "))}
+		}
+	case isNumber(port):
+		u = a.byNum[port]
+	default:
+		u = a.byName[port]
+	}
+	if u == nil {
+		return nil, &proxy.StatusError{Code: http.StatusNotFound,
+			Msg: fmt.Sprintf("meshd: service %s publishes no TCP port %q", service, truncate(port, 64))}
+	}
+	return []*proxy.Upstream{u}, nil
+}
+
+// portRecords lists the app's ports for the sidecar's record.
+func portRecords(ps []AppPort) []PortRecord {
+	var rs []PortRecord
+	for _, p := range ps {
+		port := 0
+		if _, s, err := net.SplitHostPort(p.Addr); err == nil {
+			port, _ = strconv.Atoi(s)
+		}
+		rs = append(rs, PortRecord{Name: p.Name, Proto: p.Proto, Port: port})
+	}
+	return rs
+}
+
+// portListeners are a sidecar's local listeners of --tcp-out and the
+// connections they carry.
+type portListeners struct {
+	lns   []net.Listener
+	addrs map[string]string // "tcp-out db/pg" → bound address
+	wg    sync.WaitGroup    // accept loops and connections
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+// startOutPorts opens the sidecar's local listeners of --tcp-out; each
+// accepted connection goes through h as a tunnel to the service's port.
+func (n *Node) startOutPorts(bg context.Context, h *proxy.Handler) (*portListeners, error) {
+	pl := &portListeners{addrs: map[string]string{}, conns: map[net.Conn]struct{}{}}
+	for _, p := range n.Config.OutPorts() {
+		if p.Proto != "tcp" {
+			continue
+		}
+		ln, err := net.Listen("tcp", p.Listen)
+		if err != nil {
+			pl.close()
+			return nil, &FieldError{Field: "tcp-out", Err: err}
+		}
+		pl.lns = append(pl.lns, ln)
+		name := "tcp-out " + p.Service
+		if p.Port != "" {
+			name += "/" + p.Port
+		}
+		pl.addrs[name] = ln.Addr().String()
+		n.Logger.Info("listening", "listener", name, "addr", ln.Addr().String())
+		pl.wg.Add(1)
+		go pl.accept(bg, ln, h, p, n.Logger)
+	}
+	return pl, nil
+}
+
+func (pl *portListeners) accept(ctx context.Context, ln net.Listener, h *proxy.Handler, p OutPort, logger *slog.Logger) {
+	defer pl.wg.Done()
+	hdr := http.Header{HeaderService: {p.Service}}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				logger.Warn("tcp-out: accept failed", "addr", p.Listen, "err", err)
+			}
+			return
+		}
+		pl.mu.Lock()
+		pl.conns[c] = struct{}{}
+		pl.wg.Add(1)
+		pl.mu.Unlock()
+		go func() {
+			defer pl.wg.Done()
+			h.ServeConn(ctx, c, p.authority(), hdr.Clone())
+			pl.mu.Lock()
+			delete(pl.conns, c)
+			pl.mu.Unlock()
+		}()
+	}
+}
+
+// shutdown stops accepting, lets open connections finish until ctx ends,
+// then closes the rest.
+func (pl *portListeners) shutdown(ctx context.Context) error {
+	if pl == nil {
+		return nil
+	}
+	for _, ln := range pl.lns {
+		ln.Close()
+	}
+	done := make(chan struct{})
+	go func() {
+		pl.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	pl.close()
+	<-done
+	return ctx.Err()
+}
+
+// close closes the listeners and every connection at once.
+func (pl *portListeners) close() {
+	for _, ln := range pl.lns {
+		ln.Close()
+	}
+	pl.mu.Lock()
+	for c := range pl.conns {
+		c.Close()
+	}
+	pl.mu.Unlock()
+}
