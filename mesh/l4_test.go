@@ -75,7 +75,7 @@ func TestTCPAcrossRegions(t *testing.T) {
 		Join: []string{gwUS.Addrs()["gossip"]}})
 	api := m.start(Config{Role: RoleSidecar, Name: "api-1", Region: "eu", Service: "api", Upstream: nameApp(t, "api"),
 		TCPOut: []string{"db/pg=127.0.0.1:0", "db=127.0.0.1:0", "db/" + pgPort + "=127.0.0.1:0", "db/nope=127.0.0.1:0"},
-		Join: []string{gwEU.Addrs()["gossip"]}})
+		Join:   []string{gwEU.Addrs()["gossip"]}})
 	addrs := api.Addrs()
 	payload := strings.Repeat("x", 200000)
 	poll(t, 15*time.Second, "db/pg reachable from eu", func() error {

@@ -39,8 +39,8 @@ type Node struct {
 
 	meshSrv, outSrv, publicSrv, httpsSrv *proxy.Server
 	outPorts                             *portListeners // sidecar: --tcp-out
-	adminSrv                             *http.Server // nil without Admin
-	adminAddr                            string       // its bound address; unix:PATH for a socket
+	adminSrv                             *http.Server   // nil without Admin
+	adminAddr                            string         // its bound address; unix:PATH for a socket
 	advertise                            string
 
 	snap     atomic.Pointer[Snapshot]
