@@ -122,6 +122,11 @@ type Config struct {
 	// Default "localhost".
 	PublicDomain string `yaml:"public-domain" usage:"edge: serve service S at S.<domain> (default localhost)"`
 
+	// PublicTCP maps public TCP ports of the edge to ports of services,
+	// LISTEN=SERVICE[/PORT]: each connection is carried to the nearest
+	// region with a healthy instance, like a request.
+	PublicTCP []string `yaml:"public-tcp" usage:"edge: public TCP port carried to a service's TCP port, LISTEN=SERVICE[/PORT], e.g. :5432=db/pg (repeatable)" list:"repeat"`
+
 	// PublicHTTPS is the edge's public TLS listener (HTTP/1.1 and HTTP/2
 	// by ALPN). Default: none. With it, the public HTTP listener redirects
 	// to HTTPS (308), except ACME challenges and PublicHTTPAllow hosts.

@@ -75,6 +75,11 @@ func parseOutPort(proto, v string) (OutPort, error) {
 	if !ok {
 		return OutPort{}, fmt.Errorf("%q: want SERVICE[/PORT]=LOCAL-ADDRESS, e.g. db/pg=127.0.0.1:15432", v)
 	}
+	return newOutPort(v, proto, target, listen)
+}
+
+// newOutPort checks SERVICE[/PORT] and the local address of v.
+func newOutPort(v, proto, target, listen string) (OutPort, error) {
 	svc, port, _ := strings.Cut(target, "/")
 	if err := validLabel(svc); err != nil {
 		return OutPort{}, fmt.Errorf("%q: service: %w", v, err)
@@ -126,8 +131,43 @@ func (c *Config) OutPorts() []OutPort {
 	return ps
 }
 
-// validatePorts checks --tcp and --tcp-out.
+// parsePublicPort parses LISTEN=SERVICE[/PORT] (--public-tcp).
+func parsePublicPort(proto, v string) (OutPort, error) {
+	listen, target, ok := strings.Cut(v, "=")
+	if !ok {
+		return OutPort{}, fmt.Errorf("%q: want LISTEN-ADDRESS=SERVICE[/PORT], e.g. :5432=db/pg", v)
+	}
+	return newOutPort(v, proto, target, listen)
+}
+
+// PublicPorts returns the edge's public ports of --public-tcp. The
+// configuration must be valid.
+func (c *Config) PublicPorts() []OutPort {
+	var ps []OutPort
+	for _, v := range c.PublicTCP {
+		if p, err := parsePublicPort("tcp", v); err == nil {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// validatePorts checks --tcp, --tcp-out and --public-tcp.
 func (c *Config) validatePorts() error {
+	if len(c.PublicTCP) > 0 && c.Role != RoleEdge {
+		return fieldErr("public-tcp", "only an edge has public ports")
+	}
+	listens := map[string]bool{}
+	for _, v := range c.PublicTCP {
+		p, err := parsePublicPort("tcp", v)
+		if err != nil {
+			return &FieldError{Field: "public-tcp", Err: err}
+		}
+		if listens[p.Listen] && !strings.HasSuffix(p.Listen, ":0") {
+			return fieldErr("public-tcp", "address %s given twice", p.Listen)
+		}
+		listens[p.Listen] = true
+	}
 	if c.Role != RoleSidecar {
 		for field, v := range map[string][]string{"tcp": c.TCP, "tcp-out": c.TCPOut} {
 			if len(v) > 0 {
@@ -150,7 +190,6 @@ func (c *Config) validatePorts() error {
 		}
 		names[p.Name] = true
 	}
-	listens := map[string]bool{}
 	for _, v := range c.TCPOut {
 		p, err := parseOutPort("tcp", v)
 		if err != nil {
@@ -266,37 +305,82 @@ type portListeners struct {
 // startOutPorts opens the sidecar's local listeners of --tcp-out; each
 // accepted connection goes through h as a tunnel to the service's port.
 func (n *Node) startOutPorts(bg context.Context, h *proxy.Handler) (*portListeners, error) {
-	pl := &portListeners{addrs: map[string]string{}, conns: map[net.Conn]struct{}{}}
+	pl := newPortListeners()
 	for _, p := range n.Config.OutPorts() {
 		if p.Proto != "tcp" {
 			continue
 		}
-		ln, err := net.Listen("tcp", p.Listen)
-		if err != nil {
-			pl.close()
-			return nil, &FieldError{Field: "tcp-out", Err: err}
-		}
-		pl.lns = append(pl.lns, ln)
 		name := "tcp-out " + p.Service
 		if p.Port != "" {
 			name += "/" + p.Port
 		}
-		pl.addrs[name] = ln.Addr().String()
-		n.Logger.Info("listening", "listener", name, "addr", ln.Addr().String())
-		pl.wg.Add(1)
-		go pl.accept(bg, ln, h, p, n.Logger)
+		if err := pl.listen(bg, "tcp-out", name, p, h, n.Logger); err != nil {
+			pl.close()
+			return nil, err
+		}
 	}
 	return pl, nil
 }
 
+// startPublicPorts opens the edge's public TCP ports (--public-tcp); each
+// connection is carried to the service's port in the nearest region that
+// has a healthy instance, like a request for the service.
+func (n *Node) startPublicPorts(bg context.Context) (*portListeners, error) {
+	pl := newPortListeners()
+	h := &proxy.Handler{Pool: n.pool, Via: n.Config.Name, Logger: n.Logger, Public: true, Route: n.edgeTCPRoute}
+	for _, p := range n.Config.PublicPorts() {
+		if err := pl.listen(bg, "public-tcp", "public-tcp "+p.Listen, p, h, n.Logger); err != nil {
+			pl.close()
+			return nil, err
+		}
+	}
+	return pl, nil
+}
+
+// edgeTCPRoute routes a public TCP connection: its tunnel's authority
+// names the service.
+func (n *Node) edgeTCPRoute(out *http.Request) ([]*proxy.Upstream, error) {
+	svc, ok := meshService(tunnelHost(out))
+	if !ok {
+		return nil, errNoHost(out.Host)
+	}
+	out.Header.Set(HeaderService, svc)
+	s := n.snap.Load()
+	if ups := s.remote[svc].pick(); len(ups) > 0 {
+		return ups, nil
+	}
+	now := n.now()
+	if d := s.downFor(svc, now); d != nil || s.known[svc] {
+		return nil, errNoHealthy(svc, d, now)
+	}
+	return nil, errUnknownService(svc)
+}
+
+func newPortListeners() *portListeners {
+	return &portListeners{addrs: map[string]string{}, conns: map[net.Conn]struct{}{}}
+}
+
+// listen opens p.Listen and carries each connection through h.
+func (pl *portListeners) listen(ctx context.Context, field, name string, p OutPort, h *proxy.Handler, logger *slog.Logger) error {
+	ln, err := net.Listen("tcp", p.Listen)
+	if err != nil {
+		return &FieldError{Field: field, Err: err}
+	}
+	pl.lns = append(pl.lns, ln)
+	pl.addrs[name] = ln.Addr().String()
+	logger.Info("listening", "listener", name, "addr", ln.Addr().String(), "target", p.authority())
+	pl.wg.Add(1)
+	go pl.accept(ctx, ln, h, p, logger)
+	return nil
+}
+
 func (pl *portListeners) accept(ctx context.Context, ln net.Listener, h *proxy.Handler, p OutPort, logger *slog.Logger) {
 	defer pl.wg.Done()
-	hdr := http.Header{HeaderService: {p.Service}}
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
-				logger.Warn("tcp-out: accept failed", "addr", p.Listen, "err", err)
+				logger.Warn("accept failed", "addr", p.Listen, "err", err)
 			}
 			return
 		}
@@ -306,7 +390,7 @@ func (pl *portListeners) accept(ctx context.Context, ln net.Listener, h *proxy.H
 		pl.mu.Unlock()
 		go func() {
 			defer pl.wg.Done()
-			h.ServeConn(ctx, c, p.authority(), hdr.Clone())
+			h.ServeConn(ctx, c, p.authority(), http.Header{HeaderService: {p.Service}})
 			pl.mu.Lock()
 			delete(pl.conns, c)
 			pl.mu.Unlock()

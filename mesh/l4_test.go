@@ -64,7 +64,8 @@ func tcpCall(addr, payload string) (string, error) {
 // gateway eu → gateway us (HTTP/2 CONNECT stream) → sidecar → app, with
 // the caller's half-close carried to the app and the answer back. The
 // port may be named, given by the app's number, or left out; a port the
-// service does not publish is refused.
+// service does not publish is refused. An edge's public TCP port reaches
+// it the same way.
 func TestTCPAcrossRegions(t *testing.T) {
 	m := newTestMesh(t)
 	gwEU := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
@@ -96,6 +97,17 @@ func TestTCPAcrossRegions(t *testing.T) {
 	if got, err := tcpCall(addrs["tcp-out db/nope"], "hello"); got != "" {
 		t.Errorf("unpublished port: answer %q (%v), want the connection closed", got, err)
 	}
+
+	// From the public side: an edge's public TCP port.
+	edge := m.start(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", WANJoin: []string{gwEU.Addrs()["wan-gossip"]},
+		PublicTCP: []string{"127.0.0.1:0=db/pg"}})
+	poll(t, 15*time.Second, "db/pg reachable from the edge", func() error {
+		got, err := tcpCall(edge.Addrs()["public-tcp 127.0.0.1:0"], payload)
+		if err != nil || got != "pg got 200000" {
+			return fmt.Errorf("answer %q, %v", got, err)
+		}
+		return nil
+	})
 }
 
 // TestTCPAuthorization: a sidecar whose --allow-callers leaves out the

@@ -38,7 +38,7 @@ type Node struct {
 	pool     *proxy.Pool
 
 	meshSrv, outSrv, publicSrv, httpsSrv *proxy.Server
-	outPorts                             *portListeners // sidecar: --tcp-out
+	outPorts                             *portListeners // sidecar: --tcp-out; edge: --public-tcp
 	adminSrv                             *http.Server   // nil without Admin
 	adminAddr                            string         // its bound address; unix:PATH for a socket
 	advertise                            string
@@ -252,6 +252,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		if err := n.startEdge(bg, startServer, &closers); err != nil {
 			return err
 		}
+		if n.outPorts, err = n.startPublicPorts(bg); err != nil {
+			return err
+		}
+		closers = append(closers, n.outPorts.close)
 	}
 	if c.Admin != "" {
 		if err := n.startAdmin(); err != nil {
