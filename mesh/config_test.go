@@ -68,7 +68,9 @@ func TestConfigValidate(t *testing.T) {
 			c.Role, c.Region, c.PublicHTTP, c.PublicTCP = RoleEdge, "", ":80", []string{":5432=db/pg", "127.0.0.1:6379=cache"}
 		}, ""},
 		{"public tcp on a sidecar", func(c *Config) { c.PublicTCP = []string{":5432=db/pg"} }, "public-tcp"},
-		{"public tcp bad", func(c *Config) { c.Role, c.Region, c.PublicHTTP, c.PublicTCP = RoleEdge, "", ":80", []string{"db/pg=:5432"} }, "public-tcp"},
+		{"public tcp bad", func(c *Config) {
+			c.Role, c.Region, c.PublicHTTP, c.PublicTCP = RoleEdge, "", ":80", []string{"db/pg=:5432"}
+		}, "public-tcp"},
 		{"tcp-out twice", func(c *Config) { c.TCPOut = []string{"db/pg=127.0.0.1:15432", "db/x=127.0.0.1:15432"} }, "tcp-out"},
 	}
 	for _, tt := range tests {
