@@ -448,13 +448,11 @@ func (h *Handler) acceptTunnel(w http.ResponseWriter, r *http.Request, c *handle
 	delete(hdr, "Content-Length")
 	hdr["Via"] = appendVia(o.via[:], resp.Header["Via"], c.via(resp.ProtoMajor, resp.ProtoMinor, h.Via))
 	if r.ProtoMajor == 1 {
-		hj, ok := w.(http.Hijacker)
-		if !ok {
-			return nil, errors.New("proxy: the server cannot hand over its connection")
-		}
-		conn, brw, err := hj.Hijack()
+		// Through the writers of the chain in front (access log, cache)
+		// to the server's own.
+		conn, brw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("proxy: the server cannot hand over its connection: %w", err)
 		}
 		b := make([]byte, 0, 256)
 		if proto == "" {

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// needTool returns the path of a program a test runs, or skips the test
+// with what is missing; under CI=true a missing tool fails it (.ci/run
+// installs every one).
+func needTool(t *testing.T, what string, paths ...string) string {
+	t.Helper()
+	for _, p := range paths {
+		if strings.ContainsRune(p, '*') {
+			if m, _ := filepath.Glob(p); len(m) > 0 {
+				return m[len(m)-1]
+			}
+			continue
+		}
+		if lp, err := exec.LookPath(p); err == nil {
+			return lp
+		}
+	}
+	msg := fmt.Sprintf("%s not found (tried %s): install it (.ci/run does)", what, strings.Join(paths, ", "))
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// freePort returns a loopback port nothing listens on now (another
+// program may take it before the caller does; tests accept that race).
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// postgres is a PostgreSQL server (Debian's) started for one test on
+// 127.0.0.1, trusting every local connection.
+type postgres struct {
+	port int
+	cmd  *exec.Cmd
+}
+
+// startPostgres runs initdb and postgres as the postgres user when the test
+// runs as root (PostgreSQL refuses to run as root), else as the test's user.
+func startPostgres(t *testing.T) *postgres {
+	t.Helper()
+	initdb := needTool(t, "PostgreSQL (initdb)", "/usr/lib/postgresql/*/bin/initdb", "initdb")
+	bin := filepath.Dir(initdb)
+	dir, err := os.MkdirTemp("", "meshd-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatalf("running as root needs the postgres user to run PostgreSQL: %v", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if err := os.Chown(dir, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	}
+	run := func(name string, args ...string) *exec.Cmd {
+		cmd := exec.Command(filepath.Join(bin, name), args...)
+		cmd.Dir = dir
+		if cred != nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		}
+		return cmd
+	}
+	data := filepath.Join(dir, "data")
+	if out, err := run("initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync").CombinedOutput(); err != nil {
+		t.Fatalf("initdb: %v\n%s", err, out)
+	}
+	pg := &postgres{port: freePort(t)}
+	var log bytes.Buffer
+	pg.cmd = run("postgres", "-D", data, "-h", "127.0.0.1", "-p", strconv.Itoa(pg.port), "-k", dir, "-c", "fsync=off")
+	pg.cmd.Stdout, pg.cmd.Stderr = &log, &log
+	if err := pg.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		pg.cmd.Process.Kill() // by its PID
+		pg.cmd.Wait()
+	})
+	eventually(t, 20*time.Second, "postgres accepts connections", func() error {
+		out, err := psql(t, "127.0.0.1:"+strconv.Itoa(pg.port), "select 1")
+		if err != nil {
+			return fmt.Errorf("%v: %s (log: %s)", err, out, log.String())
+		}
+		return nil
+	})
+	return pg
+}
+
+func (pg *postgres) addr() string { return "127.0.0.1:" + strconv.Itoa(pg.port) }
+
+// psql runs one command (SQL on standard input) with psql against addr and returns its output.
+func psql(t *testing.T, addr, command string) (string, error) {
+	t.Helper()
+	bin := needTool(t, "psql", "psql")
+	host, port, _ := net.SplitHostPort(addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-h", host, "-p", port, "-U", "postgres", "-X", "-q", "-t", "-A",
+		"-v", "ON_ERROR_STOP=1", "-f", "-")
+	cmd.Stdin = strings.NewReader(command) // a statement may be longer than an argument can be
+	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=5", "PGSSLMODE=disable")
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// TestPostgresThroughMesh: psql, PostgreSQL's own client, talks to a
+// PostgreSQL server that runs only in region us, from region eu through
+// a sidecar's --tcp-out port (sidecar → gateway eu → gateway us →
+// sidecar → PostgreSQL) and from the public side through an edge's
+// --public-tcp port: a table is created, filled with 10,000 rows in one
+// statement and read back, a 2 MB answer and a 512 kB statement go through.
+func TestPostgresThroughMesh(t *testing.T) {
+	pg := startPostgres(t)
+	m := newRouteMesh(t)
+	gwEU := m.gateway("gw-eu", "eu")
+	gwUS := m.gateway("gw-us", "us", "--wan-join", gwEU.addr("wan-gossip"))
+	m.node("db-us-1", "--role", "sidecar", "--region", "us", "--service", "db", "--tcp", "pg="+pg.addr(),
+		"--outbound", "127.0.0.1:0", "--join", gwUS.addr("gossip"), "--health-interval", "300ms")
+	api := m.sidecar("api-eu-1", "api", "eu", startApp(t, "api", "api-eu-1", "eu"), gwEU, "--tcp-out", "db/pg=127.0.0.1:0")
+	edge := m.node("edge-eu", "--role", "edge", "--region", "eu", "--public-http", "127.0.0.1:0",
+		"--wan-join", gwEU.addr("wan-gossip"), "--public-tcp", "127.0.0.1:0=db/pg")
+
+	viaSidecar := api.addr("tcp-out db/pg")
+	viaEdge := edge.addr("public-tcp 127.0.0.1:0")
+	for _, path := range []struct{ name, addr string }{{"sidecar", viaSidecar}, {"edge", viaEdge}} {
+		eventually(t, 20*time.Second, "psql through the "+path.name, func() error {
+			out, err := psql(t, path.addr, "select 41+1")
+			if err != nil || out != "42" {
+				return fmt.Errorf("%v: %q", err, out)
+			}
+			return nil
+		})
+	}
+	if out, err := psql(t, viaSidecar, "create table t (id int, v text); insert into t select g, md5(g::text) from generate_series(1, 10000) g"); err != nil {
+		t.Fatalf("create and fill: %v: %s", err, out)
+	}
+	out, err := psql(t, viaEdge, "select count(*), sum(id) from t")
+	if err != nil || out != "10000|50005000" {
+		t.Fatalf("read back through the edge: %v: %q", err, out)
+	}
+	// Large messages both ways: a 2 MB answer, a 512 kB statement.
+	out, err = psql(t, viaSidecar, "select string_agg(md5(g::text), '') from generate_series(1, 65536) g")
+	if err != nil || len(out) != 2097152 {
+		t.Fatalf("large answer: %v: %d bytes", err, len(out))
+	}
+	out, err = psql(t, viaEdge, "select length('"+strings.Repeat("x", 512<<10)+"')")
+	if err != nil || out != strconv.Itoa(512<<10) {
+		t.Fatalf("large statement: %v: %q", err, out)
+	}
+}
