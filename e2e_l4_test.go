@@ -178,3 +178,107 @@ func TestPostgresThroughMesh(t *testing.T) {
 		t.Fatalf("large statement: %v: %q", err, out)
 	}
 }
+
+// wsServer is a WebSocket echo server in Python's websockets library; it
+// prints "ready" once it listens.
+const wsServer = `
+import asyncio, sys, websockets
+async def echo(ws, path=None):
+    async for msg in ws:
+        await ws.send(msg)
+async def main():
+    async with websockets.serve(echo, "127.0.0.1", int(sys.argv[1]), max_size=4<<20):
+        print("ready", flush=True)
+        await asyncio.Future()
+asyncio.run(main())
+`
+
+// wsClient connects through addr to ws://HOST/PATH, sends N messages and
+// a 1 MiB one, checks each echo, and prints "ok N".
+const wsClient = `
+import asyncio, socket, sys, websockets
+async def main():
+    addr, host, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    h, p = addr.rsplit(":", 1)
+    sock = socket.create_connection((h, int(p)), timeout=10)
+    async with websockets.connect("ws://" + host + "/chat?room=1", sock=sock, max_size=4<<20, open_timeout=10) as ws:
+        for i in range(n):
+            await ws.send("message %d" % i)
+            got = await asyncio.wait_for(ws.recv(), 10)
+            assert got == "message %d" % i, got
+        big = "x" * (1 << 20)
+        await ws.send(big)
+        got = await asyncio.wait_for(ws.recv(), 10)
+        assert got == big, len(got)
+    print("ok", n)
+asyncio.run(main())
+`
+
+// TestWebSocketAcrossRegions: a client of Python's websockets library
+// talks to a websockets echo server that runs only in region us, through
+// an edge in eu (HTTP/1.1 Upgrade → HTTP/2 CONNECT stream to gateway us →
+// HTTP/1.1 Upgrade to the sidecar and the app): 1,000 messages and a
+// 1 MiB one echoed, each checked.
+func TestWebSocketAcrossRegions(t *testing.T) {
+	py := "/usr/bin/python3"
+	if out, err := exec.Command(py, "-c", "import websockets").CombinedOutput(); err != nil {
+		needTool(t, "python3 with websockets (Debian: python3-websockets): "+strings.TrimSpace(string(out)))
+	}
+	dir := t.TempDir()
+	for name, src := range map[string]string{"server.py": wsServer, "client.py": wsClient} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	port := freePort(t)
+	srv := exec.Command(py, filepath.Join(dir, "server.py"), strconv.Itoa(port))
+	var srvOut bytes.Buffer
+	srv.Stdout, srv.Stderr = &srvOut, &srvOut
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		srv.Process.Kill() // by its PID
+		srv.Wait()
+	})
+	appAddr := "127.0.0.1:" + strconv.Itoa(port)
+	eventually(t, 10*time.Second, "the websockets server listens", func() error {
+		c, err := net.DialTimeout("tcp", appAddr, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+
+	m := newRouteMesh(t)
+	gwEU := m.gateway("gw-eu", "eu")
+	gwUS := m.gateway("gw-us", "us", "--wan-join", gwEU.addr("wan-gossip"))
+	m.node("chat-us-1", "--role", "sidecar", "--region", "us", "--service", "chat", "--upstream", appAddr,
+		"--outbound", "127.0.0.1:0", "--join", gwUS.addr("gossip"), "--health-interval", "300ms")
+	edge := m.edge("edge-eu", "eu", gwEU)
+	public := edge.addr("public-http")
+
+	var out []byte
+	eventually(t, 30*time.Second, "a websocket session through the mesh", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		var err error
+		out, err = exec.CommandContext(ctx, py, filepath.Join(dir, "client.py"), public, "chat.localhost", "1000").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, lastLines(string(out), 5))
+		}
+		return nil
+	})
+	if got := strings.TrimSpace(string(out)); got != "ok 1000" {
+		t.Fatalf("client: %q (server: %s)", got, srvOut.String())
+	}
+}
+
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
