@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -58,6 +59,7 @@ Usage:
 var errUsage = errors.New("usage")
 
 func main() {
+	execWithExtendedConnect()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -71,6 +73,34 @@ func main() {
 		}
 		os.Exit(1)
 	}
+}
+
+// execWithExtendedConnect starts meshd again, in the same process (execve),
+// with GODEBUG=http2xconnect=1 when it is about to serve a mesh (run,
+// demo): Go's HTTP/2 server offers RFC 8441's extended CONNECT (WebSocket
+// over HTTP/2) only when the process starts with that setting, which
+// net/http reads once at initialization, and go.mod's godebug does not
+// know it. An operator's own http2xconnect setting (=0 keeps it off) is
+// left as it is; where the exec fails, meshd goes on without it and
+// WebSocket clients use HTTP/1.1.
+func execWithExtendedConnect() {
+	if runtime.GOOS != "linux" || len(os.Args) < 2 || (os.Args[1] != "run" && os.Args[1] != "demo") {
+		return
+	}
+	gd := os.Getenv("GODEBUG")
+	if strings.Contains(gd, "http2xconnect=") {
+		return
+	}
+	if gd != "" {
+		gd += ","
+	}
+	env := []string{"GODEBUG=" + gd + "http2xconnect=1"}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") {
+			env = append(env, kv)
+		}
+	}
+	_ = syscall.Exec("/proc/self/exe", os.Args, env) // returns only when it failed
 }
 
 // run is meshd without the process: it returns what main reports.
