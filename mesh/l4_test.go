@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -144,4 +145,91 @@ func TestTCPAuthorization(t *testing.T) {
 // outboundGet sends GET http://host/ through a sidecar's outbound listener.
 func outboundGet(addr, host string) (*http.Response, string, error) {
 	return edgeGet(addr, host, "/")
+}
+
+// TestTCPDrain: a TCP tunnel open when its edge is told to stop keeps
+// working through the drain (the listener stops taking connections), and
+// the edge stops as soon as the tunnel ends, within the shutdown grace.
+func TestTCPDrain(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	m := newTestMesh(t)
+	gw := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
+	m.start(Config{Role: RoleSidecar, Name: "echo-1", Region: "eu", Service: "echo", TCP: []string{"echo=" + echo.Addr().String()},
+		Join: []string{gw.Addrs()["gossip"]}})
+	edge := m.start(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", WANJoin: []string{gw.Addrs()["wan-gossip"]},
+		PublicTCP: []string{"127.0.0.1:0=echo"}, ShutdownGrace: 5 * time.Second})
+	addr := edge.Addrs()["public-tcp 127.0.0.1:0"]
+	var c net.Conn
+	roundTrip := func(msg string) error {
+		if _, err := io.WriteString(c, msg); err != nil {
+			return err
+		}
+		b := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, b); err != nil {
+			return err
+		}
+		if string(b) != msg {
+			return fmt.Errorf("echo %q", b)
+		}
+		return nil
+	}
+	poll(t, 15*time.Second, "echo through the edge", func() error {
+		var err error
+		if c, err = net.DialTimeout("tcp", addr, time.Second); err != nil {
+			return err
+		}
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		if err := roundTrip("hello"); err != nil {
+			c.Close()
+			return err
+		}
+		return nil
+	})
+	defer c.Close()
+	stopped := make(chan time.Time, 1)
+	go func() {
+		edge.Shutdown(context.Background())
+		stopped <- time.Now()
+	}()
+	// Through the drain: the open tunnel still carries bytes, a new
+	// connection is not taken.
+	time.Sleep(300 * time.Millisecond)
+	for i := 0; i < 5; i++ {
+		if err := roundTrip("during drain " + strconv.Itoa(i)); err != nil {
+			t.Fatalf("open tunnel during the drain: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if c2, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c2.Close()
+		t.Error("the public port took a connection while draining")
+	}
+	select {
+	case <-stopped:
+		t.Fatal("the edge stopped with a tunnel still open")
+	default:
+	}
+	closed := time.Now()
+	c.Close()
+	select {
+	case at := <-stopped:
+		if d := at.Sub(closed); d > 2*time.Second {
+			t.Errorf("the edge stopped %v after its last tunnel ended", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the edge did not stop")
+	}
 }
