@@ -127,6 +127,13 @@ type Config struct {
 	// region with a healthy instance, like a request.
 	PublicTCP []string `yaml:"public-tcp" usage:"edge: public TCP port carried to a service's TCP port, LISTEN=SERVICE[/PORT], e.g. :5432=db/pg (repeatable)" list:"repeat"`
 
+	// ProxyProtocolFrom lists the load balancers in front of the edge
+	// that announce each client with a PROXY protocol header (v1 or v2):
+	// a connection to a public TCP listener (public-http, public-https,
+	// public-tcp) from one of them must start with one, and the client it
+	// names is the one meshd sees. Default none: no header is read.
+	ProxyProtocolFrom []string `yaml:"proxy-protocol-from" usage:"edge: address or prefix of a load balancer in front that sends PROXY protocol headers, e.g. 10.0.0.0/24 (repeatable)"`
+
 	// PublicHTTPS is the edge's public TLS listener (HTTP/1.1 and HTTP/2
 	// by ALPN). Default: none. With it, the public HTTP listener redirects
 	// to HTTPS (308), except ACME challenges and PublicHTTPAllow hosts.

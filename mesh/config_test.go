@@ -71,6 +71,15 @@ func TestConfigValidate(t *testing.T) {
 		{"public tcp bad", func(c *Config) {
 			c.Role, c.Region, c.PublicHTTP, c.PublicTCP = RoleEdge, "", ":80", []string{"db/pg=:5432"}
 		}, "public-tcp"},
+		{"tcp proxy protocol", func(c *Config) { c.TCP = []string{"pg=127.0.0.1:5432,proxy-protocol"} }, ""},
+		{"tcp bad option", func(c *Config) { c.TCP = []string{"pg=127.0.0.1:5432,proxy"} }, "tcp"},
+		{"proxy protocol from", func(c *Config) {
+			c.Role, c.Region, c.PublicHTTP, c.ProxyProtocolFrom = RoleEdge, "", ":80", []string{"10.0.0.0/24", "192.0.2.1"}
+		}, ""},
+		{"proxy protocol from bad", func(c *Config) {
+			c.Role, c.Region, c.PublicHTTP, c.ProxyProtocolFrom = RoleEdge, "", ":80", []string{"lb"}
+		}, "proxy-protocol-from"},
+		{"proxy protocol from on a gateway", func(c *Config) { c.Role, c.ProxyProtocolFrom = RoleGateway, []string{"10.0.0.1"} }, "proxy-protocol-from"},
 		{"tcp-out twice", func(c *Config) { c.TCPOut = []string{"db/pg=127.0.0.1:15432", "db/x=127.0.0.1:15432"} }, "tcp-out"},
 	}
 	for _, tt := range tests {

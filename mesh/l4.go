@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +31,9 @@ type AppPort struct {
 	Name  string // "pg"
 	Proto string // "tcp" or "udp"
 	Addr  string // the app's address, "127.0.0.1:5432"
+	// ProxyProtocol: each connection to the app starts with a PROXY
+	// protocol v2 header naming the client.
+	ProxyProtocol bool
 }
 
 // OutPort is a local listener of a sidecar for a port of a service.
@@ -49,7 +53,7 @@ func (p OutPort) authority() string {
 	return p.Service + meshSuffix + ":" + port
 }
 
-// parseAppPort parses NAME=ADDR (--tcp, --udp).
+// parseAppPort parses NAME=ADDR[,proxy-protocol] (--tcp, --udp).
 func parseAppPort(proto, v string) (AppPort, error) {
 	name, rest, ok := strings.Cut(v, "=")
 	if !ok {
@@ -61,8 +65,18 @@ func parseAppPort(proto, v string) (AppPort, error) {
 	if isNumber(name) {
 		return AppPort{}, fmt.Errorf("%q: a port name is not a number (callers may use the number of the app's port)", v)
 	}
-	addr := rest
+	addr, opt, _ := strings.Cut(rest, ",")
 	p := AppPort{Name: name, Proto: proto, Addr: addr}
+	switch opt {
+	case "":
+	case "proxy-protocol":
+		if proto != "tcp" {
+			return AppPort{}, fmt.Errorf("%q: proxy-protocol is for TCP ports", v)
+		}
+		p.ProxyProtocol = true
+	default:
+		return AppPort{}, fmt.Errorf("%q: unknown option %q (known: proxy-protocol)", v, opt)
+	}
 	if err := validHostPort(addr); err != nil {
 		return AppPort{}, fmt.Errorf("%q: %w", v, err)
 	}
@@ -152,8 +166,40 @@ func (c *Config) PublicPorts() []OutPort {
 	return ps
 }
 
-// validatePorts checks --tcp, --tcp-out and --public-tcp.
+// proxyProtocolFrom parses --proxy-protocol-from: prefixes, or addresses
+// as one-address prefixes. The configuration must be valid.
+func (c *Config) proxyProtocolFrom() []netip.Prefix {
+	var ps []netip.Prefix
+	for _, v := range c.ProxyProtocolFrom {
+		if p, err := parsePrefixOrAddr(v); err == nil {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+func parsePrefixOrAddr(v string) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(v); err == nil {
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(v)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q: want an IP address or a prefix such as 10.0.0.0/24", v)
+	}
+	return p.Masked(), nil
+}
+
+// validatePorts checks --tcp, --tcp-out, --public-tcp and
+// --proxy-protocol-from.
 func (c *Config) validatePorts() error {
+	if len(c.ProxyProtocolFrom) > 0 && c.Role != RoleEdge {
+		return fieldErr("proxy-protocol-from", "only an edge has public listeners behind a load balancer")
+	}
+	for _, v := range c.ProxyProtocolFrom {
+		if _, err := parsePrefixOrAddr(v); err != nil {
+			return &FieldError{Field: "proxy-protocol-from", Err: err}
+		}
+	}
 	if len(c.PublicTCP) > 0 && c.Role != RoleEdge {
 		return fieldErr("public-tcp", "only an edge has public ports")
 	}
@@ -237,7 +283,8 @@ func newAppPorts(ps []AppPort) *appPorts {
 		if p.Proto != "tcp" {
 			continue
 		}
-		u := &proxy.Upstream{Key: "app-tcp|" + p.Name + "|" + p.Addr, Addr: p.Addr, Name: "app:" + p.Name, Raw: true}
+		u := &proxy.Upstream{Key: "app-tcp|" + p.Name + "|" + p.Addr, Addr: p.Addr, Name: "app:" + p.Name, Raw: true,
+			ProxyProtocol: p.ProxyProtocol}
 		a.byName[p.Name] = u
 		if _, port, err := net.SplitHostPort(p.Addr); err == nil {
 			if _, dup := a.byNum[port]; dup {
@@ -314,7 +361,7 @@ func (n *Node) startOutPorts(bg context.Context, h *proxy.Handler) (*portListene
 		if p.Port != "" {
 			name += "/" + p.Port
 		}
-		if err := pl.listen(bg, "tcp-out", name, p, h, n.Logger); err != nil {
+		if err := pl.listen(bg, "tcp-out", name, p, h, nil, n.Logger); err != nil {
 			pl.close()
 			return nil, err
 		}
@@ -329,7 +376,7 @@ func (n *Node) startPublicPorts(bg context.Context) (*portListeners, error) {
 	pl := newPortListeners()
 	h := &proxy.Handler{Pool: n.pool, Via: n.Config.Name, Logger: n.Logger, Public: true, Route: n.edgeTCPRoute}
 	for _, p := range n.Config.PublicPorts() {
-		if err := pl.listen(bg, "public-tcp", "public-tcp "+p.Listen, p, h, n.Logger); err != nil {
+		if err := pl.listen(bg, "public-tcp", "public-tcp "+p.Listen, p, h, n.Config.proxyProtocolFrom(), n.Logger); err != nil {
 			pl.close()
 			return nil, err
 		}
@@ -361,10 +408,13 @@ func newPortListeners() *portListeners {
 }
 
 // listen opens p.Listen and carries each connection through h.
-func (pl *portListeners) listen(ctx context.Context, field, name string, p OutPort, h *proxy.Handler, logger *slog.Logger) error {
+func (pl *portListeners) listen(ctx context.Context, field, name string, p OutPort, h *proxy.Handler, trusted []netip.Prefix, logger *slog.Logger) error {
 	ln, err := net.Listen("tcp", p.Listen)
 	if err != nil {
 		return &FieldError{Field: field, Err: err}
+	}
+	if len(trusted) > 0 {
+		ln = &proxy.ProxyProtoListener{Listener: ln, Trusted: trusted, Logger: logger}
 	}
 	pl.lns = append(pl.lns, ln)
 	pl.addrs[name] = ln.Addr().String()

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshd/meshd/proxy"
 )
 
 // tcpApp is an app with a TCP port: it reads its client to the end (the
@@ -232,4 +235,76 @@ func TestTCPDrain(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the edge did not stop")
 	}
+}
+
+// TestTCPProxyProtocol: a load balancer in front of the edge announces its
+// client with a PROXY header (--proxy-protocol-from); the edge carries the
+// connection to the app, whose port asks for a PROXY header
+// (--tcp pg=ADDR,proxy-protocol): the app reads the load balancer's client
+// as the source, and the edge's public port as the destination. A
+// connection from an address not trusted to send a header reaches the app
+// as coming from that address.
+func TestTCPProxyProtocol(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				br := bufio.NewReader(c)
+				h, err := proxy.ReadProxyHeader(br)
+				if err != nil {
+					fmt.Fprintf(c, "no header: %v", err)
+					return
+				}
+				if h.Local {
+					io.WriteString(c, "local")
+					return
+				}
+				line, _ := br.ReadString('\n')
+				fmt.Fprintf(c, "%s>%t|%s", h.Src, h.Dst.Port() != 0, line)
+			}()
+		}
+	}()
+	m := newTestMesh(t)
+	gw := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
+	m.start(Config{Role: RoleSidecar, Name: "db-1", Region: "eu", Service: "db", TCP: []string{"pg=" + ln.Addr().String() + ",proxy-protocol"},
+		Join: []string{gw.Addrs()["gossip"]}})
+	trusting := m.start(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", WANJoin: []string{gw.Addrs()["wan-gossip"]},
+		PublicTCP: []string{"127.0.0.1:0=db"}, ProxyProtocolFrom: []string{"127.0.0.0/8"}})
+	plain := m.start(Config{Role: RoleEdge, Name: "edge-2", Region: "eu", WANJoin: []string{gw.Addrs()["wan-gossip"]},
+		PublicTCP: []string{"127.0.0.1:0=db"}, ProxyProtocolFrom: []string{"192.0.2.0/24"}})
+	call := func(addr, send string) (string, error) {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, send)
+		b, err := io.ReadAll(c)
+		return string(b), err
+	}
+	poll(t, 15*time.Second, "the app sees the load balancer's client", func() error {
+		got, err := call(trusting.Addrs()["public-tcp 127.0.0.1:0"], "PROXY TCP4 203.0.113.9 198.51.100.1 4242 5432\r\nhello\n")
+		if got != "203.0.113.9:4242>true|hello\n" {
+			return fmt.Errorf("app answered %q (%v)", got, err)
+		}
+		return nil
+	})
+	poll(t, 15*time.Second, "an untrusted header is data", func() error {
+		got, err := call(plain.Addrs()["public-tcp 127.0.0.1:0"], "PROXY TCP4 203.0.113.9 198.51.100.1 4242 5432\r\n")
+		if !strings.HasPrefix(got, "127.0.0.1:") || !strings.HasSuffix(got, "|PROXY TCP4 203.0.113.9 198.51.100.1 4242 5432\r\n") {
+			return fmt.Errorf("app answered %q (%v)", got, err)
+		}
+		return nil
+	})
 }

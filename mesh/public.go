@@ -115,5 +115,6 @@ func (n *Node) publicServer(addr string, tlsConf *tls.Config, h http.Handler) *p
 		MaxConnsPerIP: c.MaxConnsPerIP, MaxBodyBytes: size(c.MaxBody), MinBodyRate: size(c.MinBodyRate),
 		MaxConcurrentStreams: c.MaxConcurrentStreams, ReadHeaderTimeout: c.ReadHeaderTimeout,
 		IdleTimeout: c.IdleTimeout, MaxHeaderBytes: int(size(c.MaxHeaderBytes)), SendTimeout: c.SendTimeout,
+		ProxyProtocolFrom: c.proxyProtocolFrom(),
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -131,6 +132,13 @@ type Server struct {
 	// connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS,
 	// RFC 9113 §6.5.2; QUIC MAX_STREAMS, RFC 9000 §4.6). Default 250.
 	MaxConcurrentStreams int
+	// ProxyProtocolFrom lists the load balancers in front of this
+	// listener that announce each client with a PROXY header (v1 or v2,
+	// see ProxyProtoListener): a TCP connection from one of them must
+	// start with a header, whose client address the server then uses
+	// (X-Forwarded-For, per-IP limits, logs). Connections from elsewhere
+	// are served as they come. HTTP/3 has no PROXY header. Default none.
+	ProxyProtocolFrom []netip.Prefix
 	// MaxConnsPerIP (public) bounds the open connections (TCP and QUIC
 	// together) of one client IP address. A connection over the limit is
 	// closed as soon as it is accepted, before its TLS handshake, and
@@ -275,6 +283,9 @@ func (s *Server) Start(ctx context.Context) error {
 		logger = slog.Default()
 	}
 	bound := ln.Addr().String()
+	if len(s.ProxyProtocolFrom) > 0 {
+		ln = &ProxyProtoListener{Listener: ln, Trusted: s.ProxyProtocolFrom, Logger: logger}
+	}
 	var lim *ipLimiter
 	if n := publicLimit(s.MaxConnsPerIP, DefaultMaxConnsPerIP, s.Public); n > 0 {
 		lim = newIPLimiter(n, logger, bound)

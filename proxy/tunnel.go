@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -89,6 +90,28 @@ func tunnelProto(r *http.Request, public bool) (proto string, ok bool) {
 	return strings.ToLower(up), isToken(up)
 }
 
+// The client of a TCP tunnel, as the hop that accepted its connection saw
+// it, for a PROXY header at the last hop (Upstream.ProxyProtocol): the
+// client's address and the address it connected to. Set by ServeConn; a
+// public hop drops what the client sent.
+const (
+	HeaderClient    = "X-Mesh-Client"
+	HeaderClientDst = "X-Mesh-Client-Dst"
+)
+
+// headerAddr parses an address field, or returns nil.
+func headerAddr(h http.Header, k string) net.Addr {
+	v := h[k]
+	if len(v) == 0 {
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(v[0])
+	if err != nil {
+		return nil
+	}
+	return net.TCPAddrFromAddrPort(ap)
+}
+
 // halfCloser is a stream whose write side can be closed alone.
 type halfCloser interface {
 	CloseWrite() error
@@ -117,6 +140,13 @@ func (p *Pool) Tunnel(u *Upstream, req *http.Request, proto string) (*http.Respo
 		c, err := uc.tunnelDial(ctx)
 		if err != nil {
 			return nil, nil, err
+		}
+		if u.ProxyProtocol {
+			hdr := AppendProxyV2(nil, headerAddr(req.Header, HeaderClient), headerAddr(req.Header, HeaderClientDst))
+			if _, err := c.Write(hdr); err != nil {
+				c.Close()
+				return nil, nil, &dialError{err: fmt.Errorf("proxy: PROXY header to %s: %w", u.Addr, err)}
+			}
 		}
 		return &http.Response{StatusCode: http.StatusOK, ProtoMajor: 1, ProtoMinor: 1,
 			Header: http.Header{}, Body: http.NoBody}, c, nil
@@ -422,6 +452,10 @@ func (h *Handler) ServeConn(ctx context.Context, conn net.Conn, authority string
 	o := &outgoing{}
 	h.prepare(o, r, c)
 	o.req.Body, o.req.GetBody, o.req.ContentLength = nil, nil, 0
+	if o.req.Header[HeaderClient] == nil {
+		o.req.Header[HeaderClient] = []string{conn.RemoteAddr().String()}
+		o.req.Header[HeaderClientDst] = []string{conn.LocalAddr().String()}
+	}
 	resp, stream, u, _, err := h.openTunnel(r, c, o, "")
 	if err == nil && stream == nil {
 		discard(resp)

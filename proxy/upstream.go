@@ -36,6 +36,11 @@ type Upstream struct {
 	// Addr carrying the tunnel's bytes, with no HTTP: the app's TCP port
 	// behind its sidecar. Requests are not sent to a Raw upstream.
 	Raw bool
+	// ProxyProtocol makes a Raw upstream's tunnels start with a PROXY
+	// protocol v2 header naming the client (HeaderClient,
+	// HeaderClientDst; LOCAL when they are missing), for an app that
+	// wants the client's address rather than its sidecar's.
+	ProxyProtocol bool
 
 	// Load and health, kept by the Handler for balancers (see InFlight
 	// and Ejected).
