@@ -3,8 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -14,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // needTool returns the path of a program a test runs, or skips the test
@@ -281,4 +287,133 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// wssClient is wsClient over TLS, trusting the CA in argv[4].
+const wssClient = `
+import asyncio, socket, ssl, sys, websockets
+async def main():
+    addr, host, n, ca = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    h, p = addr.rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=ca)
+    sock = socket.create_connection((h, int(p)), timeout=10)
+    async with websockets.connect("wss://" + host + "/chat", sock=sock, ssl=ctx, server_hostname=host, open_timeout=10) as ws:
+        for i in range(n):
+            await ws.send("message %d" % i)
+            got = await asyncio.wait_for(ws.recv(), 10)
+            assert got == "message %d" % i, got
+    print("ok", n)
+asyncio.run(main())
+`
+
+// startWSApp runs wsServer and returns its address.
+func startWSApp(t *testing.T, py, dir string) string {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, "server.py"), []byte(wsServer), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	srv := exec.Command(py, filepath.Join(dir, "server.py"), strconv.Itoa(port))
+	var out bytes.Buffer
+	srv.Stdout, srv.Stderr = &out, &out
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		srv.Process.Kill() // by its PID
+		srv.Wait()
+	})
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	eventually(t, 10*time.Second, "the websockets server listens", func() error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return fmt.Errorf("%v (%s)", err, out.String())
+		}
+		return c.Close()
+	})
+	return addr
+}
+
+// TestWebSocketPublicTLS: through an edge's public TLS listener, a
+// websockets client over HTTP/1.1 (wss://), and an RFC 8441 client
+// (WebSocket on an HTTP/2 stream, x/net's client, frames written here)
+// reach a websockets echo server behind a sidecar.
+func TestWebSocketPublicTLS(t *testing.T) {
+	py := "/usr/bin/python3"
+	if out, err := exec.Command(py, "-c", "import websockets").CombinedOutput(); err != nil {
+		needTool(t, "python3 with websockets (Debian: python3-websockets): "+strings.TrimSpace(string(out)))
+	}
+	dir := t.TempDir()
+	appAddr := startWSApp(t, py, dir)
+	m := newRouteMesh(t)
+	gw := m.gateway("gw-eu", "eu")
+	m.node("chat-eu-1", "--role", "sidecar", "--region", "eu", "--service", "chat", "--upstream", appAddr,
+		"--outbound", "127.0.0.1:0", "--join", gw.addr("gossip"), "--health-interval", "300ms")
+	dataDir := t.TempDir()
+	edge := m.node("edge-eu", "--role", "edge", "--region", "eu", "--public-http", "127.0.0.1:0",
+		"--public-https", "127.0.0.1:0", "--tls", "internal", "--data-dir", dataDir, "--wan-join", gw.addr("wan-gossip"))
+	root, err := exec.Command(meshdBin, "ca", "root", "--data-dir", dataDir).Output()
+	if err != nil {
+		t.Fatalf("meshd ca root: %v", err)
+	}
+	rootFile := filepath.Join(dir, "root.pem")
+	if err := os.WriteFile(rootFile, root, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "client.py"), []byte(wssClient), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	httpsAddr := edge.addr("public-https")
+	eventually(t, 30*time.Second, "a wss:// session through the edge", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, py, filepath.Join(dir, "client.py"), httpsAddr, "chat.localhost", "200", rootFile).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "ok 200" {
+			return fmt.Errorf("%v: %s", err, lastLines(string(out), 5))
+		}
+		return nil
+	})
+
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(root)
+	tr := &http2.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "chat.localhost"},
+		DialTLSContext: func(ctx context.Context, network, _ string, cfg *tls.Config) (net.Conn, error) {
+			d := &tls.Dialer{Config: cfg}
+			return d.DialContext(ctx, network, httpsAddr)
+		}}
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest(http.MethodConnect, "https://chat.localhost/chat", pr)
+	req.Header.Set(":protocol", "websocket")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("extended CONNECT: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("extended CONNECT: status %d %q", resp.StatusCode, b)
+	}
+	for i := 0; i < 20; i++ {
+		msg := "rfc8441 message " + strconv.Itoa(i)
+		// A masked text frame (RFC 6455 §5.2), short enough for a 7-bit length.
+		mask := []byte{1, 2, 3, 4}
+		frame := []byte{0x81, 0x80 | byte(len(msg))}
+		frame = append(frame, mask...)
+		for j := 0; j < len(msg); j++ {
+			frame = append(frame, msg[j]^mask[j%4])
+		}
+		if _, err := pw.Write(frame); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 2+len(msg))
+		if _, err := io.ReadFull(resp.Body, got); err != nil {
+			t.Fatalf("echo %d: %v", i, err)
+		}
+		if got[0] != 0x81 || int(got[1]) != len(msg) || string(got[2:]) != msg {
+			t.Fatalf("echo %d: frame % x", i, got)
+		}
+	}
+	pw.Close()
 }
