@@ -230,9 +230,11 @@ func TestUDPForwardRelayEcho(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	const total = 1000 + 4*300
+	// The counters move just after a datagram is sent on.
+	waitFor(t, "counters", 2*time.Second, func() bool { st := f.Stats(); return st.DatagramsUp == total && st.DatagramsDown == total })
 	st := f.Stats()
 	t.Logf("forwarder: %+v", st)
-	const total = 1000 + 4*300
 	if st.Flows != 5 || st.ActiveFlows != 5 || st.DatagramsUp != total || st.DatagramsDown != total || st.BytesUp != st.BytesDown {
 		t.Errorf("forwarder stats %+v, want 5 flows and %d datagrams each way", st, total)
 	}
@@ -270,6 +272,7 @@ func TestUDPLargeDatagram(t *testing.T) {
 	if err := pingPong(c, addr, msg, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, "counters", 2*time.Second, func() bool { return f.Stats().DatagramsDown == 1 })
 	if st := f.Stats(); st.BytesUp != 65507 || st.BytesDown != 65507 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -391,6 +394,7 @@ func TestUDPQueueWhileOpening(t *testing.T) {
 			t.Fatalf("echo %d: %q, want %q (in order)", i, buf[:m], want)
 		}
 	}
+	waitFor(t, "counters", 2*time.Second, func() bool { return f.Stats().DatagramsUp == udpFlowQueue })
 	if st := f.Stats(); st.DatagramsUp != udpFlowQueue || st.DroppedQueueFull != n-udpFlowQueue {
 		t.Fatalf("stats %+v", st)
 	}
