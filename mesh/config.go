@@ -89,6 +89,12 @@ type Config struct {
 	// port through the mesh. PORT may be left out when the service
 	// publishes one TCP port.
 	TCPOut []string `yaml:"tcp-out" usage:"sidecar: local listener for a service's TCP port, SERVICE[/PORT]=127.0.0.1:15432 (repeatable)" list:"repeat"`
+	// UDP publishes UDP ports of the app, NAME=ADDRESS.
+	UDP []string `yaml:"udp" usage:"sidecar: publish a UDP port of the app, NAME=127.0.0.1:53 (repeatable)" list:"repeat"`
+	// UDPOut opens local UDP sockets for UDP ports of services,
+	// SERVICE[/PORT]=LOCAL-ADDRESS; each client address is a flow carried
+	// to the port through the mesh.
+	UDPOut []string `yaml:"udp-out" usage:"sidecar: local UDP socket for a service's UDP port, SERVICE[/PORT]=127.0.0.1:1053 (repeatable)" list:"repeat"`
 	// Outbound is the sidecar's plaintext listener for the app's calls to
 	// http://<service>.mesh/. Default "127.0.0.1:15001".
 	Outbound string `yaml:"outbound" usage:"sidecar listener for the app's calls to http://<service>.mesh/ (default 127.0.0.1:15001)"`
@@ -126,6 +132,10 @@ type Config struct {
 	// LISTEN=SERVICE[/PORT]: each connection is carried to the nearest
 	// region with a healthy instance, like a request.
 	PublicTCP []string `yaml:"public-tcp" usage:"edge: public TCP port carried to a service's TCP port, LISTEN=SERVICE[/PORT], e.g. :5432=db/pg (repeatable)" list:"repeat"`
+
+	// PublicUDP maps public UDP ports of the edge to UDP ports of
+	// services, LISTEN=SERVICE[/PORT].
+	PublicUDP []string `yaml:"public-udp" usage:"edge: public UDP port carried to a service's UDP port, LISTEN=SERVICE[/PORT], e.g. :53=dns/dns (repeatable)" list:"repeat"`
 
 	// ProxyProtocolFrom lists the load balancers in front of the edge
 	// that announce each client with a PROXY protocol header (v1 or v2):
@@ -523,7 +533,7 @@ func (c *Config) Validate() error {
 			return &FieldError{Field: "service", Err: err}
 		}
 		switch {
-		case c.Upstream == "" && len(c.TCP) == 0:
+		case c.Upstream == "" && len(c.TCP) == 0 && len(c.UDP) == 0:
 			return fieldErr("upstream", "required for a sidecar: the app's address, e.g. 127.0.0.1:8080 (or --tcp for an app without HTTP)")
 		case c.Upstream == "" && c.HealthPath != "":
 			return fieldErr("health-path", "an app without --upstream has no HTTP to check; its first --tcp port is checked by a TCP connect")

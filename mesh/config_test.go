@@ -80,6 +80,14 @@ func TestConfigValidate(t *testing.T) {
 			c.Role, c.Region, c.PublicHTTP, c.ProxyProtocolFrom = RoleEdge, "", ":80", []string{"lb"}
 		}, "proxy-protocol-from"},
 		{"proxy protocol from on a gateway", func(c *Config) { c.Role, c.ProxyProtocolFrom = RoleGateway, []string{"10.0.0.1"} }, "proxy-protocol-from"},
+		{"udp ports", func(c *Config) {
+			c.UDP, c.UDPOut, c.TCP = []string{"dns=127.0.0.1:53"}, []string{"dns/dns=127.0.0.1:1053"}, []string{"dns=127.0.0.1:53"}
+		}, ""},
+		{"udp only", func(c *Config) { c.Upstream, c.UDP = "", []string{"dns=127.0.0.1:53"} }, ""},
+		{"udp proxy protocol", func(c *Config) { c.UDP = []string{"dns=127.0.0.1:53,proxy-protocol"} }, "udp"},
+		{"udp-out twice", func(c *Config) { c.UDPOut = []string{"dns=127.0.0.1:1053", "dns/x=127.0.0.1:1053"} }, "udp-out"},
+		{"tcp and udp out on one address", func(c *Config) { c.UDPOut, c.TCPOut = []string{"dns=127.0.0.1:1053"}, []string{"dns=127.0.0.1:1053"} }, ""},
+		{"public udp on a sidecar", func(c *Config) { c.PublicUDP = []string{":53=dns"} }, "public-udp"},
 		{"tcp-out twice", func(c *Config) { c.TCPOut = []string{"db/pg=127.0.0.1:15432", "db/x=127.0.0.1:15432"} }, "tcp-out"},
 	}
 	for _, tt := range tests {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -125,9 +126,11 @@ func isNumber(s string) bool {
 // must be valid.
 func (c *Config) AppPorts() []AppPort {
 	var ps []AppPort
-	for _, v := range c.TCP {
-		if p, err := parseAppPort("tcp", v); err == nil {
-			ps = append(ps, p)
+	for proto, vs := range c.portFields("", "") {
+		for _, v := range vs {
+			if p, err := parseAppPort(proto, v); err == nil {
+				ps = append(ps, p)
+			}
 		}
 	}
 	return ps
@@ -137,12 +140,34 @@ func (c *Config) AppPorts() []AppPort {
 // configuration must be valid.
 func (c *Config) OutPorts() []OutPort {
 	var ps []OutPort
-	for _, v := range c.TCPOut {
-		if p, err := parseOutPort("tcp", v); err == nil {
-			ps = append(ps, p)
+	for proto, vs := range c.portFields("-out", "") {
+		for _, v := range vs {
+			if p, err := parseOutPort(proto, v); err == nil {
+				ps = append(ps, p)
+			}
 		}
 	}
 	return ps
+}
+
+// portFields returns the port flags of each protocol, in the order tcp,
+// udp: --tcp/--udp (suffix ""), --tcp-out/--udp-out ("-out"), or
+// --public-tcp/--public-udp (prefix "public-").
+func (c *Config) portFields(suffix, prefix string) func(func(string, []string) bool) {
+	return func(yield func(string, []string) bool) {
+		var tcp, udp []string
+		switch {
+		case prefix != "":
+			tcp, udp = c.PublicTCP, c.PublicUDP
+		case suffix != "":
+			tcp, udp = c.TCPOut, c.UDPOut
+		default:
+			tcp, udp = c.TCP, c.UDP
+		}
+		if yield("tcp", tcp) {
+			yield("udp", udp)
+		}
+	}
 }
 
 // parsePublicPort parses LISTEN=SERVICE[/PORT] (--public-tcp).
@@ -154,13 +179,15 @@ func parsePublicPort(proto, v string) (OutPort, error) {
 	return newOutPort(v, proto, target, listen)
 }
 
-// PublicPorts returns the edge's public ports of --public-tcp. The
-// configuration must be valid.
+// PublicPorts returns the edge's public ports of --public-tcp and
+// --public-udp. The configuration must be valid.
 func (c *Config) PublicPorts() []OutPort {
 	var ps []OutPort
-	for _, v := range c.PublicTCP {
-		if p, err := parsePublicPort("tcp", v); err == nil {
-			ps = append(ps, p)
+	for proto, vs := range c.portFields("", "public-") {
+		for _, v := range vs {
+			if p, err := parsePublicPort(proto, v); err == nil {
+				ps = append(ps, p)
+			}
 		}
 	}
 	return ps
@@ -200,51 +227,65 @@ func (c *Config) validatePorts() error {
 			return &FieldError{Field: "proxy-protocol-from", Err: err}
 		}
 	}
-	if len(c.PublicTCP) > 0 && c.Role != RoleEdge {
-		return fieldErr("public-tcp", "only an edge has public ports")
-	}
+	// A TCP and a UDP listener may share an address; two of one
+	// protocol may not.
 	listens := map[string]bool{}
-	for _, v := range c.PublicTCP {
-		p, err := parsePublicPort("tcp", v)
-		if err != nil {
-			return &FieldError{Field: "public-tcp", Err: err}
+	dup := func(proto, addr string) bool {
+		k := proto + " " + addr
+		if listens[k] && !strings.HasSuffix(addr, ":0") {
+			return true
 		}
-		if listens[p.Listen] && !strings.HasSuffix(p.Listen, ":0") {
-			return fieldErr("public-tcp", "address %s given twice", p.Listen)
-		}
-		listens[p.Listen] = true
+		listens[k] = true
+		return false
 	}
-	if c.Role != RoleSidecar {
-		for field, v := range map[string][]string{"tcp": c.TCP, "tcp-out": c.TCPOut} {
-			if len(v) > 0 {
-				return fieldErr(field, "only a sidecar publishes or reaches service ports")
+	for proto, vs := range c.portFields("", "public-") {
+		field := "public-" + proto
+		if len(vs) > 0 && c.Role != RoleEdge {
+			return fieldErr(field, "only an edge has public ports")
+		}
+		for _, v := range vs {
+			p, err := parsePublicPort(proto, v)
+			if err != nil {
+				return &FieldError{Field: field, Err: err}
+			}
+			if dup(proto, p.Listen) {
+				return fieldErr(field, "address %s given twice", p.Listen)
 			}
 		}
-		return nil
 	}
-	if len(c.TCP) > maxPorts {
-		return fieldErr("tcp", "%d ports, over the limit of %d", len(c.TCP), maxPorts)
+	for proto, vs := range c.portFields("", "") {
+		if len(vs) > 0 && c.Role != RoleSidecar {
+			return fieldErr(proto, "only a sidecar publishes service ports")
+		}
+		if len(vs) > maxPorts {
+			return fieldErr(proto, "%d ports, over the limit of %d", len(vs), maxPorts)
+		}
+		names := map[string]bool{}
+		for _, v := range vs {
+			p, err := parseAppPort(proto, v)
+			if err != nil {
+				return &FieldError{Field: proto, Err: err}
+			}
+			if names[p.Name] {
+				return fieldErr(proto, "port name %q given twice", p.Name)
+			}
+			names[p.Name] = true
+		}
 	}
-	names := map[string]bool{}
-	for _, v := range c.TCP {
-		p, err := parseAppPort("tcp", v)
-		if err != nil {
-			return &FieldError{Field: "tcp", Err: err}
+	for proto, vs := range c.portFields("-out", "") {
+		field := proto + "-out"
+		if len(vs) > 0 && c.Role != RoleSidecar {
+			return fieldErr(field, "only a sidecar reaches service ports")
 		}
-		if names[p.Name] {
-			return fieldErr("tcp", "port name %q given twice", p.Name)
+		for _, v := range vs {
+			p, err := parseOutPort(proto, v)
+			if err != nil {
+				return &FieldError{Field: field, Err: err}
+			}
+			if dup(proto, p.Listen) {
+				return fieldErr(field, "local address %s given twice", p.Listen)
+			}
 		}
-		names[p.Name] = true
-	}
-	for _, v := range c.TCPOut {
-		p, err := parseOutPort("tcp", v)
-		if err != nil {
-			return &FieldError{Field: "tcp-out", Err: err}
-		}
-		if listens[p.Listen] && !strings.HasSuffix(p.Listen, ":0") {
-			return fieldErr("tcp-out", "local address %s given twice", p.Listen)
-		}
-		listens[p.Listen] = true
 	}
 	return nil
 }
@@ -271,57 +312,79 @@ func tunnelHost(out *http.Request) string {
 
 // appPorts is the sidecar's view of its app's ports, built once at start.
 type appPorts struct {
-	byName map[string]*proxy.Upstream // TCP ports by name
+	tcp, udp portSet
+}
+
+// portSet is the app's ports of one protocol.
+type portSet struct {
+	proto  string
+	byName map[string]*proxy.Upstream
 	byNum  map[string]*proxy.Upstream // by the app's port number
-	only   *proxy.Upstream            // the one TCP port, when there is one
+	only   *proxy.Upstream            // the one port, when there is one
 	names  []string
 }
 
 func newAppPorts(ps []AppPort) *appPorts {
-	a := &appPorts{byName: map[string]*proxy.Upstream{}, byNum: map[string]*proxy.Upstream{}}
+	a := &appPorts{}
+	for _, set := range []*portSet{&a.tcp, &a.udp} {
+		set.byName, set.byNum = map[string]*proxy.Upstream{}, map[string]*proxy.Upstream{}
+	}
+	a.tcp.proto, a.udp.proto = "TCP", "UDP"
 	for _, p := range ps {
-		if p.Proto != "tcp" {
-			continue
+		set := &a.tcp
+		if p.Proto == "udp" {
+			set = &a.udp
 		}
-		u := &proxy.Upstream{Key: "app-tcp|" + p.Name + "|" + p.Addr, Addr: p.Addr, Name: "app:" + p.Name, Raw: true,
-			ProxyProtocol: p.ProxyProtocol}
-		a.byName[p.Name] = u
+		u := &proxy.Upstream{Key: "app-" + p.Proto + "|" + p.Name + "|" + p.Addr, Addr: p.Addr, Name: "app:" + p.Name, Raw: true,
+			ProxyProtocol: p.ProxyProtocol, UDP: p.Proto == "udp"}
+		set.byName[p.Name] = u
 		if _, port, err := net.SplitHostPort(p.Addr); err == nil {
-			if _, dup := a.byNum[port]; dup {
-				a.byNum[port] = nil // two apps' ports with one number: by name only
+			if _, dup := set.byNum[port]; dup {
+				set.byNum[port] = nil // two apps' ports with one number: by name only
 			} else {
-				a.byNum[port] = u
+				set.byNum[port] = u
 			}
 		}
-		a.names = append(a.names, p.Name)
+		set.names = append(set.names, p.Name)
 	}
-	if len(a.byName) == 1 {
-		for _, u := range a.byName {
-			a.only = u
+	for _, set := range []*portSet{&a.tcp, &a.udp} {
+		if len(set.byName) == 1 {
+			for _, u := range set.byName {
+				set.only = u
+			}
 		}
 	}
 	return a
 }
 
-// route picks the app's port a CONNECT asks for.
+// route picks the app's port a CONNECT asks for: a UDP port when it
+// says it carries UDP (proxy.HeaderProtocol), else a TCP port.
 func (a *appPorts) route(service string, out *http.Request) ([]*proxy.Upstream, error) {
+	set := &a.tcp
+	switch v := out.Header.Get(proxy.HeaderProtocol); v {
+	case "":
+	case "udp":
+		set = &a.udp
+	default:
+		return nil, &proxy.StatusError{Code: http.StatusBadRequest, Msg: fmt.Sprintf("meshd: unknown tunnel protocol %q", truncate(v, 16))}
+	}
 	_, port := splitTunnelTarget(out.Host)
 	var u *proxy.Upstream
 	switch {
 	case port == "0" || port == "":
-		u = a.only
-		if u == nil && len(a.names) > 1 {
+		u = set.only
+		if u == nil && len(set.names) > 1 {
 			return nil, &proxy.StatusError{Code: http.StatusNotFound,
-				Msg: fmt.Sprintf("meshd: service %s has %d TCP ports (%s): name one", service, len(a.names), strings.Join(a.names, ", "))}
+				Msg: fmt.Sprintf("meshd: service %s has %d %s ports (%s): name one", service, len(set.names), set.proto, strings.Join(set.names, ", "))}
 		}
 	case isNumber(port):
-		u = a.byNum[port]
+		u = set.byNum[port]
 	default:
-		u = a.byName[port]
+		u = set.byName[port]
 	}
 	if u == nil {
 		return nil, &proxy.StatusError{Code: http.StatusNotFound,
-			Msg: fmt.Sprintf("meshd: service %s publishes no TCP port %q", service, truncate(port, 64))}
+			Msg: fmt.Sprintf("meshd: service %s publishes no %s port %q", service, set.proto, truncate(port, 64))}
 	}
 	return []*proxy.Upstream{u}, nil
 }
@@ -343,6 +406,8 @@ func portRecords(ps []AppPort) []PortRecord {
 // connections they carry.
 type portListeners struct {
 	lns   []net.Listener
+	pcs   []*net.UDPConn // UDP sockets: closed at shutdown, flows end with them
+	udp   []*proxy.UDPForwarder
 	addrs map[string]string // "tcp-out db/pg" → bound address
 	wg    sync.WaitGroup    // accept loops and connections
 	mu    sync.Mutex
@@ -354,14 +419,11 @@ type portListeners struct {
 func (n *Node) startOutPorts(bg context.Context, h *proxy.Handler) (*portListeners, error) {
 	pl := newPortListeners()
 	for _, p := range n.Config.OutPorts() {
-		if p.Proto != "tcp" {
-			continue
-		}
-		name := "tcp-out " + p.Service
+		name := p.Proto + "-out " + p.Service
 		if p.Port != "" {
 			name += "/" + p.Port
 		}
-		if err := pl.listen(bg, "tcp-out", name, p, h, nil, n.Logger); err != nil {
+		if err := pl.listen(bg, p.Proto+"-out", name, p, h, nil, n.Logger); err != nil {
 			pl.close()
 			return nil, err
 		}
@@ -376,7 +438,7 @@ func (n *Node) startPublicPorts(bg context.Context) (*portListeners, error) {
 	pl := newPortListeners()
 	h := &proxy.Handler{Pool: n.pool, Via: n.Config.Name, Logger: n.Logger, Public: true, Route: n.edgeTCPRoute}
 	for _, p := range n.Config.PublicPorts() {
-		if err := pl.listen(bg, "public-tcp", "public-tcp "+p.Listen, p, h, n.Config.proxyProtocolFrom(), n.Logger); err != nil {
+		if err := pl.listen(bg, "public-"+p.Proto, "public-"+p.Proto+" "+p.Listen, p, h, n.Config.proxyProtocolFrom(), n.Logger); err != nil {
 			pl.close()
 			return nil, err
 		}
@@ -409,6 +471,9 @@ func newPortListeners() *portListeners {
 
 // listen opens p.Listen and carries each connection through h.
 func (pl *portListeners) listen(ctx context.Context, field, name string, p OutPort, h *proxy.Handler, trusted []netip.Prefix, logger *slog.Logger) error {
+	if p.Proto == "udp" {
+		return pl.listenUDP(ctx, field, name, p, h, logger)
+	}
 	ln, err := net.Listen("tcp", p.Listen)
 	if err != nil {
 		return &FieldError{Field: field, Err: err}
@@ -448,6 +513,37 @@ func (pl *portListeners) accept(ctx context.Context, ln net.Listener, h *proxy.H
 	}
 }
 
+// listenUDP opens the UDP socket p.Listen; each client address is a flow
+// carried through h as a tunnel to the service's UDP port.
+func (pl *portListeners) listenUDP(ctx context.Context, field, name string, p OutPort, h *proxy.Handler, logger *slog.Logger) error {
+	ua, err := net.ResolveUDPAddr("udp", p.Listen)
+	if err != nil {
+		return &FieldError{Field: field, Err: err}
+	}
+	pc, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return &FieldError{Field: field, Err: err}
+	}
+	pl.pcs = append(pl.pcs, pc)
+	pl.addrs[name] = pc.LocalAddr().String()
+	logger.Info("listening", "listener", name, "addr", pc.LocalAddr().String(), "target", p.authority())
+	local := pc.LocalAddr().String()
+	f := &proxy.UDPForwarder{Logger: logger, Open: func(fctx context.Context, client netip.AddrPort) (io.ReadWriteCloser, error) {
+		hdr := http.Header{HeaderService: {p.Service}, proxy.HeaderProtocol: {"udp"},
+			proxy.HeaderClient: {client.String()}, proxy.HeaderClientDst: {local}}
+		return h.OpenTunnel(fctx, p.authority(), hdr, client.String())
+	}}
+	pl.udp = append(pl.udp, f)
+	pl.wg.Add(1)
+	go func() {
+		defer pl.wg.Done()
+		if err := f.Serve(ctx, pc); err != nil && !errors.Is(err, net.ErrClosed) {
+			logger.Warn("udp: serve failed", "addr", p.Listen, "err", err)
+		}
+	}()
+	return nil
+}
+
 // shutdown stops accepting, lets open connections finish until ctx ends,
 // then closes the rest.
 func (pl *portListeners) shutdown(ctx context.Context) error {
@@ -456,6 +552,9 @@ func (pl *portListeners) shutdown(ctx context.Context) error {
 	}
 	for _, ln := range pl.lns {
 		ln.Close()
+	}
+	for _, pc := range pl.pcs {
+		pc.Close() // UDP has no connection to finish: its flows end now
 	}
 	done := make(chan struct{})
 	go func() {
@@ -476,6 +575,9 @@ func (pl *portListeners) shutdown(ctx context.Context) error {
 func (pl *portListeners) close() {
 	for _, ln := range pl.lns {
 		ln.Close()
+	}
+	for _, pc := range pl.pcs {
+		pc.Close()
 	}
 	pl.mu.Lock()
 	for c := range pl.conns {

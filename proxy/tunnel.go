@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -90,6 +91,11 @@ func tunnelProto(r *http.Request, public bool) (proto string, ok bool) {
 	return strings.ToLower(up), isToken(up)
 }
 
+// HeaderProtocol says what a CONNECT between mesh hops carries: "udp" for
+// UDP datagrams in DATAGRAM capsules (RFC 9297 §3.5, the stream form of
+// RFC 9298's CONNECT-UDP), absent for TCP.
+const HeaderProtocol = "X-Mesh-Protocol"
+
 // The client of a TCP tunnel, as the hop that accepted its connection saw
 // it, for a PROXY header at the last hop (Upstream.ProxyProtocol): the
 // client's address and the address it connected to. Set by ServeConn; a
@@ -136,6 +142,18 @@ func (p *Pool) Tunnel(u *Upstream, req *http.Request, proto string) (*http.Respo
 	}
 	ctx := req.Context()
 	switch {
+	case u.Raw && u.UDP:
+		// The last hop of a UDP tunnel: datagrams to and from Addr, one
+		// DATAGRAM capsule each on the stream.
+		here, there := net.Pipe()
+		go func() {
+			st, err := RelayUDP(ctx, there, u.Addr, 0)
+			if err != nil && ctx.Err() == nil {
+				slog.Debug("proxy: UDP relay ended", "target", u.Addr, "err", err, "datagrams_up", st.DatagramsUp, "datagrams_down", st.DatagramsDown, "too_big", st.DroppedTooBig)
+			}
+		}()
+		return &http.Response{StatusCode: http.StatusOK, ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{}, Body: http.NoBody}, here, nil
 	case u.Raw:
 		c, err := uc.tunnelDial(ctx)
 		if err != nil {
@@ -436,25 +454,79 @@ func (h *Handler) ServeConn(ctx context.Context, conn net.Conn, authority string
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() }) // the caller stops: so does the tunnel
 	defer stop()
+	if header == nil {
+		header = http.Header{}
+	}
+	if header[HeaderClient] == nil {
+		header[HeaderClient] = []string{conn.RemoteAddr().String()}
+		header[HeaderClientDst] = []string{conn.LocalAddr().String()}
+	}
+	stream, r, u, err := h.openConn(ctx, authority, header, conn.RemoteAddr().String())
+	if err != nil {
+		return
+	}
+	defer stream.Close()
+	h.carry(r, h.config(), conn, stream, u, "")
+}
+
+// OpenTunnel opens a tunnel to authority as ServeConn does and returns its
+// stream, for a caller that carries something else than one TCP
+// connection over it (a UDP flow). ctx bounds the opening only: the
+// stream lives until it is closed. client is the address of whom the
+// tunnel is for, for the log.
+func (h *Handler) OpenTunnel(ctx context.Context, authority string, header http.Header, client string) (io.ReadWriteCloser, error) {
+	tctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, cancel)
+	stream, _, _, err := h.openConn(tctx, authority, header, client)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if !stop() {
+		stream.Close()
+		cancel()
+		return nil, ctx.Err()
+	}
+	return &cancelOnClose{ReadWriteCloser: stream, cancel: cancel}, nil
+}
+
+// cancelOnClose ends a tunnel's context when its stream is closed.
+type cancelOnClose struct {
+	io.ReadWriteCloser
+	cancel context.CancelFunc
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadWriteCloser.Close()
+	c.cancel()
+	return err
+}
+
+func (h *Handler) openConn(ctx context.Context, authority string, header http.Header, client string) (io.ReadWriteCloser, *http.Request, *Upstream, error) {
 	c := h.config()
 	h.requests.Add(1)
 	if c.err != nil {
 		h.failures.Add(1)
 		c.logger.Error("proxy: handler misconfigured", "err", c.err)
-		return
+		return nil, nil, nil, c.err
 	}
 	if header == nil {
 		header = http.Header{}
 	}
 	r := (&http.Request{Method: http.MethodConnect, Host: authority, URL: &url.URL{Host: authority},
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: header, Body: http.NoBody,
-		RequestURI: authority, RemoteAddr: conn.RemoteAddr().String()}).WithContext(ctx)
+		RequestURI: authority, RemoteAddr: client}).WithContext(ctx)
 	o := &outgoing{}
 	h.prepare(o, r, c)
 	o.req.Body, o.req.GetBody, o.req.ContentLength = nil, nil, 0
-	if o.req.Header[HeaderClient] == nil {
-		o.req.Header[HeaderClient] = []string{conn.RemoteAddr().String()}
-		o.req.Header[HeaderClientDst] = []string{conn.LocalAddr().String()}
+	if h.Public {
+		// prepare dropped the X-Mesh-* fields a client may not choose;
+		// these are this hop's own.
+		for _, k := range []string{HeaderClient, HeaderClientDst, HeaderProtocol} {
+			if v := header[k]; v != nil {
+				o.req.Header[k] = v
+			}
+		}
 	}
 	resp, stream, u, _, err := h.openTunnel(r, c, o, "")
 	if err == nil && stream == nil {
@@ -464,12 +536,11 @@ func (h *Handler) ServeConn(ctx context.Context, conn net.Conn, authority string
 	if err != nil {
 		h.failures.Add(1)
 		code, msg := classify(ctx, err)
-		c.logger.Warn("proxy: TCP connection not carried", "target", authority, "remote", r.RemoteAddr,
-			"upstream", u.name(), "status", code, "reason", msg, "err", err)
-		return
+		c.logger.Warn("proxy: connection not carried", "target", authority, "protocol", header.Get(HeaderProtocol),
+			"remote", client, "upstream", u.name(), "status", code, "reason", msg, "err", err)
+		return nil, nil, nil, err
 	}
-	defer stream.Close()
-	h.carry(r, c, conn, stream, u, "")
+	return stream, r, u, nil
 }
 
 // acceptTunnel tells the client the tunnel is open and returns its side of

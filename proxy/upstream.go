@@ -41,6 +41,9 @@ type Upstream struct {
 	// HeaderClientDst; LOCAL when they are missing), for an app that
 	// wants the client's address rather than its sidecar's.
 	ProxyProtocol bool
+	// UDP makes a Raw upstream's tunnels UDP: datagrams to and from Addr,
+	// carried as DATAGRAM capsules on the tunnel's stream (RelayUDP).
+	UDP bool
 
 	// Load and health, kept by the Handler for balancers (see InFlight
 	// and Ejected).
