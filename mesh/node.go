@@ -203,7 +203,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			h.Route = n.gatewayRoute
 			h.TrustRetry = true
 		} else {
-			app := &proxy.Upstream{Key: "app|" + c.Upstream, Addr: c.Upstream, Name: "app"}
+			app := &proxy.Upstream{Key: "app|" + c.Upstream, Addr: c.Upstream, Name: "app",
+				H2C: c.UpstreamProtocol == UpstreamH2C}
 			h.Route = func(out *http.Request) ([]*proxy.Upstream, error) {
 				out.Header.Del(HeaderService)
 				return []*proxy.Upstream{app}, nil

@@ -1,0 +1,142 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// h2cUpstream starts a server that speaks HTTP/2 without TLS (prior
+// knowledge, as gRPC servers do) and returns its Upstream with H2C set.
+func h2cUpstream(t *testing.T, h http.Handler) *Upstream {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	srv.Config.Protocols = &p
+	srv.Start()
+	t.Cleanup(srv.Close)
+	addr := srv.Listener.Addr().String()
+	return &Upstream{Key: "h2c|" + addr, Addr: addr, Name: "app", H2C: true}
+}
+
+// echoLines answers each line of the request body with "echo: line" at
+// once, flushed, and ends with the trailers a gRPC server sends; it
+// requires HTTP/2 and TE: trailers, as gRPC does.
+func echoLines(t *testing.T) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor != 2 || r.Header.Get("Te") != "trailers" {
+			http.Error(w, fmt.Sprintf("want HTTP/2 with TE: trailers, got %s TE %q", r.Proto, r.Header.Get("Te")), http.StatusHTTPVersionNotSupported)
+			return
+		}
+		w.Header().Set("Trailer", "Grpc-Status, Grpc-Message")
+		w.Header().Set("Content-Type", "application/grpc")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		sc := bufio.NewScanner(r.Body)
+		n := 0
+		for sc.Scan() {
+			n++
+			fmt.Fprintf(w, "echo: %s\n", sc.Text())
+			w.(http.Flusher).Flush()
+		}
+		w.Header().Set("Grpc-Status", "0")
+		w.Header().Set("Grpc-Message", fmt.Sprintf("%d lines", n))
+	})
+}
+
+// TestFullDuplexOverH1: a client sends a request body line by line over
+// HTTP/1.1 through meshd's HTTP/1.1 server and handler to an h2c
+// upstream, and sends each line only after it read the answer to the one
+// before, as a gRPC bidirectional stream does: the response streams while
+// the request body is still arriving, and the trailers arrive at the end.
+// Before, the server held the body's lock while a read waited for the
+// client, and the response header waited for that lock: nothing moved.
+func TestFullDuplexOverH1(t *testing.T) {
+	up := h2cUpstream(t, echoLines(t))
+	addr := startProxy(t, &Handler{Route: fixedRoute(up)})
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("POST", "http://"+addr+"/echo", pr)
+	req.Header.Set("Te", "trailers")
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	type result struct {
+		resp *http.Response
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := tr.RoundTrip(req)
+		done <- result{resp, err}
+	}()
+	var res result
+	select {
+	case res = <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no response header while the request body is open")
+	}
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	resp := res.resp
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("%s %s", resp.Status, b)
+	}
+	br := bufio.NewReader(resp.Body)
+	const n = 200
+	for i := range n {
+		msg := fmt.Sprintf("message %d", i)
+		if _, err := io.WriteString(pw, msg+"\n"); err != nil {
+			t.Fatal(err)
+		}
+		lineCh := make(chan string, 1)
+		go func() {
+			line, _ := br.ReadString('\n')
+			lineCh <- line
+		}()
+		select {
+		case line := <-lineCh:
+			if want := "echo: " + msg + "\n"; line != want {
+				t.Fatalf("answer %d: %q, want %q", i, line, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no answer to message %d while the request body is open", i)
+		}
+	}
+	pw.Close()
+	if rest, _ := io.ReadAll(br); len(rest) != 0 {
+		t.Fatalf("after the last answer: %q", rest)
+	}
+	if got := resp.Trailer.Get("Grpc-Status"); got != "0" || resp.Trailer.Get("Grpc-Message") != fmt.Sprintf("%d lines", n) {
+		t.Fatalf("trailers %v", resp.Trailer)
+	}
+}
+
+// TestTrailersOnlyH2C: an h2c upstream's answer with no body and its
+// status in the header (gRPC's trailers-only response) reaches an
+// HTTP/1.1 client with the header intact.
+func TestTrailersOnlyH2C(t *testing.T) {
+	up := h2cUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Grpc-Status", "5")
+		w.Header().Set("Grpc-Message", "not found")
+		w.WriteHeader(http.StatusOK)
+	}))
+	addr := startProxy(t, &Handler{Route: fixedRoute(up)})
+	resp, err := http.Post("http://"+addr+"/x", "application/grpc", strings.NewReader("\x00\x00\x00\x00\x00"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != "5" || resp.Header.Get("Grpc-Message") != "not found" || len(b) != 0 {
+		t.Fatalf("%s %v %q", resp.Status, resp.Header, b)
+	}
+}
