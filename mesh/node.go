@@ -224,8 +224,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	if c.Role == RoleSidecar {
+		// H2C: an app's gRPC client calls in plain text with HTTP/2.
 		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Logger: n.Logger,
-			TrustRetry: true}, Logger: n.Logger}
+			TrustRetry: true}, Logger: n.Logger, H2C: true}
 		if err := startServer("outbound", n.outSrv); err != nil {
 			return err
 		}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -138,5 +139,86 @@ func TestTrailersOnlyH2C(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != "5" || resp.Header.Get("Grpc-Message") != "not found" || len(b) != 0 {
 		t.Fatalf("%s %v %q", resp.Status, resp.Header, b)
+	}
+}
+
+// TestH2CListener: a plain listener with H2C serves HTTP/2 with prior
+// knowledge (a gRPC client's plain text) and HTTP/1.1 on the same port:
+// a bidirectional exchange with trailers over h2c to an h2c upstream, a
+// preface that arrives in pieces, and HTTP/1.1 requests whose methods
+// begin like the preface ("P").
+func TestH2CListener(t *testing.T) {
+	up := h2cUpstream(t, echoLines(t))
+	h1up := h2cUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s", r.Method, b)
+	}))
+	route := func(r *http.Request) ([]*Upstream, error) {
+		if r.URL.Path == "/echo" {
+			return []*Upstream{up}, nil
+		}
+		return []*Upstream{h1up}, nil
+	}
+	h := &Handler{Route: route, Pool: &Pool{}, Via: "test-hop", Logger: testLogger()}
+	t.Cleanup(h.Pool.CloseIdle)
+	addr := startWith(t, &Server{Handler: h, H2C: true}).BoundAddr()
+
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &p}
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("POST", "http://"+addr+"/echo", pr)
+	req.Header.Set("Te", "trailers")
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.ProtoMajor != 2 || resp.StatusCode != 200 {
+		t.Fatalf("%s %s", resp.Proto, resp.Status)
+	}
+	br := bufio.NewReader(resp.Body)
+	for i := range 50 {
+		fmt.Fprintf(pw, "m%d\n", i)
+		if line, err := br.ReadString('\n'); err != nil || line != fmt.Sprintf("echo: m%d\n", i) {
+			t.Fatalf("answer %d: %q %v", i, line, err)
+		}
+	}
+	pw.Close()
+	io.Copy(io.Discard, br)
+	resp.Body.Close()
+	if resp.Trailer.Get("Grpc-Status") != "0" || resp.Trailer.Get("Grpc-Message") != "50 lines" {
+		t.Fatalf("trailers %v", resp.Trailer)
+	}
+
+	// The preface in two pieces, then a request: the server waits for
+	// the rest before it decides.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, h2Preface[:5])
+	time.Sleep(50 * time.Millisecond)
+	io.WriteString(c, h2Preface[5:])
+	io.WriteString(c, "\x00\x00\x00\x04\x00\x00\x00\x00\x00") // an empty SETTINGS frame
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var frame [9]byte
+	if _, err := io.ReadFull(c, frame[:]); err != nil || frame[3] != 0x4 {
+		t.Fatalf("after a preface in pieces: frame %x, %v (want the server's SETTINGS)", frame, err)
+	}
+
+	// HTTP/1.1 on the same listener, a method starting like the preface.
+	for _, m := range []string{"POST", "PUT", "PATCH"} {
+		req, _ := http.NewRequest(m, "http://"+addr+"/", strings.NewReader("body"))
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 1 || string(b) != m+" body" {
+			t.Fatalf("%s over HTTP/1.1: %s %q", m, resp.Proto, b)
+		}
 	}
 }
