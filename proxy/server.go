@@ -153,8 +153,11 @@ type Server struct {
 	// which a request body must arrive, averaged over each BodyRateWindow
 	// spent waiting for it: a body that delivers less is cut and the
 	// request answered with 408 if no response was sent yet. Time the
-	// handler spends not reading (upstream back-pressure) does not count.
-	// Default 1 KiB/s (DefaultMinBodyRate).
+	// handler spends not reading (upstream back-pressure) does not count,
+	// nor does anything after the response began: the body is then one
+	// direction of a stream the upstream answers (a gRPC bidirectional
+	// call), which may rightly be idle. Default 1 KiB/s
+	// (DefaultMinBodyRate).
 	MinBodyRate int64
 	// BodyRateWindow is the span MinBodyRate is measured over; a body
 	// that sends nothing at all is cut after one window. Default 20 s.

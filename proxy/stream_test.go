@@ -222,3 +222,58 @@ func TestH2CListener(t *testing.T) {
 		}
 	}
 }
+
+// TestMinBodyRateSpareAnsweredStream: on a public listener the minimum
+// request body rate cuts a client that trickles a body nobody answered
+// yet (TestMinBodyRate), but not one direction of a stream the upstream
+// already answers: a bidirectional exchange whose client pauses for
+// several rate windows between messages, as a gRPC client does while it
+// has nothing to send, keeps going, over HTTP/1.1 and HTTP/2.
+func TestMinBodyRateSpareAnsweredStream(t *testing.T) {
+	const window = 200 * time.Millisecond
+	up := h2cUpstream(t, echoLines(t))
+	h := &Handler{Route: fixedRoute(up), Pool: &Pool{}, Via: "edge", Public: true, Logger: testLogger()}
+	t.Cleanup(h.Pool.CloseIdle)
+	cfg, roots := selfSigned(t)
+	plain := startWith(t, &Server{Handler: h, Public: true, MinBodyRate: 1000, BodyRateWindow: window}).BoundAddr()
+	tlsAddr := startWith(t, &Server{Handler: h, TLS: cfg, Public: true, MinBodyRate: 1000, BodyRateWindow: window}).BoundAddr()
+	for _, c := range []struct {
+		name   string
+		url    string
+		client *http.Client
+		major  int
+	}{
+		{"HTTP/1.1", "http://" + plain + "/echo", &http.Client{}, 1},
+		{"HTTP/2", "https://" + tlsAddr + "/echo", tlsClient(t, roots, true), 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pr, pw := io.Pipe()
+			defer pw.Close()
+			req, _ := http.NewRequest("POST", c.url, pr)
+			req.Header.Set("Te", "trailers")
+			resp, err := c.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != 200 || resp.ProtoMajor != c.major {
+				t.Fatalf("%s %s", resp.Proto, resp.Status)
+			}
+			br := bufio.NewReader(resp.Body)
+			for i := range 3 {
+				if i > 0 {
+					time.Sleep(3 * window) // nothing to send for a while
+				}
+				fmt.Fprintf(pw, "m%d\n", i)
+				if line, err := br.ReadString('\n'); err != nil || line != fmt.Sprintf("echo: m%d\n", i) {
+					t.Fatalf("answer %d after a pause of %v: %q %v", i, 3*window, line, err)
+				}
+			}
+			pw.Close()
+			io.Copy(io.Discard, br)
+			if resp.Trailer.Get("Grpc-Status") != "0" {
+				t.Fatalf("trailers %v", resp.Trailer)
+			}
+		})
+	}
+}
