@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -260,5 +262,27 @@ func TestGRPCThroughMesh(t *testing.T) {
 func testLog(n *Node) {
 	if os.Getenv("MESHD_TEST_LOG") != "" {
 		n.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+}
+
+// TestHealthCheckH2C: with upstream-protocol h2c, a health-path check
+// speaks HTTP/2 without TLS, which an app that speaks nothing else
+// answers; over HTTP/1.1 the same app would look dead.
+func TestHealthCheckH2C(t *testing.T) {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor != 2 || r.URL.Path != "/healthz" {
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	srv.Config.Protocols = &p
+	srv.Start()
+	defer srv.Close()
+	for proto, want := range map[string]bool{UpstreamH2C: true, UpstreamHTTP1: false} {
+		n := &Node{Config: Config{Upstream: srv.Listener.Addr().String(), HealthPath: "/healthz", UpstreamProtocol: proto}}
+		if got := n.checkApp(context.Background()); got != want {
+			t.Errorf("upstream-protocol %s: healthy %v, want %v", proto, got, want)
+		}
 	}
 }
