@@ -24,6 +24,12 @@ const (
 	RoleSidecar = "sidecar"
 )
 
+// What a sidecar's app speaks (Config.UpstreamProtocol).
+const (
+	UpstreamHTTP1 = "http1"
+	UpstreamH2C   = "h2c"
+)
+
 // Config is everything a node needs. The yaml tags are the keys of
 // `--config FILE` and match the flag names one for one.
 type Config struct {
@@ -95,6 +101,12 @@ type Config struct {
 	// SERVICE[/PORT]=LOCAL-ADDRESS; each client address is a flow carried
 	// to the port through the mesh.
 	UDPOut []string `yaml:"udp-out" usage:"sidecar: local UDP socket for a service's UDP port, SERVICE[/PORT]=127.0.0.1:1053 (repeatable)" list:"repeat"`
+	// UpstreamProtocol is what the app speaks at Upstream: http1
+	// (HTTP/1.1) or h2c (HTTP/2 without TLS, with prior knowledge: a gRPC
+	// server). Chosen, not detected: an app that speaks only one of them
+	// refuses the other's first request, so guessing costs a failed
+	// request or a probe per connection. Default http1.
+	UpstreamProtocol string `yaml:"upstream-protocol" usage:"sidecar: what the app speaks, http1 or h2c (HTTP/2 without TLS, e.g. a gRPC server) (default http1)"`
 	// Outbound is the sidecar's plaintext listener for the app's calls to
 	// http://<service>.mesh/. Default "127.0.0.1:15001".
 	Outbound string `yaml:"outbound" usage:"sidecar listener for the app's calls to http://<service>.mesh/ (default 127.0.0.1:15001)"`
@@ -320,6 +332,9 @@ func (c *Config) SetDefaults() {
 	if c.Outbound == "" {
 		c.Outbound = "127.0.0.1:15001"
 	}
+	if c.UpstreamProtocol == "" {
+		c.UpstreamProtocol = UpstreamHTTP1
+	}
 	if c.HealthInterval == 0 {
 		c.HealthInterval = time.Second
 	}
@@ -423,6 +438,11 @@ func (c *Config) Validate() error {
 	}
 	if c.HealthInterval < 0 {
 		return fieldErr("health-interval", "must not be negative")
+	}
+	switch c.UpstreamProtocol {
+	case "", UpstreamHTTP1, UpstreamH2C:
+	default:
+		return fieldErr("upstream-protocol", "%q: want http1 or h2c", c.UpstreamProtocol)
 	}
 	switch c.LogFormat {
 	case "text", "json":

@@ -32,6 +32,8 @@ func TestConfigValidate(t *testing.T) {
 		{"tiny ttl", func(c *Config) { c.SVIDTTL = time.Millisecond }, "svid-ttl"},
 		{"no upstream", func(c *Config) { c.Upstream = "" }, "upstream"},
 		{"bad upstream", func(c *Config) { c.Upstream = "localhost" }, "upstream"},
+		{"h2c upstream", func(c *Config) { c.UpstreamProtocol = UpstreamH2C }, ""},
+		{"bad upstream protocol", func(c *Config) { c.UpstreamProtocol = "http2" }, "upstream-protocol"},
 		{"bad port", func(c *Config) { c.Listen = "127.0.0.1:99999" }, "listen"},
 		{"bad join", func(c *Config) { c.Join = []string{"10.0.0.1"} }, "join"},
 		{"bad service", func(c *Config) { c.Service = "web.api" }, "service"},

@@ -17,10 +17,24 @@ var healthClient = &http.Client{
 	},
 }
 
+// healthClientH2C is healthClient for an app that speaks HTTP/2 without
+// TLS (Config.UpstreamProtocol h2c).
+var healthClientH2C = &http.Client{
+	Timeout:       2 * time.Second,
+	Transport:     &http.Transport{DisableKeepAlives: true, Proxy: nil, Protocols: h2cOnly()},
+	CheckRedirect: healthClient.CheckRedirect,
+}
+
+func h2cOnly() *http.Protocols {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	return &p
+}
+
 // checkApp runs one health check of the sidecar's app: an HTTP GET of
 // HealthPath (2xx or 3xx is healthy) or, without one, a TCP connect: to
 // the app's HTTP address, or for an app without one (TCP ports only) to its
-// first TCP port.
+// first TCP port; an app with UDP ports only is not checked.
 func (n *Node) checkApp(ctx context.Context) bool {
 	c := &n.Config
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -35,6 +49,11 @@ func (n *Node) checkApp(ctx context.Context) bool {
 				}
 			}
 		}
+		if addr == "" {
+			// UDP ports only: UDP has no handshake to check without
+			// speaking the app's protocol; the app counts as up.
+			return true
+		}
 		var d net.Dialer
 		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
@@ -48,7 +67,11 @@ func (n *Node) checkApp(ctx context.Context) bool {
 		return false
 	}
 	req.Header.Set("User-Agent", "meshd-health")
-	resp, err := healthClient.Do(req)
+	client := healthClient
+	if c.UpstreamProtocol == UpstreamH2C {
+		client = healthClientH2C
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return false
 	}

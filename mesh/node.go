@@ -210,7 +210,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			h.Route = n.gatewayRoute
 			h.TrustRetry = true
 		} else {
-			app := &proxy.Upstream{Key: "app|" + c.Upstream, Addr: c.Upstream, Name: "app"}
+			app := &proxy.Upstream{Key: "app|" + c.Upstream, Addr: c.Upstream, Name: "app",
+				H2C: c.UpstreamProtocol == UpstreamH2C}
 			ports := newAppPorts(c.AppPorts())
 			h.Route = func(out *http.Request) ([]*proxy.Upstream, error) {
 				out.Header.Del(HeaderService)
@@ -239,7 +240,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	if c.Role == RoleSidecar {
 		out := &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Logger: n.Logger, TrustRetry: true}
-		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: out, Logger: n.Logger}
+		// H2C: an app's gRPC client calls in plain text with HTTP/2.
+		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: out, Logger: n.Logger, H2C: true}
 		if err := startServer("outbound", n.outSrv); err != nil {
 			return err
 		}

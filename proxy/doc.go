@@ -43,6 +43,14 @@
 // Handler.TunnelIdleTimeout is closed. A public listener refuses CONNECT
 // (405): an edge is not an open proxy.
 //
+// Responses without a declared length, and event streams, are flushed as
+// each piece arrives, and a request body and its response stream at once
+// (full duplex, as gRPC's bidirectional calls need) on every listener,
+// meshd's HTTP/1.1 server included; trailers pass in HTTP/1.1's chunked
+// framing as in HTTP/2's. A plain upstream with Upstream.H2C speaks HTTP/2
+// with prior knowledge (a gRPC server), and a plain Server with H2C
+// accepts it beside HTTP/1.1 (h2c.go).
+//
 // # Listeners
 //
 // A [Server] serves HTTP/1.1, or TLS with HTTP/2 and HTTP/1.1 by ALPN, and

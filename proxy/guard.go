@@ -239,6 +239,13 @@ var errBodyTooSlow = errors.New("proxy: request body arrived too slowly")
 // the current window, so a client that sends nothing is cut when the window
 // ends; after each window of waiting, fewer than minRate×window bytes cut
 // the body too.
+//
+// The rate applies only until the response begins. After that the request
+// body is one direction of a stream the upstream has answered (a gRPC
+// bidirectional call, a chat, a long poll upload), whose client may
+// rightly send nothing for minutes while it reads; a slow client that
+// holds a request open to tie up the server gets no answer before its
+// body is in, and so stays bounded.
 type guardBody struct {
 	rc  io.ReadCloser
 	rc2 *http.ResponseController
@@ -256,17 +263,44 @@ type guardBody struct {
 	// writer must no longer be used.
 	mu   sync.Mutex
 	done bool
+
+	// answered: a final response header was written; the rate no
+	// longer applies (see above). Set on the handler's goroutine, read on
+	// the reader's.
+	answered atomic.Bool
 }
 
-// setDeadline sets the read deadline unless the handler has returned.
+// responding ends the rate check once the response begins: the deadline a
+// Read waiting now has is lifted too.
+func (b *guardBody) responding() {
+	if b.lim.minRate == 0 || b.answered.Swap(true) {
+		return
+	}
+	b.clearDeadline()
+}
+
+// setDeadline sets the read deadline unless the handler has returned or
+// the response began.
 func (b *guardBody) setDeadline(t time.Time) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.done {
 		return http.ErrBodyReadAfterClose
 	}
-	return b.rc2.SetReadDeadline(t)
+	if b.answered.Load() {
+		// responding cleared deadlines already, or is about to
+		// under b.mu: none is set after it.
+		return errAnswered
+	}
+	err := b.rc2.SetReadDeadline(t)
+	if err == nil {
+		b.deadline = true
+	}
+	return err
 }
+
+// errAnswered: no read deadline once the response began.
+var errAnswered = errors.New("proxy: the response began")
 
 // finish runs when the handler returns: no use of the writer after it.
 func (b *guardBody) finish() {
@@ -304,20 +338,17 @@ func (b *guardBody) Read(p []byte) (int, error) {
 		}
 	}
 	var start time.Time
-	if b.lim.minRate > 0 {
+	rate := b.lim.minRate > 0 && !b.answered.Load()
+	if rate {
 		start = time.Now()
-		if err := b.setDeadline(start.Add(b.lim.window - b.waited)); err == nil {
-			b.mu.Lock()
-			b.deadline = true
-			b.mu.Unlock()
-		}
+		_ = b.setDeadline(start.Add(b.lim.window - b.waited))
 	}
 	n, err := b.rc.Read(p)
 	b.total += int64(n)
 	if b.lim.maxBody > 0 && b.total > b.lim.maxBody {
 		return n - int(b.total-b.lim.maxBody), b.cut(http.StatusRequestEntityTooLarge, &http.MaxBytesError{Limit: b.lim.maxBody})
 	}
-	if b.lim.minRate > 0 {
+	if rate && !b.answered.Load() {
 		b.waited += time.Since(start)
 		b.winBytes += int64(n)
 		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
@@ -380,6 +411,7 @@ func (w *guardWriter) WriteHeader(code int) {
 		return
 	}
 	w.wrote = true
+	w.body.responding()
 	w.ResponseWriter.WriteHeader(code)
 }
 

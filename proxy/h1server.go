@@ -1008,10 +1008,18 @@ type h1body struct {
 	w   *h1resp
 	req *http.Request
 
+	// rmu is held by whoever reads the body from the connection, and
+	// guards remaining and inChunk; mu guards the rest and is never held
+	// while a read waits for the client, so that the response can be
+	// written while the request body is still arriving (full duplex: a
+	// gRPC bidirectional stream, where the client sends its next message
+	// only after it got the answer to the last one).
+	rmu          sync.Mutex
 	mu           sync.Mutex
 	chunked      bool
 	remaining    int64 // of the Content-Length body, or of the current chunk
 	inChunk      bool  // remaining counts a chunk's data
+	left         int64 // remaining of a Content-Length body after the last read, for headerSent
 	eof          bool
 	err          error
 	closed       bool // the exchange ended: reads fail
@@ -1027,6 +1035,7 @@ func (b *h1body) init(c *h1conn, w *h1resp, r *http.Request) {
 	b.chunked = r.TransferEncoding != nil
 	if !b.chunked {
 		b.remaining = r.ContentLength
+		b.left = r.ContentLength
 		b.eof = r.ContentLength <= 0
 	}
 	if _, ok := r.Header["Expect"]; ok {
@@ -1059,19 +1068,24 @@ func (b *h1body) headerSent() (keep bool) {
 	case b.err != nil, b.expect && !b.sawFirstRead:
 		return false
 	}
-	return b.chunked || b.remaining <= maxDrain
+	return b.chunked || b.left <= maxDrain
 }
 
 func (b *h1body) Read(p []byte) (int, error) {
+	b.rmu.Lock()
+	defer b.rmu.Unlock()
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.closed {
+		b.mu.Unlock()
 		return 0, errBodyAfterClose
 	}
 	if b.err != nil {
-		return 0, b.err
+		err := b.err
+		b.mu.Unlock()
+		return 0, err
 	}
 	if b.eof {
+		b.mu.Unlock()
 		return 0, io.EOF
 	}
 	if !b.sawFirstRead {
@@ -1084,18 +1098,22 @@ func (b *h1body) Read(p []byte) (int, error) {
 			b.c.armWrite()
 			if _, err := b.c.write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
 				b.err = err
+				b.mu.Unlock()
 				return 0, err
 			}
 		}
 	}
+	b.mu.Unlock()
 	n, err := b.read(p)
 	if err != nil && err != io.EOF {
+		b.mu.Lock()
 		b.err = err
+		b.mu.Unlock()
 	}
 	return n, err
 }
 
-// read reads the next bytes; b.mu is held.
+// read reads the next bytes; b.rmu is held, b.mu is not.
 func (b *h1body) read(p []byte) (int, error) {
 	br := b.c.br
 	if !b.chunked {
@@ -1104,10 +1122,14 @@ func (b *h1body) read(p []byte) (int, error) {
 		}
 		n, err := br.Read(p)
 		b.remaining -= int64(n)
+		b.mu.Lock()
+		b.left = b.remaining
 		if b.remaining == 0 {
 			b.eof = true
+			b.mu.Unlock()
 			return n, io.EOF
 		}
+		b.mu.Unlock()
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
@@ -1122,7 +1144,9 @@ func (b *h1body) read(p []byte) (int, error) {
 			if err := b.readTrailer(); err != nil {
 				return 0, err
 			}
+			b.mu.Lock()
 			b.eof = true
+			b.mu.Unlock()
 			return 0, io.EOF
 		}
 		b.remaining, b.inChunk = size, true
@@ -1231,13 +1255,16 @@ const maxDrain = 256 << 10
 // finish ends the body after the handler returned; it reports whether the
 // connection can carry another request.
 func (b *h1body) finish() bool {
+	b.rmu.Lock()
+	defer b.rmu.Unlock()
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	defer func() { b.closed = true }()
-	if b.eof {
+	eof, fail := b.eof, b.err != nil || b.closed || (b.expect && !b.sawFirstRead)
+	b.closed = true
+	b.mu.Unlock()
+	if eof {
 		return true
 	}
-	if b.err != nil || b.closed || (b.expect && !b.sawFirstRead) {
+	if fail {
 		// Failed, or the client still waits for 100 Continue and sends
 		// nothing: the connection's state is unknown.
 		return false

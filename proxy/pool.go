@@ -58,7 +58,8 @@ type Pool struct {
 	// HTTP2 selects the protocol for TLS upstreams: true offers h2 by ALPN
 	// and multiplexes requests on one connection per upstream (a new one
 	// only when the peer's stream limit is reached); false keeps a pool of
-	// HTTP/1.1 connections. Plain upstreams always use HTTP/1.1.
+	// HTTP/1.1 connections. Plain upstreams use HTTP/1.1 unless
+	// Upstream.H2C.
 	//
 	// Default false, by measurement: go test -run '^$' -bench 'ProxyTLS'
 	// -benchtime=2s -count=8 (TLS upstream on loopback, 50 parallel
@@ -352,6 +353,14 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 	uc.t = t
 	uc.headerTimeout = headerTimeout
 	t.DialContext = uc.boundDial(dial, false)
+	if u.TLS == nil && u.H2C {
+		// HTTP/2 with prior knowledge: the transport uses it for http://
+		// URLs when HTTP/1 is not among its protocols.
+		protocols.SetHTTP1(false)
+		protocols.SetUnencryptedHTTP2(true)
+		t.HTTP2 = &http.HTTP2Config{SendPingTimeout: h2PingInterval}
+		return uc
+	}
 	if u.TLS == nil {
 		uc.dialTunnel = func(ctx context.Context) (net.Conn, error) { return dial(ctx, "tcp", u.Addr) }
 		uc.h1 = uc.newH1Pool(func(ctx context.Context) (net.Conn, error) {

@@ -128,6 +128,13 @@ type Server struct {
 	// other method gets 425 Too Early and the client retries after the
 	// handshake (RFC 8470). Requires HTTP3. Default false.
 	Allow0RTT bool
+	// H2C makes a plain listener (TLS nil) serve HTTP/2 with prior
+	// knowledge (RFC 9113 §3.3) besides HTTP/1.1: a connection that opens
+	// with the HTTP/2 preface goes to net/http's HTTP/2 server (h2c.go).
+	// For a sidecar's outbound listener, where gRPC clients call other
+	// services in plain text. Ignored with TLS, which chooses HTTP/2 by
+	// ALPN. Default false.
+	H2C bool
 	// MaxConcurrentStreams bounds the requests one HTTP/2 or HTTP/3
 	// connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS,
 	// RFC 9113 §6.5.2; QUIC MAX_STREAMS, RFC 9000 §4.6). Default 250.
@@ -154,8 +161,11 @@ type Server struct {
 	// which a request body must arrive, averaged over each BodyRateWindow
 	// spent waiting for it: a body that delivers less is cut and the
 	// request answered with 408 if no response was sent yet. Time the
-	// handler spends not reading (upstream back-pressure) does not count.
-	// Default 1 KiB/s (DefaultMinBodyRate).
+	// handler spends not reading (upstream back-pressure) does not count,
+	// nor does anything after the response began: the body is then one
+	// direction of a stream the upstream answers (a gRPC bidirectional
+	// call), which may rightly be idle. Default 1 KiB/s
+	// (DefaultMinBodyRate).
 	MinBodyRate int64
 	// BodyRateWindow is the span MinBodyRate is measured over; a body
 	// that sends nothing at all is cut after one window. Default 20 s.
@@ -310,21 +320,26 @@ func (s *Server) Start(ctx context.Context) error {
 		addr:           bound,
 	}
 	var (
-		srv    *http.Server // HTTP/2 connections; nil without TLS
+		srv    *http.Server // HTTP/2 connections; nil without TLS or H2C
 		hl     *handoffListener
 		tlsCfg *tls.Config
 	)
-	if s.TLS != nil {
+	if s.TLS != nil || s.H2C {
 		// HTTP/1.1 is meshd's own server (h1server.go); HTTP/2
 		// connections go to net/http's, which gets them after the TLS
-		// handshake through a handoff listener.
-		tlsCfg = s.TLS.Clone()
-		if len(tlsCfg.NextProtos) == 0 {
-			tlsCfg.NextProtos = []string{"h2", "http/1.1"}
-		}
+		// handshake (or, with H2C, once they opened with the HTTP/2
+		// preface) through a handoff listener.
 		var protocols http.Protocols
-		protocols.SetHTTP1(true)
-		protocols.SetHTTP2(true)
+		if s.TLS != nil {
+			tlsCfg = s.TLS.Clone()
+			if len(tlsCfg.NextProtos) == 0 {
+				tlsCfg.NextProtos = []string{"h2", "http/1.1"}
+			}
+			protocols.SetHTTP1(true)
+			protocols.SetHTTP2(true)
+		} else {
+			protocols.SetUnencryptedHTTP2(true)
+		}
 		srv = &http.Server{
 			Handler:           g,
 			ReadHeaderTimeout: h1.headerTimeout,
@@ -411,6 +426,10 @@ func (s *Server) acceptLoop(ln net.Listener, tlsCfg *tls.Config, h1 *h1srv, hl *
 		}
 		backoff = 0
 		if tlsCfg == nil {
+			if hl != nil {
+				go servePlainH2C(c, h1, hl, logger, bound)
+				continue
+			}
 			go h1.serve(c, nil)
 			continue
 		}

@@ -44,6 +44,13 @@ type Upstream struct {
 	// UDP makes a Raw upstream's tunnels UDP: datagrams to and from Addr,
 	// carried as DATAGRAM capsules on the tunnel's stream (RelayUDP).
 	UDP bool
+	// H2C makes a plain upstream (TLS nil) speak HTTP/2 with prior
+	// knowledge (RFC 9113 §3.3, "h2c"): an app that serves gRPC, whose
+	// servers speak nothing else without TLS. Requests then go through
+	// http.Transport's HTTP/2 client, multiplexed on one connection; the
+	// HTTP/1.1 fast path is not used. Ignored when TLS is set. Default
+	// false: HTTP/1.1.
+	H2C bool
 
 	// Load and health, kept by the Handler for balancers (see InFlight
 	// and Ejected).
