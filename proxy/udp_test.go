@@ -45,6 +45,7 @@ func udpEcho(t testing.TB) string {
 type relays struct {
 	target string
 	idle   time.Duration
+	tcp    bool // a loopback TCP pair instead of net.Pipe: capsules split and coalesce
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	stats  []UDPStats
@@ -53,7 +54,15 @@ type relays struct {
 }
 
 func (r *relays) open(ctx context.Context, client netip.AddrPort) (io.ReadWriteCloser, error) {
-	a, b := net.Pipe()
+	var a, b net.Conn
+	if r.tcp {
+		var err error
+		if a, b, err = loopbackTCPPair(); err != nil {
+			return nil, err
+		}
+	} else {
+		a, b = net.Pipe()
+	}
 	r.opened.Add(1)
 	r.wg.Add(1)
 	go func() {
@@ -65,6 +74,31 @@ func (r *relays) open(ctx context.Context, client netip.AddrPort) (io.ReadWriteC
 		r.mu.Unlock()
 	}()
 	return a, nil
+}
+
+// loopbackTCPPair returns the two ends of a loopback TCP connection.
+func loopbackTCPPair() (net.Conn, net.Conn, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ln.Close()
+	type accepted struct {
+		c   net.Conn
+		err error
+	}
+	ac := make(chan accepted, 1)
+	go func() { c, err := ln.Accept(); ac <- accepted{c, err} }()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return nil, nil, err
+	}
+	r := <-ac
+	if r.err != nil {
+		a.Close()
+		return nil, nil, r.err
+	}
+	return a, r.c, nil
 }
 
 func (r *relays) done() int {
@@ -202,10 +236,16 @@ func runClient(c *net.UDPConn, addr *net.UDPAddr, id string, n, window int, dead
 }
 
 // TestUDPForwardRelayEcho: 1,000 datagrams from one client, then 300 from
-// each of 4 clients at once, through UDPForwarder → net.Pipe → RelayUDP →
-// a UDP echo server; every one comes back to its own client, none lost.
+// each of 4 clients at once, through UDPForwarder → net.Pipe (or loopback
+// TCP) → RelayUDP → a UDP echo server; every one comes back to its own
+// client, none lost.
 func TestUDPForwardRelayEcho(t *testing.T) {
-	r := &relays{target: udpEcho(t), idle: 30 * time.Second}
+	t.Run("pipe", func(t *testing.T) { testUDPForwardRelayEcho(t, false) })
+	t.Run("tcp", func(t *testing.T) { testUDPForwardRelayEcho(t, true) })
+}
+
+func testUDPForwardRelayEcho(t *testing.T, tcp bool) {
+	r := &relays{target: udpEcho(t), idle: 30 * time.Second, tcp: tcp}
 	f := &UDPForwarder{Open: r.open, IdleTimeout: 30 * time.Second}
 	addr, stop := serveUDP(t, f)
 	deadline := time.Now().Add(10 * time.Second)
