@@ -603,3 +603,46 @@ func TestUDPRelayTargetNotListening(t *testing.T) {
 	}
 	a.Close()
 }
+
+// TestUDPStuckStream: a stream that takes no bytes (its peer never reads)
+// holds up only its own flow, which closes after IdleTimeout; the datagram
+// in the blocked write and those queued behind it are counted as dropped.
+func TestUDPStuckStream(t *testing.T) {
+	var mu sync.Mutex
+	var peers []net.Conn
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range peers {
+			c.Close()
+		}
+	})
+	r := &relays{target: udpEcho(t), idle: 30 * time.Second}
+	stuck := udpClient(t)
+	stuckPort := stuck.LocalAddr().(*net.UDPAddr).AddrPort()
+	f := &UDPForwarder{
+		IdleTimeout: 150 * time.Millisecond,
+		Open: func(ctx context.Context, client netip.AddrPort) (io.ReadWriteCloser, error) {
+			if client != stuckPort {
+				return r.open(ctx, client)
+			}
+			a, b := net.Pipe() // nobody reads b
+			mu.Lock()
+			peers = append(peers, b)
+			mu.Unlock()
+			return a, nil
+		},
+	}
+	addr, _ := serveUDP(t, f)
+	for i := range 5 {
+		stuck.WriteToUDP(fmt.Appendf(nil, "stuck%d", i), addr)
+	}
+	// Another client is served meanwhile.
+	if err := pingPong(udpClient(t), addr, []byte("free"), 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the stuck flow to close", 3*time.Second, func() bool { return f.Stats().DroppedFlowClosed == 5 })
+	if st := f.Stats(); st.DatagramsUp != 1 || st.Flows != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+}

@@ -157,6 +157,9 @@ remote-control:
 		c.Write(q)
 		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 		n, err := c.Read(buf)
+		for err == nil && n >= 2 && !bytes.Equal(buf[:2], q[:2]) {
+			n, err = c.Read(buf) // a late answer to an earlier attempt
+		}
 		if err != nil {
 			time.Sleep(20 * time.Millisecond) // not up yet (or refused)
 			continue
