@@ -288,18 +288,17 @@ func (s *udpServe) newFlowLocked(client netip.AddrPort) *udpFlow {
 }
 
 // checkIdle runs on the flow's timer: it closes a flow that carried nothing
-// for s.idle and has nothing queued, or sets the timer for the rest.
+// for s.idle, or sets the timer for the rest. A datagram queued under s.mu
+// has moved fl.last, so none can slip in between this check and the
+// removal; one still queued here has waited s.idle behind a stuck write,
+// and closing the stream ends that write too.
 func (s *udpServe) checkIdle(fl *udpFlow) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if fl.gone {
 		return
 	}
-	rest := s.idle - time.Duration(s.now()-fl.last.Load())
-	if rest > 0 || len(fl.queue) > 0 {
-		if rest <= 0 {
-			rest = s.idle
-		}
+	if rest := s.idle - time.Duration(s.now()-fl.last.Load()); rest > 0 {
 		fl.timer.Reset(rest)
 		return
 	}

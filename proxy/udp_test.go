@@ -45,6 +45,7 @@ func udpEcho(t testing.TB) string {
 type relays struct {
 	target string
 	idle   time.Duration
+	tcp    bool // a loopback TCP pair instead of net.Pipe: capsules split and coalesce
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	stats  []UDPStats
@@ -53,7 +54,15 @@ type relays struct {
 }
 
 func (r *relays) open(ctx context.Context, client netip.AddrPort) (io.ReadWriteCloser, error) {
-	a, b := net.Pipe()
+	var a, b net.Conn
+	if r.tcp {
+		var err error
+		if a, b, err = loopbackTCPPair(); err != nil {
+			return nil, err
+		}
+	} else {
+		a, b = net.Pipe()
+	}
 	r.opened.Add(1)
 	r.wg.Add(1)
 	go func() {
@@ -65,6 +74,31 @@ func (r *relays) open(ctx context.Context, client netip.AddrPort) (io.ReadWriteC
 		r.mu.Unlock()
 	}()
 	return a, nil
+}
+
+// loopbackTCPPair returns the two ends of a loopback TCP connection.
+func loopbackTCPPair() (net.Conn, net.Conn, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ln.Close()
+	type accepted struct {
+		c   net.Conn
+		err error
+	}
+	ac := make(chan accepted, 1)
+	go func() { c, err := ln.Accept(); ac <- accepted{c, err} }()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return nil, nil, err
+	}
+	r := <-ac
+	if r.err != nil {
+		a.Close()
+		return nil, nil, r.err
+	}
+	return a, r.c, nil
 }
 
 func (r *relays) done() int {
@@ -202,10 +236,16 @@ func runClient(c *net.UDPConn, addr *net.UDPAddr, id string, n, window int, dead
 }
 
 // TestUDPForwardRelayEcho: 1,000 datagrams from one client, then 300 from
-// each of 4 clients at once, through UDPForwarder → net.Pipe → RelayUDP →
-// a UDP echo server; every one comes back to its own client, none lost.
+// each of 4 clients at once, through UDPForwarder → net.Pipe (or loopback
+// TCP) → RelayUDP → a UDP echo server; every one comes back to its own
+// client, none lost.
 func TestUDPForwardRelayEcho(t *testing.T) {
-	r := &relays{target: udpEcho(t), idle: 30 * time.Second}
+	t.Run("pipe", func(t *testing.T) { testUDPForwardRelayEcho(t, false) })
+	t.Run("tcp", func(t *testing.T) { testUDPForwardRelayEcho(t, true) })
+}
+
+func testUDPForwardRelayEcho(t *testing.T, tcp bool) {
+	r := &relays{target: udpEcho(t), idle: 30 * time.Second, tcp: tcp}
 	f := &UDPForwarder{Open: r.open, IdleTimeout: 30 * time.Second}
 	addr, stop := serveUDP(t, f)
 	deadline := time.Now().Add(10 * time.Second)
@@ -562,4 +602,47 @@ func TestUDPRelayTargetNotListening(t *testing.T) {
 		t.Fatalf("no send errors counted: %+v", st)
 	}
 	a.Close()
+}
+
+// TestUDPStuckStream: a stream that takes no bytes (its peer never reads)
+// holds up only its own flow, which closes after IdleTimeout; the datagram
+// in the blocked write and those queued behind it are counted as dropped.
+func TestUDPStuckStream(t *testing.T) {
+	var mu sync.Mutex
+	var peers []net.Conn
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range peers {
+			c.Close()
+		}
+	})
+	r := &relays{target: udpEcho(t), idle: 30 * time.Second}
+	stuck := udpClient(t)
+	stuckPort := stuck.LocalAddr().(*net.UDPAddr).AddrPort()
+	f := &UDPForwarder{
+		IdleTimeout: 150 * time.Millisecond,
+		Open: func(ctx context.Context, client netip.AddrPort) (io.ReadWriteCloser, error) {
+			if client != stuckPort {
+				return r.open(ctx, client)
+			}
+			a, b := net.Pipe() // nobody reads b
+			mu.Lock()
+			peers = append(peers, b)
+			mu.Unlock()
+			return a, nil
+		},
+	}
+	addr, _ := serveUDP(t, f)
+	for i := range 5 {
+		stuck.WriteToUDP(fmt.Appendf(nil, "stuck%d", i), addr)
+	}
+	// Another client is served meanwhile.
+	if err := pingPong(udpClient(t), addr, []byte("free"), 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the stuck flow to close", 3*time.Second, func() bool { return f.Stats().DroppedFlowClosed == 5 })
+	if st := f.Stats(); st.DatagramsUp != 1 || st.Flows != 2 {
+		t.Fatalf("stats %+v", st)
+	}
 }
