@@ -417,3 +417,135 @@ func TestWebSocketPublicTLS(t *testing.T) {
 	}
 	pw.Close()
 }
+
+// startUnbound runs Debian's unbound on a free 127.0.0.1 port with one
+// local record, meshd.test A 192.0.2.7, and returns its address.
+func startUnbound(t *testing.T) string {
+	t.Helper()
+	bin := needTool(t, "unbound", "unbound", "/usr/sbin/unbound")
+	dir := t.TempDir()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := pc.LocalAddr().(*net.UDPAddr).Port
+	pc.Close()
+	cfg := fmt.Sprintf(`server:
+	interface: 127.0.0.1
+	port: %d
+	do-ip6: no
+	do-tcp: no
+	do-daemonize: no
+	chroot: ""
+	username: ""
+	pidfile: ""
+	directory: %q
+	use-syslog: no
+	logfile: ""
+	num-threads: 1
+	module-config: "iterator"
+	access-control: 127.0.0.0/8 allow
+	local-zone: "meshd.test." static
+	local-data: "meshd.test. 300 IN A 192.0.2.7"
+remote-control:
+	control-enable: no
+`, port, dir)
+	path := filepath.Join(dir, "unbound.conf")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-d", "-c", path)
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill() // by its PID
+		cmd.Wait()
+	})
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	eventually(t, 10*time.Second, "unbound answers", func() error {
+		if out, err := dig(t, addr, 1, 0); err != nil || out != 1 {
+			return fmt.Errorf("%v (%d answers; log: %s)", err, out, log.String())
+		}
+		return nil
+	})
+	return addr
+}
+
+// dig asks addr n times for meshd.test A with dig, from source port
+// srcPort (0: dig's own choice), and returns how many answers were right.
+func dig(t *testing.T, addr string, n, srcPort int) (int, error) {
+	t.Helper()
+	bin := needTool(t, "dig (dnsutils)", "dig")
+	host, port, _ := net.SplitHostPort(addr)
+	var batch strings.Builder
+	for range n {
+		fmt.Fprintf(&batch, "@%s -p %s meshd.test A +short +tries=1 +time=2", host, port)
+		if srcPort != 0 {
+			fmt.Fprintf(&batch, " -b 127.0.0.1#%d", srcPort)
+		}
+		batch.WriteString("\n")
+	}
+	path := filepath.Join(t.TempDir(), "batch")
+	if err := os.WriteFile(path, []byte(batch.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "-f", path).CombinedOutput()
+	good := 0
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.TrimSpace(l) == "192.0.2.7" {
+			good++
+		}
+	}
+	return good, err
+}
+
+// TestDNSThroughMesh: dig, BIND's DNS client, asks unbound, a DNS server
+// that runs only in region us, through a sidecar's --udp-out socket in eu
+// (sidecar → gateway eu → gateway us → sidecar → unbound, datagrams as
+// capsules on CONNECT tunnels) and through an edge's --public-udp port:
+// 1,000 queries each way, none lost.
+func TestDNSThroughMesh(t *testing.T) {
+	ub := startUnbound(t)
+	m := newRouteMesh(t)
+	gwEU := m.gateway("gw-eu", "eu")
+	gwUS := m.gateway("gw-us", "us", "--wan-join", gwEU.addr("wan-gossip"))
+	m.node("dns-us-1", "--role", "sidecar", "--region", "us", "--service", "dns", "--udp", "dns="+ub,
+		"--outbound", "127.0.0.1:0", "--join", gwUS.addr("gossip"), "--health-interval", "300ms")
+	api := m.sidecar("api-eu-1", "api", "eu", startApp(t, "api", "api-eu-1", "eu"), gwEU, "--udp-out", "dns/dns=127.0.0.1:0")
+	edge := m.node("edge-eu", "--role", "edge", "--region", "eu", "--public-http", "127.0.0.1:0",
+		"--wan-join", gwEU.addr("wan-gossip"), "--public-udp", "127.0.0.1:0=dns")
+	for _, path := range []struct{ name, addr string }{
+		{"sidecar", api.addr("udp-out dns/dns")}, {"edge", edge.addr("public-udp 127.0.0.1:0")},
+	} {
+		eventually(t, 20*time.Second, "dig through the "+path.name, func() error {
+			if n, err := dig(t, path.addr, 1, 0); n != 1 {
+				return fmt.Errorf("no answer (%v)", err)
+			}
+			return nil
+		})
+		// One source port: one flow, as a resolver's would be.
+		src := freeUDPPortE2E(t)
+		if n, err := dig(t, path.addr, 1000, src); n != 1000 {
+			t.Errorf("through the %s: %d of 1000 queries answered (%v)", path.name, n, err)
+		}
+		// dig's own random ports: a flow per query, 200 of them.
+		if n, err := dig(t, path.addr, 200, 0); n != 200 {
+			t.Errorf("through the %s, a flow per query: %d of 200 answered (%v)", path.name, n, err)
+		}
+	}
+}
+
+func freeUDPPortE2E(t *testing.T) int {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	return pc.LocalAddr().(*net.UDPAddr).Port
+}
