@@ -15,13 +15,18 @@
 #
 #   sudo bench/l4.sh              # about 2 min
 #   sudo QUICK=1 bench/l4.sh      # smoke run: 2 s per step, one round
-#   knobs: ROUNDS DURATION STREAMS MESHD MESHD_LOG_LEVEL KEEP QUICK
+# and UDP (iperf3 -u at UDP_RATE, default 50 Mbit/s, 1,400-byte datagrams)
+# through the same paths but HAProxy's (which carries no UDP): loss and
+# throughput; meshd's target is no loss at 50 Mbit/s.
+#
+#   knobs: ROUNDS DURATION STREAMS UDP_RATE MESHD MESHD_LOG_LEVEL KEEP QUICK
 set -euo pipefail
 
 QUICK="${QUICK:-0}"
 SECONDS_PER="${DURATION:-5}"
 [[ $QUICK == 1 ]] && SECONDS_PER=2 && ROUNDS="${ROUNDS:-1}"
 STREAMS="${STREAMS:-1}" # iperf3 -P
+UDP_RATE="${UDP_RATE:-50M}" # iperf3 -u -b
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -79,17 +84,18 @@ start meshd-gw "$m" run --role gateway --name gw "${common[@]}" --listen "127.0.
 GW_PID=$PID
 wait_ok "gateway /readyz" "$GW_PID" meshd-gw "http://127.0.0.1:${P[8]}/readyz"
 start meshd-srv "$m" run --role sidecar --name iperf-1 --service iperf "${common[@]}" --tcp "iperf=127.0.0.1:$SRV_PORT" \
+	--udp "iperf=127.0.0.1:$SRV_PORT" \
 	--listen "127.0.0.1:${P[9]}" --gossip-addr "127.0.0.1:${P[10]}" --outbound "127.0.0.1:0" \
 	--join "127.0.0.1:${P[6]}" --admin "127.0.0.1:${P[11]}"
 SRV_SC_PID=$PID
 wait_ok "server sidecar /readyz" "$SRV_SC_PID" meshd-srv "http://127.0.0.1:${P[11]}/readyz"
 start meshd-cli "$m" run --role sidecar --name client-1 --service client "${common[@]}" --upstream "127.0.0.1:$SRV_PORT" \
-	--tcp-out "iperf=127.0.0.1:${P[12]}" --listen "127.0.0.1:0" --gossip-addr "127.0.0.1:0" --outbound "127.0.0.1:0" \
+	--tcp-out "iperf=127.0.0.1:${P[12]}" --udp-out "iperf=127.0.0.1:${P[12]}" --listen "127.0.0.1:0" --gossip-addr "127.0.0.1:0" --outbound "127.0.0.1:0" \
 	--join "127.0.0.1:${P[6]}" --admin "127.0.0.1:${P[13]}"
 CLI_SC_PID=$PID
 wait_ok "client sidecar /readyz" "$CLI_SC_PID" meshd-cli "http://127.0.0.1:${P[13]}/readyz"
 start meshd-edge "$m" run --role edge --name edge "${common[@]}" --public-http "127.0.0.1:0" \
-	--public-tcp "127.0.0.1:${P[14]}=iperf" --wan-gossip-addr "127.0.0.1:0" --wan-join "127.0.0.1:${P[7]}" \
+	--public-tcp "127.0.0.1:${P[14]}=iperf" --public-udp "127.0.0.1:${P[14]}=iperf" --wan-gossip-addr "127.0.0.1:0" --wan-join "127.0.0.1:${P[7]}" \
 	--admin "127.0.0.1:${P[15]}"
 EDGE_PID=$PID
 wait_ok "edge /readyz" "$EDGE_PID" meshd-edge "http://127.0.0.1:${P[15]}/readyz"
@@ -119,12 +125,33 @@ iperf() {
 	log "$(printf '%-18s %6.2f Gbit/s' "$k" "$gbps")"
 }
 
+# iperf_udp KEY runs iperf3 -u at UDP_RATE and records loss (%) and Mbit/s.
+iperf_udp() {
+	local key=$1 out loss mbps n
+	for ((n = 0; n < 50; n++)); do
+		if out="$(iperf3 -c 127.0.0.1 -p "${TARGET[$key]}" -u -b "$UDP_RATE" -l 1400 -t "$SECONDS_PER" -J 2>&1)" &&
+			[[ "$(jq -r '.end.sum.packets // 0' <<<"$out" 2>/dev/null)" != 0 ]]; then
+			break
+		fi
+		sleep 0.2
+	done
+	loss="$(jq -r '.end.sum.lost_percent' <<<"$out" 2>/dev/null || true)"
+	mbps="$(jq -r '.end.sum.bits_per_second / 1e6' <<<"$out" 2>/dev/null || true)"
+	[[ -n "$loss" && "$loss" != null ]] || die "iperf3 -u through $key failed: $(tail -n 5 <<<"$out")"
+	echo "udp-$key $loss $mbps" >>"$WORK/samples"
+	log "$(printf '%-18s UDP %6.1f Mbit/s, %5.2f%% lost' "$key" "$mbps" "$loss")"
+}
+UDP_ORDER=(direct meshd-pair meshd-full)
+
 : >"$WORK/samples"
 for ((r = 1; r <= ROUNDS; r++)); do
 	log "round $r of $ROUNDS"
 	for key in "${ORDER[@]}"; do
 		iperf "$key"
 		iperf "$key" -R
+	done
+	for key in "${UDP_ORDER[@]}"; do
+		iperf_udp "$key"
 	done
 	for pid in "$IPERF_PID" "$HAPROXY_PID" "$GW_PID" "$SRV_SC_PID" "$CLI_SC_PID" "$EDGE_PID"; do
 		kill -0 "$pid" 2>/dev/null || die "a server exited during round $r (see $WORK/logs)"
@@ -151,6 +178,13 @@ for key in "${ORDER[@]}"; do
 done
 echo "(ratios to haproxy-2-tls: two HAProxy hops with TLS between them, as meshd's hop has mTLS)"
 
+echo
+echo "UDP, iperf3 -u -b $UDP_RATE -l 1400 -t $SECONDS_PER, median of $ROUNDS rounds"
+printf '%-16s %10s %10s\n' path "lost %" "Mbit/s"
+for key in "${UDP_ORDER[@]}"; do
+	printf '%-16s %10.2f %10.1f\n' "$key" "$(med "udp-$key")" "$(awk -v k="udp-$key" '$1 == k { print $3 }' "$WORK/samples" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')"
+done
+
 pair="$(med meshd-pair)"
 hap="$(med haproxy-2)"
 echo
@@ -158,4 +192,10 @@ if awk -v a="$pair" -v b="$ref" 'BEGIN { exit !(a >= 0.5 * b) }'; then
 	echo "target met: meshd sidecar pair $(ratio "$pair" "$ref")× HAProxy two hops with TLS (target ≥ 0.5×); $(ratio "$pair" "$hap")× plain HAProxy"
 else
 	echo "target NOT met: meshd sidecar pair $(ratio "$pair" "$ref")× HAProxy two hops with TLS (target ≥ 0.5×); $(ratio "$pair" "$hap")× plain HAProxy"
+fi
+udp_worst="$(awk '$1 ~ /^udp-meshd/ { if ($2 > m) m = $2 } END { print m + 0 }' "$WORK/samples")"
+if awk -v l="$udp_worst" 'BEGIN { exit !(l == 0) }'; then
+	echo "target met: no UDP datagram lost through meshd at $UDP_RATE (every round, both paths)"
+else
+	echo "target NOT met: up to ${udp_worst}% of UDP datagrams lost through meshd at $UDP_RATE"
 fi
