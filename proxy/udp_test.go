@@ -24,6 +24,7 @@ func udpEcho(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	growUDPBuffers(pc) // a flow's whole queue may arrive at once
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -131,6 +132,7 @@ func serveUDP(t testing.TB, f *UDPForwarder) (*net.UDPAddr, func() error) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	growUDPBuffers(pc) // before the first datagram, which may come before Serve runs
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- f.Serve(ctx, pc) }()
@@ -163,6 +165,7 @@ func udpClient(t testing.TB) *net.UDPConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	growUDPBuffers(c) // a burst of echoes waits for the test to read it
 	return c
 }
 
@@ -413,13 +416,16 @@ func TestUDPQueueWhileOpening(t *testing.T) {
 	}
 	addr, _ := serveUDP(t, f)
 	c := udpClient(t)
-	const n = 150
+	const n = udpFlowQueue + 22
 	for i := range n {
 		if _, err := c.WriteToUDP(fmt.Appendf(nil, "q%d", i), addr); err != nil {
 			t.Fatal(err)
 		}
 	}
 	waitFor(t, "datagrams to be queued or dropped", 5*time.Second, func() bool {
+		if st := f.Stats(); st.DroppedQueueFull > n-udpFlowQueue {
+			t.Fatalf("stats %+v", st)
+		}
 		return f.Stats().DroppedQueueFull == n-udpFlowQueue
 	})
 	close(release)
