@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -44,6 +45,25 @@ func needTool(t *testing.T, what string, paths ...string) string {
 	}
 	t.Skip(msg)
 	return ""
+}
+
+// procOutput collects a child process's output; String may be called
+// while the process writes.
+type procOutput struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (o *procOutput) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.Write(p)
+}
+
+func (o *procOutput) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
 }
 
 // freePort returns a loopback port nothing listens on now (another
@@ -102,7 +122,7 @@ func startPostgres(t *testing.T) *postgres {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}
 	pg := &postgres{port: freePort(t)}
-	var log bytes.Buffer
+	var log procOutput
 	pg.cmd = run("postgres", "-D", data, "-h", "127.0.0.1", "-p", strconv.Itoa(pg.port), "-k", dir, "-c", "fsync=off")
 	pg.cmd.Stdout, pg.cmd.Stderr = &log, &log
 	if err := pg.cmd.Start(); err != nil {
@@ -238,7 +258,7 @@ func TestWebSocketAcrossRegions(t *testing.T) {
 	}
 	port := freePort(t)
 	srv := exec.Command(py, filepath.Join(dir, "server.py"), strconv.Itoa(port))
-	var srvOut bytes.Buffer
+	var srvOut procOutput
 	srv.Stdout, srv.Stderr = &srvOut, &srvOut
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
@@ -314,7 +334,7 @@ func startWSApp(t *testing.T, py, dir string) string {
 	}
 	port := freePort(t)
 	srv := exec.Command(py, filepath.Join(dir, "server.py"), strconv.Itoa(port))
-	var out bytes.Buffer
+	var out procOutput
 	srv.Stdout, srv.Stderr = &out, &out
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
@@ -455,7 +475,7 @@ remote-control:
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "-d", "-c", path)
-	var log bytes.Buffer
+	var log procOutput
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -242,7 +242,7 @@ backend b1
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "-f", path, "-db")
-	var log bytes.Buffer
+	var log syncBuffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
