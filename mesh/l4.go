@@ -407,7 +407,7 @@ func portRecords(ps []AppPort) []PortRecord {
 type portListeners struct {
 	lns   []net.Listener
 	pcs   []*net.UDPConn // UDP sockets: closed at shutdown, flows end with them
-	udp   []*proxy.UDPForwarder
+	udp   []namedForwarder
 	addrs map[string]string // "tcp-out db/pg" → bound address
 	wg    sync.WaitGroup    // accept loops and connections
 	mu    sync.Mutex
@@ -437,6 +437,7 @@ func (n *Node) startOutPorts(bg context.Context, h *proxy.Handler) (*portListene
 func (n *Node) startPublicPorts(bg context.Context) (*portListeners, error) {
 	pl := newPortListeners()
 	h := &proxy.Handler{Pool: n.pool, Via: n.Config.Name, Logger: n.Logger, Public: true, Route: n.edgeTCPRoute}
+	n.handlers = append(n.handlers, namedHandler{"public-ports", h})
 	for _, p := range n.Config.PublicPorts() {
 		if err := pl.listen(bg, "public-"+p.Proto, "public-"+p.Proto+" "+p.Listen, p, h, n.Config.proxyProtocolFrom(), n.Logger); err != nil {
 			pl.close()
@@ -533,7 +534,7 @@ func (pl *portListeners) listenUDP(ctx context.Context, field, name string, p Ou
 			proxy.HeaderClient: {client.String()}, proxy.HeaderClientDst: {local}}
 		return h.OpenTunnel(fctx, p.authority(), hdr, client.String())
 	}}
-	pl.udp = append(pl.udp, f)
+	pl.udp = append(pl.udp, namedForwarder{name, f})
 	pl.wg.Add(1)
 	go func() {
 		defer pl.wg.Done()
@@ -584,4 +585,17 @@ func (pl *portListeners) close() {
 		c.Close()
 	}
 	pl.mu.Unlock()
+}
+
+// namedHandler is a forwarding handler and the listener it serves, for
+// /metrics.
+type namedHandler struct {
+	listener string
+	h        *proxy.Handler
+}
+
+// namedForwarder is a UDP socket's forwarder and the socket's name.
+type namedForwarder struct {
+	listener string
+	f        *proxy.UDPForwarder
 }

@@ -101,6 +101,16 @@ func TestTCPAcrossRegions(t *testing.T) {
 	if got, err := tcpCall(addrs["tcp-out db/nope"], "hello"); got != "" {
 		t.Errorf("unpublished port: answer %q (%v), want the connection closed", got, err)
 	}
+	// /metrics: the tunnels and their bytes, per listener.
+	if v := metricValue(t, api, "meshd_tunnels_total", map[string]string{"listener": "outbound"}); v < 3 {
+		t.Errorf("meshd_tunnels_total{listener=outbound} = %v, want at least 3", v)
+	}
+	poll(t, 5*time.Second, "tunnel bytes on /metrics", func() error {
+		if v := metricValue(t, api, "meshd_tunnel_bytes_total", map[string]string{"listener": "outbound", "direction": "up"}); v < 200000 {
+			return fmt.Errorf("meshd_tunnel_bytes_total up = %v, want at least 200000", v)
+		}
+		return nil
+	})
 
 	// From the public side: an edge's public TCP port.
 	edge := m.start(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", WANJoin: []string{gwEU.Addrs()["wan-gossip"]},
@@ -382,4 +392,39 @@ func TestUDPAcrossRegions(t *testing.T) {
 			t.Errorf("through %s: %d of 1000 datagrams lost or wrong", addr, lost)
 		}
 	}
+	if v := metricValue(t, api, "meshd_udp_datagrams_total", map[string]string{"listener": "udp-out dns/dns", "direction": "up"}); v < 1000 {
+		t.Errorf("meshd_udp_datagrams_total up = %v, want at least 1000", v)
+	}
+}
+
+// metricValue returns the value of the sample of name whose labels include
+// want, from n's registry, or -1.
+func metricValue(t *testing.T, n *Node, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := n.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				got[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range want {
+				if got[k] != v {
+					continue next
+				}
+			}
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
 }

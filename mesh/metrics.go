@@ -34,8 +34,55 @@ func (n *Node) newRegistry() *prometheus.Registry {
 				return float64(n.pool.Rejected())
 			}),
 		newLimitCollector(n, labels),
+		newTunnelCollector(n, labels),
 	)
 	return reg
+}
+
+// tunnelCollector reports the tunnels (TCP, WebSocket, UDP flows) of each
+// forwarding handler and the datagrams of each UDP socket, at scrape time.
+type tunnelCollector struct {
+	n                                    *Node
+	opened, open, bytes, dgrams, dropped *prometheus.Desc
+}
+
+func newTunnelCollector(n *Node, labels prometheus.Labels) *tunnelCollector {
+	return &tunnelCollector{n: n,
+		opened:  prometheus.NewDesc("meshd_tunnels_total", "Tunnels (CONNECT, WebSocket, TCP ports, UDP flows) opened, per listener.", []string{"listener"}, labels),
+		open:    prometheus.NewDesc("meshd_tunnels_open", "Tunnels open now, per listener.", []string{"listener"}, labels),
+		bytes:   prometheus.NewDesc("meshd_tunnel_bytes_total", "Bytes carried by tunnels that closed, per listener; direction up is client to upstream.", []string{"listener", "direction"}, labels),
+		dgrams:  prometheus.NewDesc("meshd_udp_datagrams_total", "Datagrams carried by each UDP socket (--udp-out, --public-udp); up is client to service.", []string{"listener", "direction"}, labels),
+		dropped: prometheus.NewDesc("meshd_udp_dropped_total", "Datagrams each UDP socket dropped, by reason.", []string{"listener", "reason"}, labels),
+	}
+}
+
+func (c *tunnelCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.opened, c.open, c.bytes, c.dgrams, c.dropped} {
+		ch <- d
+	}
+}
+
+func (c *tunnelCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, nh := range c.n.handlers {
+		st := nh.h.Stats()
+		ch <- prometheus.MustNewConstMetric(c.opened, prometheus.CounterValue, float64(st.Tunnels), nh.listener)
+		ch <- prometheus.MustNewConstMetric(c.open, prometheus.GaugeValue, float64(st.TunnelsOpen), nh.listener)
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(st.TunnelBytesUp), nh.listener, "up")
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(st.TunnelBytesDown), nh.listener, "down")
+	}
+	if c.n.outPorts == nil {
+		return
+	}
+	for _, nf := range c.n.outPorts.udp {
+		st := nf.f.Stats()
+		ch <- prometheus.MustNewConstMetric(c.dgrams, prometheus.CounterValue, float64(st.DatagramsUp), nf.listener, "up")
+		ch <- prometheus.MustNewConstMetric(c.dgrams, prometheus.CounterValue, float64(st.DatagramsDown), nf.listener, "down")
+		for reason, v := range map[string]int64{"too_big": st.DroppedTooBig, "queue_full": st.DroppedQueueFull,
+			"too_many_flows": st.DroppedTooManyFlows, "bad_context": st.DroppedBadContext,
+			"flow_closed": st.DroppedFlowClosed, "send_error": st.DroppedSendError} {
+			ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(v), nf.listener, reason)
+		}
+	}
 }
 
 // limitCollector reports each upstream's admission state (proxy.Pool.Limits)

@@ -39,6 +39,7 @@ type Node struct {
 
 	meshSrv, outSrv, publicSrv, httpsSrv *proxy.Server
 	outPorts                             *portListeners // sidecar: --tcp-out; edge: --public-tcp
+	handlers                             []namedHandler // the forwarding handlers, for /metrics
 	adminSrv                             *http.Server   // nil without Admin
 	adminAddr                            string         // its bound address; unix:PATH for a socket
 	advertise                            string
@@ -206,6 +207,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		// hop before sends it elsewhere; a gateway's upstreams are mesh
 		// peers, whose signal it trusts, a sidecar's is its app.
 		h := &proxy.Handler{Pool: n.pool, Via: via, Logger: n.Logger, SignalRetry: true}
+		n.handlers = append(n.handlers, namedHandler{"mesh", h})
 		if c.Role == RoleGateway {
 			h.Route = n.gatewayRoute
 			h.TrustRetry = true
@@ -240,6 +242,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	if c.Role == RoleSidecar {
 		out := &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Logger: n.Logger, TrustRetry: true}
+		n.handlers = append(n.handlers, namedHandler{"outbound", out})
 		// H2C: an app's gRPC client calls in plain text with HTTP/2.
 		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: out, Logger: n.Logger, H2C: true}
 		if err := startServer("outbound", n.outSrv); err != nil {
@@ -338,7 +341,9 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 	// A gateway that reached no instance says so, and the edge tries the
 	// next region at once (TrustRetry: every upstream of the edge is a
 	// gateway with a verified identity).
-	var h http.Handler = &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Logger: n.Logger, TrustRetry: true}
+	ph := &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Logger: n.Logger, TrustRetry: true}
+	n.handlers = append(n.handlers, namedHandler{"public", ph})
+	var h http.Handler = ph
 	size, _ := parseSize(c.CacheSize)
 	if size > 0 {
 		n.cache = edgeCacheStore(c, size, n.Logger.With("part", "cache"))

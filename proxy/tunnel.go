@@ -487,18 +487,24 @@ func (h *Handler) OpenTunnel(ctx context.Context, authority string, header http.
 		cancel()
 		return nil, ctx.Err()
 	}
-	return &cancelOnClose{ReadWriteCloser: stream, cancel: cancel}, nil
+	h.tunnels.Add(1)
+	h.tunnelsOpen.Add(1)
+	return &cancelOnClose{ReadWriteCloser: stream, cancel: cancel, h: h}, nil
 }
 
-// cancelOnClose ends a tunnel's context when its stream is closed.
+// cancelOnClose ends a tunnel's context when its stream is closed, and
+// counts it closed.
 type cancelOnClose struct {
 	io.ReadWriteCloser
 	cancel context.CancelFunc
+	h      *Handler
+	once   sync.Once
 }
 
 func (c *cancelOnClose) Close() error {
 	err := c.ReadWriteCloser.Close()
 	c.cancel()
+	c.once.Do(func() { c.h.tunnelsOpen.Add(-1) })
 	return err
 }
 
