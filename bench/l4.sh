@@ -193,6 +193,15 @@ if awk -v a="$pair" -v b="$ref" 'BEGIN { exit !(a >= 0.5 * b) }'; then
 else
 	echo "target NOT met: meshd sidecar pair $(ratio "$pair" "$ref")× HAProxy two hops with TLS (target ≥ 0.5×); $(ratio "$pair" "$hap")× plain HAProxy"
 fi
+# Where datagrams were dropped inside meshd (the sockets of --udp-out and
+# --public-udp); a loss iperf3 sees beyond these happened in the kernel
+# (a socket buffer that overflowed) or at the relay next to the server.
+echo
+echo "meshd's own UDP drops (meshd_udp_dropped_total, nonzero only):"
+for admin in "${P[13]}" "${P[15]}"; do
+	curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" | awk '/^meshd_udp_dropped_total/ && $NF != 0 { print "  " $0; n++ } END { if (!n) print "  none" }'
+done
+
 udp_worst="$(awk '$1 ~ /^udp-meshd/ { if ($2 > m) m = $2 } END { print m + 0 }' "$WORK/samples")"
 if awk -v l="$udp_worst" 'BEGIN { exit !(l == 0) }'; then
 	echo "target met: no UDP datagram lost through meshd at $UDP_RATE (every round, both paths)"
