@@ -160,14 +160,24 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	done
 done
 
+# Where datagrams were dropped inside meshd (the sockets of --udp-out and
+# --public-udp); a loss iperf3 sees beyond these happened in the kernel
+# (a socket buffer that overflowed) or at the relay next to the server.
+echo
+echo "meshd's own UDP drops (meshd_udp_dropped_total, nonzero only):"
+for admin in "${P[13]}" "${P[15]}"; do
+	curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" | awk '/^meshd_udp_dropped_total/ && $NF != 0 { print "  " $0; n++ } END { if (!n) print "  none" }'
+done
+
 med() {
 	awk -v k="$1" '$1 == k { print $2 }' "$WORK/samples" | sort -g |
 		awk '{ v[NR] = $1 } END { if (NR == 0) { print "nan"; exit } if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 echo
-echo "TCP throughput through one path, iperf3 -t $SECONDS_PER -P $STREAMS, median of $ROUNDS rounds (Gbit/s)"
 machine_line
+if [[ "${SKIP_TCP:-0}" != 1 ]]; then
+echo "TCP throughput through one path, iperf3 -t $SECONDS_PER -P $STREAMS, median of $ROUNDS rounds (Gbit/s)"
 versions_line haproxy
 echo "$(iperf3 --version | head -n 1)"
 printf '%-16s %12s %8s %12s %8s\n' path "client→srv" ratio "srv→client" ratio
@@ -179,6 +189,7 @@ for key in "${ORDER[@]}"; do
 	printf '%-16s %12.2f %8s %12.2f %8s\n' "$key" "$a" "$(ratio "$a" "$ref")" "$b" "$(ratio "$b" "$refR")"
 done
 echo "(ratios to haproxy-2-tls: two HAProxy hops with TLS between them, as meshd's hop has mTLS)"
+fi
 
 echo
 echo "UDP, iperf3 -u -b $UDP_RATE -l 1400 -t $SECONDS_PER, median of $ROUNDS rounds"
@@ -197,14 +208,6 @@ elif awk -v a="$pair" -v b="$ref" 'BEGIN { exit !(a >= 0.5 * b) }'; then
 else
 	echo "target NOT met: meshd sidecar pair $(ratio "$pair" "$ref")× HAProxy two hops with TLS (target ≥ 0.5×); $(ratio "$pair" "$hap")× plain HAProxy"
 fi
-# Where datagrams were dropped inside meshd (the sockets of --udp-out and
-# --public-udp); a loss iperf3 sees beyond these happened in the kernel
-# (a socket buffer that overflowed) or at the relay next to the server.
-echo
-echo "meshd's own UDP drops (meshd_udp_dropped_total, nonzero only):"
-for admin in "${P[13]}" "${P[15]}"; do
-	curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" | awk '/^meshd_udp_dropped_total/ && $NF != 0 { print "  " $0; n++ } END { if (!n) print "  none" }'
-done
 
 udp_worst="$(awk '$1 ~ /^udp-meshd/ { if ($2 > m) m = $2 } END { print m + 0 }' "$WORK/samples")"
 if awk -v l="$udp_worst" 'BEGIN { exit !(l == 0) }'; then
