@@ -310,6 +310,19 @@ func TestTCPProxyProtocol(t *testing.T) {
 		}
 		return nil
 	})
+	// An app cannot name another client through its sidecar: a CONNECT
+	// to the outbound listener with a forged X-Mesh-Client reaches the app
+	// as coming from the caller.
+	caller := m.start(Config{Role: RoleSidecar, Name: "api-1", Region: "eu", Service: "api", Upstream: nameApp(t, "api"),
+		Join: []string{gw.Addrs()["gossip"]}})
+	poll(t, 15*time.Second, "a forged client is not believed", func() error {
+		got, err := call(caller.Addrs()["outbound"], "CONNECT db.mesh:0 HTTP/1.1\r\nHost: db.mesh:0\r\n"+
+			proxy.HeaderClient+": 203.0.113.66:1\r\n\r\nhello\n")
+		if !strings.Contains(got, "200") || !strings.Contains(got, "127.0.0.1:") || strings.Contains(got, "203.0.113.66") {
+			return fmt.Errorf("answer %q (%v)", got, err)
+		}
+		return nil
+	})
 	poll(t, 15*time.Second, "an untrusted header is data", func() error {
 		got, err := call(plain.Addrs()["public-tcp 127.0.0.1:0"], "PROXY TCP4 203.0.113.9 198.51.100.1 4242 5432\r\n")
 		if !strings.HasPrefix(got, "127.0.0.1:") || !strings.HasSuffix(got, "|PROXY TCP4 203.0.113.9 198.51.100.1 4242 5432\r\n") {

@@ -854,6 +854,15 @@ func (n *Node) outboundRoute(out *http.Request) ([]*proxy.Upstream, error) {
 		return nil, &proxy.StatusError{Code: http.StatusNotFound,
 			Msg: fmt.Sprintf("meshd: the outbound listener routes only <service>.mesh hosts, not %q", truncate(out.Host, 100))}
 	}
+	if out.Method == http.MethodConnect {
+		// The client of a tunnel from the app is the app, whatever it
+		// says: the field is the mesh's, for a PROXY header at the far
+		// end (--tcp NAME=ADDR,proxy-protocol).
+		out.Header[proxy.HeaderClient] = []string{out.RemoteAddr}
+		if out.Header[proxy.HeaderClientDst] == nil && n.outSrv != nil {
+			out.Header[proxy.HeaderClientDst] = []string{n.outSrv.BoundAddr()}
+		}
+	}
 	out.Header.Set(HeaderService, svc)
 	s := n.snap.Load()
 	if ups := pickFirst(s.local[svc], s.gateways); len(ups) > 0 {
