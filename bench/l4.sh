@@ -161,11 +161,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 # Where datagrams were dropped inside meshd (the sockets of --udp-out and
-# --public-udp); a loss iperf3 sees beyond these happened in the kernel
-# (a socket buffer that overflowed) or at the relay next to the server.
+# --public-udp, and the relays beside the server); a loss iperf3 sees
+# beyond these happened in a kernel socket buffer.
 echo
 echo "meshd's own UDP drops (meshd_udp_dropped_total, nonzero only):"
-for admin in "${P[13]}" "${P[15]}"; do
+for admin in "${P[13]}" "${P[15]}" "${P[11]}"; do
 	curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" | awk '/^meshd_udp_dropped_total/ && $NF != 0 { print "  " $0; n++ } END { if (!n) print "  none" }'
 done
 

@@ -362,7 +362,7 @@ func TestUDPAcrossRegions(t *testing.T) {
 	m := newTestMesh(t)
 	gwEU := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
 	gwUS := m.start(Config{Role: RoleGateway, Name: "gw-us", Region: "us", WANJoin: []string{gwEU.Addrs()["wan-gossip"]}})
-	m.start(Config{Role: RoleSidecar, Name: "dns-1", Region: "us", Service: "dns", UDP: []string{"dns=" + udpEcho(t)},
+	dns := m.start(Config{Role: RoleSidecar, Name: "dns-1", Region: "us", Service: "dns", UDP: []string{"dns=" + udpEcho(t)},
 		TCP: []string{"dns=" + tcpApp(t, "dns")}, Join: []string{gwUS.Addrs()["gossip"]}})
 	api := m.start(Config{Role: RoleSidecar, Name: "api-1", Region: "eu", Service: "api", Upstream: nameApp(t, "api"),
 		UDPOut: []string{"dns/dns=127.0.0.1:0"}, Join: []string{gwEU.Addrs()["gossip"]}})
@@ -407,6 +407,10 @@ func TestUDPAcrossRegions(t *testing.T) {
 	}
 	if v := metricValue(t, api, "meshd_udp_datagrams_total", map[string]string{"listener": "udp-out dns/dns", "direction": "up"}); v < 1000 {
 		t.Errorf("meshd_udp_datagrams_total up = %v, want at least 1000", v)
+	}
+	// The relays beside the app saw both paths' datagrams.
+	if v := metricValue(t, dns, "meshd_udp_datagrams_total", map[string]string{"listener": "relay", "direction": "down"}); v < 2000 {
+		t.Errorf("relay meshd_udp_datagrams_total down = %v, want at least 2000", v)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/meshd/meshd/gossip"
+	"github.com/meshd/meshd/proxy"
 )
 
 // metrics are the node's Prometheus collectors, served on the admin API's
@@ -51,7 +52,7 @@ func newTunnelCollector(n *Node, labels prometheus.Labels) *tunnelCollector {
 		opened:  prometheus.NewDesc("meshd_tunnels_total", "Tunnels (CONNECT, WebSocket, TCP ports, UDP flows) opened, per listener.", []string{"listener"}, labels),
 		open:    prometheus.NewDesc("meshd_tunnels_open", "Tunnels open now, per listener.", []string{"listener"}, labels),
 		bytes:   prometheus.NewDesc("meshd_tunnel_bytes_total", "Bytes carried by tunnels that closed, per listener; direction up is client to upstream.", []string{"listener", "direction"}, labels),
-		dgrams:  prometheus.NewDesc("meshd_udp_datagrams_total", "Datagrams carried by each UDP socket (--udp-out, --public-udp); up is client to service.", []string{"listener", "direction"}, labels),
+		dgrams:  prometheus.NewDesc("meshd_udp_datagrams_total", "Datagrams carried by each UDP socket (--udp-out, --public-udp) and by a sidecar's relays to its app (listener relay); up is client to service.", []string{"listener", "direction"}, labels),
 		dropped: prometheus.NewDesc("meshd_udp_dropped_total", "Datagrams each UDP socket dropped, by reason.", []string{"listener", "reason"}, labels),
 	}
 }
@@ -70,18 +71,26 @@ func (c *tunnelCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(st.TunnelBytesUp), nh.listener, "up")
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(st.TunnelBytesDown), nh.listener, "down")
 	}
+	if c.n.pool != nil && len(c.n.Config.UDP) > 0 {
+		// The sidecar's relays to its app's UDP ports.
+		c.udp(ch, "relay", c.n.pool.UDPRelayStats())
+	}
 	if c.n.outPorts == nil {
 		return
 	}
 	for _, nf := range c.n.outPorts.udp {
-		st := nf.f.Stats()
-		ch <- prometheus.MustNewConstMetric(c.dgrams, prometheus.CounterValue, float64(st.DatagramsUp), nf.listener, "up")
-		ch <- prometheus.MustNewConstMetric(c.dgrams, prometheus.CounterValue, float64(st.DatagramsDown), nf.listener, "down")
-		for reason, v := range map[string]int64{"too_big": st.DroppedTooBig, "queue_full": st.DroppedQueueFull,
-			"too_many_flows": st.DroppedTooManyFlows, "bad_context": st.DroppedBadContext,
-			"flow_closed": st.DroppedFlowClosed, "send_error": st.DroppedSendError} {
-			ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(v), nf.listener, reason)
-		}
+		c.udp(ch, nf.listener, nf.f.Stats())
+	}
+}
+
+// udp reports one UDP socket's (or the relays') datagrams and drops.
+func (c *tunnelCollector) udp(ch chan<- prometheus.Metric, listener string, st proxy.UDPStats) {
+	ch <- prometheus.MustNewConstMetric(c.dgrams, prometheus.CounterValue, float64(st.DatagramsUp), listener, "up")
+	ch <- prometheus.MustNewConstMetric(c.dgrams, prometheus.CounterValue, float64(st.DatagramsDown), listener, "down")
+	for reason, v := range map[string]int64{"too_big": st.DroppedTooBig, "queue_full": st.DroppedQueueFull,
+		"too_many_flows": st.DroppedTooManyFlows, "bad_context": st.DroppedBadContext,
+		"flow_closed": st.DroppedFlowClosed, "send_error": st.DroppedSendError} {
+		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(v), listener, reason)
 	}
 }
 

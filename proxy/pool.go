@@ -113,6 +113,7 @@ type Pool struct {
 
 	transports sync.Map     // Upstream.Key → *upstreamConns
 	rejected   atomic.Int64 // requests refused by admission control
+	udpRelay   udpCounters  // every UDP relay's (tunnel.go)
 }
 
 // errBadUpstream is returned for an Upstream without Key or Addr.

@@ -123,6 +123,11 @@ type halfCloser interface {
 	CloseWrite() error
 }
 
+// UDPRelayStats are the counters of every UDP relay the pool ran (the last
+// hop of UDP tunnels, Upstream.UDP): datagrams up (to the app) and down,
+// and those dropped.
+func (p *Pool) UDPRelayStats() UDPStats { return p.udpRelay.snapshot() }
+
 // Tunnel opens a tunnel to u for req: a CONNECT when proto is "", else an
 // upgrade to proto. req.Host is the authority (CONNECT) or the host
 // (upgrade); req.URL's path is the upgrade's target. It returns the
@@ -147,9 +152,8 @@ func (p *Pool) Tunnel(u *Upstream, req *http.Request, proto string) (*http.Respo
 		// DATAGRAM capsule each on the stream.
 		here, there := net.Pipe()
 		go func() {
-			st, err := RelayUDP(ctx, there, u.Addr, 0)
-			if err != nil && ctx.Err() == nil {
-				slog.Debug("proxy: UDP relay ended", "target", u.Addr, "err", err, "datagrams_up", st.DatagramsUp, "datagrams_down", st.DatagramsDown, "too_big", st.DroppedTooBig)
+			if err := relayUDP(ctx, there, u.Addr, 0, &p.udpRelay); err != nil && ctx.Err() == nil {
+				slog.Debug("proxy: UDP relay ended", "target", u.Addr, "err", err)
 			}
 		}()
 		return &http.Response{StatusCode: http.StatusOK, ProtoMajor: 1, ProtoMinor: 1,

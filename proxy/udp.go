@@ -440,6 +440,12 @@ var (
 // dropped and counted, and the relay goes on.
 func RelayUDP(ctx context.Context, stream io.ReadWriteCloser, target string, idle time.Duration) (UDPStats, error) {
 	var c udpCounters
+	err := relayUDP(ctx, stream, target, idle, &c)
+	return c.snapshot(), err
+}
+
+// relayUDP is RelayUDP counting into c, which several relays may share.
+func relayUDP(ctx context.Context, stream io.ReadWriteCloser, target string, idle time.Duration, c *udpCounters) error {
 	if idle <= 0 {
 		idle = defaultUDPIdleTimeout
 	}
@@ -447,7 +453,7 @@ func RelayUDP(ctx context.Context, stream io.ReadWriteCloser, target string, idl
 	conn, err := d.DialContext(ctx, "udp", target)
 	if err != nil {
 		stream.Close()
-		return c.snapshot(), err
+		return err
 	}
 	uc := conn.(*net.UDPConn)
 	growUDPBuffers(uc)
@@ -535,10 +541,10 @@ func RelayUDP(ctx context.Context, stream io.ReadWriteCloser, target string, idl
 
 	switch cause := context.Cause(ctx); {
 	case parent.Err() != nil:
-		return c.snapshot(), parent.Err()
+		return parent.Err()
 	case cause == errRelayEOF, cause == errRelayIdle:
-		return c.snapshot(), nil
+		return nil
 	default:
-		return c.snapshot(), cause
+		return cause
 	}
 }
