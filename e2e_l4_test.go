@@ -246,35 +246,12 @@ asyncio.run(main())
 // HTTP/1.1 Upgrade to the sidecar and the app): 1,000 messages and a
 // 1 MiB one echoed, each checked.
 func TestWebSocketAcrossRegions(t *testing.T) {
-	py := "/usr/bin/python3"
-	if out, err := exec.Command(py, "-c", "import websockets").CombinedOutput(); err != nil {
-		needTool(t, "python3 with websockets (Debian: python3-websockets): "+strings.TrimSpace(string(out)))
-	}
+	py := needWebsockets(t)
 	dir := t.TempDir()
-	for name, src := range map[string]string{"server.py": wsServer, "client.py": wsClient} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	port := freePort(t)
-	srv := exec.Command(py, filepath.Join(dir, "server.py"), strconv.Itoa(port))
-	var srvOut procOutput
-	srv.Stdout, srv.Stderr = &srvOut, &srvOut
-	if err := srv.Start(); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "client.py"), []byte(wsClient), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		srv.Process.Kill() // by its PID
-		srv.Wait()
-	})
-	appAddr := "127.0.0.1:" + strconv.Itoa(port)
-	eventually(t, 10*time.Second, "the websockets server listens", func() error {
-		c, err := net.DialTimeout("tcp", appAddr, time.Second)
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	})
+	appAddr, srvOut := startWSApp(t, py, dir)
 
 	m := newRouteMesh(t)
 	gwEU := m.gateway("gw-eu", "eu")
@@ -326,16 +303,27 @@ async def main():
 asyncio.run(main())
 `
 
-// startWSApp runs wsServer and returns its address.
-func startWSApp(t *testing.T, py, dir string) string {
+// needWebsockets returns Debian's python3 when it has the websockets
+// library (python3-websockets), else skips or fails as needTool does.
+func needWebsockets(t *testing.T) string {
+	t.Helper()
+	py := "/usr/bin/python3"
+	if out, err := exec.Command(py, "-c", "import websockets").CombinedOutput(); err != nil {
+		needTool(t, "python3 with websockets (Debian: python3-websockets): "+strings.TrimSpace(string(out)))
+	}
+	return py
+}
+
+// startWSApp runs wsServer from dir and returns its address and output.
+func startWSApp(t *testing.T, py, dir string) (string, *procOutput) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(dir, "server.py"), []byte(wsServer), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	port := freePort(t)
 	srv := exec.Command(py, filepath.Join(dir, "server.py"), strconv.Itoa(port))
-	var out procOutput
-	srv.Stdout, srv.Stderr = &out, &out
+	out := &procOutput{}
+	srv.Stdout, srv.Stderr = out, out
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -351,7 +339,7 @@ func startWSApp(t *testing.T, py, dir string) string {
 		}
 		return c.Close()
 	})
-	return addr
+	return addr, out
 }
 
 // TestWebSocketPublicTLS: through an edge's public TLS listener, a
@@ -359,12 +347,9 @@ func startWSApp(t *testing.T, py, dir string) string {
 // (WebSocket on an HTTP/2 stream, x/net's client, frames written here)
 // reach a websockets echo server behind a sidecar.
 func TestWebSocketPublicTLS(t *testing.T) {
-	py := "/usr/bin/python3"
-	if out, err := exec.Command(py, "-c", "import websockets").CombinedOutput(); err != nil {
-		needTool(t, "python3 with websockets (Debian: python3-websockets): "+strings.TrimSpace(string(out)))
-	}
+	py := needWebsockets(t)
 	dir := t.TempDir()
-	appAddr := startWSApp(t, py, dir)
+	appAddr, _ := startWSApp(t, py, dir)
 	m := newRouteMesh(t)
 	gw := m.gateway("gw-eu", "eu")
 	m.node("chat-eu-1", "--role", "sidecar", "--region", "eu", "--service", "chat", "--upstream", appAddr,
@@ -444,12 +429,7 @@ func startUnbound(t *testing.T) string {
 	t.Helper()
 	bin := needTool(t, "unbound", "unbound", "/usr/sbin/unbound")
 	dir := t.TempDir()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := pc.LocalAddr().(*net.UDPAddr).Port
-	pc.Close()
+	port := freeUDPPortE2E(t)
 	cfg := fmt.Sprintf(`server:
 	interface: 127.0.0.1
 	port: %d

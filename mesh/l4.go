@@ -126,7 +126,7 @@ func isNumber(s string) bool {
 // must be valid.
 func (c *Config) AppPorts() []AppPort {
 	var ps []AppPort
-	for proto, vs := range c.portFields("", "") {
+	for proto, vs := range c.portFields(appPort) {
 		for _, v := range vs {
 			if p, err := parseAppPort(proto, v); err == nil {
 				ps = append(ps, p)
@@ -140,7 +140,7 @@ func (c *Config) AppPorts() []AppPort {
 // configuration must be valid.
 func (c *Config) OutPorts() []OutPort {
 	var ps []OutPort
-	for proto, vs := range c.portFields("-out", "") {
+	for proto, vs := range c.portFields(outPort) {
 		for _, v := range vs {
 			if p, err := parseOutPort(proto, v); err == nil {
 				ps = append(ps, p)
@@ -150,20 +150,26 @@ func (c *Config) OutPorts() []OutPort {
 	return ps
 }
 
-// portFields returns the port flags of each protocol, in the order tcp,
-// udp: --tcp/--udp (suffix ""), --tcp-out/--udp-out ("-out"), or
-// --public-tcp/--public-udp (prefix "public-").
-func (c *Config) portFields(suffix, prefix string) func(func(string, []string) bool) {
+// Kinds of port flags: --tcp/--udp, --tcp-out/--udp-out,
+// --public-tcp/--public-udp.
+type portKind int
+
+const (
+	appPort portKind = iota
+	outPort
+	publicPort
+)
+
+// portFields returns the flags of one kind, TCP's then UDP's.
+func (c *Config) portFields(k portKind) func(func(string, []string) bool) {
+	tcp, udp := c.TCP, c.UDP
+	switch k {
+	case outPort:
+		tcp, udp = c.TCPOut, c.UDPOut
+	case publicPort:
+		tcp, udp = c.PublicTCP, c.PublicUDP
+	}
 	return func(yield func(string, []string) bool) {
-		var tcp, udp []string
-		switch {
-		case prefix != "":
-			tcp, udp = c.PublicTCP, c.PublicUDP
-		case suffix != "":
-			tcp, udp = c.TCPOut, c.UDPOut
-		default:
-			tcp, udp = c.TCP, c.UDP
-		}
 		if yield("tcp", tcp) {
 			yield("udp", udp)
 		}
@@ -183,7 +189,7 @@ func parsePublicPort(proto, v string) (OutPort, error) {
 // --public-udp. The configuration must be valid.
 func (c *Config) PublicPorts() []OutPort {
 	var ps []OutPort
-	for proto, vs := range c.portFields("", "public-") {
+	for proto, vs := range c.portFields(publicPort) {
 		for _, v := range vs {
 			if p, err := parsePublicPort(proto, v); err == nil {
 				ps = append(ps, p)
@@ -238,7 +244,7 @@ func (c *Config) validatePorts() error {
 		listens[k] = true
 		return false
 	}
-	for proto, vs := range c.portFields("", "public-") {
+	for proto, vs := range c.portFields(publicPort) {
 		field := "public-" + proto
 		if len(vs) > 0 && c.Role != RoleEdge {
 			return fieldErr(field, "only an edge has public ports")
@@ -253,7 +259,7 @@ func (c *Config) validatePorts() error {
 			}
 		}
 	}
-	for proto, vs := range c.portFields("", "") {
+	for proto, vs := range c.portFields(appPort) {
 		if len(vs) > 0 && c.Role != RoleSidecar {
 			return fieldErr(proto, "only a sidecar publishes service ports")
 		}
@@ -272,7 +278,7 @@ func (c *Config) validatePorts() error {
 			names[p.Name] = true
 		}
 	}
-	for proto, vs := range c.portFields("-out", "") {
+	for proto, vs := range c.portFields(outPort) {
 		field := proto + "-out"
 		if len(vs) > 0 && c.Role != RoleSidecar {
 			return fieldErr(field, "only a sidecar reaches service ports")
@@ -551,12 +557,7 @@ func (pl *portListeners) shutdown(ctx context.Context) error {
 	if pl == nil {
 		return nil
 	}
-	for _, ln := range pl.lns {
-		ln.Close()
-	}
-	for _, pc := range pl.pcs {
-		pc.Close() // UDP has no connection to finish: its flows end now
-	}
+	pl.stopAccepting()
 	done := make(chan struct{})
 	go func() {
 		pl.wg.Wait()
@@ -572,14 +573,20 @@ func (pl *portListeners) shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// close closes the listeners and every connection at once.
-func (pl *portListeners) close() {
+// stopAccepting closes the listeners and the UDP sockets: UDP has no
+// connection to finish, its flows end with the socket.
+func (pl *portListeners) stopAccepting() {
 	for _, ln := range pl.lns {
 		ln.Close()
 	}
 	for _, pc := range pl.pcs {
 		pc.Close()
 	}
+}
+
+// close closes the listeners and every connection at once.
+func (pl *portListeners) close() {
+	pl.stopAccepting()
 	pl.mu.Lock()
 	for c := range pl.conns {
 		c.Close()

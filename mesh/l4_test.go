@@ -15,9 +15,9 @@ import (
 	"github.com/meshd/meshd/proxy"
 )
 
-// tcpApp is an app with a TCP port: it reads its client to the end (the
-// client's half-close), then answers "<name> got N" and closes.
-func tcpApp(t *testing.T, name string) string {
+// serveTCP is an app with a TCP port on 127.0.0.1 that runs serve for each
+// connection (closed after it, and cut after 10 s), until the test ends.
+func serveTCP(t *testing.T, serve func(c net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -33,15 +33,23 @@ func tcpApp(t *testing.T, name string) string {
 			go func() {
 				defer c.Close()
 				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				b, err := io.ReadAll(c)
-				if err != nil || len(b) == 0 {
-					return // a health check's connect
-				}
-				io.WriteString(c, name+" got "+strconv.Itoa(len(b)))
+				serve(c)
 			}()
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// tcpApp is an app with a TCP port: it reads its client to the end (the
+// client's half-close), then answers "<name> got N" and closes.
+func tcpApp(t *testing.T, name string) string {
+	return serveTCP(t, func(c net.Conn) {
+		b, err := io.ReadAll(c)
+		if err != nil || len(b) == 0 {
+			return // a health check's connect
+		}
+		io.WriteString(c, name+" got "+strconv.Itoa(len(b)))
+	})
 }
 
 // tcpCall connects to addr, sends payload, half-closes and reads the
@@ -164,23 +172,10 @@ func outboundGet(addr, host string) (*http.Response, string, error) {
 // working through the drain (the listener stops taking connections), and
 // the edge stops as soon as the tunnel ends, within the shutdown grace.
 func TestTCPDrain(t *testing.T) {
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	echo := serveTCP(t, func(c net.Conn) { io.Copy(c, c) })
 	m := newTestMesh(t)
 	gw := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
-	m.start(Config{Role: RoleSidecar, Name: "echo-1", Region: "eu", Service: "echo", TCP: []string{"echo=" + echo.Addr().String()},
+	m.start(Config{Role: RoleSidecar, Name: "echo-1", Region: "eu", Service: "echo", TCP: []string{"echo=" + echo},
 		Join: []string{gw.Addrs()["gossip"]}})
 	edge := m.start(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", WANJoin: []string{gw.Addrs()["wan-gossip"]},
 		PublicTCP: []string{"127.0.0.1:0=echo"}, ShutdownGrace: 5 * time.Second})
@@ -255,38 +250,23 @@ func TestTCPDrain(t *testing.T) {
 // connection from an address not trusted to send a header reaches the app
 // as coming from that address.
 func TestTCPProxyProtocol(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				br := bufio.NewReader(c)
-				h, err := proxy.ReadProxyHeader(br)
-				if err != nil {
-					fmt.Fprintf(c, "no header: %v", err)
-					return
-				}
-				if h.Local {
-					io.WriteString(c, "local")
-					return
-				}
-				line, _ := br.ReadString('\n')
-				fmt.Fprintf(c, "%s>%t|%s", h.Src, h.Dst.Port() != 0, line)
-			}()
+	app := serveTCP(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		h, err := proxy.ReadProxyHeader(br)
+		if err != nil {
+			fmt.Fprintf(c, "no header: %v", err)
+			return
 		}
-	}()
+		if h.Local {
+			io.WriteString(c, "local")
+			return
+		}
+		line, _ := br.ReadString('\n')
+		fmt.Fprintf(c, "%s>%t|%s", h.Src, h.Dst.Port() != 0, line)
+	})
 	m := newTestMesh(t)
 	gw := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
-	m.start(Config{Role: RoleSidecar, Name: "db-1", Region: "eu", Service: "db", TCP: []string{"pg=" + ln.Addr().String() + ",proxy-protocol"},
+	m.start(Config{Role: RoleSidecar, Name: "db-1", Region: "eu", Service: "db", TCP: []string{"pg=" + app + ",proxy-protocol"},
 		Join: []string{gw.Addrs()["gossip"]}})
 	trusting := m.start(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", WANJoin: []string{gw.Addrs()["wan-gossip"]},
 		PublicTCP: []string{"127.0.0.1:0=db"}, ProxyProtocolFrom: []string{"127.0.0.0/8"}})
