@@ -62,6 +62,13 @@ type Cluster struct {
 	// coalesced: a burst of changes may give a single call. A slow OnChange
 	// delays only later OnChange calls. Default: nil.
 	OnChange func()
+	// OnNote, if set, receives the notes peers sent this node with Send:
+	// from is the sender's name as it says (the pool key authenticates
+	// the pool, not the member: check data on its own merits). Calls come
+	// from one goroutine owned by the Cluster, one at a time, in arrival
+	// order; while noteQueue notes wait, further ones are dropped and
+	// counted (DroppedNotes). Default: nil (notes are dropped).
+	OnNote func(from string, data []byte)
 
 	mu      sync.Mutex // guards started and closed
 	started bool
@@ -94,6 +101,8 @@ type Cluster struct {
 	bootID    uint64      // this process, in probe acks
 	boots     boots
 	bad       atomic.Uint64 // see BadPackets
+	notes     chan note     // to the OnNote goroutine
+	noteDrops atomic.Uint64 // see DroppedNotes
 
 	// conflictAt is when a peer last reported an older address for our
 	// name (unix nanoseconds), see hooks.NotifyMerge.
@@ -324,6 +333,7 @@ func (c *Cluster) start() error {
 	c.badLog.every = 10 * time.Second
 	c.dropLog.every = 10 * time.Second
 	c.changed = make(chan struct{}, 1)
+	c.notes = make(chan note, noteQueue)
 	c.conflict = make(chan struct{}, 1)
 	c.joinWake = make(chan struct{}, 1)
 	c.boots.ids = make(map[string]uint64)
@@ -355,6 +365,7 @@ func (c *Cluster) start() error {
 		go c.sendLoop(ctx)
 	}
 	go c.notifyLoop(ctx)
+	go c.noteLoop(ctx)
 	joinCtx, joinStop := context.WithCancel(ctx)
 	c.joinStop = joinStop
 	go c.joinLoop(joinCtx)
@@ -604,6 +615,67 @@ func (c *Cluster) clearSuspect(name string) {
 	c.susMu.Unlock()
 	if was {
 		c.box.put(event{kind: evSuspect})
+	}
+}
+
+// noteQueue bounds the notes waiting for OnNote.
+const noteQueue = 16
+
+// Send queues data for the member named name, sent over TCP by a sender
+// goroutine; the member's OnNote receives it. A Send to a member while an
+// earlier one to it still waits replaces the earlier data. Delivery is
+// best effort: an unknown or unreachable member, or a full queue, loses
+// the note (debug log), so callers that need it there repeat (meshd's
+// policy sync resends until the member's record says it has it).
+func (c *Cluster) Send(name string, data []byte) error {
+	if len(data) > MaxNoteSize {
+		return fmt.Errorf("gossip: note is %d bytes, limit %d", len(data), MaxNoteSize)
+	}
+	if name == c.Name {
+		return errors.New("gossip: a note to this node itself")
+	}
+	m := c.ml
+	if m == nil {
+		return errors.New("gossip: not started")
+	}
+	for _, n := range m.Members() {
+		if n.Name == name {
+			c.jobs.add(job{kind: jobNote, to: target{name: n.Name, ip: n.Addr, port: n.Port},
+				data: bytes.Clone(data)})
+			return nil
+		}
+	}
+	return fmt.Errorf("gossip: no member %q", name)
+}
+
+// DroppedNotes counts notes received while noteQueue others waited for
+// OnNote.
+func (c *Cluster) DroppedNotes() uint64 { return c.noteDrops.Load() }
+
+// deliverNote hands a received note to the OnNote goroutine.
+func (c *Cluster) deliverNote(n note) {
+	if c.OnNote == nil || n.From == c.Name {
+		return
+	}
+	n.Data = bytes.Clone(n.Data)
+	select {
+	case c.notes <- n:
+	default:
+		c.noteDrops.Add(1)
+	}
+}
+
+// noteLoop is the one goroutine that calls OnNote.
+func (c *Cluster) noteLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case n := <-c.notes:
+			if c.OnNote != nil {
+				c.OnNote(n.From, n.Data)
+			}
+		}
 	}
 }
 

@@ -15,6 +15,7 @@ const (
 	jobUpdate jobKind = iota // re-advertise Node.Meta
 	jobWant                  // ask to.name for its record
 	jobRecord                // send our record to to.name
+	jobNote                  // send data to to.name (Send)
 )
 
 type target struct {
@@ -29,6 +30,7 @@ type job struct {
 	kind jobKind
 	to   target
 	have uint64
+	data []byte // jobNote
 }
 
 func (j job) key() string {
@@ -55,7 +57,18 @@ func (q *jobQueue) init(limit int) {
 func (q *jobQueue) add(j job) {
 	q.mu.Lock()
 	k := j.key()
-	if q.pending[k] || len(q.q) >= q.limit {
+	if q.pending[k] {
+		if j.kind == jobNote { // the newer note replaces the waiting one
+			for i := range q.q {
+				if q.q[i].key() == k {
+					q.q[i] = j
+				}
+			}
+		}
+		q.mu.Unlock()
+		return
+	}
+	if len(q.q) >= q.limit {
 		q.mu.Unlock()
 		return
 	}
@@ -120,6 +133,8 @@ func (c *Cluster) do(j job) {
 			return
 		}
 		err = c.ml.SendReliable(node, encodeRecord(entry{Name: c.Name, Version: r.version, Data: r.data}))
+	case jobNote:
+		err = c.ml.SendReliable(node, encodeNote(note{From: c.Name, Data: j.data}))
 	}
 	if err != nil {
 		c.log.Debug("gossip: send failed; will retry", "job", j.kind, "to", j.to.name, "err", err)

@@ -248,6 +248,8 @@ func (c *Cluster) handle(e event, now time.Time) {
 			if p := s.peers[m.Want.From]; p != nil {
 				c.jobs.add(job{kind: jobRecord, to: p.target()})
 			}
+		case kindNote:
+			c.deliverNote(m.Note)
 		}
 	case evState:
 		entries, err := decodeState(e.data)

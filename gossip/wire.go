@@ -20,6 +20,7 @@ import (
 //	record   = name version(8, big endian) uvarint(len) data      kind 1
 //	want     = name(from) name(owner) version(8)                  kind 2
 //	state    = uvarint(count) count*(name version uvarint(len) data) kind 3
+//	note     = name(from) uvarint(len) data                       kind 4
 //	name     = uvarint(len) bytes (1..MaxNameLen, valid UTF-8)
 //	meta     = wireVersion version(8)                             (Node.Meta)
 const (
@@ -28,9 +29,12 @@ const (
 	kindRecord byte = 1
 	kindWant   byte = 2
 	kindState  byte = 3
+	kindNote   byte = 4
 
 	// MaxRecordSize is the largest record SetRecord accepts (64 KiB).
 	MaxRecordSize = 64 << 10
+	// MaxNoteSize is the largest note Send accepts (512 KiB).
+	MaxNoteSize = 512 << 10
 	// MaxNameLen is the longest node name, in bytes.
 	MaxNameLen = 255
 
@@ -46,9 +50,9 @@ const (
 	// maxStateEntries bounds the count field so that a forged count cannot
 	// make the decoder allocate before it has seen the bytes.
 	maxStateEntries = 1 << 16
-	// maxMessage is the largest single message: a full record plus
-	// header and name.
-	maxMessage = 2 + 2*(binary.MaxVarintLen64+MaxNameLen) + 8 + binary.MaxVarintLen64 + MaxRecordSize
+	// maxMessage is the largest single message: a full note plus header
+	// and name (a record message is smaller).
+	maxMessage = 2 + binary.MaxVarintLen64 + MaxNameLen + binary.MaxVarintLen64 + MaxNoteSize
 )
 
 var (
@@ -70,12 +74,19 @@ type want struct {
 	Version uint64 // the version the asker already has (0: none)
 }
 
-// message is a decoded user message: exactly one of Record or Want is set,
-// according to Kind.
+// note is data one member sent another with Send.
+type note struct {
+	From string
+	Data []byte
+}
+
+// message is a decoded user message: exactly one of Record, Want or Note is
+// set, according to Kind.
 type message struct {
 	Kind   byte
 	Record entry
 	Want   want
+	Note   note
 }
 
 func appendName(b []byte, name string) []byte {
@@ -106,6 +117,14 @@ func encodeWant(w want) []byte {
 	b = appendName(b, w.From)
 	b = appendName(b, w.Name)
 	return binary.BigEndian.AppendUint64(b, w.Version)
+}
+
+func encodeNote(n note) []byte {
+	b := make([]byte, 0, 2+2*binary.MaxVarintLen64+len(n.From)+len(n.Data))
+	b = append(b, wireVersion, kindNote)
+	b = appendName(b, n.From)
+	b = binary.AppendUvarint(b, uint64(len(n.Data)))
+	return append(b, n.Data...)
 }
 
 // encodeState encodes entries in order until the next one would exceed
@@ -261,14 +280,14 @@ func (r *reader) header(kinds ...byte) byte {
 	return 0
 }
 
-// decodeMessage decodes a record or want message. Returned byte slices
+// decodeMessage decodes a record, want or note message. Returned byte slices
 // alias b.
 func decodeMessage(b []byte) (message, error) {
 	if len(b) > maxMessage {
 		return message{}, fmt.Errorf("message: %d bytes exceeds %d", len(b), maxMessage)
 	}
 	r := reader{b: b}
-	m := message{Kind: r.header(kindRecord, kindWant)}
+	m := message{Kind: r.header(kindRecord, kindWant, kindNote)}
 	switch m.Kind {
 	case kindRecord:
 		m.Record = r.entry()
@@ -276,6 +295,9 @@ func decodeMessage(b []byte) (message, error) {
 		m.Want.From = r.name("from")
 		m.Want.Name = r.name("name")
 		m.Want.Version = r.u64()
+	case kindNote:
+		m.Note.From = r.name("from")
+		m.Note.Data = r.bytes("note", MaxNoteSize)
 	}
 	if r.err == nil && len(r.b) != 0 {
 		r.fail(errTrailing)
