@@ -456,8 +456,24 @@ func cmdCA(args []string, stdout, stderr io.Writer) error {
 		_, err = stdout.Write(pem)
 		return err
 	}
+	if len(args) > 0 && args[0] == "operator" {
+		fs := newFlagSet("meshd ca operator", stderr)
+		dir := fs.String("dir", "", "the CA directory (with ca.key) to write operator.crt and operator.key into")
+		name := fs.String("name", tlsmgr.DefaultOperator, "operator name: spiffe://<td>/operator/<name>")
+		if err := parseFlags(fs, args[1:]); err != nil {
+			return err
+		}
+		if *dir == "" {
+			return fmt.Errorf("%w: ca operator needs --dir", errUsage)
+		}
+		if err := tlsmgr.WriteOperator(*dir, *name); err != nil {
+			return fmt.Errorf("ca operator: %w", err)
+		}
+		fmt.Fprintf(stdout, "wrote %s/{operator.crt,operator.key}: meshd apply signs policies with it; keep it off the nodes\n", *dir)
+		return nil
+	}
 	if len(args) == 0 || args[0] != "init" {
-		return fmt.Errorf("%w: meshd ca init|issue (meshd ca init -h)", errUsage)
+		return fmt.Errorf("%w: meshd ca init|issue|operator|root (meshd ca init -h)", errUsage)
 	}
 	fs := newFlagSet("meshd ca init", stderr)
 	td := fs.String("trust-domain", "", "SPIFFE trust domain of the mesh, e.g. mesh.example")
@@ -471,8 +487,11 @@ func cmdCA(args []string, stdout, stderr io.Writer) error {
 	if err := tlsmgr.InitCA(*dir, *td); err != nil {
 		return fmt.Errorf("ca init: %w", err)
 	}
-	fmt.Fprintf(stdout, "wrote %s/{ca.crt,ca.key,gossip.key} for trust domain %s\n", *dir, *td)
-	fmt.Fprintf(stdout, "give every node --ca-dir %s; keep ca.key and gossip.key secret\n", *dir)
+	if err := tlsmgr.WriteOperator(*dir, tlsmgr.DefaultOperator); err != nil {
+		return fmt.Errorf("ca init: operator key: %w", err)
+	}
+	fmt.Fprintf(stdout, "wrote %s/{ca.crt,ca.key,gossip.key,operator.crt,operator.key} for trust domain %s\n", *dir, *td)
+	fmt.Fprintf(stdout, "give every node --ca-dir %s; keep ca.key, gossip.key and operator.key secret (meshd apply signs policies with operator.key)\n", *dir)
 	return nil
 }
 

@@ -361,7 +361,15 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 // certPEM holds the leaf only: the root is the trust anchor every peer
 // already has, and RFC 8446 §4.4.2 lets a sender omit it. keyPEM is PKCS#8.
 func (ca *CA) Issue(id string, ttl time.Duration, now time.Time) (certPEM, keyPEM []byte, err error) {
-	der, keyDER, err := ca.issue(id, ttl, now)
+	return ca.issuePEM(id, ttl, now, svidUsage)
+}
+
+// svidUsage is what an X.509-SVID may do: authenticate either end of a TLS
+// connection.
+var svidUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+
+func (ca *CA) issuePEM(id string, ttl time.Duration, now time.Time, usage []x509.ExtKeyUsage) (certPEM, keyPEM []byte, err error) {
+	der, keyDER, err := ca.issue(id, ttl, now, usage)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -370,7 +378,7 @@ func (ca *CA) Issue(id string, ttl time.Duration, now time.Time) (certPEM, keyPE
 }
 
 // issue returns the leaf as DER and its key as PKCS#8 DER.
-func (ca *CA) issue(id string, ttl time.Duration, now time.Time) (certDER, keyDER []byte, err error) {
+func (ca *CA) issue(id string, ttl time.Duration, now time.Time, usage []x509.ExtKeyUsage) (certDER, keyDER []byte, err error) {
 	if ca == nil || ca.Cert == nil {
 		return nil, nil, errors.New("ca has no certificate")
 	}
@@ -421,7 +429,7 @@ func (ca *CA) issue(id string, ttl time.Duration, now time.Time) (certDER, keyDE
 		NotBefore:             now.Add(-backdate),
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:           usage,
 		BasicConstraintsValid: true,
 		IsCA:                  false,
 	}
@@ -439,7 +447,7 @@ func (ca *CA) issue(id string, ttl time.Duration, now time.Time) (certDER, keyDE
 // mint issues an SVID for id and returns it parsed and validated by go-spiffe,
 // so an SVID this package hands out has passed the library's own checks.
 func (ca *CA) mint(id string, ttl time.Duration, now time.Time) (*x509svid.SVID, error) {
-	certDER, keyDER, err := ca.issue(id, ttl, now)
+	certDER, keyDER, err := ca.issue(id, ttl, now, svidUsage)
 	if err != nil {
 		return nil, err
 	}
