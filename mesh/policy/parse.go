@@ -139,13 +139,37 @@ func (p *parser) decode(data []byte) *yaml.Node {
 	return doc.Content[0]
 }
 
+// parserProblems are the messages of the YAML parser's (not scanner's)
+// errors. yaml.v3 reports their line counting from 0, and leaves the
+// line out when it is the first: yamlError counts from 1.
+var parserProblems = []string{
+	"did not find expected <stream-start>",
+	"did not find expected <document start>",
+	"found undefined tag handle",
+	"did not find expected node content",
+	"did not find expected '-' indicator",
+	"did not find expected key",
+	"did not find expected ',' or ']'",
+	"did not find expected ',' or '}'",
+	"found duplicate %YAML directive",
+	"found incompatible YAML document",
+	"found duplicate %TAG directive",
+}
+
+// yamlError turns an error of the YAML parser into an *Error. The
+// parser names a line (where the construct that failed begins) but no
+// column.
 func (p *parser) yamlError(err error) {
-	msg := err.Error()
-	if m := yamlLine.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		panic(&Error{File: p.file, Line: max(line, 1), Msg: m[2]})
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
 	}
-	panic(&Error{File: p.file, Line: 1, Msg: strings.TrimPrefix(msg, "yaml: ")})
+	if slices.Contains(parserProblems, msg) {
+		line++
+	}
+	panic(&Error{File: p.file, Line: max(line, 1), Msg: msg})
 }
 
 // plain refuses what the document format leaves out of YAML.

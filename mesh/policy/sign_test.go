@@ -21,8 +21,10 @@ import (
 var testNow = time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
 
 // testCA is a throwaway CA of trust domain td, as meshd ca init makes one.
+type ecdsaKey = ecdsa.PrivateKey
+
 type testCA struct {
-	t    *testing.T
+	t    testing.TB
 	td   string
 	cert *x509.Certificate
 	key  crypto.Signer
@@ -31,7 +33,7 @@ type testCA struct {
 
 var serial int64
 
-func newCA(t *testing.T, td string) *testCA {
+func newCA(t testing.TB, td string) *testCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -90,7 +92,7 @@ func (ca *testCA) issue(id string, key crypto.Signer, notBefore, notAfter time.T
 	return cert
 }
 
-func ecKey(t *testing.T) crypto.Signer {
+func ecKey(t testing.TB) crypto.Signer {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
