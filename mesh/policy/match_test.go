@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"fmt"
 	"math"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -247,5 +249,40 @@ func BenchmarkResolve(b *testing.B) {
 				web.Resolve(bc.method, bc.path, bc.h)
 			}
 		})
+	}
+}
+
+func TestRegexpSize(t *testing.T) {
+	for _, tc := range []struct {
+		re string
+		ok bool
+	}{
+		{`^curl/`, true},
+		{`(?i)^mozilla/5\.0 .*(iphone|android)`, true},
+		{`^\pL+$`, true},
+		{`^[a-z0-9-]{1,63}$`, true},
+		{`^(?:[a-f0-9]{2}){16}$`, true},
+		{`\pL{1000}`, false},
+		{`.{1000}.{1000}.{1000}.{1000}.{1000}.{1000}`, false},
+		{`(?:abcdefghij){600}`, false},
+	} {
+		_, err := Parse("p.yaml", []byte("services: {web: {routes: [{match: {headers: {x: {regex: '"+tc.re+"'}}}}]}}"))
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: err = %v, want ok = %v", tc.re, err, tc.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "regular expression too large") {
+			t.Errorf("%s: err = %v", tc.re, err)
+		}
+	}
+	// Per document: 11 patterns of about 4700 instructions each.
+	var b strings.Builder
+	b.WriteString("services: {web: {routes: [")
+	for i := range 11 {
+		fmt.Fprintf(&b, "{match: {headers: {x: {regex: '.{1000}.{1000}.{1000}.{1000}.{%d}'}}}},", 690+i)
+	}
+	b.WriteString("]}}")
+	_, err := Parse("p.yaml", []byte(b.String()))
+	if err == nil || !strings.Contains(err.Error(), "services.web.routes[10].match.headers.x.regex: regular expressions too large") {
+		t.Errorf("err = %v", err)
 	}
 }

@@ -85,7 +85,8 @@ func Parse(name string, data []byte) (doc *Document, err error) {
 }
 
 type parser struct {
-	file string
+	file      string
+	regexSize int // instructions of the document's regular expressions so far
 }
 
 // failf stops the parse with an error at n (the document start when n is nil).

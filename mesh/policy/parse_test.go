@@ -362,3 +362,39 @@ func TestParseLimits(t *testing.T) {
 	mustParse(t, b.String())
 	mustParse(t, "services: {web: {routes: [{match: {headers: {x: {regex: "+strings.Repeat("a", MaxRegexLen)+"}}}}]}}")
 }
+
+// bigDocument is near the size limit and close to the worst a document
+// can cost: as many rules as fit, each with header matchers.
+func bigDocument() []byte {
+	var b strings.Builder
+	b.WriteString("services:\n")
+	for s := 0; b.Len() < MaxDocumentSize-8<<10; s++ {
+		fmt.Fprintf(&b, "  s%d:\n    domains: [s%d.example.com]\n    routes:\n", s, s)
+		for r := range MaxRoutes {
+			fmt.Fprintf(&b, "      - {match: {path-prefix: /r%d, methods: [GET, POST], headers: {a: x, b: {prefix: y}, c: {regex: '^z+$'}}}, subset: v%d}\n", r, r%3)
+		}
+	}
+	return []byte(b.String())
+}
+
+func BenchmarkParse(b *testing.B) {
+	example, err := os.ReadFile("testdata/example.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct {
+		name string
+		doc  []byte
+	}{{"example", example}, {"big", bigDocument()}} {
+		if _, err := Parse("b.yaml", bc.doc); err != nil {
+			b.Fatalf("%s: %v", bc.name, err)
+		}
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(bc.doc)))
+			b.ReportAllocs()
+			for b.Loop() {
+				Parse("b.yaml", bc.doc)
+			}
+		})
+	}
+}
