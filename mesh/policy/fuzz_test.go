@@ -96,12 +96,12 @@ func checkError(t *testing.T, err error, name string) {
 // checkDocument checks what every parsed document promises.
 func checkDocument(t *testing.T, doc *Document) {
 	t.Helper()
-	if doc.Services == nil || doc.Domains == nil || len(doc.Services) > MaxServices {
+	if doc.Services == nil || doc.Domains == nil || len(doc.Services) > maxServices {
 		t.Fatalf("bad document %+v", doc)
 	}
 	owned := 0
 	for name, svc := range doc.Services {
-		if svc.Name != name || svc.Default == nil || svc.Default.Name != DefaultRouteName || len(svc.Routes) > MaxRoutes {
+		if svc.Name != name || svc.Default == nil || svc.Default.Name != DefaultRouteName || len(svc.Routes) > maxRoutes {
 			t.Fatalf("bad service %q: %+v", name, svc)
 		}
 		for _, d := range svc.Domains {

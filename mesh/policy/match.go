@@ -153,8 +153,8 @@ func (p *parser) match(n *yaml.Node, path string) matcher {
 			if !strings.HasPrefix(s, "/") {
 				p.failf(e.val, e.path, "path %q must start with /", s)
 			}
-			if len(s) > MaxValueLen || strings.ContainsAny(s, "?#") {
-				p.failf(e.val, e.path, "path %q must be at most %d bytes, without query or fragment", s, MaxValueLen)
+			if len(s) > maxValueLen || strings.ContainsAny(s, "?#") {
+				p.failf(e.val, e.path, "path %q must be at most %d bytes, without query or fragment", s, maxValueLen)
 			}
 			if e.name == "path" {
 				m.path, m.hasPath = s, true
@@ -179,8 +179,8 @@ func (p *parser) match(n *yaml.Node, path string) matcher {
 			}
 		case "headers":
 			hs := p.mapping(e.val, e.path)
-			if len(hs) > MaxHeaders {
-				p.failf(e.val, e.path, "%d headers, more than the limit of %d", len(hs), MaxHeaders)
+			if len(hs) > maxHeaders {
+				p.failf(e.val, e.path, "%d headers, more than the limit of %d", len(hs), maxHeaders)
 			}
 			for _, h := range hs {
 				m.headers = append(m.headers, p.header(h, e.path, m.headers))
@@ -223,9 +223,9 @@ func (p *parser) header(e entry, path string, prev []headerMatcher) headerMatche
 		vn, vp = es[0].val, es[0].path
 	}
 	hm.value = p.str(vn, vp)
-	limit := MaxValueLen
+	limit := maxValueLen
 	if hm.kind == matchRegex {
-		limit = MaxRegexLen
+		limit = maxRegexLen
 	}
 	if len(hm.value) > limit {
 		p.failf(vn, vp, "%d bytes, more than the limit of %d", len(hm.value), limit)

@@ -102,7 +102,7 @@ func TestResolve(t *testing.T) {
 		t.Errorf("api = %+v", api)
 	}
 	login := web.Resolve("POST", "/login", nil)
-	if login.Subset != "" || len(login.Split) != 2 || login.Timeouts.Connect != 1e9 || login.Retries != DefaultRetries {
+	if login.Subset != "" || len(login.Split) != 2 || login.Timeouts.Connect != 1e9 || login.Retries != defaultRetries {
 		t.Errorf("login = %+v", login)
 	}
 }

@@ -90,7 +90,7 @@ func TestParseExample(t *testing.T) {
 	wantLogin := want
 	wantLogin.Name, wantLogin.Split, wantLogin.match = "1", []Weight{{"v1", 50}, {"v2", 50}}, login.match
 	wantLogin.Timeouts.Total = 500 * time.Millisecond
-	wantLogin.Retries = DefaultRetries
+	wantLogin.Retries = defaultRetries
 	wantLogin.Retries.Attempts = 1
 	if !reflect.DeepEqual(*login, wantLogin) {
 		t.Errorf("rule 1 =\n%+v\nwant\n%+v", *login, wantLogin)
@@ -114,21 +114,20 @@ func TestParseExample(t *testing.T) {
 
 	// A service that sets nothing gets the defaults.
 	billing := doc.Services["billing"]
-	wantBilling := Route{Name: "default", Retries: DefaultRetries, Outlier: DefaultOutlier, Failover: DefaultFailover}
-	if !reflect.DeepEqual(*billing.Default, wantBilling) || billing.Routes != nil || billing.Domains != nil {
+	if !reflect.DeepEqual(billing.Default, DefaultRoute()) || billing.Routes != nil || billing.Domains != nil {
 		t.Errorf("billing = %+v, default %+v", billing, billing.Default)
 	}
 }
 
 func TestParseDefaults(t *testing.T) {
-	if DefaultRetries.Attempts != 2 || DefaultRetries.On.String() != "connect-failure,refused-stream" ||
-		DefaultRetries.Budget != 0.2 || DefaultRetries.MinPerSecond != 10 ||
-		DefaultRetries.BackoffBase != 25*time.Millisecond || DefaultRetries.BackoffMax != 250*time.Millisecond ||
-		DefaultRetries.ReplayBody != 64<<10 {
-		t.Errorf("DefaultRetries = %+v", DefaultRetries)
+	if defaultRetries.Attempts != 2 || defaultRetries.On.String() != "connect-failure,refused-stream" ||
+		defaultRetries.Budget != 0.2 || defaultRetries.MinPerSecond != 10 ||
+		defaultRetries.BackoffBase != 25*time.Millisecond || defaultRetries.BackoffMax != 250*time.Millisecond ||
+		defaultRetries.ReplayBody != 64<<10 {
+		t.Errorf("defaultRetries = %+v", defaultRetries)
 	}
-	if DefaultOutlier != (Outlier{5, 30 * time.Second, 0.1}) || DefaultFailover != (Failover{1.4}) {
-		t.Errorf("defaults = %+v %+v", DefaultOutlier, DefaultFailover)
+	if defaultOutlier != (Outlier{5, 30 * time.Second, 0.1}) || defaultFailover != (Failover{1.4}) {
+		t.Errorf("defaults = %+v %+v", defaultOutlier, defaultFailover)
 	}
 	// A partial block keeps the defaults of the fields it leaves out.
 	doc := mustParse(t, `services:
@@ -140,7 +139,7 @@ func TestParseDefaults(t *testing.T) {
         retries: {on: [503]}
 `)
 	web := doc.Services["web"]
-	r := DefaultRetries
+	r := defaultRetries
 	r.Budget = 0.5
 	if web.Default.Retries != r {
 		t.Errorf("retries = %+v, want %+v", web.Default.Retries, r)
@@ -148,7 +147,7 @@ func TestParseDefaults(t *testing.T) {
 	if o := web.Default.Outlier; o != (Outlier{5, time.Minute, 0.1}) {
 		t.Errorf("outlier = %+v", o)
 	}
-	r = DefaultRetries
+	r = defaultRetries
 	r.On = Retry503
 	if got := web.Routes[0].Retries; got != r {
 		t.Errorf("route retries = %+v, want %+v (a whole block, from the defaults)", got, r)
@@ -187,7 +186,7 @@ func TestParseValues(t *testing.T) {
 		{`concurrency: {hard: 5}`, func(r *Route) bool { return r.Concurrency == Concurrency{Hard: 5} }},
 		{`concurrency: {soft: 5}`, func(r *Route) bool { return r.Concurrency == Concurrency{Soft: 5} }},
 		{`failover: {overprovisioning: 1}`, func(r *Route) bool { return r.Failover.Overprovisioning == 1 }},
-		{`failover: {}`, func(r *Route) bool { return r.Failover == DefaultFailover }},
+		{`failover: {}`, func(r *Route) bool { return r.Failover == defaultFailover }},
 		{`affinity: {header: X-USER-ID}`, func(r *Route) bool { return r.Affinity.Header == "X-User-Id" }},
 		{`timeouts: {first-byte: 1m30s}`, func(r *Route) bool { return r.Timeouts == Timeouts{FirstByte: 90 * time.Second} }},
 		{`timeout: 24h`, func(r *Route) bool { return r.Timeouts.Total == 24*time.Hour }},
@@ -299,7 +298,7 @@ func TestParseErrors(t *testing.T) {
 		{"matcher two", "services:\n  web:\n    routes:\n      - match: {headers: {x-env: {exact: a, prefix: b}}}\n", "4:34", "services.web.routes[0].match.headers.x-env", "want exactly one of exact, prefix or regex"},
 		{"matcher list", "services:\n  web:\n    routes:\n      - match: {headers: {x-env: [a]}}\n", "4:34", "services.web.routes[0].match.headers.x-env", "want a string, not a list"},
 		{"regex bad", "services:\n  web:\n    routes:\n      - match: {headers: {x-env: {regex: \"(\"}}}\n", "4:42", "services.web.routes[0].match.headers.x-env.regex", "bad regular expression: error parsing regexp: missing closing )"},
-		{"regex long", "services:\n  web:\n    routes:\n      - match: {headers: {x-env: {regex: " + strings.Repeat("a", MaxRegexLen+1) + "}}}\n", "4:42", "services.web.routes[0].match.headers.x-env.regex", "1025 bytes, more than the limit of 1024"},
+		{"regex long", "services:\n  web:\n    routes:\n      - match: {headers: {x-env: {regex: " + strings.Repeat("a", maxRegexLen+1) + "}}}\n", "4:42", "services.web.routes[0].match.headers.x-env.regex", "1025 bytes, more than the limit of 1024"},
 		{"header host", "services:\n  web:\n    routes:\n      - match: {headers: {Host: a.com}}\n", "4:27", "services.web.routes[0].match.headers.Host", "match the host by the service's domains, not by header"},
 		{"header twice", "services:\n  web:\n    routes:\n      - match: {headers: {X-Env: a, x-env: b}}\n", "4:37", "services.web.routes[0].match.headers.x-env", `header "x-env" is matched twice (names are case-insensitive)`},
 		{"header name", "services:\n  web:\n    routes:\n      - match: {headers: {\"x env\": a}}\n", "4:27", "services.web.routes[0].match.headers", `"x env" is not a valid header name`},
@@ -317,8 +316,8 @@ func TestParseErrors(t *testing.T) {
 		{"escape character", "services:\n  web: {}\x1b\n", "2:10", "", "control character U+001B"},
 		{"not utf-8", "services:\n  w\xffb: {}\n", "2:4", "", "not UTF-8"},
 		{"too big", "#" + strings.Repeat("x", MaxDocumentSize), "1:1", "", "document is 262145 bytes, more than the limit of 262144"},
-		{"too many services", manyServices(MaxServices + 1), "1:11", "services", "1001 services, more than the limit of 1000"},
-		{"too many routes", "services: {web: {routes: [" + strings.Repeat("{match: {path: /}},", MaxRoutes+1) + "]}}", "1:26", "services.web.routes", "101 entries, more than the limit of 100"},
+		{"too many services", manyServices(maxServices + 1), "1:11", "services", "1001 services, more than the limit of 1000"},
+		{"too many routes", "services: {web: {routes: [" + strings.Repeat("{match: {path: /}},", maxRoutes+1) + "]}}", "1:26", "services.web.routes", "101 entries, more than the limit of 100"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse("p.yaml", []byte(tc.doc))
@@ -352,15 +351,15 @@ func manyServices(n int) string {
 
 func TestParseLimits(t *testing.T) {
 	// Exactly at the limits is fine.
-	mustParse(t, manyServices(MaxServices))
+	mustParse(t, manyServices(maxServices))
 	var b strings.Builder
 	b.WriteString("services: {web: {routes: [")
-	for i := range MaxRoutes {
+	for i := range maxRoutes {
 		fmt.Fprintf(&b, "{match: {path: /%d}},", i)
 	}
 	b.WriteString("]}}")
 	mustParse(t, b.String())
-	mustParse(t, "services: {web: {routes: [{match: {headers: {x: {regex: "+strings.Repeat("a", MaxRegexLen)+"}}}}]}}")
+	mustParse(t, "services: {web: {routes: [{match: {headers: {x: {regex: "+strings.Repeat("a", maxRegexLen)+"}}}}]}}")
 }
 
 // bigDocument is near the size limit and close to the worst a document
@@ -370,7 +369,7 @@ func bigDocument() []byte {
 	b.WriteString("services:\n")
 	for s := 0; b.Len() < MaxDocumentSize-8<<10; s++ {
 		fmt.Fprintf(&b, "  s%d:\n    domains: [s%d.example.com]\n    routes:\n", s, s)
-		for r := range MaxRoutes {
+		for r := range maxRoutes {
 			fmt.Fprintf(&b, "      - {match: {path-prefix: /r%d, methods: [GET, POST], headers: {a: x, b: {prefix: y}, c: {regex: '^z+$'}}}, subset: v%d}\n", r, r%3)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -109,15 +110,22 @@ services:
 
 func TestSignVerify(t *testing.T) {
 	ca := newCA(t, "example.org")
-	for _, kt := range []string{"ecdsa", "ed25519"} {
+	for _, kt := range []string{"ecdsa-p256", "ecdsa-p384", "ed25519", "rsa"} {
 		t.Run(kt, func(t *testing.T) {
-			var key crypto.Signer = ecKey(t)
-			if kt == "ed25519" {
-				_, k, err := ed25519.GenerateKey(rand.Reader)
-				if err != nil {
-					t.Fatal(err)
-				}
-				key = k
+			var key crypto.Signer
+			var err error
+			switch kt {
+			case "ecdsa-p256":
+				key = ecKey(t)
+			case "ecdsa-p384":
+				key, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+			case "ed25519":
+				_, key, err = ed25519.GenerateKey(rand.Reader)
+			case "rsa":
+				key, err = rsa.GenerateKey(rand.Reader, 2048)
+			}
+			if err != nil {
+				t.Fatal(err)
 			}
 			leaf := ca.issue("spiffe://example.org/operator/alice", key, testNow.Add(-time.Hour), testNow.Add(time.Hour))
 			s, err := Sign([]byte(signDoc), 3, testNow, key, []*x509.Certificate{leaf})
@@ -247,6 +255,8 @@ func TestVerifyRefuses(t *testing.T) {
 		{"operator without name", forge(valid(ca, "spiffe://example.org/operator/"), nil), "example.org", testNow, ErrNotOperator, "not an operator identity"},
 		{"operator sub-path", forge(valid(ca, "spiffe://example.org/operator/a/b"), nil), "example.org", testNow, ErrNotOperator, "not an operator identity"},
 		{"wrong trust domain in cert", forge(valid(foreign, "spiffe://evil.org/operator/alice"), nil), "example.org", testNow, ErrChain, "chain not to the bundle"},
+		{"other trust domain, same CA", forge(valid(ca, "spiffe://other.org/operator/alice"), nil), "example.org", testNow, ErrTrustDomain, `wrong trust domain: spiffe://other.org/operator/alice is of trust domain "other.org", want "example.org"`},
+		{"not spiffe", forge(valid(ca, "https://example.org/operator/alice"), nil), "example.org", testNow, ErrNotOperator, `"https://example.org/operator/alice" is not a SPIFFE ID`},
 		{"wrong trust domain asked", good, "other.org", testNow, ErrTrustDomain, `wrong trust domain: spiffe://example.org/operator/alice is of trust domain "example.org", want "other.org"`},
 		{"expired", good, "example.org", testNow.Add(2 * time.Hour), ErrExpired, "expired"},
 		{"not yet valid", good, "example.org", testNow.Add(-2 * time.Hour), ErrExpired, "is before"},
