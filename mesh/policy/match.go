@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"regexp"
+	"regexp/syntax"
 	"slices"
 	"strings"
 
@@ -152,8 +153,8 @@ func (p *parser) match(n *yaml.Node, path string) matcher {
 			if !strings.HasPrefix(s, "/") {
 				p.failf(e.val, e.path, "path %q must start with /", s)
 			}
-			if len(s) > MaxValueLen || strings.ContainsAny(s, "?#") {
-				p.failf(e.val, e.path, "path %q must be at most %d bytes, without query or fragment", s, MaxValueLen)
+			if len(s) > maxValueLen || strings.ContainsAny(s, "?#") {
+				p.failf(e.val, e.path, "path %q must be at most %d bytes, without query or fragment", s, maxValueLen)
 			}
 			if e.name == "path" {
 				m.path, m.hasPath = s, true
@@ -178,8 +179,8 @@ func (p *parser) match(n *yaml.Node, path string) matcher {
 			}
 		case "headers":
 			hs := p.mapping(e.val, e.path)
-			if len(hs) > MaxHeaders {
-				p.failf(e.val, e.path, "%d headers, more than the limit of %d", len(hs), MaxHeaders)
+			if len(hs) > maxHeaders {
+				p.failf(e.val, e.path, "%d headers, more than the limit of %d", len(hs), maxHeaders)
 			}
 			for _, h := range hs {
 				m.headers = append(m.headers, p.header(h, e.path, m.headers))
@@ -222,14 +223,28 @@ func (p *parser) header(e entry, path string, prev []headerMatcher) headerMatche
 		vn, vp = es[0].val, es[0].path
 	}
 	hm.value = p.str(vn, vp)
-	limit := MaxValueLen
+	limit := maxValueLen
 	if hm.kind == matchRegex {
-		limit = MaxRegexLen
+		limit = maxRegexLen
 	}
 	if len(hm.value) > limit {
 		p.failf(vn, vp, "%d bytes, more than the limit of %d", len(hm.value), limit)
 	}
 	if hm.kind == matchRegex {
+		// RE2 matches in linear time, but a short pattern can still
+		// compile to a large program (\pL{1000}): bound the program, per
+		// pattern and per document, before compiling it.
+		sre, err := syntax.Parse(hm.value, syntax.Perl)
+		if err != nil {
+			p.failf(vn, vp, "bad regular expression: %v", err)
+		}
+		size := regexpSize(sre)
+		if size > maxRegexSize {
+			p.failf(vn, vp, "regular expression too large: about %d instructions, more than %d", size, maxRegexSize)
+		}
+		if p.regexSize += size; p.regexSize > maxRegexTotal {
+			p.failf(vn, vp, "regular expressions too large: about %d instructions in the document, more than %d", p.regexSize, maxRegexTotal)
+		}
 		re, err := regexp.Compile(hm.value)
 		if err != nil {
 			p.failf(vn, vp, "bad regular expression: %v", err)
@@ -237,4 +252,30 @@ func (p *parser) header(e entry, path string, prev []headerMatcher) headerMatche
 		hm.re = re
 	}
 	return hm
+}
+
+// Bounds of the compiled regular expressions, in instructions of the
+// RE2 program; each costs well under a microsecond and a few hundred
+// bytes to compile.
+const (
+	maxRegexSize  = 5000
+	maxRegexTotal = 50000
+)
+
+// regexpSize estimates the instructions re compiles to, counting each
+// repetition {n,m} as max(n,m) copies, as the compiler expands it.
+func regexpSize(re *syntax.Regexp) int {
+	n := 0
+	for _, sub := range re.Sub {
+		n += regexpSize(sub)
+	}
+	switch re.Op {
+	case syntax.OpRepeat:
+		n *= max(re.Min, re.Max, 1)
+	case syntax.OpLiteral:
+		n += len(re.Rune) // one instruction a character
+	case syntax.OpCharClass:
+		n += len(re.Rune) / 32 // one instruction, but its ranges copied for each
+	}
+	return min(n+1, 1<<30)
 }

@@ -47,7 +47,7 @@ func (e *Error) Error() string {
 
 // Defaults where the document does not set a field.
 var (
-	DefaultRetries = Retries{
+	defaultRetries = Retries{
 		Attempts:     2,
 		On:           RetryConnectFailure | RetryRefusedStream,
 		Budget:       0.2,
@@ -56,9 +56,15 @@ var (
 		BackoffMax:   250 * time.Millisecond,
 		ReplayBody:   64 << 10,
 	}
-	DefaultOutlier  = Outlier{ConsecutiveFailures: 5, Ejection: 30 * time.Second, MaxEjected: 0.1}
-	DefaultFailover = Failover{Overprovisioning: 1.4}
+	defaultOutlier  = Outlier{ConsecutiveFailures: 5, Ejection: 30 * time.Second, MaxEjected: 0.1}
+	defaultFailover = Failover{Overprovisioning: 1.4}
 )
+
+// DefaultRoute returns the route of a service the document says nothing
+// about: what meshd does with its requests when it has no policy for it.
+func DefaultRoute() *Route {
+	return &Route{Name: DefaultRouteName, Retries: defaultRetries, Outlier: defaultOutlier, Failover: defaultFailover}
+}
 
 // Parse decodes and validates a policy document. name is used in error
 // positions ("policy.yaml"). It stops at the first problem and returns
@@ -69,8 +75,13 @@ var (
 // document is read by people before it goes to every node; what they
 // read must be what every node enforces, with nothing expanded, merged
 // or silently ignored.
-func Parse(name string, data []byte) (doc *Document, err error) {
+func Parse(name string, data []byte) (*Document, error) {
 	p := &parser{file: name}
+	return p.parse(data)
+}
+
+// parse runs the parser; failf stops it by panicking with an *Error.
+func (p *parser) parse(data []byte) (doc *Document, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			e, ok := r.(*Error)
@@ -85,7 +96,8 @@ func Parse(name string, data []byte) (doc *Document, err error) {
 }
 
 type parser struct {
-	file string
+	file      string
+	regexSize int // instructions of the document's regular expressions so far
 }
 
 // failf stops the parse with an error at n (the document start when n is nil).
@@ -139,13 +151,37 @@ func (p *parser) decode(data []byte) *yaml.Node {
 	return doc.Content[0]
 }
 
+// parserProblems are the messages of the YAML parser's (not scanner's)
+// errors. yaml.v3 reports their line counting from 0, and leaves the
+// line out when it is the first: yamlError counts from 1.
+var parserProblems = []string{
+	"did not find expected <stream-start>",
+	"did not find expected <document start>",
+	"found undefined tag handle",
+	"did not find expected node content",
+	"did not find expected '-' indicator",
+	"did not find expected key",
+	"did not find expected ',' or ']'",
+	"did not find expected ',' or '}'",
+	"found duplicate %YAML directive",
+	"found incompatible YAML document",
+	"found duplicate %TAG directive",
+}
+
+// yamlError turns an error of the YAML parser into an *Error. The
+// parser names a line (where the construct that failed begins) but no
+// column.
 func (p *parser) yamlError(err error) {
-	msg := err.Error()
-	if m := yamlLine.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		panic(&Error{File: p.file, Line: max(line, 1), Msg: m[2]})
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
 	}
-	panic(&Error{File: p.file, Line: 1, Msg: strings.TrimPrefix(msg, "yaml: ")})
+	if slices.Contains(parserProblems, msg) {
+		line++
+	}
+	panic(&Error{File: p.file, Line: max(line, 1), Msg: msg})
 }
 
 // plain refuses what the document format leaves out of YAML.
@@ -392,8 +428,8 @@ func (p *parser) document(root *yaml.Node) *Document {
 			doc.Version = v
 		case "services":
 			svcs := p.mapping(e.val, e.path)
-			if len(svcs) > MaxServices {
-				p.failf(e.val, e.path, "%d services, more than the limit of %d", len(svcs), MaxServices)
+			if len(svcs) > maxServices {
+				p.failf(e.val, e.path, "%d services, more than the limit of %d", len(svcs), maxServices)
 			}
 			for _, s := range svcs {
 				name := p.label(s.key, e.path, "service name", s.name)
@@ -474,7 +510,7 @@ func (p *parser) setting(e entry, st *settings, all map[string]entry) bool {
 		o := p.outlier(e.val, e.path)
 		st.outlier = &o
 	case "failover":
-		f := DefaultFailover
+		f := defaultFailover
 		for _, g := range p.mapping(e.val, e.path, "overprovisioning") {
 			f.Overprovisioning = p.number(g.val, g.path, 1, 100)
 		}
@@ -520,7 +556,7 @@ func (p *parser) service(n *yaml.Node, path, name string) (*Service, []*yaml.Nod
 			continue
 		}
 		if e.name == "domains" {
-			for i, d := range p.list(e.val, e.path, MaxDomains) {
+			for i, d := range p.list(e.val, e.path, maxDomains) {
 				dp := fmt.Sprintf("%s[%d]", e.path, i)
 				s := p.domain(d, dp, p.str(d, dp))
 				if slices.Contains(svc.Domains, s) {
@@ -531,18 +567,9 @@ func (p *parser) service(n *yaml.Node, path, name string) (*Service, []*yaml.Nod
 			}
 		}
 	}
-	def := &Route{
-		Name:      DefaultRouteName,
-		Split:     st.split,
-		Timeouts:  st.timeouts,
-		Retries:   DefaultRetries,
-		RateLimit: st.rateLimit,
-		Outlier:   DefaultOutlier,
-		Failover:  DefaultFailover,
-		Affinity:  st.affinity,
-		Mirror:    st.mirror,
-		Fault:     st.fault,
-	}
+	def := DefaultRoute()
+	def.Split, def.Timeouts, def.RateLimit = st.split, st.timeouts, st.rateLimit
+	def.Affinity, def.Mirror, def.Fault = st.affinity, st.mirror, st.fault
 	if st.retries != nil {
 		def.Retries = *st.retries
 	}
@@ -559,7 +586,7 @@ func (p *parser) service(n *yaml.Node, path, name string) (*Service, []*yaml.Nod
 	if e, ok := all["routes"]; ok {
 		names := map[string]int{}
 		catchAll := -1
-		for i, rn := range p.list(e.val, e.path, MaxRoutes) {
+		for i, rn := range p.list(e.val, e.path, maxRoutes) {
 			rp := fmt.Sprintf("%s[%d]", e.path, i)
 			if catchAll >= 0 {
 				p.failf(rn, rp, "unreachable: %s[%d] matches every request", e.path, catchAll)
@@ -655,8 +682,8 @@ func (p *parser) split(n *yaml.Node, path string) []Weight {
 	if len(es) == 0 {
 		p.failf(n, path, "want at least one subset")
 	}
-	if len(es) > MaxSubsets {
-		p.failf(n, path, "%d subsets, more than the limit of %d", len(es), MaxSubsets)
+	if len(es) > maxSubsets {
+		p.failf(n, path, "%d subsets, more than the limit of %d", len(es), maxSubsets)
 	}
 	ws := make([]Weight, 0, len(es))
 	sum := 0
@@ -673,7 +700,7 @@ func (p *parser) split(n *yaml.Node, path string) []Weight {
 }
 
 func (p *parser) retries(n *yaml.Node, path string) Retries {
-	r := DefaultRetries
+	r := defaultRetries
 	var baseNode, maxNode *yaml.Node
 	for _, e := range p.mapping(n, path, "attempts", "on", "budget", "min-per-second", "backoff", "replay-body") {
 		switch e.name {
@@ -769,7 +796,7 @@ func (p *parser) concurrency(n *yaml.Node, path string) Concurrency {
 }
 
 func (p *parser) outlier(n *yaml.Node, path string) Outlier {
-	o := DefaultOutlier
+	o := defaultOutlier
 	for _, e := range p.mapping(n, path, "consecutive-failures", "ejection", "max-ejected") {
 		switch e.name {
 		case "consecutive-failures":

@@ -5,18 +5,19 @@ import (
 	"time"
 )
 
-// Limits of a policy document. They keep a document that every node
-// parses on every gossip update small enough that a bad or hostile one
-// costs little.
+// MaxDocumentSize is the largest policy document, in bytes of YAML.
+// Other limits keep a document that every node parses on each gossip
+// update cheap to read, whoever wrote it.
+const MaxDocumentSize = 256 << 10
+
 const (
-	MaxDocumentSize = 256 << 10 // bytes of YAML
-	MaxServices     = 1000
-	MaxRoutes       = 100 // rules per service
-	MaxDomains      = 100 // domains per service
-	MaxSubsets      = 100 // entries of one split
-	MaxHeaders      = 32  // header matchers per match
-	MaxRegexLen     = 1 << 10
-	MaxValueLen     = 1 << 10 // exact and prefix header values
+	maxServices = 1000
+	maxRoutes   = 100 // rules per service
+	maxDomains  = 100 // domains per service
+	maxSubsets  = 100 // entries of one split
+	maxHeaders  = 32  // header matchers per match
+	maxRegexLen = 1 << 10
+	maxValueLen = 1 << 10 // paths, exact and prefix header values
 )
 
 // Document is a parsed, valid policy document.

@@ -29,11 +29,10 @@ type Signed struct {
 	Signature []byte    `json:"signature"` // over signedMessage
 }
 
-// Limits of an envelope.
-const (
-	MaxSignedSize = 512 << 10 // bytes of JSON
-	MaxChain      = 8         // certificates
-)
+// MaxSignedSize is the largest envelope Unmarshal reads, in bytes of JSON.
+const MaxSignedSize = 512 << 10
+
+const maxChain = 8 // certificates: the operator's and its intermediates
 
 // The reasons Verify refuses an envelope; test with errors.Is.
 var (
@@ -97,8 +96,8 @@ func Sign(doc []byte, version uint64, at time.Time, key crypto.Signer, chain []*
 	if d.Version != 0 && d.Version != version {
 		return nil, fmt.Errorf("policy: sign: the document says version %d, signing as %d", d.Version, version)
 	}
-	if len(chain) == 0 || len(chain) > MaxChain {
-		return nil, fmt.Errorf("policy: sign: want 1 to %d certificates, got %d", MaxChain, len(chain))
+	if len(chain) == 0 || len(chain) > maxChain {
+		return nil, fmt.Errorf("policy: sign: want 1 to %d certificates, got %d", maxChain, len(chain))
 	}
 	leaf := chain[0]
 	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(leaf.PublicKey) {
@@ -181,8 +180,8 @@ func (s *Signed) Verify(roots *x509.CertPool, trustDomain string, now time.Time)
 	if len(s.Chain) == 0 {
 		return nil, "", fmt.Errorf("policy: %w: no certificate", ErrUnknownSigner)
 	}
-	if len(s.Chain) > MaxChain {
-		return nil, "", fmt.Errorf("policy: %w: %d certificates, more than %d", ErrUnknownSigner, len(s.Chain), MaxChain)
+	if len(s.Chain) > maxChain {
+		return nil, "", fmt.Errorf("policy: %w: %d certificates, more than %d", ErrUnknownSigner, len(s.Chain), maxChain)
 	}
 	certs := make([]*x509.Certificate, len(s.Chain))
 	inter := x509.NewCertPool()
@@ -281,8 +280,8 @@ func Unmarshal(b []byte) (*Signed, error) {
 	if len(s.Document) > MaxDocumentSize {
 		return nil, fmt.Errorf("policy: envelope: document is %d bytes, more than the limit of %d", len(s.Document), MaxDocumentSize)
 	}
-	if len(s.Chain) > MaxChain {
-		return nil, fmt.Errorf("policy: envelope: %d certificates, more than the limit of %d", len(s.Chain), MaxChain)
+	if len(s.Chain) > maxChain {
+		return nil, fmt.Errorf("policy: envelope: %d certificates, more than the limit of %d", len(s.Chain), maxChain)
 	}
 	return &s, nil
 }

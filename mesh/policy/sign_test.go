@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -21,8 +22,10 @@ import (
 var testNow = time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
 
 // testCA is a throwaway CA of trust domain td, as meshd ca init makes one.
+type ecdsaKey = ecdsa.PrivateKey
+
 type testCA struct {
-	t    *testing.T
+	t    testing.TB
 	td   string
 	cert *x509.Certificate
 	key  crypto.Signer
@@ -31,7 +34,7 @@ type testCA struct {
 
 var serial int64
 
-func newCA(t *testing.T, td string) *testCA {
+func newCA(t testing.TB, td string) *testCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -90,7 +93,7 @@ func (ca *testCA) issue(id string, key crypto.Signer, notBefore, notAfter time.T
 	return cert
 }
 
-func ecKey(t *testing.T) crypto.Signer {
+func ecKey(t testing.TB) crypto.Signer {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -107,15 +110,22 @@ services:
 
 func TestSignVerify(t *testing.T) {
 	ca := newCA(t, "example.org")
-	for _, kt := range []string{"ecdsa", "ed25519"} {
+	for _, kt := range []string{"ecdsa-p256", "ecdsa-p384", "ed25519", "rsa"} {
 		t.Run(kt, func(t *testing.T) {
-			var key crypto.Signer = ecKey(t)
-			if kt == "ed25519" {
-				_, k, err := ed25519.GenerateKey(rand.Reader)
-				if err != nil {
-					t.Fatal(err)
-				}
-				key = k
+			var key crypto.Signer
+			var err error
+			switch kt {
+			case "ecdsa-p256":
+				key = ecKey(t)
+			case "ecdsa-p384":
+				key, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+			case "ed25519":
+				_, key, err = ed25519.GenerateKey(rand.Reader)
+			case "rsa":
+				key, err = rsa.GenerateKey(rand.Reader, 2048)
+			}
+			if err != nil {
+				t.Fatal(err)
 			}
 			leaf := ca.issue("spiffe://example.org/operator/alice", key, testNow.Add(-time.Hour), testNow.Add(time.Hour))
 			s, err := Sign([]byte(signDoc), 3, testNow, key, []*x509.Certificate{leaf})
@@ -208,22 +218,12 @@ func TestVerifyRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// forge signs with key under cert, bypassing Sign's own checks the way
-	// an attacker would.
-	forge := func(cert *x509.Certificate, mut func(*Signed)) *Signed {
-		s := &Signed{Version: 3, SignedAt: testNow, Document: []byte(signDoc), Chain: [][]byte{cert.Raw}}
-		if mut != nil {
-			mut(s)
-		}
-		good := *s
-		sig, err := Sign([]byte(signDoc), 3, testNow, key, []*x509.Certificate{alice})
-		if err != nil {
-			t.Fatal(err)
-		}
-		// the same key signs for every cert in this test, so the
-		// signature over the same message is valid for cert too.
-		good.Signature = sig.Signature
-		return &good
+	// forge puts another certificate of the same key in front of good's
+	// signature, as an attacker holding that certificate would.
+	forge := func(cert *x509.Certificate) *Signed {
+		s := *good
+		s.Chain = [][]byte{cert.Raw}
+		return &s
 	}
 	tamper := func(f func(*Signed)) *Signed {
 		s := *good
@@ -239,12 +239,14 @@ func TestVerifyRefuses(t *testing.T) {
 		want        error
 		msg         string
 	}{
-		{"other CA", forge(valid(other, "spiffe://example.org/operator/alice"), nil), "example.org", testNow, ErrChain, "chain not to the bundle"},
-		{"service identity", forge(valid(ca, "spiffe://example.org/service/web"), nil), "example.org", testNow, ErrNotOperator, "not an operator identity: spiffe://example.org/service/web"},
-		{"gateway identity", forge(valid(ca, "spiffe://example.org/gateway/eu/n1"), nil), "example.org", testNow, ErrNotOperator, "not an operator identity"},
-		{"operator without name", forge(valid(ca, "spiffe://example.org/operator/"), nil), "example.org", testNow, ErrNotOperator, "not an operator identity"},
-		{"operator sub-path", forge(valid(ca, "spiffe://example.org/operator/a/b"), nil), "example.org", testNow, ErrNotOperator, "not an operator identity"},
-		{"wrong trust domain in cert", forge(valid(foreign, "spiffe://evil.org/operator/alice"), nil), "example.org", testNow, ErrChain, "chain not to the bundle"},
+		{"other CA", forge(valid(other, "spiffe://example.org/operator/alice")), "example.org", testNow, ErrChain, "chain not to the bundle"},
+		{"service identity", forge(valid(ca, "spiffe://example.org/service/web")), "example.org", testNow, ErrNotOperator, "not an operator identity: spiffe://example.org/service/web"},
+		{"gateway identity", forge(valid(ca, "spiffe://example.org/gateway/eu/n1")), "example.org", testNow, ErrNotOperator, "not an operator identity"},
+		{"operator without name", forge(valid(ca, "spiffe://example.org/operator/")), "example.org", testNow, ErrNotOperator, "not an operator identity"},
+		{"operator sub-path", forge(valid(ca, "spiffe://example.org/operator/a/b")), "example.org", testNow, ErrNotOperator, "not an operator identity"},
+		{"wrong trust domain in cert", forge(valid(foreign, "spiffe://evil.org/operator/alice")), "example.org", testNow, ErrChain, "chain not to the bundle"},
+		{"other trust domain, same CA", forge(valid(ca, "spiffe://other.org/operator/alice")), "example.org", testNow, ErrTrustDomain, `wrong trust domain: spiffe://other.org/operator/alice is of trust domain "other.org", want "example.org"`},
+		{"not spiffe", forge(valid(ca, "https://example.org/operator/alice")), "example.org", testNow, ErrNotOperator, `"https://example.org/operator/alice" is not a SPIFFE ID`},
 		{"wrong trust domain asked", good, "other.org", testNow, ErrTrustDomain, `wrong trust domain: spiffe://example.org/operator/alice is of trust domain "example.org", want "other.org"`},
 		{"expired", good, "example.org", testNow.Add(2 * time.Hour), ErrExpired, "expired"},
 		{"not yet valid", good, "example.org", testNow.Add(-2 * time.Hour), ErrExpired, "is before"},
