@@ -42,6 +42,12 @@ Usage:
   meshd ca root [--data-dir DIR]                  print the root of an edge's internal public CA, to trust
   meshd ca issue --dir DIR --id SPIFFE-ID --cert F --key F [--ttl D]
                                                   issue an SVID for a node without the CA key
+  meshd ca operator --dir DIR [--name N]          add an operator key (signs policies) to a CA directory
+  meshd apply -f FILE --ca-dir DIR | --key F [--node NAME | --admin ADDR]
+                                                  sign a traffic policy and hand it to a node; gossip spreads it
+  meshd status policy [--node NAME | --admin ADDR]
+                                                  the policy version every node runs (exit 1 while one is behind)
+  meshd check policy FILE                         validate a policy document
   meshd members [--node NAME | --admin ADDR]      gossip members a node sees
   meshd services [--node NAME | --admin ADDR]     services a node sees
   meshd routes [--node NAME | --admin ADDR]       where a node sends each service's requests now
@@ -130,6 +136,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdApp(ctx, args[1:], stdout, stderr)
 	case "wait":
 		return cmdWait(ctx, args[1:], stdout, stderr)
+	case "apply":
+		return cmdApply(ctx, args[1:], stdout, stderr)
+	case "status":
+		return cmdStatus(ctx, args[1:], stdout, stderr)
+	case "check":
+		return cmdCheck(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "meshd", buildVersion())
 		return nil
@@ -669,23 +681,9 @@ func cmdCache(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	body, _ := json.Marshal(req)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, target.Base+"/v1/cache/purge", strings.NewReader(string(body)))
-	if err != nil {
-		return fmt.Errorf("admin: %w", err)
-	}
-	hreq.Header.Set("Content-Type", "application/json")
-	resp, err := target.Client.Do(hreq)
-	if err != nil {
-		return fmt.Errorf("cannot reach the admin API of %s: %w", target.Label, err)
-	}
-	defer resp.Body.Close()
-	out, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("purge refused: %s", strings.TrimSpace(string(out)))
-	}
 	var res mesh.PurgeResult
-	if err := json.Unmarshal(out, &res); err != nil {
-		return fmt.Errorf("admin: bad answer: %w", err)
+	if err := adminPostJSON(ctx, target, "/v1/cache/purge", body, "purge", &res); err != nil {
+		return err
 	}
 	fmt.Fprintf(stdout, "purged %d entries here; purge %s goes to %d edges\n", res.Removed, res.ID, res.Edges)
 	return nil

@@ -92,6 +92,7 @@ type Cluster struct {
 	box       mailbox
 	updateMu  sync.Mutex // serializes memberlist's UpdateNode (send.go)
 	jobs      jobQueue
+	noteJobs  jobQueue      // notes have their own senders: a record update waiting for its broadcast must not hold one up
 	changed   chan struct{} // wakes the OnChange goroutine
 	conflict  chan struct{} // wakes the join goroutine
 	joinWake  chan struct{} // wakes the join goroutine: membership changed
@@ -329,6 +330,7 @@ func (c *Cluster) start() error {
 	// Room for one push/pull state of the largest size memberlist accepts.
 	c.box.init(maxStateDecode + 4<<20)
 	c.jobs.init(4096)
+	c.noteJobs.init(4096)
 	c.suspects = make(map[string]bool)
 	c.badLog.every = 10 * time.Second
 	c.dropLog.every = 10 * time.Second
@@ -362,7 +364,10 @@ func (c *Cluster) start() error {
 	c.publish()
 	go c.run(ctx)
 	for range senders {
-		go c.sendLoop(ctx)
+		go c.sendLoop(ctx, &c.jobs)
+	}
+	for range noteSenders {
+		go c.sendLoop(ctx, &c.noteJobs)
 	}
 	go c.notifyLoop(ctx)
 	go c.noteLoop(ctx)
@@ -618,8 +623,12 @@ func (c *Cluster) clearSuspect(name string) {
 	}
 }
 
-// noteQueue bounds the notes waiting for OnNote.
-const noteQueue = 16
+const (
+	// noteQueue bounds the notes waiting for OnNote.
+	noteQueue = 16
+	// noteSenders send notes, apart from the record senders.
+	noteSenders = 2
+)
 
 // Send queues data for the member named name, sent over TCP by a sender
 // goroutine; the member's OnNote receives it. A Send to a member while an
@@ -640,7 +649,7 @@ func (c *Cluster) Send(name string, data []byte) error {
 	}
 	for _, n := range m.Members() {
 		if n.Name == name {
-			c.jobs.add(job{kind: jobNote, to: target{name: n.Name, ip: n.Addr, port: n.Port},
+			c.noteJobs.add(job{kind: jobNote, to: target{name: n.Name, ip: n.Addr, port: n.Port},
 				data: bytes.Clone(data)})
 			return nil
 		}

@@ -96,14 +96,14 @@ func (q *jobQueue) next() (job, bool) {
 // sendLoop runs queued network jobs; these may block for memberlist's TCP
 // timeout, which is why they never run on memberlist's goroutines or the
 // state goroutine.
-func (c *Cluster) sendLoop(ctx context.Context) {
+func (c *Cluster) sendLoop(ctx context.Context, q *jobQueue) {
 	for {
-		j, ok := c.jobs.next()
+		j, ok := q.next()
 		if !ok {
 			select {
 			case <-ctx.Done():
 				return
-			case <-c.jobs.ready:
+			case <-q.ready:
 				continue
 			}
 		}

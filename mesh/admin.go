@@ -94,6 +94,10 @@ func (n *Node) adminHandler() http.Handler {
 		writeJSON(w, nonNil(n.snap.Load().Members))
 	})
 	mux.HandleFunc("POST /v1/cache/purge", n.purgeHandler)
+	mux.HandleFunc("GET /v1/policy", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, n.policyInfo(r.URL.Query().Get("document") != ""))
+	})
+	mux.HandleFunc("POST /v1/policy", n.applyHandler)
 	if n.Config.AdminPprof {
 		// Profiles for performance work (go tool pprof http://ADMIN/debug/pprof/profile),
 		// only when asked for: a profile costs CPU and shows memory contents'

@@ -14,6 +14,10 @@ type Snapshot struct {
 	// local: service → ready, healthy instances in the node's own region
 	// (region pool; gateways and sidecars).
 	local map[string]*upstreamSet
+	// subsets: service → subset label (--subset) → its ready, healthy
+	// instances in the node's own region, what a route's split or rule
+	// picks from. Instances without a label are in no subset.
+	subsets map[string]map[string]*upstreamSet
 	// gateways: ready gateways of the node's own region (region pool; what a
 	// sidecar sends to when the callee is not in its region).
 	gateways *upstreamSet
@@ -66,8 +70,10 @@ type ServiceInfo struct {
 	Healthy   int      `json:"healthy"`
 	Draining  int      `json:"draining,omitempty"` // healthy instances that are draining
 	Instances []string `json:"instances,omitempty"`
-	Gateways  []string `json:"gateways,omitempty"`
-	Domains   []string `json:"domains,omitempty"`
+	// Subsets counts the healthy instances per subset label.
+	Subsets  map[string]int `json:"subsets,omitempty"`
+	Gateways []string       `json:"gateways,omitempty"`
+	Domains  []string       `json:"domains,omitempty"`
 }
 
 // upstreamSet holds candidates in preference order: every rotation of the
@@ -189,6 +195,7 @@ type upstreamMaker interface {
 func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMaker, probe *prober) *Snapshot {
 	s := &Snapshot{
 		local:   map[string]*upstreamSet{},
+		subsets: map[string]map[string]*upstreamSet{},
 		remote:  map[string]*upstreamSet{},
 		known:   map[string]bool{},
 		domains: map[string]string{},
@@ -212,6 +219,8 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 	// Region pool: instances and the region's own gateways; draining ones
 	// apart, as last resorts.
 	instances, drainingInstances := map[string][]*proxy.Upstream{}, map[string][]*proxy.Upstream{}
+	type svcSubset struct{ svc, subset string }
+	bySubset, drainingBySubset := map[svcSubset][]*proxy.Upstream{}, map[svcSubset][]*proxy.Upstream{}
 	var gws, drainingGWs []*proxy.Upstream
 	for _, m := range lan {
 		r := m.rec
@@ -231,17 +240,30 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 					continue
 				}
 				u := mk.instanceUpstream(sv.Name, r)
+				sub := svcSubset{sv.Name, sv.Subset}
 				if !ready {
 					in.Draining++
 					if u != nil {
 						drainingInstances[sv.Name] = append(drainingInstances[sv.Name], u)
+						if sv.Subset != "" {
+							drainingBySubset[sub] = append(drainingBySubset[sub], u)
+						}
 					}
 					continue
 				}
 				in.Healthy++
 				in.Instances = append(in.Instances, r.Name)
+				if sv.Subset != "" {
+					if in.Subsets == nil {
+						in.Subsets = map[string]int{}
+					}
+					in.Subsets[sv.Subset]++
+				}
 				if u != nil {
 					instances[sv.Name] = append(instances[sv.Name], u)
+					if sv.Subset != "" {
+						bySubset[sub] = append(bySubset[sub], u)
+					}
 				}
 			}
 		case RoleGateway:
@@ -261,6 +283,17 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 		if s.local[svc] == nil {
 			s.local[svc] = newUpstreamSet(nil, ups)
 		}
+	}
+	for k := range drainingBySubset {
+		if _, ok := bySubset[k]; !ok {
+			bySubset[k] = nil // draining instances only: a last resort
+		}
+	}
+	for k, ups := range bySubset {
+		if s.subsets[k.svc] == nil {
+			s.subsets[k.svc] = map[string]*upstreamSet{}
+		}
+		s.subsets[k.svc][k.subset] = newUpstreamSet(ups, drainingBySubset[k])
 	}
 	s.gateways = newUpstreamSet(gws, drainingGWs)
 

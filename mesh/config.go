@@ -82,6 +82,9 @@ type Config struct {
 
 	// Service is the service a sidecar fronts. Required for sidecars.
 	Service string `yaml:"service" usage:"service the sidecar fronts"`
+	// Subset labels the sidecar's instance ("v2") for a policy's splits
+	// and rules.
+	Subset string `yaml:"subset" usage:"subset label of this instance (e.g. v2), for the policy's splits and routes"`
 	// Domains are extra public host names of the sidecar's service.
 	Domains []string `yaml:"domains" usage:"extra public host names of the sidecar's service (repeatable)"`
 	// Upstream is the app's plain HTTP address, on loopback. Required for
@@ -573,6 +576,13 @@ func (c *Config) Validate() error {
 				return &FieldError{Field: "domains", Err: err}
 			}
 		}
+		if c.Subset != "" {
+			if err := validLabel(c.Subset); err != nil {
+				return &FieldError{Field: "subset", Err: err}
+			}
+		}
+	} else if c.Subset != "" {
+		return fieldErr("subset", "labels a sidecar's instance; a %s has none", c.Role)
 	}
 	return nil
 }

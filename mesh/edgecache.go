@@ -206,21 +206,6 @@ func (n *Node) purgeHandler(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, res)
 }
 
-// hostGate answers requests for hosts no service publishes before they
-// reach the cache, so the cache never holds an entry for a host the edge
-// does not serve and the edge is never an open proxy.
-func (n *Node) hostGate(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s := n.snap.Load()
-		svc, ok := publicService(r.Host, n.Config.PublicDomain, s.domains)
-		if !ok || !s.publishes(svc, n.now) {
-			writeStatusError(w, errNoHost(r.Host).(*proxy.StatusError))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
 func writeStatusError(w http.ResponseWriter, e *proxy.StatusError) {
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")

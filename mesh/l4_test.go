@@ -395,7 +395,7 @@ func TestUDPAcrossRegions(t *testing.T) {
 }
 
 // metricValue returns the value of the sample of name whose labels include
-// want, from n's registry, or -1.
+// want (a histogram's count), from n's registry, or -1.
 func metricValue(t *testing.T, n *Node, name string, want map[string]string) float64 {
 	t.Helper()
 	mfs, err := n.registry.Gather()
@@ -419,6 +419,9 @@ func metricValue(t *testing.T, n *Node, name string, want map[string]string) flo
 			}
 			if c := m.GetCounter(); c != nil {
 				return c.GetValue()
+			}
+			if h := m.GetHistogram(); h != nil {
+				return float64(h.GetSampleCount())
 			}
 			return m.GetGauge().GetValue()
 		}

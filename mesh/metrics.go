@@ -13,6 +13,13 @@ import (
 // read at scrape time, so the request path pays nothing for them.
 func (n *Node) newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
+	n.policyDelay = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meshd_policy_propagation_seconds",
+		Help:        "From a policy's signing (meshd apply) to this node running it; clocks of the operator's machine and the node's are compared.",
+		ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region},
+		Buckets:     []float64{.01, .025, .05, .1, .25, .5, 1, 2, 5, 10, 30, 60}})
+	n.policyRefused = prometheus.NewCounter(prometheus.CounterOpts{Name: "meshd_policy_refused_total",
+		Help:        "Signed policies from peers that failed verification (unknown signer, bad signature, invalid document); their log lines name the peer once per reason.",
+		ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}})
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	labels := prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}
 	reg.MustRegister(
@@ -34,6 +41,9 @@ func (n *Node) newRegistry() *prometheus.Registry {
 				}
 				return float64(n.pool.Rejected())
 			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshd_policy_version", Help: "Version of the signed traffic policy the node runs (0: none).", ConstLabels: labels},
+			func() float64 { return float64(n.pol.Load().version()) }),
+		n.policyDelay, n.policyRefused,
 		newLimitCollector(n, labels),
 		newTunnelCollector(n, labels),
 	)

@@ -44,10 +44,21 @@ type Node struct {
 	adminAddr                            string         // its bound address; unix:PATH for a socket
 	advertise                            string
 
-	snap     atomic.Pointer[Snapshot]
-	ready    atomic.Bool // started and not draining
-	draining atomic.Bool
-	leaving  atomic.Bool // gossip leave has begun: the records are final
+	snap atomic.Pointer[Snapshot]
+	// The traffic policy the node runs (policysync.go) and its compiled
+	// routes (chain.go); nil without one.
+	pol           atomic.Pointer[policyState]
+	table         atomic.Pointer[routeTable]
+	polMu         sync.Mutex        // serializes adoptions; guards polBad
+	polBad        map[string]string // pool/member → last refusal logged
+	polKick       chan struct{}
+	polPeers      []peerPolicy // guarded by mu
+	rootSum       string       // names the policy file of this mesh
+	policyDelay   prometheus.Histogram
+	policyRefused prometheus.Counter
+	ready         atomic.Bool // started and not draining
+	draining      atomic.Bool
+	leaving       atomic.Bool // gossip leave has begun: the records are final
 	// wholeMesh marks a node whose whole mesh stops with it (the demo):
 	// nobody is left to tell, so it does not wait for its gossip leave
 	// to be passed on, which would take each node its leave timeout.
@@ -148,6 +159,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.upstreams = map[string]*proxy.Upstream{}
 	n.badRecs = map[string]string{}
 	n.applied = map[string]int64{}
+	n.polBad = map[string]string{}
+	n.polKick = make(chan struct{}, 1)
 	if n.now == nil {
 		n.now = time.Now
 	}
@@ -174,6 +187,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	closers = append(closers, func() { n.ids.Close() })
+	n.rootSum = n.ids.BundleSum()
+	n.loadPolicy()
 	key, err := tlsmgr.ReadGossipKey(c.CADir)
 	if err != nil {
 		return fmt.Errorf("ca-dir: %w", err)
@@ -217,6 +232,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			ports := newAppPorts(c.AppPorts())
 			h.Route = func(out *http.Request) ([]*proxy.Upstream, error) {
 				out.Header.Del(HeaderService)
+				out.Header.Del(HeaderSubset)
 				if out.Method == http.MethodConnect {
 					return ports.route(c.Service, out) // a TCP port of the app
 				}
@@ -227,7 +243,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 				return []*proxy.Upstream{app}, nil
 			}
 		}
-		n.meshSrv = &proxy.Server{Addr: c.Listen, TLS: n.ids.ServerTLS(n.allowCaller()), Handler: h, Logger: n.Logger}
+		var front http.Handler = h
+		if c.Role == RoleGateway {
+			front = n.meshFront(h)
+		}
+		n.meshSrv = &proxy.Server{Addr: c.Listen, TLS: n.ids.ServerTLS(n.allowCaller()), Handler: front, Logger: n.Logger}
 		if err := startServer("listen", n.meshSrv); err != nil {
 			return err
 		}
@@ -244,7 +264,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		out := &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Logger: n.Logger, TrustRetry: true}
 		n.handlers = append(n.handlers, namedHandler{"outbound", out})
 		// H2C: an app's gRPC client calls in plain text with HTTP/2.
-		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: out, Logger: n.Logger, H2C: true}
+		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: n.meshFront(out), Logger: n.Logger, H2C: true}
 		if err := startServer("outbound", n.outSrv); err != nil {
 			return err
 		}
@@ -277,7 +297,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	onChange := n.kickRebuild
 	if c.Role != RoleEdge {
 		n.lan = &gossip.Cluster{Name: c.Name, BindAddr: c.GossipAddr, Profile: gossip.LAN, Key: key,
-			Label: "meshd/" + n.td + "/region/" + c.Region, Join: c.Join, Logger: n.Logger, OnChange: onChange}
+			Label: "meshd/" + n.td + "/region/" + c.Region, Join: c.Join, Logger: n.Logger, OnChange: onChange,
+			OnNote: n.onPolicyNote(poolRegion)}
 		// The record goes out with the join, so peers never see the node
 		// without it.
 		rec, _ := n.lanRecord().Encode()
@@ -292,7 +313,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	if c.Role != RoleSidecar {
 		n.wan = &gossip.Cluster{Name: c.Name, BindAddr: c.WANGossipAddr, Profile: gossip.WAN, Key: key,
-			Label: "meshd/" + n.td + "/global", Join: c.WANJoin, Logger: n.Logger, OnChange: onChange}
+			Label: "meshd/" + n.td + "/global", Join: c.WANJoin, Logger: n.Logger, OnChange: onChange,
+			OnNote: n.onPolicyNote(poolGlobal)}
 		if err := n.wan.Start(bg); err != nil {
 			return fmt.Errorf("wan-gossip-addr: %w", err)
 		}
@@ -306,8 +328,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.publish()
 	n.rebuild()
 
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.loop(bg)
+	go n.policySyncLoop(bg.Done())
 	if c.Role != RoleSidecar {
 		n.wg.Add(1)
 		go n.probeLoop(bg)
@@ -364,7 +387,7 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 		}
 		return h
 	}
-	gated := front(n.hostGate(inner))
+	gated := front(n.edgeFront(inner))
 	httpHandler := gated
 	if c.PublicHTTPS != "" {
 		n.certs = n.publicCerts()
@@ -376,7 +399,7 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 		httpsPort, _ := strconv.Atoi(port)
 		// Unknown hosts get 404 before any redirect; ACME challenges
 		// and --public-http-allow hosts stay on plain HTTP.
-		httpHandler = front(n.certs.HTTPChallenge(n.hostGate(proxy.RedirectHTTPS(httpsPort, n.plainHTTPAllowed(), inner))))
+		httpHandler = front(n.certs.HTTPChallenge(n.edgeFront(proxy.RedirectHTTPS(httpsPort, n.plainHTTPAllowed(), inner))))
 	}
 	n.publicSrv = n.publicServer(c.PublicHTTP, nil, httpHandler)
 	if err := startServer("public-http", n.publicSrv); err != nil {
@@ -553,14 +576,15 @@ func (n *Node) state() string {
 // lanRecord is what the node publishes in its region pool.
 func (n *Node) lanRecord() *NodeRecord {
 	c := &n.Config
-	r := &NodeRecord{Name: c.Name, Role: c.Role, Region: c.Region, MeshAddr: n.advertise, State: n.state()}
+	r := &NodeRecord{Name: c.Name, Role: c.Role, Region: c.Region, MeshAddr: n.advertise, State: n.state(),
+		Policy: n.pol.Load().version()}
 	if c.Role == RoleSidecar {
 		h := 0
 		if n.healthy.Load() {
 			h = 1
 		}
 		r.Services = []ServiceRecord{{Name: c.Service, Domains: c.Domains, Healthy: h, Since: n.since,
-			Ports: portRecords(c.AppPorts())}}
+			Subset: c.Subset, Ports: portRecords(c.AppPorts())}}
 	}
 	return r
 }
@@ -569,7 +593,8 @@ func (n *Node) lanRecord() *NodeRecord {
 // summarizes its region there.
 func (n *Node) wanRecord() *NodeRecord {
 	c := &n.Config
-	r := &NodeRecord{Name: c.Name, Role: c.Role, Region: c.Region, MeshAddr: n.advertise, State: n.state()}
+	r := &NodeRecord{Name: c.Name, Role: c.Role, Region: c.Region, MeshAddr: n.advertise, State: n.state(),
+		Policy: n.pol.Load().version()}
 	if c.Role == RoleGateway && n.lan != nil {
 		r.Services = summarize(n.decode(n.lan.Members()), c.Region, n.instanceEjectedLocked(time.Now()))
 	}
@@ -688,6 +713,7 @@ func (n *Node) rebuild() {
 		wan = n.decode(n.wan.Members())
 	}
 	n.applyRemotePurgesLocked(wan)
+	n.collectPeerPolicies(lan, wan)
 	used := map[string]bool{}
 	s := buildSnapshot(n.Config.Role, n.Config.Region, lan, wan, &trackingMaker{n, used}, n.probe)
 	// Forget upstreams (and their pooled connections) nobody routes to.
@@ -800,9 +826,17 @@ func (n *Node) peerRole(r *http.Request) string {
 // → one of its gateways.
 func (n *Node) edgeRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	s := n.snap.Load()
-	svc, ok := publicService(out.Host, n.Config.PublicDomain, s.domains)
-	if !ok {
-		return nil, errNoHost(out.Host)
+	var svc string
+	if rr := routeFrom(out.Context()); rr != nil {
+		svc = rr.service
+		if rr.subset != "" {
+			out.Header[HeaderSubset] = []string{rr.subset}
+		}
+	} else {
+		var ok bool
+		if svc, ok = n.publicServiceOf(out.Host, s); !ok {
+			return nil, errNoHost(out.Host)
+		}
 	}
 	out.Header.Set(HeaderService, svc)
 	if ups := s.remote[svc].pick(); len(ups) > 0 {
@@ -833,10 +867,15 @@ func (n *Node) gatewayRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	if n.peerRole(out) == "gateway" {
 		remote = nil
 	}
-	// Local instances first, then other regions; draining instances, here
-	// or there, only when nothing else is left.
-	if ups := pickFirst(s.local[svc], remote); len(ups) > 0 {
+	// Local instances (of the request's subset) first, then other
+	// regions, whose gateways pick the same subset; draining instances,
+	// here or there, only when nothing else is left.
+	subset := subsetOf(out)
+	if ups := pickFirst(s.instancesFor(svc, subset), remote); len(ups) > 0 {
 		return ups, nil
+	}
+	if subset != "" && s.local[svc] != nil {
+		return nil, errNoSubset(svc, subset)
 	}
 	now := n.now()
 	if d := s.downFor(svc, now); d != nil || s.known[svc] {
@@ -865,7 +904,7 @@ func (n *Node) outboundRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	}
 	out.Header.Set(HeaderService, svc)
 	s := n.snap.Load()
-	if ups := pickFirst(s.local[svc], s.gateways); len(ups) > 0 {
+	if ups := pickFirst(s.instancesFor(svc, subsetOf(out)), s.gateways); len(ups) > 0 {
 		return ups, nil
 	}
 	now := n.now()

@@ -71,7 +71,7 @@ func (n *Node) publicCerts() *tlsmgr.PublicCerts {
 		s := n.snap.Load()
 		// A tombstoned service keeps its names, and its certificate, so
 		// its clients read a 503 over HTTPS, not a handshake failure.
-		if svc, ok := publicService(host, c.PublicDomain, s.domains); ok && s.publishes(svc, n.now) {
+		if svc, ok := n.publicServiceOf(host, s); ok && s.publishes(svc, n.now) {
 			return nil
 		}
 		return fmt.Errorf("no service is published at %q", host)

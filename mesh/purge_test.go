@@ -46,6 +46,9 @@ func (m *testMesh) start(c Config, opts ...func(*Node)) *Node {
 		c.PublicHTTP = "127.0.0.1:0"
 	}
 	c.HealthInterval = 200 * time.Millisecond
+	if c.DataDir == "" {
+		c.DataDir = m.t.TempDir() // where the node keeps the policy it runs
+	}
 	n := &Node{Config: c, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for _, o := range opts {
 		o(n)

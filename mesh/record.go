@@ -36,6 +36,10 @@ type NodeRecord struct {
 	Prefixes []string        `json:"prefixes,omitempty"`
 	Purges   []PurgeRecord   `json:"purges,omitempty"` // edge: recent cache purges for the other edges
 	Load     float64         `json:"load,omitempty"`
+	// Policy is the version of the signed traffic policy the node runs
+	// (0: none), so that any node can tell who has not got the newest
+	// yet (policysync.go).
+	Policy uint64 `json:"policy,omitempty"`
 }
 
 // ServiceRecord is one service in a NodeRecord.
@@ -55,6 +59,9 @@ type ServiceRecord struct {
 	// the first time at once (see nameBook); it is a hint from gossip, not
 	// an authority.
 	Since int64 `json:"since,omitempty"`
+	// Subset is the instance's label (--subset, e.g. "v2") that a
+	// policy's splits and rules pick by; "" for none (a sidecar's record).
+	Subset string `json:"subset,omitempty"`
 	// Ports are the TCP and UDP ports the app publishes besides HTTP
 	// (a sidecar's record; --tcp).
 	Ports []PortRecord `json:"ports,omitempty"`
@@ -136,6 +143,11 @@ func DecodeRecord(b []byte) (*NodeRecord, error) {
 			return nil, fmt.Errorf("record %s: service %s listed twice", r.Name, s.Name)
 		}
 		seen[s.Name] = true
+		if s.Subset != "" {
+			if err := validLabel(s.Subset); err != nil {
+				return nil, fmt.Errorf("record %s service %s subset: %w", r.Name, s.Name, err)
+			}
+		}
 		if s.Healthy < 0 || s.Draining < 0 || s.Weight < 0 || s.Since < 0 {
 			return nil, fmt.Errorf("record %s service %s: negative count", r.Name, s.Name)
 		}

@@ -2,7 +2,9 @@ package tlsmgr
 
 import (
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -173,4 +175,18 @@ func (m *Manager) BundlePool() (*x509.CertPool, error) {
 		pool.AddCert(c)
 	}
 	return pool, nil
+}
+
+// BundleSum names the trust bundle: the hex SHA-256 of its roots, first 16
+// bytes, "" before Start. Files a node keeps per mesh are named by it.
+func (m *Manager) BundleSum() string {
+	cur := m.cur.Load()
+	if cur == nil {
+		return ""
+	}
+	h := sha256.New()
+	for _, c := range cur.bundle.X509Authorities() {
+		h.Write(c.Raw)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
 }
