@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -385,4 +387,55 @@ func BenchmarkRateLimiterAllow(b *testing.B) {
 			l.Allow(keys[i&1023], rlAt(time.Duration(i)*time.Microsecond))
 		}
 	})
+}
+
+// BenchmarkRateLimiterChurn is the cost of a new key in a full limiter at
+// the default maxKeys: an attacker cycling client IPs, with the sweeps
+// that make room amortised over the keys.
+func BenchmarkRateLimiterChurn(b *testing.B) {
+	l := NewRateLimiter(10, 10, 0)
+	keys := make([]string, 4*DefaultRateLimitKeys)
+	for i := range keys {
+		keys[i] = "203.0." + strconv.Itoa(i>>8) + "." + strconv.Itoa(i&0xff)
+	}
+	for i := range DefaultRateLimitKeys {
+		l.Allow(keys[i], rlBase)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		l.Allow(keys[(DefaultRateLimitKeys+i)%len(keys)], rlAt(time.Duration(i)*time.Microsecond))
+	}
+	if k := l.Stats().Keys; k > DefaultRateLimitKeys {
+		b.Fatalf("%d keys held", k)
+	}
+}
+
+// nthSmallest against a sort, on the shapes a shard's TATs take: random,
+// sorted (keys that arrived in order), reversed, all equal, few values.
+func TestRateLimitNthSmallest(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	shapes := map[string]func(i, n int) int64{
+		"random":   func(i, n int) int64 { return r.Int64N(1 << 40) },
+		"sorted":   func(i, n int) int64 { return int64(i) },
+		"reversed": func(i, n int) int64 { return int64(n - i) },
+		"equal":    func(i, n int) int64 { return 7 },
+		"few":      func(i, n int) int64 { return r.Int64N(3) },
+	}
+	for name, gen := range shapes {
+		for _, n := range []int{1, 2, 3, 10, 100, 1000} {
+			v := make([]int64, n)
+			for i := range v {
+				v[i] = gen(i, n)
+			}
+			sorted := slices.Clone(v)
+			slices.Sort(sorted)
+			for _, k := range []int{0, n / 16, n / 2, n - 1} {
+				w := slices.Clone(v)
+				if got := nthSmallest(w, k); got != sorted[k] {
+					t.Errorf("%s, %d values: nthSmallest(%d) = %d, want %d", name, n, k, got, sorted[k])
+				}
+			}
+		}
+	}
 }
