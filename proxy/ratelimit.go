@@ -23,8 +23,9 @@ import (
 // again, in nanoseconds since the limiter was built. A request at t is
 // allowed when max(TAT, t) + interval - t <= burst*interval, and then moves
 // TAT on by one interval. Why this and not float64 tokens plus a timestamp:
-//   - one int64 per key rather than two words, so maxKeys buckets cost
-//     half the memory, and a bucket's whole state is one map value;
+//   - one int64 per key rather than two words (tokens and the time they
+//     were counted): a bucket's whole state is one map value, which a
+//     present key updates in place;
 //   - integer nanoseconds do not drift: float64 tokens lose precision as
 //     fractions of a token are added up over hours, nanoseconds of credit
 //     are exact. The one rounding is the interval itself, 1/rate rounded
@@ -59,7 +60,9 @@ import (
 // spend about a burst of allowed requests on each of maxKeys/32 keys every
 // burst/rate seconds: traffic the limiter is letting through anyway, at
 // the configured rate per key. With burst 1 a key over its limit and a key
-// seen once can owe the same, and either may go.
+// seen once can owe the same, and either may go. A key that stops asking
+// pays off its debt and goes like the others once it owes as little as
+// they do: forgetting it then gives back about one token.
 //
 // A sweep visits the whole shard under its mutex (maxKeys/32 entries),
 // once per maxKeys/512 new keys; the other 31 shards are not held up. At
