@@ -25,6 +25,11 @@ type Snapshot struct {
 	// nearest region first (global pool; edges and gateways). For a gateway
 	// its own region is left out: those calls are served locally.
 	remote map[string]*upstreamSet
+	// tiers: service → its serving regions nearest first, with their
+	// health, what grade spreads over when the nearest region degrades
+	// (see failover.go); graded: the result, for services that spill.
+	tiers  map[string][]regionTier
+	graded map[string]*gradedSet
 	// known: every service name anybody publishes, healthy or not, so that
 	// "nobody runs this" (404) and "nothing healthy now" (503) differ.
 	known map[string]bool
@@ -197,6 +202,7 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 		local:   map[string]*upstreamSet{},
 		subsets: map[string]map[string]*upstreamSet{},
 		remote:  map[string]*upstreamSet{},
+		tiers:   map[string][]regionTier{},
 		known:   map[string]bool{},
 		domains: map[string]string{},
 		claims:  domainClaims{},
@@ -301,7 +307,10 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 	// gateway is a candidate for the services its record says its region
 	// serves; a draining gateway, and one whose region has nothing but
 	// draining instances of the service, only as a last resort.
-	type regionGWs struct{ serving, lastResort []*proxy.Upstream }
+	type regionGWs struct {
+		serving, lastResort []*proxy.Upstream
+		healthy, total      int // instances, as the region's gateways summarize them
+	}
 	regionRTT := map[string]time.Duration{} // best measured RTT; 0 = not measured
 	svcRegions := map[string]map[string]*regionGWs{}
 	addGW := func(svc, region string, u *proxy.Upstream, lastResort bool) {
@@ -312,6 +321,9 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 		if g == nil {
 			g = &regionGWs{}
 			svcRegions[svc][region] = g
+		}
+		if u == nil {
+			return
 		}
 		if lastResort {
 			g.lastResort = append(g.lastResort, u)
@@ -356,6 +368,9 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 			case u == nil:
 			case ready && sv.Healthy > 0:
 				addGW(sv.Name, r.Region, u, false)
+				g := svcRegions[sv.Name][r.Region]
+				g.healthy = max(g.healthy, sv.Healthy)
+				g.total = max(g.total, sv.Total, sv.Healthy)
 			case sv.Healthy > 0 || sv.Draining > 0:
 				addGW(sv.Name, r.Region, u, true)
 			}
@@ -386,8 +401,12 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 		// other serving regions in order; then the last resorts, nearest
 		// first.
 		var first, rest, lastResort []*proxy.Upstream
+		var tiers []regionTier
 		for _, reg := range order {
 			g := regions[reg]
+			if len(g.serving) > 0 {
+				tiers = append(tiers, regionTier{region: reg, gateways: g.serving, healthy: g.healthy, total: g.total})
+			}
 			if first == nil {
 				first = g.serving
 			} else {
@@ -398,7 +417,12 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 		if set := newUpstreamSet(first, append(rest, lastResort...)); set != nil {
 			s.remote[svc] = set
 		}
+		if len(tiers) > 1 {
+			tiers[0].lastResort = lastResort // the same for every tier: kept once
+			s.tiers[svc] = tiers
+		}
 	}
+	s.grade(nil)
 
 	for _, in := range infos {
 		sort.Strings(in.Instances)
@@ -448,7 +472,7 @@ func mergeSorted(a, b []string) []string {
 
 // summarize is what a gateway publishes in the global pool for its region:
 // every service of the region with its count of healthy instances (and of
-// healthy ones that are draining). An instance the gateway ejected, when
+// healthy ones that are draining) out of all it has (Total). An instance the gateway ejected, when
 // ejected is not nil and says so, is not counted: its record may say it is
 // healthy, but the gateway cannot reach it, so a region with nothing else
 // must not look as if it served.
@@ -466,6 +490,7 @@ func summarize(lan []member, region string, ejected func(svc string, r *NodeReco
 				byName[sv.Name] = sr
 			}
 			sr.Domains = mergeSorted(sr.Domains, sv.Domains)
+			sr.Total++
 			if sv.Since > 0 && (sr.Since == 0 || sv.Since < sr.Since) {
 				sr.Since = sv.Since // the region's oldest claim
 			}

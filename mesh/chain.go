@@ -40,13 +40,17 @@ type routeTable struct {
 	services map[string]*policy.Service
 	domains  map[string]string // public host → service, as the policy says
 	draws    map[*policy.Route]*atomic.Uint64
+	limits   map[*policy.Route]*routeLimits
 }
 
 func compileRoutes(doc *policy.Document) *routeTable {
 	t := &routeTable{version: doc.Version, services: doc.Services, domains: doc.Domains,
-		draws: map[*policy.Route]*atomic.Uint64{}}
+		draws: map[*policy.Route]*atomic.Uint64{}, limits: map[*policy.Route]*routeLimits{}}
 	for _, s := range doc.Services {
 		for _, r := range append([]*policy.Route{s.Default}, s.Routes...) {
+			if l := compileLimits(s.Name, r); l != nil {
+				t.limits[r] = l
+			}
 			if len(r.Split) > 0 {
 				c := &atomic.Uint64{}
 				c.Store(rand.Uint64()) // nodes start at different points of the sequence
@@ -55,6 +59,15 @@ func compileRoutes(doc *policy.Document) *routeTable {
 		}
 	}
 	return t
+}
+
+// overprovisioning is svc's failover factor, 0 when the policy does not
+// name the service (the caller's default applies).
+func (t *routeTable) overprovisioning(svc string) float64 {
+	if sp := t.services[svc]; sp != nil {
+		return sp.Default.Failover.Overprovisioning
+	}
+	return 0
 }
 
 // golden is 2⁶⁴/φ, the golden ratio's inverse in 64-bit fixed point.
@@ -151,7 +164,11 @@ func (n *Node) edgeFront(next http.Handler) http.Handler {
 		// dropped by the forwarding handler too, but the draw happens
 		// here, before it.
 		delete(r.Header, HeaderSubset)
-		next.ServeHTTP(w, withRoute(r, n.resolve(svc, r)))
+		rr := n.resolve(svc, r)
+		if rr.route != nil && !n.admitted(w, r, rr, "", remoteIP(r)) {
+			return
+		}
+		next.ServeHTTP(w, withRoute(r, rr))
 	})
 }
 

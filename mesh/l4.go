@@ -462,7 +462,7 @@ func (n *Node) edgeTCPRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	}
 	out.Header.Set(HeaderService, svc)
 	s := n.snap.Load()
-	if ups := s.remote[svc].pick(); len(ups) > 0 {
+	if ups := s.remoteFor(svc); len(ups) > 0 {
 		return ups, nil
 	}
 	now := n.now()

@@ -20,6 +20,9 @@ func (n *Node) newRegistry() *prometheus.Registry {
 	n.policyRefused = prometheus.NewCounter(prometheus.CounterOpts{Name: "meshd_policy_refused_total",
 		Help:        "Signed policies from peers that failed verification (unknown signer, bad signature, invalid document); their log lines name the peer once per reason.",
 		ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}})
+	n.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshd_rate_limited_total",
+		Help:        "Requests refused with 429 by a policy's rate limit at this node, per service and kind of limit.",
+		ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}}, []string{"service", "limit"})
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	labels := prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}
 	reg.MustRegister(
@@ -43,7 +46,7 @@ func (n *Node) newRegistry() *prometheus.Registry {
 			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshd_policy_version", Help: "Version of the signed traffic policy the node runs (0: none).", ConstLabels: labels},
 			func() float64 { return float64(n.pol.Load().version()) }),
-		n.policyDelay, n.policyRefused,
+		n.policyDelay, n.policyRefused, n.rateLimited,
 		newLimitCollector(n, labels),
 		newTunnelCollector(n, labels),
 	)

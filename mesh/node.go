@@ -56,9 +56,13 @@ type Node struct {
 	rootSum       string       // names the policy file of this mesh
 	policyDelay   prometheus.Histogram
 	policyRefused prometheus.Counter
-	ready         atomic.Bool // started and not draining
-	draining      atomic.Bool
-	leaving       atomic.Bool // gossip leave has begun: the records are final
+	rateLimited   *prometheus.CounterVec
+	// callerID is what the node records in HeaderCaller as the first
+	// mesh hop: its own SPIFFE ID, as a header value.
+	callerID []string
+	ready    atomic.Bool // started and not draining
+	draining atomic.Bool
+	leaving  atomic.Bool // gossip leave has begun: the records are final
 	// wholeMesh marks a node whose whole mesh stops with it (the demo):
 	// nobody is left to tell, so it does not wait for its gossip leave
 	// to be passed on, which would take each node its leave timeout.
@@ -188,6 +192,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	closers = append(closers, func() { n.ids.Close() })
 	n.rootSum = n.ids.BundleSum()
+	n.callerID = []string{n.ID()}
 	n.loadPolicy()
 	key, err := tlsmgr.ReadGossipKey(c.CADir)
 	if err != nil {
@@ -243,7 +248,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 				return []*proxy.Upstream{app}, nil
 			}
 		}
-		var front http.Handler = h
+		var front http.Handler = n.inboundFront(h)
 		if c.Role == RoleGateway {
 			front = n.meshFront(h)
 		}
@@ -716,6 +721,9 @@ func (n *Node) rebuild() {
 	n.collectPeerPolicies(lan, wan)
 	used := map[string]bool{}
 	s := buildSnapshot(n.Config.Role, n.Config.Region, lan, wan, &trackingMaker{n, used}, n.probe)
+	if t := n.table.Load(); t != nil {
+		s.grade(t.overprovisioning)
+	}
 	// Forget upstreams (and their pooled connections) nobody routes to.
 	for k := range n.upstreams {
 		if !used[k] {
@@ -839,7 +847,8 @@ func (n *Node) edgeRoute(out *http.Request) ([]*proxy.Upstream, error) {
 		}
 	}
 	out.Header.Set(HeaderService, svc)
-	if ups := s.remote[svc].pick(); len(ups) > 0 {
+	out.Header[HeaderCaller] = n.callerID
+	if ups := s.remoteFor(svc); len(ups) > 0 {
 		return ups, nil
 	}
 	now := n.now()
@@ -861,6 +870,11 @@ func (n *Node) gatewayRoute(out *http.Request) ([]*proxy.Upstream, error) {
 			return nil, errNoHost(out.Host)
 		}
 		out.Header.Set(HeaderService, svc)
+	}
+	if c := n.relayedCaller(out); c != "" {
+		out.Header[HeaderCaller] = []string{c}
+	} else {
+		delete(out.Header, HeaderCaller)
 	}
 	s := n.snap.Load()
 	remote := s.remote[svc]
@@ -903,6 +917,7 @@ func (n *Node) outboundRoute(out *http.Request) ([]*proxy.Upstream, error) {
 		}
 	}
 	out.Header.Set(HeaderService, svc)
+	out.Header[HeaderCaller] = n.callerID // whatever the app sent
 	s := n.snap.Load()
 	if ups := pickFirst(s.instancesFor(svc, subsetOf(out)), s.gateways); len(ups) > 0 {
 		return ups, nil

@@ -51,7 +51,12 @@ type ServiceRecord struct {
 	// serve until their drain delay ends, so a region that has nothing
 	// else is a last resort, not dead (a gateway's summary; 0 elsewhere).
 	Draining int `json:"draining,omitempty"`
-	Weight   int `json:"weight,omitempty"`
+	// Total counts the region's instances of the service whatever their
+	// health, draining and ejected ones included (a gateway's summary;
+	// 0 elsewhere, and from gateways older than the field): Healthy/Total
+	// is the region's health that graded failover reads.
+	Total  int `json:"total,omitempty"`
+	Weight int `json:"weight,omitempty"`
 	// Since is when the oldest record behind this one started claiming
 	// the service and its Domains, in Unix milliseconds (a sidecar: when it
 	// started; a gateway: the oldest of its region's instances); 0 when
@@ -148,7 +153,7 @@ func DecodeRecord(b []byte) (*NodeRecord, error) {
 				return nil, fmt.Errorf("record %s service %s subset: %w", r.Name, s.Name, err)
 			}
 		}
-		if s.Healthy < 0 || s.Draining < 0 || s.Weight < 0 || s.Since < 0 {
+		if s.Healthy < 0 || s.Draining < 0 || s.Total < 0 || s.Weight < 0 || s.Since < 0 {
 			return nil, fmt.Errorf("record %s service %s: negative count", r.Name, s.Name)
 		}
 		for _, d := range s.Domains {
