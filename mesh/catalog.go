@@ -3,6 +3,7 @@ package mesh
 import (
 	"math/rand/v2"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/meshd/meshd/proxy"
@@ -91,6 +92,10 @@ type upstreamSet struct {
 	// members (or regions with nothing but draining instances), which
 	// still serve but should get a request only when nothing else can.
 	lastResort bool
+	// ring is the consistent-hash ring of the preferred group, built on
+	// the first request with affinity (affinity.go).
+	ringOnce sync.Once
+	ring     *ring
 }
 
 // newUpstreamSet makes a set where requests are balanced over first and

@@ -165,7 +165,7 @@ func (n *Node) edgeFront(next http.Handler) http.Handler {
 		// here, before it.
 		delete(r.Header, HeaderSubset)
 		rr := n.resolve(svc, r)
-		if rr.route != nil && !n.admitted(w, r, rr, "", remoteIP(r)) {
+		if rr.route != nil && (!n.admitted(w, r, rr, "", remoteIP(r)) || !injectFault(w, r, rr.route.Fault)) {
 			return
 		}
 		next.ServeHTTP(w, withRoute(r, rr))
@@ -190,7 +190,11 @@ func (n *Node) meshFront(next http.Handler) http.Handler {
 				return
 			}
 		}
-		next.ServeHTTP(w, withRoute(r, n.resolve(svc, r)))
+		rr := n.resolve(svc, r)
+		if n.Config.Role == RoleSidecar && rr.route != nil && !injectFault(w, r, rr.route.Fault) {
+			return // the app's call, at its first hop
+		}
+		next.ServeHTTP(w, withRoute(r, rr))
 	})
 }
 

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"fmt"
 	"math"
 	"net"
 	"net/http"
@@ -139,8 +140,28 @@ func (n *Node) inboundFront(next http.Handler) http.Handler {
 				rr.route = sp.Resolve(r.Method, r.URL.Path, r.Header)
 			}
 		}
-		if rr.route != nil && !n.admitted(w, r, rr, caller, "") {
+		if rr.route == nil {
+			next.ServeHTTP(w, r)
 			return
+		}
+		if !n.admitted(w, r, rr, caller, "") {
+			return
+		}
+		if hard := rr.route.Concurrency.Hard; hard > 0 {
+			if n.inflight.Add(1) > int64(hard) {
+				n.inflight.Add(-1)
+				n.rateLimited.WithLabelValues(rr.service, "concurrency").Inc()
+				// Nothing reached the app: the hop before may send it
+				// to another instance.
+				h := w.Header()
+				h[proxy.HeaderRetry] = []string{"1"}
+				h["Retry-After"] = []string{"1"}
+				h["Proxy-Status"] = []string{`meshd; error=connection_limit_reached; details="concurrency limit"`}
+				writeStatusError(w, &proxy.StatusError{Code: http.StatusServiceUnavailable,
+					Msg: fmt.Sprintf("meshd: instance %s of %s has %d requests in flight, its limit", n.Config.Name, rr.service, hard)})
+				return
+			}
+			defer n.inflight.Add(-1)
 		}
 		next.ServeHTTP(w, r)
 	})

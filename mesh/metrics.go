@@ -1,6 +1,8 @@
 package mesh
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -25,6 +27,15 @@ func (n *Node) newRegistry() *prometheus.Registry {
 		ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}}, []string{"service", "limit"})
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	labels := prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}
+	for _, m := range []struct {
+		result string
+		n      *atomic.Int64
+	}{{"sent", &n.mirrored}, {"failed", &n.mirrorFailed}, {"dropped", &n.mirrorDropped}} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_mirrored_total",
+			Help:        "Copies of requests mirrored to a subset by a policy: sent (answered, answer discarded), failed (no answer), dropped (too many in flight, not sent).",
+			ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region, "result": m.result}},
+			func() float64 { return float64(m.n.Load()) }))
+	}
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshd_ready", Help: "1 while the node serves (started, not draining).", ConstLabels: labels},
 			func() float64 { return b2f(n.Ready()) }),

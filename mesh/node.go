@@ -60,9 +60,15 @@ type Node struct {
 	// callerID is what the node records in HeaderCaller as the first
 	// mesh hop: its own SPIFFE ID, as a header value.
 	callerID []string
-	ready    atomic.Bool // started and not draining
-	draining atomic.Bool
-	leaving  atomic.Bool // gossip leave has begun: the records are final
+	// inflight counts the requests a sidecar's app is serving, for the
+	// policy's hard concurrency limit.
+	inflight atomic.Int64
+	// mirrors holds a slot per mirrored copy in flight (fault.go).
+	mirrors                               chan struct{}
+	mirrored, mirrorFailed, mirrorDropped atomic.Int64
+	ready                                 atomic.Bool // started and not draining
+	draining                              atomic.Bool
+	leaving                               atomic.Bool // gossip leave has begun: the records are final
 	// wholeMesh marks a node whose whole mesh stops with it (the demo):
 	// nobody is left to tell, so it does not wait for its gossip leave
 	// to be passed on, which would take each node its leave timeout.
@@ -165,6 +171,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.applied = map[string]int64{}
 	n.polBad = map[string]string{}
 	n.polKick = make(chan struct{}, 1)
+	n.mirrors = make(chan struct{}, mirrorInFlight)
 	if n.now == nil {
 		n.now = time.Now
 	}
@@ -885,7 +892,11 @@ func (n *Node) gatewayRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	// regions, whose gateways pick the same subset; draining instances,
 	// here or there, only when nothing else is left.
 	subset := subsetOf(out)
-	if ups := pickFirst(s.instancesFor(svc, subset), remote); len(ups) > 0 {
+	local := s.instancesFor(svc, subset)
+	if ups := n.routeLocal(out, s, local); len(ups) > 0 {
+		return ups, nil
+	}
+	if ups := pickFirst(local, remote); len(ups) > 0 {
 		return ups, nil
 	}
 	if subset != "" && s.local[svc] != nil {
@@ -919,7 +930,11 @@ func (n *Node) outboundRoute(out *http.Request) ([]*proxy.Upstream, error) {
 	out.Header.Set(HeaderService, svc)
 	out.Header[HeaderCaller] = n.callerID // whatever the app sent
 	s := n.snap.Load()
-	if ups := pickFirst(s.instancesFor(svc, subsetOf(out)), s.gateways); len(ups) > 0 {
+	local := s.instancesFor(svc, subsetOf(out))
+	if ups := n.routeLocal(out, s, local); len(ups) > 0 {
+		return ups, nil
+	}
+	if ups := pickFirst(local, s.gateways); len(ups) > 0 {
 		return ups, nil
 	}
 	now := n.now()
