@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -520,5 +522,36 @@ func TestConnectTimeoutContext(t *testing.T) {
 		if !ok || dl.Before(start.Add(tt.want)) || dl.After(end.Add(tt.want)) {
 			t.Errorf("value %v: deadline in %v, want %v", tt.v, dl.Sub(start), tt.want)
 		}
+	}
+}
+
+// TestPolicyAllocs: a CallPolicy without timeouts adds no allocation to a
+// forwarded GET that succeeds at once.
+func TestPolicyAllocs(t *testing.T) {
+	if raceDetector {
+		t.Skip("the race detector allocates")
+	}
+	_, up := plainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	p := &CallPolicy{Attempts: 3, RetryOn: DefaultRetryOn | Retry503, Budget: NewRetryBudget(0.2, 10), BackoffBase: time.Millisecond}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	pool := &Pool{}
+	t.Cleanup(pool.CloseIdle)
+	plain := &Handler{Route: fixedRoute(up), Pool: pool, Via: "t", Logger: logger}
+	withPolicy := &Handler{Route: fixedRoute(up), Pool: pool, Via: "t", Logger: logger, Policy: policyOf(p)}
+	req := httptest.NewRequest("GET", "http://web.test/", nil)
+	w := &discardWriter{h: http.Header{}}
+	measure := func(h *Handler) float64 {
+		return testing.AllocsPerRun(200, func() {
+			clear(w.h)
+			h.ServeHTTP(w, req)
+			if w.code != 200 {
+				t.Fatalf("status %d", w.code)
+			}
+		})
+	}
+	measure(plain) // connections and timers warm
+	a, b := measure(plain), measure(withPolicy)
+	if b > a {
+		t.Fatalf("%.1f allocations per request with a policy, %.1f without", b, a)
 	}
 }
