@@ -128,3 +128,17 @@ func BenchmarkProxyH1Public(b *testing.B) {
 	s := startWith(b, &Server{Handler: h, Public: true, Logger: logger})
 	runClients(b, "http://"+s.BoundAddr()+"/")
 }
+
+// BenchmarkProxyH1Policy is BenchmarkProxyH1 with a CallPolicy that
+// retries (attempts, 503, a budget, back-off) but sets no timeout: on the
+// success path it should cost what no policy costs (compare allocs/op).
+func BenchmarkProxyH1Policy(b *testing.B) {
+	_, up := plainUpstream(b, http.HandlerFunc(benchUpstreamHandler))
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p := &CallPolicy{Attempts: 3, RetryOn: DefaultRetryOn | Retry503, Budget: NewRetryBudget(0.2, 10),
+		BackoffBase: 25 * time.Millisecond, BackoffMax: 250 * time.Millisecond}
+	h := &Handler{Route: fixedRoute(up), Pool: &Pool{}, Via: "bench", Logger: logger,
+		Policy: func(*http.Request) *CallPolicy { return p }}
+	addr := startProxy(b, h)
+	runClients(b, "http://"+addr+"/")
+}

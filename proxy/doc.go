@@ -73,6 +73,16 @@
 // are bounded by Go's HTTP/2 server; h2abuse_test.go shows it. [RedirectHTTPS] is the
 // handler of the public plain-HTTP listener.
 //
+// Call policy: Handler.Policy may give a request a [CallPolicy] (retry.go,
+// policy.go): how many candidates it may try and after which failures
+// (connect failure, refused stream, 502, 503, 504, first-byte timeout),
+// a jittered exponential back-off between tries, a [RetryBudget] shared by
+// a route that caps retries at a fraction of its requests, a small request
+// body kept in memory so that it can be sent again, Retry-After honoured,
+// connect, first-byte and total timeouts, and outlier ejection by an
+// [OutlierPolicy] (Envoy's defaults). Without a policy the Handler keeps
+// its own rules (Handler.MaxAttempts, EjectAfter).
+//
 // Errors are mapped to the client-facing status in one function (classify):
 // a *StatusError chosen by the Route function keeps its status and message,
 // timeouts become 504, a client that went away is recorded as 499 with

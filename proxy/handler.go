@@ -74,6 +74,14 @@ type Handler struct {
 	// handshake verified; otherwise the field is removed from responses,
 	// so that an app cannot forge it. Default false.
 	TrustRetry bool
+	// Policy returns the CallPolicy of a request (timeouts, retries and
+	// their budget, back-off, body replay, outlier ejection), given the
+	// incoming request; it is called once per request after Route, and
+	// must not block. The caller keeps one CallPolicy per route and
+	// returns it, shared (see CallPolicy). Nil, or returning nil: the
+	// rules of MaxAttempts, SignalRetry and TrustRetry alone, and
+	// ejection by EjectAfter and EjectFor. Default nil.
+	Policy func(r *http.Request) *CallPolicy
 	// TunnelIdleTimeout closes a tunnel (CONNECT, WebSocket) that carried
 	// no byte either way for this long. Default an hour
 	// (DefaultTunnelIdleTimeout).
@@ -86,10 +94,11 @@ type Handler struct {
 	once sync.Once
 	cfg  handlerConfig
 
-	requests   atomic.Int64
-	retries    atomic.Int64
-	failures   atomic.Int64
-	clientGone atomic.Int64
+	requests        atomic.Int64
+	retries         atomic.Int64
+	retriesBudgeted atomic.Int64
+	failures        atomic.Int64
+	clientGone      atomic.Int64
 
 	tunnels         atomic.Int64 // tunnels opened
 	tunnelsOpen     atomic.Int64 // tunnels open now
@@ -110,10 +119,13 @@ type handlerConfig struct {
 
 // Stats are the handler's counters since it was created.
 type Stats struct {
-	Requests   int64 // requests served
-	Retries    int64 // attempts beyond the first
-	Failures   int64 // requests answered with an error status by this hop
-	ClientGone int64 // requests whose client went away (recorded as 499)
+	Requests int64 // requests served
+	Retries  int64 // attempts beyond the first
+	// RetriesBudgeted counts retries a CallPolicy allowed that its
+	// RetryBudget refused: the last answer or error was forwarded.
+	RetriesBudgeted int64
+	Failures        int64 // requests answered with an error status by this hop
+	ClientGone      int64 // requests whose client went away (recorded as 499)
 
 	Tunnels         int64 // tunnels (CONNECT, upgrades) opened
 	TunnelsOpen     int64 // tunnels open now
@@ -124,10 +136,11 @@ type Stats struct {
 // Stats returns the handler's counters. It is safe to call at any time.
 func (h *Handler) Stats() Stats {
 	return Stats{
-		Requests:   h.requests.Load(),
-		Retries:    h.retries.Load(),
-		Failures:   h.failures.Load(),
-		ClientGone: h.clientGone.Load(),
+		Requests:        h.requests.Load(),
+		Retries:         h.retries.Load(),
+		RetriesBudgeted: h.retriesBudgeted.Load(),
+		Failures:        h.failures.Load(),
+		ClientGone:      h.clientGone.Load(),
 
 		Tunnels:         h.tunnels.Load(),
 		TunnelsOpen:     h.tunnelsOpen.Load(),
@@ -194,6 +207,12 @@ type outgoing struct {
 	url  url.URL
 	body trackedBody
 	via  [4]string // the response's Via values, when they fit
+
+	// With a CallPolicy (retry.go): the body read in full for replay
+	// (replayable), and the cancellation of the last attempt's context.
+	replay     []byte
+	replayable bool
+	cancel     context.CancelCauseFunc
 }
 
 // trackedBody wraps the incoming body so the retry decision can tell whether
@@ -333,6 +352,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		h.fail(w, r, c, o, nil, 0, err)
 		return
+	}
+
+	if h.Policy != nil {
+		if p := h.Policy(r); p != nil {
+			h.serveWithPolicy(w, r, c, o, ups, p, start, debug)
+			return
+		}
 	}
 
 	// Waiting for the upstream: cancel the exchange if the client leaves.

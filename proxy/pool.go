@@ -309,6 +309,22 @@ func markCertErrors(cfg *tls.Config) {
 	}
 }
 
+// connectTimeoutKey is the context key of a request's
+// CallPolicy.ConnectTimeout, a *time.Duration: a pointer into the shared
+// policy, so attaching it boxes nothing.
+type connectTimeoutKey struct{}
+
+// connectContext bounds a dial by the request's connect timeout, when it
+// has one shorter than def, or else by def. Go's transport dials with a
+// context that keeps the request's values but not its cancellation, so
+// the value reaches its dials as well as the fast path's.
+func connectContext(ctx context.Context, def time.Duration) (context.Context, context.CancelFunc) {
+	if d, ok := ctx.Value(connectTimeoutKey{}).(*time.Duration); ok && *d > 0 && *d < def {
+		def = *d
+	}
+	return context.WithTimeout(ctx, def)
+}
+
 // isDialError reports whether err says the request never left this node.
 func isDialError(err error) bool {
 	var de *dialError
@@ -325,6 +341,8 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 	headerTimeout := orDefault(p.ResponseHeaderTimeout, DefaultResponseHeaderTimeout)
 	d := &net.Dialer{Timeout: dialTimeout}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		ctx, cancel := connectContext(ctx, dialTimeout)
+		defer cancel()
 		c, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, &dialError{err: fmt.Errorf("dial %s: %w", addr, err)}
@@ -394,7 +412,7 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 	// TLS with raw system calls (rawConn, rawtcp.go); the transport's use
 	// Go's own.
 	dialTLS := func(ctx context.Context, network, addr string, rawIO bool) (net.Conn, error) {
-		ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+		ctx, cancel := connectContext(ctx, dialTimeout)
 		defer cancel()
 		raw, err := d.DialContext(ctx, network, addr)
 		if err != nil {

@@ -61,6 +61,11 @@ type Upstream struct {
 	ewmaAt     atomic.Int64 // unix nanoseconds of its last update
 	floor      atomic.Int64 // lowest recent time to a response header, ns (see observe)
 	samples    atomic.Int32 // answers measured, up to floorAfter
+
+	// Ejection by an OutlierPolicy (see outlierResult).
+	oStreak    atomic.Int32 // consecutive failures under a policy
+	ejections  atomic.Int32 // times ejected since the last probation passed
+	ejectUntil atomic.Int64 // unix nanoseconds the current ejection ends
 }
 
 // LatencyDecay is the time constant of the latency estimate: a sample
@@ -178,9 +183,10 @@ func (u *Upstream) CostAt(now time.Time) int64 {
 	return max(decayed(e, u.ewmaAt.Load(), now.UnixNano()), 1) * (n + 1)
 }
 
-// Passive outlier ejection: an upstream that could not be reached
-// EjectAfter times in a row is ejected for EjectFor after the last
-// failure; one success ends it.
+// Passive outlier ejection of requests without a CallPolicy: an upstream
+// that could not be reached EjectAfter times in a row is ejected for
+// EjectFor after the last failure; one success ends it. Requests with a
+// CallPolicy eject by its OutlierPolicy instead.
 const (
 	EjectAfter = 3
 	EjectFor   = 10 * time.Second
@@ -191,10 +197,54 @@ const (
 func (u *Upstream) InFlight() int64 { return u.inflight.Load() }
 
 // Ejected reports whether u is ejected at now: its last EjectAfter
-// attempts failed to reach it, the last one less than EjectFor ago.
+// attempts without a CallPolicy failed to reach it, the last one less
+// than EjectFor ago, or an OutlierPolicy ejected it until after now.
 // Balancers should prefer any other candidate.
 func (u *Upstream) Ejected(now time.Time) bool {
-	return u.failStreak.Load() >= EjectAfter && now.UnixNano()-u.lastFail.Load() < int64(EjectFor)
+	t := now.UnixNano()
+	return u.failStreak.Load() >= EjectAfter && t-u.lastFail.Load() < int64(EjectFor) ||
+		t < u.ejectUntil.Load()
+}
+
+// Ejections is how many times in a row an OutlierPolicy ejected u: 0
+// once a request after its last ejection succeeded.
+func (u *Upstream) Ejections() int { return int(u.ejections.Load()) }
+
+// outlierResult records the outcome of a request under o at now; set is
+// the request's candidates, over which o.MaxEjected is counted. A failure
+// that makes ConsecutiveFailures in a row, or the first failure after an
+// ejection ended (probation), ejects u for o.ejection(times ejected),
+// unless the set has its share ejected already. A success resets the
+// streak, and after an ejection ended it passes the probation: the count
+// of ejections starts over.
+func (u *Upstream) outlierResult(ok bool, o *OutlierPolicy, set []*Upstream, now time.Time) {
+	t := now.UnixNano()
+	if ok {
+		if u.oStreak.Load() != 0 {
+			u.oStreak.Store(0)
+		}
+		if u.ejections.Load() != 0 && t >= u.ejectUntil.Load() {
+			u.ejections.Store(0)
+		}
+		return
+	}
+	th := o.threshold()
+	if th < 0 {
+		return
+	}
+	n := u.oStreak.Add(1)
+	if t < u.ejectUntil.Load() {
+		return // ejected already; a balancer sent it a request as a last resort
+	}
+	if u.ejections.Load() == 0 && int(n) < th {
+		return
+	}
+	if !MayEject(set, now, o) {
+		return
+	}
+	times := u.ejections.Add(1)
+	u.ejectUntil.Store(t + int64(o.ejection(times)))
+	u.oStreak.Store(0)
 }
 
 // reached records whether an attempt reached u.
