@@ -31,6 +31,9 @@ type Snapshot struct {
 	// (see failover.go); graded: the result, for services that spill.
 	tiers  map[string][]regionTier
 	graded map[string]*gradedSet
+	// byRegion: service → region → that region's serving gateways, for a
+	// request an app asked to replay in a given region (replay.go).
+	byRegion map[string]map[string]*upstreamSet
 	// known: every service name anybody publishes, healthy or not, so that
 	// "nobody runs this" (404) and "nothing healthy now" (503) differ.
 	known map[string]bool
@@ -204,13 +207,14 @@ type upstreamMaker interface {
 // it has a reachable gateway.
 func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMaker, probe *prober) *Snapshot {
 	s := &Snapshot{
-		local:   map[string]*upstreamSet{},
-		subsets: map[string]map[string]*upstreamSet{},
-		remote:  map[string]*upstreamSet{},
-		tiers:   map[string][]regionTier{},
-		known:   map[string]bool{},
-		domains: map[string]string{},
-		claims:  domainClaims{},
+		local:    map[string]*upstreamSet{},
+		subsets:  map[string]map[string]*upstreamSet{},
+		remote:   map[string]*upstreamSet{},
+		tiers:    map[string][]regionTier{},
+		byRegion: map[string]map[string]*upstreamSet{},
+		known:    map[string]bool{},
+		domains:  map[string]string{},
+		claims:   domainClaims{},
 	}
 	type svcRegion struct{ svc, region string }
 	infos := map[svcRegion]*ServiceInfo{}
@@ -411,6 +415,10 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 			g := regions[reg]
 			if len(g.serving) > 0 {
 				tiers = append(tiers, regionTier{region: reg, gateways: g.serving, healthy: g.healthy, total: g.total})
+				if s.byRegion[svc] == nil {
+					s.byRegion[svc] = map[string]*upstreamSet{}
+				}
+				s.byRegion[svc][reg] = newUpstreamSet(g.serving, nil)
 			}
 			if first == nil {
 				first = g.serving

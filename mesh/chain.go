@@ -41,13 +41,16 @@ type routeTable struct {
 	domains  map[string]string // public host → service, as the policy says
 	draws    map[*policy.Route]*atomic.Uint64
 	limits   map[*policy.Route]*routeLimits
+	calls    map[*policy.Route]*routeCalls
 }
 
 func compileRoutes(doc *policy.Document) *routeTable {
 	t := &routeTable{version: doc.Version, services: doc.Services, domains: doc.Domains,
-		draws: map[*policy.Route]*atomic.Uint64{}, limits: map[*policy.Route]*routeLimits{}}
+		draws: map[*policy.Route]*atomic.Uint64{}, limits: map[*policy.Route]*routeLimits{},
+		calls: map[*policy.Route]*routeCalls{}}
 	for _, s := range doc.Services {
 		for _, r := range append([]*policy.Route{s.Default}, s.Routes...) {
+			t.calls[r] = compileCalls(r)
 			if l := compileLimits(s.Name, r); l != nil {
 				t.limits[r] = l
 			}
@@ -94,6 +97,8 @@ type reqRoute struct {
 	service string
 	subset  string        // "" = any instance
 	route   *policy.Route // nil without a policy for the service
+	calls   *routeCalls   // the route's retries and timeouts; nil with route
+	region  string        // the region an app asked to replay the request in (edge)
 }
 
 type routeKey struct{}
@@ -113,6 +118,7 @@ func (n *Node) resolve(svc string, r *http.Request) *reqRoute {
 	if t != nil {
 		if sp := t.services[svc]; sp != nil {
 			rr.route = sp.Resolve(r.Method, r.URL.Path, r.Header)
+			rr.calls = t.calls[rr.route]
 		}
 	}
 	if v := r.Header[HeaderSubset]; len(v) > 0 {

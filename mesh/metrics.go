@@ -36,6 +36,9 @@ func (n *Node) newRegistry() *prometheus.Registry {
 			ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region, "result": m.result}},
 			func() float64 { return float64(m.n.Load()) }))
 	}
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_replays_total",
+		Help: "Requests an app asked to replay in another region (Mesh-Replay) that the edge replayed there.", ConstLabels: labels},
+		func() float64 { return float64(n.replays.Load()) }))
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshd_ready", Help: "1 while the node serves (started, not draining).", ConstLabels: labels},
 			func() float64 { return b2f(n.Ready()) }),

@@ -63,6 +63,8 @@ type Node struct {
 	// inflight counts the requests a sidecar's app is serving, for the
 	// policy's hard concurrency limit.
 	inflight atomic.Int64
+	// replays counts requests the edge replayed in another region.
+	replays atomic.Int64
 	// mirrors holds a slot per mirrored copy in flight (fault.go).
 	mirrors                               chan struct{}
 	mirrored, mirrorFailed, mirrorDropped atomic.Int64
@@ -237,6 +239,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		n.handlers = append(n.handlers, namedHandler{"mesh", h})
 		if c.Role == RoleGateway {
 			h.Route = n.gatewayRoute
+			h.Policy = instancePolicy
 			h.TrustRetry = true
 		} else {
 			app := &proxy.Upstream{Key: "app|" + c.Upstream, Addr: c.Upstream, Name: "app",
@@ -273,7 +276,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	if c.Role == RoleSidecar {
-		out := &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Logger: n.Logger, TrustRetry: true}
+		out := &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Policy: n.outboundPolicy, Logger: n.Logger, TrustRetry: true}
 		n.handlers = append(n.handlers, namedHandler{"outbound", out})
 		// H2C: an app's gRPC client calls in plain text with HTTP/2.
 		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: n.meshFront(out), Logger: n.Logger, H2C: true}
@@ -376,9 +379,9 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 	// A gateway that reached no instance says so, and the edge tries the
 	// next region at once (TrustRetry: every upstream of the edge is a
 	// gateway with a verified identity).
-	ph := &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Logger: n.Logger, TrustRetry: true}
+	ph := &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Policy: deadlinePolicy, Logger: n.Logger, TrustRetry: true}
 	n.handlers = append(n.handlers, namedHandler{"public", ph})
-	var h http.Handler = ph
+	var h http.Handler = n.replay(ph)
 	size, _ := parseSize(c.CacheSize)
 	if size > 0 {
 		n.cache = edgeCacheStore(c, size, n.Logger.With("part", "cache"))
@@ -846,6 +849,15 @@ func (n *Node) edgeRoute(out *http.Request) ([]*proxy.Upstream, error) {
 		svc = rr.service
 		if rr.subset != "" {
 			out.Header[HeaderSubset] = []string{rr.subset}
+		}
+		if rr.region != "" {
+			out.Header.Set(HeaderService, svc)
+			out.Header[HeaderCaller] = n.callerID
+			out.Header[HeaderReplayed] = []string{"1"}
+			if ups := s.byRegion[svc][rr.region].pick(); len(ups) > 0 {
+				return ups, nil
+			}
+			return nil, errNoReplayRegion(svc, rr.region)
 		}
 	} else {
 		var ok bool
