@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"hash/maphash"
+	"math/rand/v2"
 	"net/http"
 	"slices"
 	"sort"
@@ -118,5 +119,28 @@ func (n *Node) routeLocal(out *http.Request, s *Snapshot, local *upstreamSet) []
 	if k := affinityKey(rr.route.Affinity, out); k != "" {
 		return local.pickKey(k, n.now())
 	}
+	if soft := rr.route.Concurrency.Soft; soft > 0 {
+		return local.pickUnder(int64(soft))
+	}
 	return nil
+}
+
+// pickUnder is pick for a service with a soft concurrency limit: when
+// the balancer's choice has soft requests or more in flight from this
+// node, the first instance below it goes first instead; when every
+// instance is at the limit, the balancer's choice stands (the hard limit,
+// if any, refuses at the instance).
+func (s *upstreamSet) pickUnder(soft int64) []*proxy.Upstream {
+	ups := s.pick()
+	if len(ups) == 0 || ups[0].InFlight() < soft {
+		return ups
+	}
+	start := rand.IntN(len(s.rot))
+	for i := range s.rot {
+		r := s.rot[(start+i)%len(s.rot)]
+		if r[0].InFlight() < soft {
+			return r
+		}
+	}
+	return ups
 }

@@ -3,6 +3,7 @@ package mesh
 import (
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -253,5 +254,98 @@ func TestConcurrencyHardLimit(t *testing.T) {
 	}
 	if v := metricValue(t, web1, "meshd_rate_limited_total", map[string]string{"limit": "concurrency"}); v < 1 {
 		t.Errorf("web-1 counted %v concurrency refusals, want at least 1", v)
+	}
+}
+
+// TestConcurrencySoftLimit: with soft: 1, a gateway sends a request to an
+// instance that has none in flight while there is one: three slow
+// requests at once land on three instances, round after round (the power
+// of two choices alone puts two on one instance a third of the time).
+func TestConcurrencySoftLimit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts five nodes: skipped with -short")
+	}
+	m := newTestMesh(t)
+	gw := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
+	edge := m.start(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", WANJoin: []string{gw.Addrs()["wan-gossip"]}})
+	var (
+		mu      sync.Mutex
+		by      = map[string]int{}
+		release = make(chan struct{})
+	)
+	app := func(name string) string {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, "/slow") {
+				mu.Lock()
+				by[name]++
+				mu.Unlock()
+				select {
+				case <-release:
+				case <-time.After(10 * time.Second):
+				}
+			}
+			w.Header().Set("Cache-Control", "no-store")
+			io.WriteString(w, name)
+		}))
+		t.Cleanup(srv.Close)
+		return srv.Listener.Addr().String()
+	}
+	join := []string{gw.Addrs()["gossip"]}
+	for i := 1; i <= 3; i++ {
+		m.start(Config{Role: RoleSidecar, Name: fmt.Sprintf("web-%d", i), Region: "eu", Service: "web", Upstream: app(fmt.Sprintf("web-%d", i)), Join: join})
+	}
+	poll(t, 15*time.Second, "the edge sees three web instances", func() error {
+		if h := regionHealthy(edge, "web", "eu"); h != 3 {
+			return fmt.Errorf("healthy %d", h)
+		}
+		return nil
+	})
+	const doc = "services:\n  web:\n    concurrency: {soft: 1}\n"
+	if code, body := postPolicy(gw, signPolicy(t, m.caDir, doc, 1)); code != 200 {
+		t.Fatalf("apply: %d %s", code, body)
+	}
+	poll(t, 5*time.Second, "the gateway runs version 1", func() error {
+		if v, err := policyVersion(gw); err != nil || v != 1 {
+			return fmt.Errorf("version %d, %v", v, err)
+		}
+		return nil
+	})
+	for i := 0; i < 30; i++ { // warm the pools and limits of every hop
+		edgeGet(edge.Addrs()["public-http"], "web.localhost", "/")
+	}
+	for round := 0; round < 6; round++ {
+		mu.Lock()
+		clear(by)
+		mu.Unlock()
+		release = make(chan struct{})
+		var wg sync.WaitGroup
+		for i := 0; i < 3; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				edgeGet(edge.Addrs()["public-http"], "web.localhost", fmt.Sprintf("/slow?%d-%d", round, i))
+			}()
+			// One at a time, so each choice sees the ones before it.
+			poll(t, 5*time.Second, "the request reaches an app", func() error {
+				mu.Lock()
+				defer mu.Unlock()
+				n := 0
+				for _, c := range by {
+					n += c
+				}
+				if n != i+1 {
+					return fmt.Errorf("%d in the apps", n)
+				}
+				return nil
+			})
+		}
+		mu.Lock()
+		spread := maps.Clone(by)
+		mu.Unlock()
+		close(release)
+		wg.Wait()
+		if len(spread) != 3 {
+			t.Errorf("round %d: three slow requests landed %v, want one on each instance", round, spread)
+		}
 	}
 }
