@@ -34,6 +34,12 @@ type Snapshot struct {
 	// byRegion: service → region → that region's serving gateways, for a
 	// request an app asked to replay in a given region (replay.go).
 	byRegion map[string]map[string]*upstreamSet
+	// meshWide: service → healthy instances mesh-wide, as the region's
+	// gateways publish it for globally limited services (region pool);
+	// edges: the ready edges of the global pool. Both for a global rate
+	// limit's share (limits.go).
+	meshWide map[string]int
+	edges    int
 	// known: every service name anybody publishes, healthy or not, so that
 	// "nobody runs this" (404) and "nothing healthy now" (503) differ.
 	known map[string]bool
@@ -282,6 +288,12 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 				}
 			}
 		case RoleGateway:
+			for svc, c := range r.Global {
+				if s.meshWide == nil {
+					s.meshWide = map[string]int{}
+				}
+				s.meshWide[svc] = max(s.meshWide[svc], c)
+			}
 			if u := mk.gatewayUpstream(r); u != nil {
 				if ready {
 					gws = append(gws, u)
@@ -343,6 +355,9 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 	for _, m := range wan {
 		r := m.rec
 		s.Members = append(s.Members, memberInfo("global", m))
+		if r.Role == RoleEdge && r.State == StateReady {
+			s.edges++
+		}
 		if r.Role != RoleGateway {
 			continue
 		}

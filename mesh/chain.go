@@ -42,17 +42,21 @@ type routeTable struct {
 	draws    map[*policy.Route]*atomic.Uint64
 	limits   map[*policy.Route]*routeLimits
 	calls    map[*policy.Route]*routeCalls
+	global   map[string]bool // services with a global rate limit
 }
 
 func compileRoutes(doc *policy.Document) *routeTable {
 	t := &routeTable{version: doc.Version, services: doc.Services, domains: doc.Domains,
 		draws: map[*policy.Route]*atomic.Uint64{}, limits: map[*policy.Route]*routeLimits{},
-		calls: map[*policy.Route]*routeCalls{}}
+		calls: map[*policy.Route]*routeCalls{}, global: map[string]bool{}}
 	for _, s := range doc.Services {
 		for _, r := range append([]*policy.Route{s.Default}, s.Routes...) {
 			t.calls[r] = compileCalls(r)
 			if l := compileLimits(s.Name, r); l != nil {
 				t.limits[r] = l
+				if l.rl.Global {
+					t.global[s.Name] = true
+				}
 			}
 			if len(r.Split) > 0 {
 				c := &atomic.Uint64{}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 
 	"github.com/meshd/meshd/mesh/policy"
 	"github.com/meshd/meshd/proxy"
@@ -41,48 +42,96 @@ func (n *Node) relayedCaller(r *http.Request) string {
 }
 
 // routeLimits are the token buckets of one route at this node.
+//
+// A limit with global: true is shared by the nodes that enforce it rather
+// than counted at each: every node takes an equal share of the rate and
+// the burst, 1/N, where N is the number of nodes enforcing it, which
+// gossip tells: for a destination sidecar, the service's healthy
+// instances mesh-wide (each gateway adds up the regions' summaries and
+// publishes the sum in its region-pool record); for an edge, the ready
+// edges of the global pool. The bound: while N is current, the mesh
+// admits at most the rate (plus one share of burst per node); it admits
+// less when the traffic is spread unevenly over the nodes (a caller that
+// only reaches one instance of three gets a third of its rate), and for
+// the few seconds after an instance joins or leaves, N is off by the
+// change until gossip carries it. Buckets start full when N changes.
 type routeLimits struct {
-	perCaller, perIP, total *proxy.RateLimiter
-	name                    string // the route, for the refusal's details
+	rl   policy.RateLimit
+	name string // the route, for the refusal's details
+	cur  atomic.Pointer[limitSet]
 }
 
-// newLimiter builds a limiter for rate r with the route's burst, nil for
-// a zero rate. Without a burst in the document a key may run a tenth of a
-// second ahead (at least one request): "50/s" means about 50 in any
-// second, not 100 in the first.
-func newLimiter(r policy.Rate, burst int) *proxy.RateLimiter {
+// limitSet is the limiters for one share of a route's limit.
+type limitSet struct {
+	div                     int // the share: 1/div of the rate
+	perCaller, perIP, total *proxy.RateLimiter
+}
+
+// newLimiter builds a limiter for 1/div of rate r, with 1/div of the
+// burst, nil for a zero rate. Without a burst in the document a key may
+// run a tenth of a second ahead (at least one request): "50/s" means
+// about 50 in any second, not 100 in the first.
+func newLimiter(r policy.Rate, burst, div int) *proxy.RateLimiter {
 	if r.Count <= 0 || r.Per <= 0 {
 		return nil
 	}
-	perSec := float64(r.Count) / r.Per.Seconds()
+	perSec := float64(r.Count) / r.Per.Seconds() / float64(div)
 	if burst <= 0 {
 		burst = max(1, int(math.Ceil(perSec/10)))
+	} else {
+		burst = max(1, burst/div)
 	}
 	return proxy.NewRateLimiter(perSec, burst, 0)
 }
 
 func compileLimits(svc string, r *policy.Route) *routeLimits {
 	rl := r.RateLimit
-	if rl == nil {
+	if rl == nil || rl.PerCaller.Count <= 0 && rl.PerIP.Count <= 0 && rl.Total.Count <= 0 {
 		return nil
 	}
-	l := &routeLimits{
-		perCaller: newLimiter(rl.PerCaller, rl.Burst),
-		perIP:     newLimiter(rl.PerIP, rl.Burst),
-		total:     newLimiter(rl.Total, rl.Burst),
-		name:      "service " + svc + " route " + r.Name,
+	return &routeLimits{rl: *rl, name: "service " + svc + " route " + r.Name}
+}
+
+// set returns the limiters of share 1/div, building them when the share
+// changed.
+func (l *routeLimits) set(div int) *limitSet {
+	if !l.rl.Global {
+		div = 1
 	}
-	if l.perCaller == nil && l.perIP == nil && l.total == nil {
-		return nil
+	div = max(div, 1)
+	cur := l.cur.Load()
+	if cur != nil && cur.div == div {
+		return cur
 	}
-	return l
+	next := &limitSet{div: div,
+		perCaller: newLimiter(l.rl.PerCaller, l.rl.Burst, div),
+		perIP:     newLimiter(l.rl.PerIP, l.rl.Burst, div),
+		total:     newLimiter(l.rl.Total, l.rl.Burst, div)}
+	if l.cur.CompareAndSwap(cur, next) {
+		return next
+	}
+	return l.cur.Load()
+}
+
+// enforcers is how many nodes share a global limit of svc with this one.
+func (n *Node) enforcers(svc string, s *Snapshot) int {
+	if n.Config.Role == RoleEdge {
+		return s.edges
+	}
+	if c := s.meshWide[svc]; c > 0 {
+		return c
+	}
+	for _, in := range s.Services { // no gateway says: the region's count
+		if in.Service == svc && in.Region == n.Config.Region {
+			return in.Healthy
+		}
+	}
+	return 1
 }
 
 // admitted applies the route's limits to r, keyed by caller (a mesh
 // identity, at the destination sidecar) or by client IP (at the edge),
-// and answers 429 when one refuses. Each node keeps its own buckets: a
-// caller reaching three instances of a service may make three times its
-// per-caller rate in all.
+// and answers 429 when one refuses.
 func (n *Node) admitted(w http.ResponseWriter, r *http.Request, rr *reqRoute, caller, ip string) bool {
 	t := n.table.Load()
 	if t == nil || rr.route == nil {
@@ -92,13 +141,18 @@ func (n *Node) admitted(w http.ResponseWriter, r *http.Request, rr *reqRoute, ca
 	if l == nil {
 		return true
 	}
+	div := 1
+	if l.rl.Global {
+		div = n.enforcers(rr.service, n.snap.Load())
+	}
+	ls := l.set(div)
 	now := n.now()
 	for _, c := range [...]struct {
 		lim  *proxy.RateLimiter
 		key  string
 		what string
-	}{{l.perCaller, caller, "per caller"}, {l.perIP, ip, "per client IP"}, {l.total, "", "in total"}} {
-		if c.lim == nil || c.key == "" && c.lim != l.total {
+	}{{ls.perCaller, caller, "per caller"}, {ls.perIP, ip, "per client IP"}, {ls.total, "", "in total"}} {
+		if c.lim == nil || c.key == "" && c.lim != ls.total {
 			continue
 		}
 		if ok, after := c.lim.Allow(c.key, now); !ok {
@@ -109,6 +163,29 @@ func (n *Node) admitted(w http.ResponseWriter, r *http.Request, rr *reqRoute, ca
 	}
 	return true
 }
+
+// globalCounts is what a gateway publishes in its region-pool record:
+// the healthy instances mesh-wide of every service the policy limits
+// globally.
+func (n *Node) globalCounts() map[string]int {
+	t, s := n.table.Load(), n.snap.Load()
+	if t == nil || s == nil || len(t.global) == 0 {
+		return nil
+	}
+	out := map[string]int{}
+	for _, in := range s.Services {
+		if t.global[in.Service] {
+			out[in.Service] += in.Healthy
+		}
+	}
+	if len(out) > maxGlobalLimited {
+		return nil // a record must decode at its peers
+	}
+	return out
+}
+
+// maxGlobalLimited bounds Global in a record.
+const maxGlobalLimited = 1000
 
 // remoteIP is the client IP of a public request.
 func remoteIP(r *http.Request) string {

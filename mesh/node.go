@@ -601,6 +601,9 @@ func (n *Node) lanRecord() *NodeRecord {
 		r.Services = []ServiceRecord{{Name: c.Service, Domains: c.Domains, Healthy: h, Since: n.since,
 			Subset: c.Subset, Ports: portRecords(c.AppPorts())}}
 	}
+	if c.Role == RoleGateway {
+		r.Global = n.globalCounts()
+	}
 	return r
 }
 

@@ -142,3 +142,45 @@ services:
 		t.Errorf("over the limit: %v %v, want 429 with Retry-After and Proxy-Status", resp, err)
 	}
 }
+
+// TestGlobalRateLimit: a global limit of 60/s on web, which runs three
+// instances over two regions, gives each instance a third: a caller in eu
+// that reaches eu's two instances at 120/s for 3 s gets 2 × 20/s, where a
+// limit counted at each instance would let all 360 through.
+func TestGlobalRateLimit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts six nodes: skipped with -short")
+	}
+	m := newTestMesh(t)
+	gwEU := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
+	gwUS := m.start(Config{Role: RoleGateway, Name: "gw-us", Region: "us", WANJoin: []string{gwEU.Addrs()["wan-gossip"]}})
+	euJoin := []string{gwEU.Addrs()["gossip"]}
+	web1 := m.start(Config{Role: RoleSidecar, Name: "web-eu-1", Region: "eu", Service: "web", Upstream: nameApp(t, "web"), Join: euJoin})
+	m.start(Config{Role: RoleSidecar, Name: "web-eu-2", Region: "eu", Service: "web", Upstream: nameApp(t, "web"), Join: euJoin})
+	m.start(Config{Role: RoleSidecar, Name: "web-us-1", Region: "us", Service: "web", Upstream: nameApp(t, "web"), Join: []string{gwUS.Addrs()["gossip"]}})
+	api := m.start(Config{Role: RoleSidecar, Name: "api-1", Region: "eu", Service: "api", Upstream: nameApp(t, "api"), Join: euJoin})
+	wantBody(t, api.Addrs()["outbound"], "web.mesh", 200, "web")
+	const doc = `
+services:
+  web:
+    rate-limit: {total: 60/s, global: true}
+`
+	if code, body := postPolicy(gwEU, signPolicy(t, m.caDir, doc, 1)); code != 200 {
+		t.Fatalf("apply: %d %s", code, body)
+	}
+	poll(t, 15*time.Second, "web-eu-1 learns of three instances mesh-wide", func() error {
+		if v, _ := policyVersion(web1); v != 1 {
+			return fmt.Errorf("version %d", v)
+		}
+		if c := web1.Snapshot().meshWide["web"]; c != 3 {
+			return fmt.Errorf("mesh-wide count %d", c)
+		}
+		return nil
+	})
+	got := offer(api.Addrs()["outbound"], "web.mesh", 120, 3*time.Second)
+	t.Logf("120/s for 3 s against a global 60/s over 3 instances, 2 of them reached: %v", got)
+	// 2 instances × 20/s × 3 s, and each one's burst of 2.
+	if ok := got[200]; ok < 100 || ok > 150 {
+		t.Errorf("%d of 360 allowed, want about 124", ok)
+	}
+}

@@ -40,6 +40,11 @@ type NodeRecord struct {
 	// (0: none), so that any node can tell who has not got the newest
 	// yet (policysync.go).
 	Policy uint64 `json:"policy,omitempty"`
+	// Global holds, in a gateway's region-pool record, the healthy
+	// instances mesh-wide of each service the policy rate-limits
+	// globally, so that the region's sidecars, which see only their
+	// region, can take their share of the limit (limits.go).
+	Global map[string]int `json:"global,omitempty"`
 }
 
 // ServiceRecord is one service in a NodeRecord.
@@ -176,6 +181,14 @@ func DecodeRecord(b []byte) (*NodeRecord, error) {
 	for _, p := range r.Prefixes {
 		if _, err := netip.ParsePrefix(p); err != nil {
 			return nil, fmt.Errorf("record %s: bad prefix %q", r.Name, p)
+		}
+	}
+	if len(r.Global) > maxGlobalLimited {
+		return nil, fmt.Errorf("record %s: %d globally limited services, over the limit", r.Name, len(r.Global))
+	}
+	for svc, c := range r.Global {
+		if err := validLabel(svc); err != nil || c < 0 {
+			return nil, fmt.Errorf("record %s: bad global count for service %q", r.Name, truncate(svc, 64))
 		}
 	}
 	if len(r.Purges) > 2*maxPurges {
