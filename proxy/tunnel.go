@@ -146,6 +146,13 @@ func (p *Pool) Tunnel(u *Upstream, req *http.Request, proto string) (*http.Respo
 		return nil, nil, err
 	}
 	ctx := req.Context()
+	if uc.h3 != nil && proto == "" && req.Header.Get(HeaderProtocol) == "udp" {
+		// A UDP flow to a mesh peer: HTTP/3 datagrams when QUIC gets
+		// through, else capsules on the HTTP/2 (or HTTP/1.1) path below.
+		if resp, stream, ok := uc.h3.tunnelH3(req); ok {
+			return resp, stream, nil
+		}
+	}
 	switch {
 	case u.Raw && u.UDP:
 		// The last hop of a UDP tunnel: datagrams to and from Addr, one
@@ -505,6 +512,10 @@ type cancelOnClose struct {
 	once   sync.Once
 }
 
+// unwrapStream lets a UDP flow reach the HTTP/3 datagrams underneath
+// (datagramsOf).
+func (c *cancelOnClose) unwrapStream() io.ReadWriteCloser { return c.ReadWriteCloser }
+
 func (c *cancelOnClose) Close() error {
 	err := c.ReadWriteCloser.Close()
 	c.cancel()
@@ -587,6 +598,11 @@ func (h *Handler) acceptTunnel(w http.ResponseWriter, r *http.Request, c *handle
 		// Bytes the client sent after its request head are the tunnel's
 		// first: read through the server's buffer.
 		return &bufConn{Conn: conn, r: brw.Reader}, nil
+	}
+	if isConnectUDP(r) {
+		// CONNECT-UDP from a mesh peer over HTTP/3: the tunnel is the
+		// request stream's HTTP/3 datagrams.
+		return acceptH3UDP(w, hdr, &h.Pool.udpHop)
 	}
 	if r.Header.Get("Sec-Websocket-Key") == "" {
 		delete(hdr, "Sec-Websocket-Accept") // RFC 8441 §5: not part of this handshake
