@@ -115,7 +115,7 @@ func newHopCollector(n *Node, labels prometheus.Labels) *hopCollector {
 	return &hopCollector{n: n,
 		tunnels:     prometheus.NewDesc("meshd_mesh_h3_tunnels_total", "UDP tunnels between mesh hops over HTTP/3: opened to peers, accepted from peers, fallback (carried over HTTP/2 because QUIC to the peer failed now or recently), dial_failed (QUIC dials that failed or timed out).", []string{"event"}, labels),
 		dgrams:      prometheus.NewDesc("meshd_mesh_h3_datagrams_total", "HTTP/3 datagrams sent and received on UDP tunnels between mesh hops.", []string{"direction"}, labels),
-		dropped:     prometheus.NewDesc("meshd_mesh_h3_dropped_total", "UDP payloads dropped on HTTP/3 hops: too_large (over one QUIC datagram), bad_context (a context ID other than 0).", []string{"reason"}, labels),
+		dropped:     prometheus.NewDesc("meshd_mesh_h3_dropped_total", "UDP payloads dropped on HTTP/3 hops: too_large (over one QUIC datagram), bad_context (a context ID other than 0), queue_full (received faster than the tunnel's next step took them).", []string{"reason"}, labels),
 		unreachable: prometheus.NewDesc("meshd_mesh_h3_peers_unreachable", "Peers remembered as unreachable over HTTP/3, whose UDP flows go over HTTP/2 for now.", nil, labels),
 	}
 }
@@ -141,6 +141,7 @@ func (c *hopCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.dgrams, prometheus.CounterValue, float64(st.DatagramsReceived), "received")
 	ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.DroppedTooLarge), "too_large")
 	ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.DroppedBadContext), "bad_context")
+	ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.DroppedQueueFull), "queue_full")
 	ch <- prometheus.MustNewConstMetric(c.unreachable, prometheus.GaugeValue, float64(st.PeersNoH3))
 }
 

@@ -72,6 +72,15 @@ const (
 	// handshake, and its flows go over HTTP/2.
 	h3PacketSize = 1452
 
+	// h3RecvQueue is how many received datagrams a tunnel holds for its
+	// reader. quic-go keeps 32 per stream and drops the next ones
+	// silently: 7 ms at 50 Mbit/s, less than a busy 2-core node may leave
+	// a goroutine without a core (bench/l4.sh lost 0.05–0.1% through the
+	// full path that way). A goroutine of the tunnel's own takes them
+	// from quic-go at once; 512 (115 ms at 50 Mbit/s of 1,400-byte
+	// datagrams) wait here, and what overflows is counted (queue_full).
+	h3RecvQueue = 512
+
 	// h3KeepAlive keeps a QUIC connection with open flows alive while
 	// they are quiet (the flows' own idle timeout decides when they end).
 	h3KeepAlive = 15 * time.Second
@@ -124,11 +133,13 @@ type UDPHopStats struct {
 	DatagramsReceived int64
 	DroppedTooLarge   int64 // did not fit in one QUIC DATAGRAM frame ("too_large")
 	DroppedBadContext int64 // received with a context ID other than 0, or without one
+	DroppedQueueFull  int64 // received while the tunnel's reader was h3RecvQueue behind ("queue_full")
 }
 
 type udpHopCounters struct {
 	opened, accepted, fallbacks, dialFails atomic.Int64
 	sent, received, tooLarge, badCtx       atomic.Int64
+	queueFull                              atomic.Int64
 }
 
 // UDPHopStats returns the pool's HTTP/3 tunnel counters.
@@ -143,6 +154,7 @@ func (p *Pool) UDPHopStats() UDPHopStats {
 		DatagramsReceived: c.received.Load(),
 		DroppedTooLarge:   c.tooLarge.Load(),
 		DroppedBadContext: c.badCtx.Load(),
+		DroppedQueueFull:  c.queueFull.Load(),
 	}
 	now := time.Now().UnixNano()
 	p.transports.Range(func(_, v any) bool {
@@ -176,6 +188,8 @@ type h3UDP struct {
 	release func() // at Close; may be nil
 	once    sync.Once
 	drained chan struct{} // closed when the stream's own bytes ended
+	rq      chan []byte   // received datagrams; closed when they ended
+	rerr    error         // why, once rq is closed
 
 	wmu   sync.Mutex
 	wpend []byte // Write: the start of a capsule not yet complete
@@ -189,10 +203,29 @@ type h3UDP struct {
 var _ udpDatagrams = (*h3UDP)(nil)
 
 func newH3UDP(str h3Stream, c *udpHopCounters, release func()) *h3UDP {
-	s := &h3UDP{str: str, c: c, release: release, drained: make(chan struct{})}
+	s := &h3UDP{str: str, c: c, release: release, drained: make(chan struct{}), rq: make(chan []byte, h3RecvQueue)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	go s.drain()
+	go s.receive()
 	return s
+}
+
+// receive moves datagrams from quic-go's short queue to rq as they come
+// (see h3RecvQueue). quic-go hands out a new slice for each.
+func (s *h3UDP) receive() {
+	defer close(s.rq)
+	for {
+		b, err := s.str.ReceiveDatagram(s.ctx)
+		if err != nil {
+			s.rerr = err
+			return
+		}
+		select {
+		case s.rq <- b:
+		default:
+			s.c.queueFull.Add(1)
+		}
+	}
 }
 
 // drain reads the stream's own bytes until the peer ends it. meshd sends
@@ -236,8 +269,9 @@ func (s *h3UDP) sendLocked(payload []byte) error {
 
 func (s *h3UDP) recvUDP() ([]byte, error) {
 	for {
-		b, err := s.str.ReceiveDatagram(s.ctx)
-		if err != nil {
+		b, ok := <-s.rq
+		if !ok {
+			err := s.rerr
 			switch {
 			case s.ctx.Err() != nil:
 				return nil, net.ErrClosed

@@ -218,6 +218,10 @@ func TestUDPOverHTTP3Echo(t *testing.T) {
 	if srv.H3Accepted != 5 || srv.DatagramsReceived != total || srv.DatagramsSent != total {
 		t.Errorf("server hop %+v, want 5 tunnels accepted with %d datagrams each way", srv, total)
 	}
+	// The relay beside the app took them from the HTTP/3 stream itself.
+	if rst := relay.Pool.UDPRelayStats(); rst.DatagramsUp != total || rst.DatagramsUpH3 != total || rst.DatagramsDownH3 != total {
+		t.Errorf("relay %+v, want %d datagrams each way, straight from HTTP/3", rst, total)
+	}
 }
 
 // TestUDPOverHTTP3TooLarge: a payload that fits UDP but not one QUIC
