@@ -19,7 +19,9 @@
 # through the same paths but HAProxy's (which carries no UDP): loss and
 # throughput; meshd's target is no loss at 50 Mbit/s.
 #
-#   knobs: ROUNDS DURATION STREAMS UDP_RATE SKIP_TCP MESHD MESHD_LOG_LEVEL KEEP QUICK
+#   knobs: ROUNDS DURATION STREAMS UDP_RATE SKIP_TCP MESHD MESHD_LOG_LEVEL MESHD_ARGS KEEP QUICK
+#   (MESHD_ARGS=--no-mesh-http3: UDP between hops as capsules on HTTP/2
+#   instead of HTTP/3 datagrams)
 set -euo pipefail
 
 QUICK="${QUICK:-0}"
@@ -78,7 +80,7 @@ HAPROXY_PID=$PID
 # it), and the full path from an edge's public TCP port.
 m="$WORK/bin/meshd"
 "$m" ca init --trust-domain bench.meshd --dir "$WORK/ca" >"$WORK/logs/ca.log" 2>&1 || die "meshd ca init: $(cat "$WORK/logs/ca.log")"
-common=(--region eu --ca-dir "$WORK/ca" --log-level "${MESHD_LOG_LEVEL:-warn}" --drain-delay 100ms --log-format json)
+common=(--region eu --ca-dir "$WORK/ca" --log-level "${MESHD_LOG_LEVEL:-warn}" --drain-delay 100ms --log-format json ${MESHD_ARGS:-})
 start meshd-gw "$m" run --role gateway --name gw "${common[@]}" --listen "127.0.0.1:${P[5]}" \
 	--gossip-addr "127.0.0.1:${P[6]}" --wan-gossip-addr "127.0.0.1:${P[7]}" --admin "127.0.0.1:${P[8]}"
 GW_PID=$PID
@@ -167,6 +169,10 @@ echo
 echo "meshd's own UDP drops (meshd_udp_dropped_total, nonzero only):"
 for admin in "${P[13]}" "${P[15]}" "${P[11]}"; do
 	curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" | awk '/^meshd_udp_dropped_total/ && $NF != 0 { print "  " $0; n++ } END { if (!n) print "  none" }'
+done
+echo "how the hops carried them (HTTP/3 datagrams, fallbacks to HTTP/2; nonzero only):"
+for admin in "${P[13]}" "${P[15]}" "${P[8]}" "${P[11]}"; do
+	curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" | awk '/^meshd_mesh_h3_(datagrams|tunnels|dropped)_total/ && $NF != 0 { print "  " $0; n++ } END { if (!n) print "  none" }'
 done
 
 med() {

@@ -79,6 +79,12 @@ type Config struct {
 	// trust domain. A sidecar that should still serve its public traffic
 	// lists "gateway/*": edges reach instances through gateways.
 	AllowCallers []string `yaml:"allow-callers" usage:"gateway, sidecar: SPIFFE ID paths that may connect, e.g. gateway/*,service/api (default: the whole trust domain)"`
+	// NoMeshHTTP3 turns off HTTP/3 between mesh hops: the mesh listener
+	// serves no HTTP/3 on its UDP port, and UDP flows to peers go as
+	// DATAGRAM capsules on HTTP/2 streams instead of HTTP/3 datagrams.
+	// Default off: HTTP/3 where UDP between nodes gets through, HTTP/2
+	// where it does not (found per peer).
+	NoMeshHTTP3 bool `yaml:"no-mesh-http3" usage:"no HTTP/3 between mesh hops: UDP flows go as capsules on HTTP/2 (default: HTTP/3 datagrams where UDP gets through)"`
 
 	// Service is the service a sidecar fronts. Required for sidecars.
 	Service string `yaml:"service" usage:"service the sidecar fronts"`

@@ -335,9 +335,9 @@ func udpEcho(t *testing.T) string {
 
 // TestUDPAcrossRegions: an app in eu sends datagrams to a UDP port of a
 // service that runs only in us, through its sidecar's --udp-out socket
-// (sidecar → gateway eu → gateway us → sidecar → app, DATAGRAM capsules
-// on a CONNECT stream); an edge's --public-udp port reaches it too. 1,000
-// datagrams one after the other, each echoed, none lost.
+// (sidecar → gateway eu → gateway us → sidecar → app, HTTP/3 datagrams on
+// CONNECT-UDP streams at every hop); an edge's --public-udp port reaches
+// it too. 1,000 datagrams one after the other, each echoed, none lost.
 func TestUDPAcrossRegions(t *testing.T) {
 	m := newTestMesh(t)
 	gwEU := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
@@ -391,6 +391,65 @@ func TestUDPAcrossRegions(t *testing.T) {
 	// The relays beside the app saw both paths' datagrams.
 	if v := metricValue(t, dns, "meshd_udp_datagrams_total", map[string]string{"listener": "relay", "direction": "down"}); v < 2000 {
 		t.Errorf("relay meshd_udp_datagrams_total down = %v, want at least 2000", v)
+	}
+	// Every hop carried them as HTTP/3 datagrams: the sockets that took
+	// them from the clients, each gateway (in and onward) and the
+	// sidecar beside the app.
+	for _, l := range []struct {
+		n        *Node
+		listener string
+	}{{api, "udp-out dns/dns"}, {edge, "public-udp 127.0.0.1:0"}} {
+		if v := metricValue(t, l.n, "meshd_udp_datagrams_by_transport_total", map[string]string{"listener": l.listener, "direction": "up", "transport": "h3"}); v < 1000 {
+			t.Errorf("%s: %v datagrams up over HTTP/3, want at least 1000", l.listener, v)
+		}
+		if v := metricValue(t, l.n, "meshd_udp_datagrams_by_transport_total", map[string]string{"listener": l.listener, "direction": "up", "transport": "capsule"}); v != 0 {
+			t.Errorf("%s: %v datagrams up as capsules, want none", l.listener, v)
+		}
+	}
+	for _, n := range []*Node{gwEU, gwUS, dns} {
+		if v := metricValue(t, n, "meshd_mesh_h3_datagrams_total", map[string]string{"direction": "received"}); v < 2000 {
+			t.Errorf("%s received %v HTTP/3 datagrams, want at least 2000", n.Config.Name, v)
+		}
+		if v := metricValue(t, n, "meshd_mesh_h3_tunnels_total", map[string]string{"event": "fallback"}); v != 0 {
+			t.Errorf("%s: %v tunnels fell back to HTTP/2", n.Config.Name, v)
+		}
+	}
+}
+
+// TestUDPAcrossRegionsNoMeshHTTP3: with --no-mesh-http3 on the sending
+// sidecar, its flows go as capsules on HTTP/2; the gateway onward still
+// uses HTTP/3.
+func TestUDPAcrossRegionsNoMeshHTTP3(t *testing.T) {
+	m := newTestMesh(t)
+	gwEU := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
+	gwUS := m.start(Config{Role: RoleGateway, Name: "gw-us", Region: "us", WANJoin: []string{gwEU.Addrs()["wan-gossip"]}})
+	m.start(Config{Role: RoleSidecar, Name: "dns-1", Region: "us", Service: "dns", UDP: []string{"dns=" + udpEcho(t)},
+		Join: []string{gwUS.Addrs()["gossip"]}})
+	api := m.start(Config{Role: RoleSidecar, Name: "api-1", Region: "eu", Service: "api", Upstream: nameApp(t, "api"),
+		UDPOut: []string{"dns/dns=127.0.0.1:0"}, Join: []string{gwEU.Addrs()["gossip"]}, NoMeshHTTP3: true})
+	c, err := net.Dial("udp", api.Addrs()["udp-out dns/dns"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	b := make([]byte, 2048)
+	poll(t, 15*time.Second, "an echo", func() error {
+		c.Write([]byte("first"))
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		n, err := c.Read(b)
+		if err != nil || string(b[:n]) != "first" {
+			return fmt.Errorf("%q %v", b[:n], err)
+		}
+		return nil
+	})
+	if v := metricValue(t, api, "meshd_udp_datagrams_by_transport_total", map[string]string{"listener": "udp-out dns/dns", "direction": "up", "transport": "h3"}); v != 0 {
+		t.Errorf("%v datagrams up over HTTP/3 with --no-mesh-http3", v)
+	}
+	if v := metricValue(t, gwEU, "meshd_mesh_h3_tunnels_total", map[string]string{"event": "opened"}); v < 1 {
+		t.Errorf("gateway eu opened %v tunnels over HTTP/3 onward, want at least 1", v)
+	}
+	if v := metricValue(t, gwEU, "meshd_mesh_h3_tunnels_total", map[string]string{"event": "accepted"}); v != 0 {
+		t.Errorf("gateway eu accepted %v tunnels over HTTP/3 from a sidecar with --no-mesh-http3", v)
 	}
 }
 

@@ -63,6 +63,7 @@ func (n *Node) newRegistry() *prometheus.Registry {
 		n.policyDelay, n.policyRefused, n.rateLimited,
 		newLimitCollector(n, labels),
 		newTunnelCollector(n, labels),
+		newHopCollector(n, labels),
 	)
 	return reg
 }
@@ -72,20 +73,22 @@ func (n *Node) newRegistry() *prometheus.Registry {
 type tunnelCollector struct {
 	n                                    *Node
 	opened, open, bytes, dgrams, dropped *prometheus.Desc
+	byTransport                          *prometheus.Desc
 }
 
 func newTunnelCollector(n *Node, labels prometheus.Labels) *tunnelCollector {
 	return &tunnelCollector{n: n,
-		opened:  prometheus.NewDesc("meshd_tunnels_total", "Tunnels (CONNECT, WebSocket, TCP ports, UDP flows) opened, per listener.", []string{"listener"}, labels),
-		open:    prometheus.NewDesc("meshd_tunnels_open", "Tunnels open now, per listener.", []string{"listener"}, labels),
-		bytes:   prometheus.NewDesc("meshd_tunnel_bytes_total", "Bytes carried by tunnels that closed, per listener; direction up is client to upstream.", []string{"listener", "direction"}, labels),
-		dgrams:  prometheus.NewDesc("meshd_udp_datagrams_total", "Datagrams carried by each UDP socket (--udp-out, --public-udp) and by a sidecar's relays to its app (listener relay); up is client to service.", []string{"listener", "direction"}, labels),
-		dropped: prometheus.NewDesc("meshd_udp_dropped_total", "Datagrams each UDP socket dropped, by reason.", []string{"listener", "reason"}, labels),
+		opened:      prometheus.NewDesc("meshd_tunnels_total", "Tunnels (CONNECT, WebSocket, TCP ports, UDP flows) opened, per listener.", []string{"listener"}, labels),
+		open:        prometheus.NewDesc("meshd_tunnels_open", "Tunnels open now, per listener.", []string{"listener"}, labels),
+		bytes:       prometheus.NewDesc("meshd_tunnel_bytes_total", "Bytes carried by tunnels that closed, per listener; direction up is client to upstream.", []string{"listener", "direction"}, labels),
+		dgrams:      prometheus.NewDesc("meshd_udp_datagrams_total", "Datagrams carried by each UDP socket (--udp-out, --public-udp) and by a sidecar's relays to its app (listener relay); up is client to service.", []string{"listener", "direction"}, labels),
+		dropped:     prometheus.NewDesc("meshd_udp_dropped_total", "Datagrams each UDP socket dropped, by reason (too_big: over 65,527 bytes; too_large: over what one QUIC datagram of an HTTP/3 hop holds, about 1,410 bytes).", []string{"listener", "reason"}, labels),
+		byTransport: prometheus.NewDesc("meshd_udp_datagrams_by_transport_total", "meshd_udp_datagrams_total split by how the next hop carried them: h3 (HTTP/3 datagrams) or capsule (DATAGRAM capsules on an HTTP/2 stream).", []string{"listener", "direction", "transport"}, labels),
 	}
 }
 
 func (c *tunnelCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.opened, c.open, c.bytes, c.dgrams, c.dropped} {
+	for _, d := range []*prometheus.Desc{c.opened, c.open, c.bytes, c.dgrams, c.dropped, c.byTransport} {
 		ch <- d
 	}
 }
@@ -114,11 +117,59 @@ func (c *tunnelCollector) Collect(ch chan<- prometheus.Metric) {
 func (c *tunnelCollector) udp(ch chan<- prometheus.Metric, listener string, st proxy.UDPStats) {
 	ch <- prometheus.MustNewConstMetric(c.dgrams, prometheus.CounterValue, float64(st.DatagramsUp), listener, "up")
 	ch <- prometheus.MustNewConstMetric(c.dgrams, prometheus.CounterValue, float64(st.DatagramsDown), listener, "down")
-	for reason, v := range map[string]int64{"too_big": st.DroppedTooBig, "queue_full": st.DroppedQueueFull,
+	for _, d := range []struct {
+		dir     string
+		all, h3 int64
+	}{{"up", st.DatagramsUp, st.DatagramsUpH3}, {"down", st.DatagramsDown, st.DatagramsDownH3}} {
+		ch <- prometheus.MustNewConstMetric(c.byTransport, prometheus.CounterValue, float64(d.h3), listener, d.dir, "h3")
+		ch <- prometheus.MustNewConstMetric(c.byTransport, prometheus.CounterValue, float64(d.all-d.h3), listener, d.dir, "capsule")
+	}
+	for reason, v := range map[string]int64{"too_big": st.DroppedTooBig, "too_large": st.DroppedTooLarge, "queue_full": st.DroppedQueueFull,
 		"too_many_flows": st.DroppedTooManyFlows, "bad_context": st.DroppedBadContext,
 		"flow_closed": st.DroppedFlowClosed, "send_error": st.DroppedSendError} {
 		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(v), listener, reason)
 	}
+}
+
+// hopCollector reports the node's UDP tunnels over HTTP/3 between mesh
+// hops (proxy.Pool.UDPHopStats), as client and as server, at scrape time.
+type hopCollector struct {
+	n                                     *Node
+	tunnels, dgrams, dropped, unreachable *prometheus.Desc
+}
+
+func newHopCollector(n *Node, labels prometheus.Labels) *hopCollector {
+	return &hopCollector{n: n,
+		tunnels:     prometheus.NewDesc("meshd_mesh_h3_tunnels_total", "UDP tunnels between mesh hops over HTTP/3: opened to peers, accepted from peers, fallback (carried over HTTP/2 because QUIC to the peer failed now or recently), dial_failed (QUIC dials that failed or timed out).", []string{"event"}, labels),
+		dgrams:      prometheus.NewDesc("meshd_mesh_h3_datagrams_total", "HTTP/3 datagrams sent and received on UDP tunnels between mesh hops.", []string{"direction"}, labels),
+		dropped:     prometheus.NewDesc("meshd_mesh_h3_dropped_total", "UDP payloads dropped on HTTP/3 hops: too_large (over one QUIC datagram), bad_context (a context ID other than 0), queue_full (received faster than the tunnel's next step took them).", []string{"reason"}, labels),
+		unreachable: prometheus.NewDesc("meshd_mesh_h3_peers_unreachable", "Peers remembered as unreachable over HTTP/3, whose UDP flows go over HTTP/2 for now.", nil, labels),
+	}
+}
+
+func (c *hopCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.tunnels, c.dgrams, c.dropped, c.unreachable} {
+		ch <- d
+	}
+}
+
+func (c *hopCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.n.pool == nil {
+		return
+	}
+	st := c.n.pool.UDPHopStats()
+	for _, e := range []struct {
+		event string
+		v     int64
+	}{{"opened", st.H3Opened}, {"accepted", st.H3Accepted}, {"fallback", st.H3Fallbacks}, {"dial_failed", st.H3DialFails}} {
+		ch <- prometheus.MustNewConstMetric(c.tunnels, prometheus.CounterValue, float64(e.v), e.event)
+	}
+	ch <- prometheus.MustNewConstMetric(c.dgrams, prometheus.CounterValue, float64(st.DatagramsSent), "sent")
+	ch <- prometheus.MustNewConstMetric(c.dgrams, prometheus.CounterValue, float64(st.DatagramsReceived), "received")
+	ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.DroppedTooLarge), "too_large")
+	ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.DroppedBadContext), "bad_context")
+	ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.DroppedQueueFull), "queue_full")
+	ch <- prometheus.MustNewConstMetric(c.unreachable, prometheus.GaugeValue, float64(st.PeersNoH3))
 }
 
 // limitCollector reports each upstream's admission state (proxy.Pool.Limits)

@@ -215,7 +215,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		// A gateway carries every service of its region: each service
 		// gets its own limit towards it. Requests to an app carry no
 		// service header and count against the app's one limit.
-		LimitKey: func(r *http.Request) string { return r.Header.Get(HeaderService) }}
+		LimitKey: func(r *http.Request) string { return r.Header.Get(HeaderService) },
+		// UDP flows to peers as HTTP/3 datagrams: a datagram lost on the
+		// way stays lost instead of holding up the flow's next ones.
+		UDPOverHTTP3: !c.NoMeshHTTP3}
 	closers = append(closers, n.pool.CloseIdle)
 
 	startServer := func(name string, s *proxy.Server) error {
@@ -262,7 +265,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		if c.Role == RoleGateway {
 			front = n.meshFront(h)
 		}
-		n.meshSrv = &proxy.Server{Addr: c.Listen, TLS: n.ids.ServerTLS(n.allowCaller()), Handler: front, Logger: n.Logger}
+		// HTTP/3 on the same port over UDP, with the same tls.Config:
+		// the same client certificate check and allow-callers, the same
+		// handler, for peers' UDP flows (CONNECT-UDP with datagrams).
+		n.meshSrv = &proxy.Server{Addr: c.Listen, TLS: n.ids.ServerTLS(n.allowCaller()), Handler: front, Logger: n.Logger,
+			HTTP3: !c.NoMeshHTTP3, HTTP3Datagrams: !c.NoMeshHTTP3}
 		if err := startServer("listen", n.meshSrv); err != nil {
 			return err
 		}

@@ -54,6 +54,10 @@ func (s *Server) startHTTP3(ctx context.Context, addr string, g *guard, lim *ipL
 		// data is replayable (RFC 8446 §8), so it is opt-in here.
 		Allow0RTT: s.Allow0RTT,
 	}
+	if s.HTTP3Datagrams {
+		qconf.EnableDatagrams = true
+		qconf.InitialPacketSize = h3PacketSize
+	}
 	// ALPN "h3" instead of the TCP listener's h2 and http/1.1; a
 	// GetConfigForClient is wrapped the same way.
 	tlsConf := http3.ConfigureTLSConfig(s.TLS)
@@ -86,6 +90,9 @@ func (s *Server) startHTTP3(ctx context.Context, addr string, g *guard, lim *ipL
 			MaxHeaderBytes: orDefault(s.MaxHeaderBytes, DefaultMaxHeaderBytes),
 			IdleTimeout:    orDefault(s.IdleTimeout, DefaultServerIdleTimeout),
 			Logger:         logger,
+			// Also announces SETTINGS_H3_DATAGRAM; extended CONNECT
+			// (RFC 9220) quic-go always offers.
+			EnableDatagrams: s.HTTP3Datagrams,
 		},
 		udp:  udp,
 		tr:   tr,
@@ -93,7 +100,9 @@ func (s *Server) startHTTP3(ctx context.Context, addr string, g *guard, lim *ipL
 		done: make(chan struct{}),
 	}
 	// Set before any request can run, on either protocol.
-	g.altSvc = hs.altSvcValue
+	if !s.HTTP3Datagrams {
+		g.altSvc = hs.altSvcValue
+	}
 	go func() {
 		defer close(hs.done)
 		if err := hs.srv.ServeListener(qln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -111,9 +111,24 @@ type Pool struct {
 	// ones share the upstream's limit.
 	LimitKey func(req *http.Request) string
 
+	// UDPOverHTTP3 carries UDP tunnels (a CONNECT with HeaderProtocol
+	// "udp") to TLS upstreams over HTTP/3, each payload in one HTTP/3
+	// datagram (h3udp.go), on UDP at the upstream's address and port. A
+	// tunnel whose QUIC dial fails goes over HTTP/2 or HTTP/1.1 with
+	// capsules, as without this field, and so do the upstream's next ones
+	// for H3HoldDown. Default false.
+	UDPOverHTTP3 bool
+	// H3DialTimeout bounds a QUIC handshake with an upstream, the time
+	// a flow waits before it falls back when UDP is blocked. Default 1 s.
+	H3DialTimeout time.Duration
+	// H3HoldDown is how long an upstream whose QUIC dial failed gets its
+	// UDP tunnels over HTTP/2 without trying QUIC. Default 60 s.
+	H3HoldDown time.Duration
+
 	transports sync.Map     // Upstream.Key → *upstreamConns
 	rejected   atomic.Int64 // requests refused by admission control
 	udpRelay   udpCounters  // every UDP relay's (tunnel.go)
+	udpHop     udpHopCounters
 }
 
 // errBadUpstream is returned for an Upstream without Key or Addr.
@@ -134,6 +149,10 @@ func (p *Pool) Validate() error {
 		return fmt.Errorf("proxy: pool: QueueTimeout %v is negative", p.QueueTimeout)
 	case p.MaxQueue < 0:
 		return fmt.Errorf("proxy: pool: MaxQueue %d is negative", p.MaxQueue)
+	case p.H3DialTimeout < 0:
+		return fmt.Errorf("proxy: pool: H3DialTimeout %v is negative", p.H3DialTimeout)
+	case p.H3HoldDown < 0:
+		return fmt.Errorf("proxy: pool: H3HoldDown %v is negative", p.H3HoldDown)
 	}
 	return nil
 }
@@ -208,6 +227,9 @@ type upstreamConns struct {
 	dialTunnel    func(ctx context.Context) (net.Conn, error)
 	headerTimeout time.Duration
 	pendingDials  atomic.Int64 // transport dials waiting for a slot or dialling
+	// h3 carries UDP tunnels over HTTP/3 (h3udp.go); nil unless
+	// Pool.UDPOverHTTP3 and the upstream has TLS.
+	h3 *h3Peer
 }
 
 // conns returns the connections of u.Key, creating them on first use. The
@@ -251,6 +273,9 @@ func (uc *upstreamConns) closeIdle(forget bool) {
 	uc.t.CloseIdleConnections()
 	if uc.h1 != nil {
 		uc.h1.closeIdle(forget)
+	}
+	if uc.h3 != nil {
+		uc.h3.closeIdle()
 	}
 }
 
@@ -392,6 +417,9 @@ func (p *Pool) newConns(u *Upstream) *upstreamConns {
 			return rc, nil
 		}, maxIdle, idleTimeout, headerTimeout)
 		return uc
+	}
+	if p.UDPOverHTTP3 {
+		uc.h3 = p.newH3Peer(u, headerTimeout, idleTimeout)
 	}
 	cfg := u.TLS.Clone()
 	markCertErrors(cfg)

@@ -122,6 +122,14 @@ type Server struct {
 	// advertises it in an Alt-Svc field (RFC 7838) on every response sent
 	// over TCP. Requires TLS allowing TLS 1.3. Default false.
 	HTTP3 bool
+	// HTTP3Datagrams makes the HTTP/3 listener a mesh hop's: HTTP
+	// Datagrams (RFC 9297) on, so that CONNECT-UDP tunnels from meshd
+	// peers (Pool.UDPOverHTTP3) carry each UDP payload in one QUIC
+	// DATAGRAM frame; packets of 1,452 bytes from the first (see
+	// h3PacketSize); and no Alt-Svc on TCP responses, since peers dial
+	// UDP on their own and the field would travel on towards users.
+	// Requires HTTP3. Default false.
+	HTTP3Datagrams bool
 	// Allow0RTT accepts TLS 1.3 early data on HTTP/3. Early data can be
 	// replayed by an attacker (RFC 8446 §8), so only GET, HEAD and
 	// OPTIONS are served from it, forwarded with "Early-Data: 1"; any
@@ -230,6 +238,8 @@ func (s *Server) Validate() error {
 		return errors.New("proxy: server: HTTP3 requires TLS")
 	case s.HTTP3 && noTLS13(s.TLS):
 		return errors.New("proxy: server: HTTP3 requires TLS 1.3, but TLS.MaxVersion rules it out")
+	case s.HTTP3Datagrams && !s.HTTP3:
+		return errors.New("proxy: server: HTTP3Datagrams requires HTTP3")
 	case s.Allow0RTT && !s.HTTP3:
 		return errors.New("proxy: server: Allow0RTT requires HTTP3 (early data exists only on HTTP/3 here)")
 	case s.MaxConcurrentStreams < 0:

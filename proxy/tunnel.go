@@ -146,18 +146,19 @@ func (p *Pool) Tunnel(u *Upstream, req *http.Request, proto string) (*http.Respo
 		return nil, nil, err
 	}
 	ctx := req.Context()
+	if uc.h3 != nil && proto == "" && req.Header.Get(HeaderProtocol) == "udp" {
+		// A UDP flow to a mesh peer: HTTP/3 datagrams when QUIC gets
+		// through, else capsules on the HTTP/2 (or HTTP/1.1) path below.
+		if resp, stream, ok := uc.h3.tunnelH3(req); ok {
+			return resp, stream, nil
+		}
+	}
 	switch {
 	case u.Raw && u.UDP:
-		// The last hop of a UDP tunnel: datagrams to and from Addr, one
-		// DATAGRAM capsule each on the stream.
-		here, there := net.Pipe()
-		go func() {
-			if err := relayUDP(ctx, there, u.Addr, 0, &p.udpRelay); err != nil && ctx.Err() == nil {
-				slog.Debug("proxy: UDP relay ended", "target", u.Addr, "err", err)
-			}
-		}()
+		// The last hop of a UDP tunnel: datagrams to and from Addr (see
+		// udpRelay).
 		return &http.Response{StatusCode: http.StatusOK, ProtoMajor: 1, ProtoMinor: 1,
-			Header: http.Header{}, Body: http.NoBody}, here, nil
+			Header: http.Header{}, Body: http.NoBody}, &udpRelay{ctx: ctx, c: &p.udpRelay, target: u.Addr}, nil
 	case u.Raw:
 		c, err := uc.tunnelDial(ctx)
 		if err != nil {
@@ -398,11 +399,128 @@ func (h *Handler) carry(r *http.Request, c *handlerConfig, client, stream io.Rea
 	h.tunnels.Add(1)
 	h.tunnelsOpen.Add(1)
 	defer h.tunnelsOpen.Add(-1)
+	if rl, ok := stream.(*udpRelay); ok {
+		if d := datagramsOf(client); d != nil {
+			// HTTP/3 datagrams in: the relay takes them from the
+			// client's stream itself, no capsules and no pipe between.
+			cd := &countedDatagrams{udpDatagrams: d, ReadWriteCloser: client}
+			if rl.relayOn(cd) {
+				h.tunnelBytesUp.Add(cd.up)
+				h.tunnelBytesDown.Add(cd.down)
+				c.logger.Debug("proxy: tunnel closed", "host", r.Host, "proto", "udp", "upstream", u.name(),
+					"bytes_up", cd.up, "bytes_down", cd.down)
+				return
+			}
+		}
+	}
 	up, down := splice(client, stream, orDefault(h.TunnelIdleTimeout, DefaultTunnelIdleTimeout))
 	h.tunnelBytesUp.Add(up)
 	h.tunnelBytesDown.Add(down)
 	c.logger.Debug("proxy: tunnel closed", "host", r.Host, "proto", proto, "upstream", u.name(),
 		"bytes_up", up, "bytes_down", down)
+}
+
+// udpRelay is the last hop's side of a UDP tunnel (Upstream.UDP): the
+// relay to the app's UDP port. Read as a stream, it is one end of a pipe
+// whose other end relayUDP serves, DATAGRAM capsules on it; carry runs the
+// relay on the client's own stream instead when that carries HTTP/3
+// datagrams (relayOn), which saves a goroutine hand-off and two copies per
+// datagram, and with them the moments a busy hop would make quic-go drop
+// datagrams from its short per-stream queue.
+type udpRelay struct {
+	ctx    context.Context
+	c      *udpCounters
+	target string
+
+	mu     sync.Mutex
+	here   net.Conn // the pipe's end, once the relay runs on it
+	closed bool
+	direct bool // the relay runs on a client stream (relayOn)
+}
+
+func (r *udpRelay) pipe() (net.Conn, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed || r.direct {
+		return nil, net.ErrClosed
+	}
+	if r.here == nil {
+		here, there := net.Pipe()
+		r.here = here
+		go func() {
+			if err := relayUDP(r.ctx, there, r.target, 0, r.c); err != nil && r.ctx.Err() == nil {
+				slog.Debug("proxy: UDP relay ended", "target", r.target, "err", err)
+			}
+		}()
+	}
+	return r.here, nil
+}
+
+func (r *udpRelay) Read(p []byte) (int, error) {
+	c, err := r.pipe()
+	if err != nil {
+		return 0, err
+	}
+	return c.Read(p)
+}
+
+func (r *udpRelay) Write(p []byte) (int, error) {
+	c, err := r.pipe()
+	if err != nil {
+		return 0, err
+	}
+	return c.Write(p)
+}
+
+func (r *udpRelay) Close() error {
+	r.mu.Lock()
+	r.closed = true
+	here := r.here
+	r.mu.Unlock()
+	if here != nil {
+		return here.Close()
+	}
+	return nil
+}
+
+// relayOn runs the relay on stream until the tunnel ends and closes
+// stream; false, doing nothing, when the relay already runs on its pipe or
+// was closed.
+func (r *udpRelay) relayOn(stream io.ReadWriteCloser) bool {
+	r.mu.Lock()
+	if r.closed || r.here != nil {
+		r.mu.Unlock()
+		return false
+	}
+	r.direct = true
+	r.mu.Unlock()
+	if err := relayUDP(r.ctx, stream, r.target, 0, r.c); err != nil && r.ctx.Err() == nil {
+		slog.Debug("proxy: UDP relay ended", "target", r.target, "err", err)
+	}
+	return true
+}
+
+// countedDatagrams counts a tunnel's payload bytes for the tunnel byte
+// counters; relayUDP reads and writes it from one goroutine each and has
+// returned before the counts are read.
+type countedDatagrams struct {
+	udpDatagrams
+	io.ReadWriteCloser
+	up, down int64
+}
+
+func (c *countedDatagrams) sendUDP(b []byte) error {
+	err := c.udpDatagrams.sendUDP(b)
+	if err == nil {
+		c.down += int64(len(b))
+	}
+	return err
+}
+
+func (c *countedDatagrams) recvUDP() ([]byte, error) {
+	b, err := c.udpDatagrams.recvUDP()
+	c.up += int64(len(b))
+	return b, err
 }
 
 // openTunnel routes the tunnel of o and opens it to the first candidate
@@ -505,6 +623,10 @@ type cancelOnClose struct {
 	once   sync.Once
 }
 
+// unwrapStream lets a UDP flow reach the HTTP/3 datagrams underneath
+// (datagramsOf).
+func (c *cancelOnClose) unwrapStream() io.ReadWriteCloser { return c.ReadWriteCloser }
+
 func (c *cancelOnClose) Close() error {
 	err := c.ReadWriteCloser.Close()
 	c.cancel()
@@ -587,6 +709,11 @@ func (h *Handler) acceptTunnel(w http.ResponseWriter, r *http.Request, c *handle
 		// Bytes the client sent after its request head are the tunnel's
 		// first: read through the server's buffer.
 		return &bufConn{Conn: conn, r: brw.Reader}, nil
+	}
+	if isConnectUDP(r) {
+		// CONNECT-UDP from a mesh peer over HTTP/3: the tunnel is the
+		// request stream's HTTP/3 datagrams.
+		return acceptH3UDP(w, hdr, &h.Pool.udpHop)
 	}
 	if r.Header.Get("Sec-Websocket-Key") == "" {
 		delete(hdr, "Sec-Websocket-Accept") // RFC 8441 §5: not part of this handshake

@@ -11,6 +11,12 @@ package proxy
 //	(app, user)     (sidecar --udp-out,          (sidecar beside   (127.0.0.1:53)
 //	                 edge public UDP port)        the app)
 //
+// Between meshd hops the stream is, where UDP gets through, an HTTP/3
+// request stream whose datagrams carry the payloads (h3udp.go,
+// Pool.UDPOverHTTP3); both ends then skip the capsule framing and send
+// each payload as one QUIC DATAGRAM frame, and one too large for it is
+// dropped and counted (DroppedTooLarge).
+//
 // UDP semantics are kept end to end: a datagram is delivered whole or not at
 // all. Nothing is fragmented, and nothing waits behind a slow flow: where a
 // queue is full or a payload is too long the datagram is dropped and
@@ -68,7 +74,14 @@ type UDPStats struct {
 	DatagramsDown int64 // forwarder: sent to the client; relay: written to the stream
 	BytesDown     int64
 
+	// Of DatagramsUp and DatagramsDown, those the stream carried as
+	// HTTP/3 datagrams (QUIC DATAGRAM frames, Pool.UDPOverHTTP3); the
+	// others went as DATAGRAM capsules on an HTTP/2 or HTTP/1.1 stream.
+	DatagramsUpH3   int64
+	DatagramsDownH3 int64
+
 	DroppedTooBig       int64 // payload over maxUDPPayload (65527 bytes)
+	DroppedTooLarge     int64 // payload that does not fit in one QUIC DATAGRAM frame of an HTTP/3 hop (about 1,410 bytes)
 	DroppedQueueFull    int64 // the flow's queue was full
 	DroppedTooManyFlows int64 // a new client beyond MaxFlows
 	DroppedBadContext   int64 // DATAGRAM capsule with a context ID other than 0
@@ -79,7 +92,9 @@ type UDPStats struct {
 type udpCounters struct {
 	flows, active, openErrors                            atomic.Int64
 	dgUp, bytesUp, dgDown, bytesDown                     atomic.Int64
+	h3Up, h3Down                                         atomic.Int64
 	tooBig, queueFull, tooMany, badCtx, closed, sendErrs atomic.Int64
+	tooLarge                                             atomic.Int64
 }
 
 func (c *udpCounters) snapshot() UDPStats {
@@ -91,6 +106,9 @@ func (c *udpCounters) snapshot() UDPStats {
 		BytesUp:             c.bytesUp.Load(),
 		DatagramsDown:       c.dgDown.Load(),
 		BytesDown:           c.bytesDown.Load(),
+		DatagramsUpH3:       c.h3Up.Load(),
+		DatagramsDownH3:     c.h3Down.Load(),
+		DroppedTooLarge:     c.tooLarge.Load(),
 		DroppedTooBig:       c.tooBig.Load(),
 		DroppedQueueFull:    c.queueFull.Load(),
 		DroppedTooManyFlows: c.tooMany.Load(),
@@ -104,8 +122,24 @@ func (c *udpCounters) snapshot() UDPStats {
 // payload (context ID 0, at most maxUDPPayload bytes) to deliver; the slice
 // is only valid during the call. Other context IDs and longer payloads are
 // dropped and counted. A clean end of the stream between capsules returns
-// nil; a malformed or oversized capsule returns an error.
-func (c *udpCounters) readDatagrams(r io.Reader, deliver func([]byte)) error {
+// nil; a malformed or oversized capsule returns an error. A stream of
+// HTTP/3 datagrams (datagramsOf) is read datagram by datagram, and
+// counted in h3 when deliver reports it delivered.
+func (c *udpCounters) readDatagrams(r io.ReadWriteCloser, h3 *atomic.Int64, deliver func([]byte) bool) error {
+	if d := datagramsOf(r); d != nil {
+		for {
+			b, err := d.recvUDP()
+			if err != nil {
+				if err == io.EOF {
+					return nil
+				}
+				return err
+			}
+			if deliver(b) {
+				h3.Add(1)
+			}
+		}
+	}
 	br := bufio.NewReader(r)
 	buf := make([]byte, udpReadBuf)
 	for {
@@ -131,6 +165,26 @@ func (c *udpCounters) readDatagrams(r io.Reader, deliver func([]byte)) error {
 			deliver(data)
 		}
 	}
+}
+
+// writeDatagram sends one UDP payload on stream: as an HTTP/3 datagram
+// when dg is set (counted in h3), else as a DATAGRAM capsule built in
+// *wbuf. A payload that does not fit the hop's QUIC datagrams is dropped,
+// counted and reported as errDatagramTooLarge: the flow goes on.
+func (c *udpCounters) writeDatagram(stream io.Writer, dg udpDatagrams, wbuf *[]byte, b []byte, h3 *atomic.Int64) error {
+	if dg != nil {
+		err := dg.sendUDP(b)
+		switch {
+		case err == errDatagramTooLarge:
+			c.tooLarge.Add(1)
+		case err == nil:
+			h3.Add(1)
+		}
+		return err
+	}
+	*wbuf = appendDatagram((*wbuf)[:0], b)
+	_, err := stream.Write(*wbuf)
+	return err
 }
 
 // UDPForwarder is the client end of UDP tunnels: it serves a UDP socket (a
@@ -373,14 +427,15 @@ func (s *udpServe) serveFlow(fl *udpFlow) string {
 
 	readErr := make(chan error, 1)
 	go func() {
-		err := s.c.readDatagrams(stream, func(b []byte) {
+		err := s.c.readDatagrams(stream, &s.c.h3Down, func(b []byte) bool {
 			if _, err := s.pc.WriteToUDPAddrPort(b, fl.client); err != nil {
 				s.c.sendErrs.Add(1)
-				return
+				return false
 			}
 			fl.last.Store(s.now())
 			s.c.dgDown.Add(1)
 			s.c.bytesDown.Add(int64(len(b)))
+			return true
 		})
 		if fl.ctx.Err() != nil {
 			err = errFlowClosed // we closed the stream: whatever the read says
@@ -392,12 +447,14 @@ func (s *udpServe) serveFlow(fl *udpFlow) string {
 	}()
 
 	var wbuf []byte
+	dg := datagramsOf(stream)
 	reason := "closed"
 	for fl.ctx.Err() == nil {
 		select {
 		case b := <-fl.queue:
-			wbuf = appendDatagram(wbuf[:0], b)
-			if _, err := stream.Write(wbuf); err != nil {
+			if err := s.c.writeDatagram(stream, dg, &wbuf, b, &s.c.h3Up); err == errDatagramTooLarge {
+				continue
+			} else if err != nil {
 				if fl.ctx.Err() == nil {
 					s.logger.Warn("proxy: udp flow: write to stream failed", "client", fl.client, "err", err)
 					reason = "write failed"
@@ -487,14 +544,15 @@ func relayUDP(ctx context.Context, stream io.ReadWriteCloser, target string, idl
 	wg.Add(2)
 	go func() { // stream → target
 		defer wg.Done()
-		err := c.readDatagrams(stream, func(b []byte) {
+		err := c.readDatagrams(stream, &c.h3Up, func(b []byte) bool {
 			if _, err := uc.Write(b); err != nil {
 				c.sendErrs.Add(1)
-				return
+				return false
 			}
 			touch()
 			c.dgUp.Add(1)
 			c.bytesUp.Add(int64(len(b)))
+			return true
 		})
 		if err == nil {
 			err = errRelayEOF
@@ -505,6 +563,7 @@ func relayUDP(ctx context.Context, stream io.ReadWriteCloser, target string, idl
 		defer wg.Done()
 		buf := make([]byte, maxUDPPayload+1)
 		var wbuf []byte
+		dg := datagramsOf(stream)
 		for {
 			n, err := uc.Read(buf)
 			if err != nil {
@@ -519,8 +578,9 @@ func relayUDP(ctx context.Context, stream io.ReadWriteCloser, target string, idl
 				c.tooBig.Add(1)
 				continue
 			}
-			wbuf = appendDatagram(wbuf[:0], buf[:n])
-			if _, err := stream.Write(wbuf); err != nil {
+			if err := c.writeDatagram(stream, dg, &wbuf, buf[:n], &c.h3Down); err == errDatagramTooLarge {
+				continue
+			} else if err != nil {
 				cancel(err)
 				return
 			}
