@@ -170,8 +170,17 @@ type RouteUpstream struct {
 func (n *Node) routes(now time.Time) []RouteInfo {
 	s := n.snap.Load()
 	domains := map[string][]string{}
+	t := n.table.Load()
 	for d, svc := range s.domains {
+		if t != nil && t.domains[d] != "" {
+			continue // the policy decides it
+		}
 		domains[svc] = append(domains[svc], d)
+	}
+	if t != nil {
+		for d, svc := range t.domains {
+			domains[svc] = append(domains[svc], d)
+		}
 	}
 	var out []RouteInfo
 	add := func(svc, via string, set *upstreamSet) {

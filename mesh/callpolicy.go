@@ -11,8 +11,8 @@ import (
 // instances applies the route's whole call policy: the gateway of the
 // instances' region, or the caller's sidecar when the instances are in its
 // own region. Every other hop (the edge, a sidecar sending to its
-// gateway) applies only the total timeout, so that a request is retried
-// in one place: retries at each of three hops would multiply into 2³
+// gateway) applies only the total and idle timeouts, so that a request is
+// retried in one place: retries at each of three hops would multiply into 2³
 // attempts. The retry budget is per route and per node.
 //
 // A service the policy does not name, or a mesh without a policy, keeps
@@ -23,7 +23,7 @@ import (
 // routeCalls are the call policies of one route.
 type routeCalls struct {
 	full     *proxy.CallPolicy // at the hop that picks instances
-	deadline *proxy.CallPolicy // elsewhere: the total timeout only; nil without one
+	deadline *proxy.CallPolicy // elsewhere: the total and idle timeouts only; nil without either
 }
 
 var retryOnBits = [...]struct {
@@ -55,6 +55,7 @@ func compileCalls(r *policy.Route) *routeCalls {
 		ConnectTimeout:   r.Timeouts.Connect,
 		FirstByteTimeout: r.Timeouts.FirstByte,
 		TotalTimeout:     r.Timeouts.Total,
+		IdleTimeout:      r.Timeouts.Idle,
 		Outlier: &proxy.OutlierPolicy{
 			ConsecutiveFailures: r.Outlier.ConsecutiveFailures,
 			Ejection:            r.Outlier.Ejection,
@@ -65,8 +66,8 @@ func compileCalls(r *policy.Route) *routeCalls {
 		full.Budget = proxy.NewRetryBudget(rt.Budget, rt.MinPerSecond)
 	}
 	c := &routeCalls{full: full}
-	if r.Timeouts.Total > 0 {
-		c.deadline = &proxy.CallPolicy{Attempts: 0, TotalTimeout: r.Timeouts.Total}
+	if r.Timeouts.Total > 0 || r.Timeouts.Idle > 0 {
+		c.deadline = &proxy.CallPolicy{TotalTimeout: r.Timeouts.Total, IdleTimeout: r.Timeouts.Idle}
 	}
 	return c
 }

@@ -169,6 +169,7 @@ type nameBook struct {
 	services     map[string]*serviceMemory
 	firstSeen    map[domainService]time.Time
 	logged       map[string]bool // conflicts already logged
+	policyLogged map[string]bool // claims against the policy already logged
 }
 
 func newNameBook(tombstone time.Duration, publicDomain string, start time.Time) *nameBook {
@@ -374,4 +375,55 @@ func (n *Node) scheduleExpiryLocked(now time.Time) {
 	if d, ok := n.names.nextExpiry(now); ok && !n.stopped {
 		n.expiry = time.AfterFunc(d+time.Millisecond, n.kickRebuild)
 	}
+}
+
+// applyPolicy makes the policy's domains decide the names it names: the
+// nameBook's verdicts on those names give way (s.domains keeps what the
+// claims say, but publicServiceOf asks the policy first), and every claim
+// on such a name by a service the policy does not give it to is a refused
+// claim, shown by meshd routes and logged once while it lasts.
+func (b *nameBook) applyPolicy(s *Snapshot, t *routeTable, log *slog.Logger) {
+	if t == nil || len(t.domains) == 0 {
+		b.policyLogged = nil
+		return
+	}
+	kept := s.Conflicts[:0]
+	for _, c := range s.Conflicts {
+		if _, ok := t.domains[c.Domain]; !ok {
+			kept = append(kept, c)
+		}
+	}
+	s.Conflicts = kept
+	for d, by := range s.claims {
+		owner, ok := t.domains[d]
+		if !ok {
+			continue
+		}
+		for svc, cl := range by {
+			if svc == owner {
+				continue
+			}
+			c := DomainConflict{Domain: d, Owner: owner, Refused: svc, RefusedNodes: sortedNodes(cl),
+				Reason: fmt.Sprintf("the traffic policy (version %d) gives it to %s", t.version, owner)}
+			if ocl := by[owner]; ocl != nil {
+				c.OwnerNodes = sortedNodes(ocl)
+			}
+			s.Conflicts = append(s.Conflicts, c)
+			k := "policy\x00" + d + "\x00" + svc
+			if !b.policyLogged[k] && log != nil {
+				log.Warn("refused a claim on a public host name", "domain", d, "owner", owner,
+					"refused", svc, "refused_nodes", c.RefusedNodes, "reason", c.Reason)
+			}
+		}
+	}
+	slices.SortFunc(s.Conflicts, func(a, b DomainConflict) int {
+		return cmp.Or(cmp.Compare(a.Domain, b.Domain), cmp.Compare(a.Refused, b.Refused))
+	})
+	logged := map[string]bool{}
+	for _, c := range s.Conflicts {
+		if c.Owner == t.domains[c.Domain] {
+			logged["policy\x00"+c.Domain+"\x00"+c.Refused] = true
+		}
+	}
+	b.policyLogged = logged
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -160,4 +161,42 @@ func TestServiceTombstone(t *testing.T) {
 	wantBody(t, addr, "web.localhost", 404, `no service is published at host "web.localhost"`)
 	wantBody(t, addr, "shop.example", 404, `no service is published at host "shop.example"`)
 	wantBody(t, out, "web.mesh", 404, `no service "web" in the mesh`)
+}
+
+// TestPolicyDecidesDomains: api claimed shop.example first and owns it;
+// a policy that gives it to web moves it, and /v1/routes shows api's
+// claim refused by the policy, not by the order of claims.
+func TestPolicyDecidesDomains(t *testing.T) {
+	m := newTestMesh(t)
+	gw := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
+	join := []string{gw.Addrs()["gossip"]}
+	m.start(Config{Role: RoleSidecar, Name: "api-1", Region: "eu", Service: "api", Upstream: nameApp(t, "api"),
+		Domains: []string{"shop.example"}, Join: join})
+	edge := m.start(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", WANJoin: []string{gw.Addrs()["wan-gossip"]}})
+	addr := edge.Addrs()["public-http"]
+	wantBody(t, addr, "shop.example", 200, "api")
+	m.start(Config{Role: RoleSidecar, Name: "web-1", Region: "eu", Service: "web", Upstream: nameApp(t, "web"), Join: join})
+	wantBody(t, addr, "web.localhost", 200, "web")
+
+	doc := "services:\n  web:\n    domains: [shop.example]\n"
+	if code, body := postPolicy(gw, signPolicy(t, m.caDir, doc, 1)); code != 200 {
+		t.Fatalf("apply: %d %s", code, body)
+	}
+	wantBody(t, addr, "shop.example", 200, "web")
+	routes := edge.routes(time.Now())
+	var found bool
+	for _, r := range routes {
+		if r.Service == "web" && r.Via == "regions" && !slices.Contains(r.Domains, "shop.example") {
+			t.Errorf("web's route lists domains %v, want shop.example among them", r.Domains)
+		}
+		if c := r.Conflict; c != nil && c.Domain == "shop.example" {
+			found = true
+			if c.Owner != "web" || c.Refused != "api" || !strings.Contains(c.Reason, "traffic policy (version 1)") {
+				t.Errorf("conflict %+v, want api refused by the policy's version 1", *c)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no refused claim on shop.example in %+v", routes)
+	}
 }

@@ -753,6 +753,7 @@ func (n *Node) rebuild() {
 	n.pool.Forget(func(key string) bool { return used[key] })
 	now := n.now()
 	n.names.apply(s, now, n.Logger)
+	n.names.applyPolicy(s, n.table.Load(), n.Logger)
 	n.scheduleExpiryLocked(now)
 	n.snap.Store(s)
 }

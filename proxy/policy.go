@@ -106,6 +106,11 @@ type CallPolicy struct {
 	// (the client sees it truncated, never as complete). Default 0: no
 	// bound beyond the client's own.
 	TotalTimeout time.Duration
+	// IdleTimeout cuts a response whose body has moved no byte from the
+	// upstream for this long (a stream that stalled; a stream that keeps
+	// sending, however slowly, lives on). The client sees the response
+	// truncated. Default 0: no bound beyond TotalTimeout.
+	IdleTimeout time.Duration
 	// Outlier says when failures of this request's upstreams eject them
 	// (see OutlierPolicy). Default nil: Envoy's defaults
 	// (DefaultOutlierPolicy). Without any CallPolicy the Handler keeps its
@@ -122,7 +127,7 @@ func (p *CallPolicy) Validate() error {
 		return errors.New("proxy: call policy: negative back-off")
 	case p.ReplayBody < 0:
 		return fmt.Errorf("proxy: call policy: ReplayBody %d is negative", p.ReplayBody)
-	case p.ConnectTimeout < 0 || p.FirstByteTimeout < 0 || p.TotalTimeout < 0:
+	case p.ConnectTimeout < 0 || p.FirstByteTimeout < 0 || p.TotalTimeout < 0 || p.IdleTimeout < 0:
 		return errors.New("proxy: call policy: negative timeout")
 	}
 	if p.Outlier != nil {

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -49,6 +51,11 @@ func (h *Handler) serveWithPolicy(w http.ResponseWriter, r *http.Request, c *han
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
+	}
+	var cancelIdle context.CancelCauseFunc
+	if p.IdleTimeout > 0 {
+		ctx, cancelIdle = context.WithCancelCause(ctx)
+		defer cancelIdle(nil)
 	}
 	if p.ConnectTimeout > 0 {
 		ctx = context.WithValue(ctx, connectTimeoutKey{}, &p.ConnectTimeout)
@@ -181,6 +188,10 @@ func (h *Handler) serveWithPolicy(w http.ResponseWriter, r *http.Request, c *han
 	}
 
 	defer u.inflight.Add(-1)
+	if cancelIdle != nil {
+		stop := watchIdle(resp, p.IdleTimeout, cancelIdle)
+		defer stop()
+	}
 	rc := http.NewResponseController(w)
 	if o.req.Body != nil && r.ProtoMajor == 1 {
 		_ = rc.EnableFullDuplex() // see ServeHTTP
@@ -359,4 +370,47 @@ func (h *Handler) bufferBody(o *outgoing, r *http.Request, p *CallPolicy) error 
 type readCloser struct {
 	io.Reader
 	io.Closer
+}
+
+// errIdleTimeout cancels a response whose body stalled (CallPolicy.IdleTimeout).
+var errIdleTimeout = errors.New("proxy: the upstream's response body moved no byte for the idle timeout")
+
+// idleBody notes when the upstream's body last moved.
+type idleBody struct {
+	io.ReadCloser
+	last atomic.Int64 // UnixNano of the last read that returned bytes
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.last.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// watchIdle wraps resp's body so that cancel ends the exchange once the
+// body has not moved for idle: one timer per response, re-armed for what
+// is left of the idle time when it fires after progress, never reset per
+// read. It returns the function that stops the watch.
+func watchIdle(resp *http.Response, idle time.Duration, cancel context.CancelCauseFunc) (stop func()) {
+	b := &idleBody{ReadCloser: resp.Body}
+	b.last.Store(time.Now().UnixNano())
+	resp.Body = b
+	var t *time.Timer
+	var mu sync.Mutex
+	check := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		since := time.Duration(time.Now().UnixNano() - b.last.Load())
+		if since >= idle {
+			cancel(errIdleTimeout)
+			return
+		}
+		t.Reset(idle - since)
+	}
+	mu.Lock()
+	t = time.AfterFunc(idle, check)
+	mu.Unlock()
+	return func() { t.Stop() }
 }

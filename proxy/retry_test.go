@@ -555,3 +555,47 @@ func TestPolicyAllocs(t *testing.T) {
 		t.Fatalf("%.1f allocations per request with a policy, %.1f without", b, a)
 	}
 }
+
+// TestPolicyIdleTimeout: a response whose body stalls longer than the
+// idle timeout is cut after what it sent; one that keeps sending, slower
+// than the timeout in all but never idle for it, completes.
+func TestPolicyIdleTimeout(t *testing.T) {
+	stream := func(gap time.Duration, chunks int) *Upstream {
+		_, u := plainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			rc := http.NewResponseController(w)
+			for i := 0; i < chunks; i++ {
+				io.WriteString(w, "chunk\n")
+				rc.Flush()
+				select {
+				case <-time.After(gap):
+				case <-r.Context().Done():
+					return
+				}
+			}
+		}))
+		return u
+	}
+	p := &CallPolicy{IdleTimeout: 300 * time.Millisecond}
+	stalls := startProxy(t, &Handler{Route: fixedRoute(stream(5*time.Second, 2)), Policy: policyOf(p)})
+	start := time.Now()
+	resp, err := http.Get("http://" + stalls + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil || string(b) != "chunk\n" || time.Since(start) > 3*time.Second {
+		t.Errorf("stalled stream: %q, %v after %v; want the first chunk, then the response cut at about 300ms", b, err, time.Since(start))
+	}
+	// 8 chunks 100 ms apart: 800 ms in all, never 300 ms idle.
+	slow := startProxy(t, &Handler{Route: fixedRoute(stream(100*time.Millisecond, 8)), Policy: policyOf(p)})
+	resp, err = http.Get("http://" + slow + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || strings.Count(string(b), "chunk") != 8 {
+		t.Errorf("slow but moving stream: %d chunks, %v; want all 8", strings.Count(string(b), "chunk"), err)
+	}
+}
