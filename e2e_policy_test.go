@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -214,5 +216,145 @@ services:
 	want := 50*time.Since(start).Seconds() + 5
 	if ok := float64(codes[200]); ok < 0.9*want || ok > 1.1*want || codes[200]+codes[429] != 500 {
 		t.Errorf("per-ip 50/s: %v, want %.0f ± 10%% allowed and the rest 429", codes, want)
+	}
+}
+
+// faultyApp is an echo app that answers 503 while down and fails its
+// health check (/healthz) while sick, and counts every request but the
+// health checks.
+type faultyApp struct {
+	app
+	down, sick atomic.Bool
+}
+
+func startFaultyApp(t *testing.T, service, instance, region string) *faultyApp {
+	t.Helper()
+	a := &faultyApp{}
+	echo := mesh.EchoHandler(service, instance, region)
+	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			if a.sick.Load() {
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+			return
+		}
+		a.hits.Add(1)
+		w.Header().Set("Cache-Control", "no-store")
+		if a.down.Load() {
+			http.Error(w, instance+" is down", http.StatusServiceUnavailable)
+			return
+		}
+		echo.ServeHTTP(w, r)
+	}))
+	t.Cleanup(a.srv.Close)
+	return a
+}
+
+// TestPolicyResilienceProcesses: through real processes, a retry budget
+// keeps upstream attempts at most 1.2 per request while one of three
+// instances answers 503 (and every request succeeds), and graded failover
+// moves a share of the traffic, not all of it, to the next region when
+// two of the nearest region's three instances fail their health checks.
+func TestPolicyResilienceProcesses(t *testing.T) {
+	m := newRouteMesh(t)
+	gwEU := m.gateway("gw-eu", "eu")
+	gwUS := m.gateway("gw-us", "us", "--wan-join", gwEU.addr("wan-gossip"))
+	var eu []*faultyApp
+	for i := 1; i <= 3; i++ {
+		a := startFaultyApp(t, "web", fmt.Sprintf("web-eu-%d", i), "eu")
+		eu = append(eu, a)
+		m.sidecar(fmt.Sprintf("web-eu-%d", i), "web", "eu", &a.app, gwEU, "--health-path", "/healthz")
+	}
+	us := startFaultyApp(t, "web", "web-us-1", "us")
+	m.sidecar("web-us-1", "web", "us", &us.app, gwUS, "--health-path", "/healthz")
+	edge := m.edge("edge-1", "eu", gwEU)
+	public := edge.addr("public-http")
+	healthy := func(want map[string]int) {
+		t.Helper()
+		eventually(t, 20*time.Second, fmt.Sprintf("the edge sees %v healthy", want), func() error {
+			var got []mesh.ServiceInfo
+			resp, err := http.Get("http://" + edge.addr("admin") + "/v1/services")
+			if err != nil {
+				return err
+			}
+			err = json.NewDecoder(resp.Body).Decode(&got)
+			resp.Body.Close()
+			if err != nil {
+				return err
+			}
+			have := map[string]int{}
+			for _, s := range got {
+				if s.Service == "web" {
+					have[s.Region] = s.Healthy
+				}
+			}
+			if have["eu"] != want["eu"] || have["us"] != want["us"] {
+				return fmt.Errorf("healthy %v", have)
+			}
+			return nil
+		})
+	}
+	healthy(map[string]int{"eu": 3, "us": 1})
+	file := filepath.Join(t.TempDir(), "policy.yaml")
+	doc := "services:\n  web:\n    retries: {attempts: 3, on: [connect-failure, 503], budget: 20%}\n"
+	if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(meshdBin, "apply", "-f", file, "--ca-dir", m.caDir, "--admin", gwEU.addr("admin")).CombinedOutput(); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	eventually(t, 10*time.Second, "gw-eu runs version 1", func() error {
+		if info, err := policyOf(gwEU.addr("admin")); err != nil || info.Version != 1 {
+			return fmt.Errorf("version %d, %v", info.Version, err)
+		}
+		return nil
+	})
+
+	hits := func() int64 {
+		n := us.hits.Load()
+		for _, a := range eu {
+			n += a.hits.Load()
+		}
+		return n
+	}
+	eu[2].down.Store(true)
+	const n = 300
+	before := hits()
+	failed := 0
+	for i := 0; i < n; i++ {
+		if _, err := getEcho(public, "web.localhost"); err != nil {
+			failed++
+		}
+	}
+	attempts := hits() - before
+	t.Logf("one of three eu instances answering 503: %d requests, %d attempts upstream, %d failed", n, attempts, failed)
+	if failed > 0 || attempts > n*12/10 {
+		t.Errorf("retry budget: %d attempts for %d requests (want at most 1.2 each), %d failed (want 0)", attempts, n, failed)
+	}
+	eu[2].down.Store(false)
+
+	// Two of eu's three fail their health checks: eu keeps 1.4 × 1/3.
+	eu[1].sick.Store(true)
+	eu[2].sick.Store(true)
+	healthy(map[string]int{"eu": 1, "us": 1})
+	byRegion := map[string]int{}
+	for i := 0; i < n; i++ {
+		e, err := getEcho(public, "web.localhost")
+		if err != nil {
+			t.Fatal(err)
+		}
+		byRegion[e.Region]++
+	}
+	t.Logf("one of three eu instances healthy: %v of %d requests", byRegion, n)
+	if share := float64(byRegion["eu"]) / n; share < 0.467-0.1 || share > 0.467+0.1 || byRegion["us"] == 0 {
+		t.Errorf("graded failover: %v, eu share %.2f, want 0.47 ± 0.1 and the rest in us", byRegion, share)
+	}
+	eu[1].sick.Store(false)
+	eu[2].sick.Store(false)
+	healthy(map[string]int{"eu": 3, "us": 1})
+	for i := 0; i < 100; i++ {
+		if e, err := getEcho(public, "web.localhost"); err != nil || e.Region != "eu" {
+			t.Fatalf("after eu recovered, request %d: %v, region %q; want all in eu", i, err, e.Region)
+		}
 	}
 }
