@@ -197,8 +197,8 @@ func remoteIP(r *http.Request) string {
 }
 
 // inboundFront is the front of a sidecar's mesh listener: it records the
-// verified caller for the app, resolves the route of the sidecar's own
-// service and applies its limits.
+// verified caller for the app, applies the policy's authorization of the
+// sidecar's own service, resolves its route and applies its limits.
 func (n *Node) inboundFront(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		caller := n.relayedCaller(r)
@@ -207,15 +207,20 @@ func (n *Node) inboundFront(next http.Handler) http.Handler {
 		} else {
 			delete(r.Header, HeaderCaller)
 		}
+		rr := &reqRoute{service: n.Config.Service}
+		var sp *policy.Service
+		if t := n.table.Load(); t != nil {
+			sp = t.services[rr.service]
+		}
+		if sp != nil && sp.Authz != nil && !n.authorized(w, r, sp, caller) {
+			return
+		}
 		if r.Method == http.MethodConnect {
 			next.ServeHTTP(w, r)
 			return
 		}
-		rr := &reqRoute{service: n.Config.Service}
-		if t := n.table.Load(); t != nil {
-			if sp := t.services[rr.service]; sp != nil {
-				rr.route = sp.Resolve(r.Method, r.URL.Path, r.Header)
-			}
+		if sp != nil {
+			rr.route = sp.Resolve(r.Method, r.URL.Path, r.Header)
 		}
 		if rr.route == nil {
 			next.ServeHTTP(w, r)
@@ -242,4 +247,35 @@ func (n *Node) inboundFront(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// authorized applies the service's authorization to r from caller and
+// answers 403 when it refuses: the request never reaches the app. A
+// refusal is counted, and logged at info with the caller and the rule (a
+// line per caller and rule every few seconds at most, so a caller that
+// insists does not flood the log).
+func (n *Node) authorized(w http.ResponseWriter, r *http.Request, sp *policy.Service, caller string) bool {
+	path := r.URL.Path
+	ok, rule := sp.Authz.Allowed(caller, n.td, r.Method, path)
+	if ok {
+		return true
+	}
+	n.authzDenied.WithLabelValues(sp.Name, rule).Inc()
+	who := caller
+	if who == "" {
+		who = "an unknown caller"
+	}
+	what := r.Method + " " + truncate(path, 200)
+	if r.Method == http.MethodConnect {
+		what = "open a tunnel"
+	}
+	if allow, _ := n.authzLog.Allow(who+"\x00"+rule, n.now()); allow {
+		n.Logger.Info("authorization: refused a request", "service", sp.Name, "caller", who, "rule", rule,
+			"method", r.Method, "path", truncate(path, 200))
+	}
+	msg := fmt.Sprintf("service %s does not allow %s to %s (rule %s)", sp.Name, who, what, rule)
+	h := w.Header()
+	h["Proxy-Status"] = []string{`meshd; error=http_request_denied; details="` + strings.ReplaceAll(strings.ReplaceAll(msg, `\`, `\\`), `"`, `\"`) + `"`}
+	writeStatusError(w, &proxy.StatusError{Code: http.StatusForbidden, Msg: "meshd: " + msg})
+	return false
 }

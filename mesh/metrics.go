@@ -25,6 +25,9 @@ func (n *Node) newRegistry() *prometheus.Registry {
 	n.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshd_rate_limited_total",
 		Help:        "Requests refused with 429 by a policy's rate limit at this node, per service and kind of limit.",
 		ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}}, []string{"service", "limit"})
+	n.authzDenied = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshd_authz_denied_total",
+		Help:        "Requests a destination sidecar refused with 403 by its service's authorization (the policy), per service and deciding rule.",
+		ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}}, []string{"service", "rule"})
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	labels := prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}
 	for _, m := range []struct {
@@ -60,7 +63,7 @@ func (n *Node) newRegistry() *prometheus.Registry {
 			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshd_policy_version", Help: "Version of the signed traffic policy the node runs (0: none).", ConstLabels: labels},
 			func() float64 { return float64(n.pol.Load().version()) }),
-		n.policyDelay, n.policyRefused, n.rateLimited,
+		n.policyDelay, n.policyRefused, n.rateLimited, n.authzDenied,
 		newLimitCollector(n, labels),
 		newTunnelCollector(n, labels),
 		newHopCollector(n, labels),

@@ -57,6 +57,8 @@ type Node struct {
 	policyDelay   prometheus.Histogram
 	policyRefused prometheus.Counter
 	rateLimited   *prometheus.CounterVec
+	authzDenied   *prometheus.CounterVec
+	authzLog      *proxy.RateLimiter // refusals logged per caller and rule
 	// callerID is what the node records in HeaderCaller as the first
 	// mesh hop: its own SPIFFE ID, as a header value.
 	callerID []string
@@ -174,6 +176,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.polBad = map[string]string{}
 	n.polKick = make(chan struct{}, 1)
 	n.mirrors = make(chan struct{}, mirrorInFlight)
+	n.authzLog = proxy.NewRateLimiter(0.2, 1, 10000)
 	if n.now == nil {
 		n.now = time.Now
 	}

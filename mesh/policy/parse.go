@@ -545,7 +545,7 @@ func byName(es []entry) map[string]entry {
 }
 
 func (p *parser) service(n *yaml.Node, path, name string) (*Service, []*yaml.Node) {
-	known := append([]string{"domains", "routes"}, settingFields...)
+	known := append([]string{"domains", "routes", "authorization"}, settingFields...)
 	es := p.mapping(n, path, known...)
 	all := byName(es)
 	svc := &Service{Name: name}
@@ -553,6 +553,10 @@ func (p *parser) service(n *yaml.Node, path, name string) (*Service, []*yaml.Nod
 	var domainNodes []*yaml.Node
 	for _, e := range es {
 		if p.setting(e, &st, all) {
+			continue
+		}
+		if e.name == "authorization" {
+			svc.Authz = p.authorization(e.val, e.path)
 			continue
 		}
 		if e.name == "domains" {

@@ -46,6 +46,9 @@ type Service struct {
 	// every request (named "default"). Resolve returns it when no rule
 	// matches; every rule inherits from it what the rule does not set.
 	Default *Route
+	// Authz says which callers may call the service; nil allows every
+	// caller of the trust domain.
+	Authz *Authorization
 }
 
 // DefaultRouteName is the name of every Service.Default. No rule may use it.
