@@ -26,10 +26,11 @@ func TestAuthorizationPolicy(t *testing.T) {
 	gwUS := m.start(Config{Role: RoleGateway, Name: "gw-us", Region: "us", WANJoin: []string{gwEU.Addrs()["wan-gossip"]}})
 	edge := m.start(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", WANJoin: []string{gwEU.Addrs()["wan-gossip"]}})
 	var seen atomic.Int64
-	var lastCaller atomic.Value
+	var lastCaller, lastXFF atomic.Value
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seen.Add(1)
 		lastCaller.Store(r.Header.Get(HeaderCaller))
+		lastXFF.Store(r.Header.Get("X-Forwarded-For") + "|" + r.Header.Get("Forwarded"))
 		w.Header().Set("Cache-Control", "no-store")
 		io.WriteString(w, "web")
 	}))
@@ -74,6 +75,8 @@ services:
 		if forged != "" {
 			req.Header.Set(HeaderCaller, forged)
 		}
+		req.Header.Set("X-Forwarded-For", "203.0.113.9") // an app's claim
+		req.Header.Set("Forwarded", "for=203.0.113.9")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -87,6 +90,9 @@ services:
 	}
 	if got := lastCaller.Load(); got != "spiffe://test.meshd/service/api" {
 		t.Errorf("the app saw caller %v for api's call", got)
+	}
+	if got := lastXFF.Load(); got != "|" {
+		t.Errorf("the app saw X-Forwarded-For|Forwarded %q from another app, want nothing", got)
 	}
 	if resp, _ := call(batch, "/public/x", ""); resp.StatusCode != 200 {
 		t.Errorf("batch GET /public/x: %d, want 200", resp.StatusCode)
@@ -105,6 +111,7 @@ services:
 	req, _ := http.NewRequest("GET", "http://"+edge.Addrs()["public-http"]+"/anything", nil)
 	req.Host = "web.localhost"
 	req.Header.Set(HeaderCaller, "spiffe://test.meshd/service/api")
+	req.Header.Set("X-Forwarded-For", "203.0.113.9")
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
 		t.Errorf("public GET through the edge: %v %v, want 200", resp, err)
 	} else {
@@ -112,6 +119,9 @@ services:
 	}
 	if got := lastCaller.Load(); got != "spiffe://test.meshd/edge/edge-1" {
 		t.Errorf("the app saw caller %v for a public request, want the edge", got)
+	}
+	if got := lastXFF.Load().(string); !strings.HasPrefix(got, "127.0.0.1|for=127.0.0.1") {
+		t.Errorf("the app saw X-Forwarded-For|Forwarded %q for a public request, want what the edge saw", got)
 	}
 	if v := metricValue(t, web, "meshd_authz_denied_total", map[string]string{"service": "web", "rule": "default"}); v != 1 {
 		t.Errorf("meshd_authz_denied_total{rule=default} = %v, want 1", v)

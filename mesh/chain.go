@@ -182,12 +182,23 @@ func (n *Node) edgeFront(next http.Handler) http.Handler {
 	})
 }
 
+// forwardedFields are what the edge records of a public client.
+var forwardedFields = [...]string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded"}
+
 // meshFront is the front of a gateway's mesh listener and of a sidecar's
 // outbound listener: the service comes from the mesh header (set by the
 // previous hop) or from Host (<service>.mesh). A request it cannot place
 // goes on unresolved, for the Route function to refuse.
 func (n *Node) meshFront(next http.Handler) http.Handler {
+	outbound := n.Config.Role == RoleSidecar
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if outbound {
+			// An app's claims about a client are not the mesh's: only
+			// the edge, which saw the client, sets these.
+			for _, k := range forwardedFields {
+				delete(r.Header, k)
+			}
+		}
 		if r.Method == http.MethodConnect {
 			next.ServeHTTP(w, r) // tunnels: no HTTP route
 			return
