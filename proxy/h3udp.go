@@ -479,7 +479,13 @@ func (h *h3Peer) acquire(ctx context.Context) (*h3Conn, error) {
 	for {
 		h.mu.Lock()
 		if hc := h.cur; hc != nil {
-			if hc.qc.Context().Err() == nil {
+			if hc.qc.Context().Err() == nil && hc.flows >= h3MaxFlowsPerConn {
+				// Full: a peer refuses streams past its limit (250 by
+				// default), and a flow waiting for one would lose its
+				// datagrams. The next flows go on a new connection;
+				// this one serves its own until they end.
+				h.cur = nil
+			} else if hc.qc.Context().Err() == nil {
 				hc.flows++
 				if hc.idle != nil {
 					hc.idle.Stop()
@@ -613,10 +619,20 @@ func (hc *h3Conn) release() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	hc.flows--
-	if hc.flows == 0 && h.cur == hc {
+	switch {
+	case hc.flows == 0 && h.cur == hc:
 		hc.idle = time.AfterFunc(h.idleTimeout, func() { hc.closeIfIdle() })
+	case hc.flows == 0:
+		// A connection that filled up and was replaced: nobody will
+		// put a flow on it again.
+		go func() { _ = hc.qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "") }()
 	}
 }
+
+// h3MaxFlowsPerConn is the most UDP flows one QUIC connection to a peer
+// carries, each a stream: under the 250 streams meshd's HTTP/3 server
+// allows a connection (Server.MaxConcurrentStreams).
+const h3MaxFlowsPerConn = 200
 
 func (hc *h3Conn) closeIfIdle() {
 	hc.peer.mu.Lock()

@@ -506,3 +506,38 @@ func (f *fakeH3Stream) sentStrings() []string {
 	}
 	return s
 }
+
+// TestUDPOverHTTP3ManyFlows: 260 flows at once to one peer, more than the
+// streams its HTTP/3 server allows one connection (250): the client opens
+// a second connection instead of leaving flows waiting for a stream, and
+// every flow's datagram comes back.
+func TestUDPOverHTTP3ManyFlows(t *testing.T) {
+	ca := newTestCA(t)
+	_, up := relayHop(t, ca, true, testAPIID)
+	front := &Handler{Route: fixedRoute(up), Pool: &Pool{HTTP2: true, UDPOverHTTP3: true}, Via: "api-1", Logger: testLogger()}
+	t.Cleanup(front.Pool.CloseIdle)
+	f, addr := udpHops(t, front)
+	const flows = 260
+	deadline := time.Now().Add(20 * time.Second)
+	var wg sync.WaitGroup
+	errs := make(chan error, flows)
+	for i := range flows {
+		c := udpClient(t)
+		wg.Go(func() { errs <- runClient(c, addr, fmt.Sprintf("f%d", i), 1, 1, deadline) })
+	}
+	wg.Wait()
+	close(errs)
+	failed := 0
+	for err := range errs {
+		if err != nil {
+			failed++
+		}
+	}
+	st := f.Stats()
+	if failed > 0 || st.Flows != flows {
+		t.Errorf("%d of %d flows got no answer; forwarder %+v", failed, flows, st)
+	}
+	if hop := front.Pool.UDPHopStats(); hop.H3Opened != flows || hop.H3Fallbacks != 0 {
+		t.Errorf("client hop %+v, want %d tunnels over HTTP/3, no fallback", hop, flows)
+	}
+}
