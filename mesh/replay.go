@@ -60,7 +60,7 @@ func (n *Node) replay(next http.Handler) http.Handler {
 			body, canReplay = b, true
 			r.Body = io.NopCloser(bytes.NewReader(body))
 		}
-		rw := &replayWriter{w: w, h: http.Header{}, canReplay: canReplay}
+		rw := newReplayWriter(w, canReplay)
 		next.ServeHTTP(rw, r)
 		if rw.region == "" {
 			if rw.refused != "" {
@@ -75,7 +75,7 @@ func (n *Node) replay(next http.Handler) http.Handler {
 			r.Body = io.NopCloser(bytes.NewReader(body))
 		}
 		// The replayed answer goes out as it is, minus the field.
-		next.ServeHTTP(&replayWriter{w: w, h: http.Header{}}, r)
+		next.ServeHTTP(newReplayWriter(w, false), r)
 	})
 }
 
@@ -100,25 +100,30 @@ func replayRegion(v string) string {
 	return ""
 }
 
-// replayWriter holds the response's header until the status is written,
-// then either passes the response on or, when it asks for a replay the
-// request allows, swallows it. It keeps its own header map so that a
-// swallowed answer leaves nothing in the real one.
+// replayWriter passes the response on unless its header asks for a
+// replay the request allows; then it swallows the answer and puts the
+// real header back as it was before (what the middleware in front of the
+// forwarding set), so a swallowed answer leaves nothing in it. Header()
+// is always the real header: the forwarding handler holds it across
+// WriteHeader to set trailers after the body.
 type replayWriter struct {
 	w         http.ResponseWriter
-	h         http.Header
-	canReplay bool   // false: the request cannot be sent again (or was)
-	decided   bool   // the status is written (or swallowed)
-	region    string // the replay asked for and allowed: the answer is swallowed
-	refused   string // why a replay asked for was not made
+	before    http.Header // the real header before the answer, to restore
+	canReplay bool        // false: the request cannot be sent again (or was)
+	decided   bool        // the status is written (or swallowed)
+	region    string      // the replay asked for and allowed: the answer is swallowed
+	refused   string      // why a replay asked for was not made
 }
 
-func (rw *replayWriter) Header() http.Header {
-	if rw.decided && rw.region == "" {
-		return rw.w.Header()
+func newReplayWriter(w http.ResponseWriter, canReplay bool) *replayWriter {
+	rw := &replayWriter{w: w, canReplay: canReplay}
+	if canReplay {
+		rw.before = w.Header().Clone()
 	}
-	return rw.h
+	return rw
 }
+
+func (rw *replayWriter) Header() http.Header { return rw.w.Header() }
 
 func (rw *replayWriter) WriteHeader(code int) {
 	if rw.decided {
@@ -128,15 +133,13 @@ func (rw *replayWriter) WriteHeader(code int) {
 		return
 	}
 	if code < 200 && code != http.StatusSwitchingProtocols {
-		// An informational answer (103 Early Hints) goes out; what it
-		// carried stays for the final one, as net/http does.
-		rw.flushHeader()
-		rw.w.WriteHeader(code)
+		rw.w.WriteHeader(code) // an informational answer (103) goes out
 		return
 	}
 	rw.decided = true
-	if v := rw.h[HeaderReplay]; len(v) > 0 {
-		delete(rw.h, HeaderReplay)
+	h := rw.w.Header()
+	if v := h[HeaderReplay]; len(v) > 0 {
+		delete(h, HeaderReplay)
 		switch region := replayRegion(v[0]); {
 		case region == "":
 			rw.refused = fmt.Sprintf("%s %q names no region", HeaderReplay, truncate(v[0], 100))
@@ -144,19 +147,14 @@ func (rw *replayWriter) WriteHeader(code int) {
 			rw.refused = "the request has a body over 64 KiB or of unknown length, or was replayed already"
 		default:
 			rw.region = region
+			clear(h)
+			for k, v := range rw.before {
+				h[k] = v
+			}
 			return
 		}
 	}
-	rw.flushHeader()
 	rw.w.WriteHeader(code)
-}
-
-func (rw *replayWriter) flushHeader() {
-	dst := rw.w.Header()
-	for k, v := range rw.h {
-		dst[k] = v
-	}
-	clear(rw.h)
 }
 
 func (rw *replayWriter) Write(b []byte) (int, error) {

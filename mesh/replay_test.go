@@ -3,6 +3,7 @@ package mesh
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -80,5 +81,32 @@ func TestMeshReplay(t *testing.T) {
 	resp, body = post("/mars", "x")
 	if resp.StatusCode != 503 || !strings.Contains(body, "region mars") {
 		t.Errorf("replay to a region nobody serves: %d %q, want 503 naming it", resp.StatusCode, body)
+	}
+}
+
+// TestReplayWriterKeepsTrailers: the forwarding handler holds the header
+// map across WriteHeader and sets trailers in it after the body (as gRPC
+// needs); through the replay wrapper they still reach the client.
+func TestReplayWriterKeepsTrailers(t *testing.T) {
+	n := &Node{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	h := n.replay(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hdr := w.Header()
+		hdr.Set("Trailer", "Grpc-Status")
+		w.WriteHeader(200)
+		io.WriteString(w, "body")
+		hdr.Set("Grpc-Status", "0")
+	}))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, withRoute(r, &reqRoute{service: "web"}))
+	}))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "body" || resp.Trailer.Get("Grpc-Status") != "0" {
+		t.Errorf("body %q, trailer %v; want the trailer Grpc-Status: 0", b, resp.Trailer)
 	}
 }
