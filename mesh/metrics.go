@@ -39,6 +39,9 @@ func (n *Node) newRegistry() *prometheus.Registry {
 			ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region, "result": m.result}},
 			func() float64 { return float64(m.n.Load()) }))
 	}
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_gossip_records_refused_total",
+		Help: "Gossip records refused: not signed by an SVID of the trust bundle, a bad signature, claims the signer may not make (another service's instances, a gateway's summary), or a record that does not decode.", ConstLabels: labels},
+		func() float64 { return float64(n.recordsRefused.Load()) }))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_replays_total",
 		Help: "Requests an app asked to replay in another region (Mesh-Replay) that the edge replayed there.", ConstLabels: labels},
 		func() float64 { return float64(n.replays.Load()) }))

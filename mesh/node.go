@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshd/meshd/bgp"
 	"github.com/meshd/meshd/cache"
@@ -98,16 +100,27 @@ type Node struct {
 	badRecs   map[string]string // member name → last bad record refused, to log once
 	lastWAN   string            // last global record published (gateway)
 	lastLAN   string
-	purges    []PurgeRecord    // edge: purges accepted here, newest last
-	applied   map[string]int64 // edge: purge IDs applied here → unix time
-	stopped   bool
-	names     *nameBook   // which service owns which host name; tombstones (domains.go)
-	expiry    *time.Timer // rebuilds when the next tombstone ends
-	since     int64       // sidecar: Unix ms it started claiming its service (ServiceRecord.Since)
+	// the SVID each pool's record was last signed with (signedrec.go)
+	lastWANSVID, lastLANSVID *x509svid.SVID
+	// opened: per pool, the signed records verified, by their bytes;
+	// accepted: per pool and member, the newest record accepted (a
+	// replayed older one is not believed).
+	opened         map[string]map[string]*openedRecord
+	accepted       map[string]map[string]*openedRecord
+	recordsRefused atomic.Int64
+	purges         []PurgeRecord    // edge: purges accepted here, newest last
+	applied        map[string]int64 // edge: purge IDs applied here → unix time
+	stopped        bool
+	names          *nameBook   // which service owns which host name; tombstones (domains.go)
+	expiry         *time.Timer // rebuilds when the next tombstone ends
+	since          int64       // sidecar: Unix ms it started claiming its service (ServiceRecord.Since)
 
 	// now is the clock of tombstones and host name claims. Default
 	// time.Now; tests inject a fake one before Start.
 	now func() time.Time
+	// forge, when set (tests only), rewrites the node's records before
+	// they are signed: a node lying about itself.
+	forge func(*NodeRecord)
 }
 
 // Addrs reports the bound address of each listener the node runs, keyed by
@@ -326,7 +339,14 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			OnNote: n.onPolicyNote(poolRegion)}
 		// The record goes out with the join, so peers never see the node
 		// without it.
-		rec, _ := n.lanRecord().Encode()
+		lr := n.lanRecord()
+		if n.forge != nil {
+			n.forge(lr)
+		}
+		rec, _ := lr.Encode()
+		if rec, err = n.seal(rec); err != nil {
+			return fmt.Errorf("gossip: %w", err)
+		}
 		if err := n.lan.SetRecord(rec); err != nil {
 			return fmt.Errorf("gossip: %w", err)
 		}
@@ -624,7 +644,7 @@ func (n *Node) wanRecord() *NodeRecord {
 	r := &NodeRecord{Name: c.Name, Role: c.Role, Region: c.Region, MeshAddr: n.advertise, State: n.state(),
 		Policy: n.pol.Load().version()}
 	if c.Role == RoleGateway && n.lan != nil {
-		r.Services = summarize(n.decode(n.lan.Members()), c.Region, n.instanceEjectedLocked(time.Now()))
+		r.Services = summarize(n.decode(poolRegion, n.lan.Members()), c.Region, n.instanceEjectedLocked(time.Now()))
 	}
 	if c.Role == RoleEdge {
 		r.Purges = n.recentPurgesLocked(time.Now())
@@ -676,49 +696,115 @@ func (n *Node) publish() {
 	if n.leaving.Load() {
 		return
 	}
+	svid, _ := n.ids.GetX509SVID()
 	for _, p := range []struct {
-		g    *gossip.Cluster
-		rec  func() *NodeRecord
-		last *string
-	}{{n.lan, n.lanRecord, &n.lastLAN}, {n.wan, n.wanRecord, &n.lastWAN}} {
+		g        *gossip.Cluster
+		rec      func() *NodeRecord
+		last     *string
+		lastSVID **x509svid.SVID
+	}{{n.lan, n.lanRecord, &n.lastLAN, &n.lastLANSVID}, {n.wan, n.wanRecord, &n.lastWAN, &n.lastWANSVID}} {
 		if p.g == nil {
 			continue
 		}
-		b, err := p.rec().Encode()
+		rec := p.rec()
+		if n.forge != nil {
+			n.forge(rec)
+		}
+		b, err := rec.Encode()
 		if err != nil {
 			n.Logger.Error("cannot encode own record", "err", err)
 			continue
 		}
-		if string(b) == *p.last {
+		// Signed again when the record or the SVID changed.
+		if string(b) == *p.last && svid == *p.lastSVID {
 			continue
 		}
-		if err := p.g.SetRecord(b); err != nil {
+		sealed, err := signRecord(b, time.Now(), svid)
+		if err != nil {
+			n.Logger.Error("cannot sign own record", "err", err)
+			continue
+		}
+		if err := p.g.SetRecord(sealed); err != nil {
 			n.Logger.Error("cannot publish record", "err", err)
 			continue
 		}
-		*p.last = string(b)
+		*p.last, *p.lastSVID = string(b), svid
 	}
 }
 
-// decode turns gossip members into records, refusing (and logging once)
-// those that do not decode or that claim another member's name.
-func (n *Node) decode(ms []gossip.Member) []member {
+// decode turns the gossip members of pool into records, refusing (and
+// logging once) those that do not verify (signedrec.go), do not decode,
+// claim what their signer may not, or claim another member's name. A
+// member whose record is older than one already accepted keeps the
+// accepted one. Called under n.mu.
+func (n *Node) decode(pool string, ms []gossip.Member) []member {
 	out := make([]member, 0, len(ms))
+	if n.opened == nil {
+		n.opened, n.accepted = map[string]map[string]*openedRecord{}, map[string]map[string]*openedRecord{}
+	}
+	prev, prevAcc := n.opened[pool], n.accepted[pool]
+	opened, accepted := make(map[string]*openedRecord, len(ms)), make(map[string]*openedRecord, len(ms))
+	var roots *x509.CertPool
+	now := time.Now()
 	for _, m := range ms {
 		if m.Record == nil {
 			continue
 		}
-		rec, err := DecodeRecord(m.Record)
-		if err == nil && rec.Name != m.Name {
-			err = fmt.Errorf("record names %q but the member is %q", rec.Name, m.Name)
+		o := prev[string(m.Record)]
+		if o == nil || o.err == nil && !now.Before(o.notAfter) {
+			if roots == nil {
+				roots, _ = n.ids.BundlePool()
+			}
+			o = n.openRecord(m.Record, roots, now)
+		}
+		opened[string(m.Record)] = o
+		err := o.err
+		if err == nil && o.rec.Name != m.Name {
+			err = fmt.Errorf("record names %q but the member is %q", o.rec.Name, m.Name)
 		}
 		if err != nil {
+			if n.badRecs[m.Name] != string(m.Record) {
+				n.recordsRefused.Add(1)
+			}
 			n.logBadRecord(m.Name, string(m.Record), err)
 			continue
 		}
-		out = append(out, member{gossipAddr: m.Addr, suspect: m.Suspect, rec: rec})
+		if last := prevAcc[m.Name]; last != nil && last.at > o.at {
+			n.logBadRecord(m.Name, string(m.Record), fmt.Errorf("signed at %s, before the record already accepted (a replay): kept the newer one",
+				time.Unix(0, o.at).UTC().Format(time.RFC3339Nano)))
+			o = last
+		}
+		accepted[m.Name] = o
+		out = append(out, member{gossipAddr: m.Addr, suspect: m.Suspect, rec: o.rec})
 	}
+	n.opened[pool], n.accepted[pool] = opened, accepted
 	return out
+}
+
+// openedRecord is a gossip record verified once.
+type openedRecord struct {
+	rec      *NodeRecord
+	at       int64     // signing time
+	notAfter time.Time // the signer's certificate expires: verify again
+	err      error
+}
+
+func (n *Node) openRecord(raw []byte, roots *x509.CertPool, now time.Time) *openedRecord {
+	if roots == nil {
+		return &openedRecord{err: errors.New("no trust bundle yet")}
+	}
+	b, at, id, notAfter, err := openRecord(raw, roots, now)
+	if err != nil {
+		return &openedRecord{err: err}
+	}
+	rec, err := DecodeRecord(b)
+	if err == nil {
+		err = claimsFit(rec, id, n.td)
+	}
+	if err != nil {
+		return &openedRecord{err: err}
+	}
+	return &openedRecord{rec: rec, at: at, notAfter: notAfter}
 }
 
 func (n *Node) logBadRecord(name, raw string, err error) {
@@ -735,10 +821,10 @@ func (n *Node) rebuild() {
 	defer n.mu.Unlock()
 	var lan, wan []member
 	if n.lan != nil {
-		lan = n.decode(n.lan.Members())
+		lan = n.decode(poolRegion, n.lan.Members())
 	}
 	if n.wan != nil {
-		wan = n.decode(n.wan.Members())
+		wan = n.decode(poolGlobal, n.wan.Members())
 	}
 	n.applyRemotePurgesLocked(wan)
 	n.collectPeerPolicies(lan, wan)
@@ -1005,4 +1091,13 @@ func (n *Node) notReady() string {
 		}
 	}
 	return ""
+}
+
+// seal signs a record of this node for gossip with its SVID.
+func (n *Node) seal(b []byte) ([]byte, error) {
+	svid, err := n.ids.GetX509SVID()
+	if err != nil {
+		return nil, err
+	}
+	return signRecord(b, time.Now(), svid)
 }

@@ -137,15 +137,19 @@ func TestPolicyAcrossPools(t *testing.T) {
 		t.Errorf("edge meshd_policy_propagation_seconds_count = %v, want 1", v)
 	}
 
-	// /v1/policy of a gateway lists what each member runs.
-	_, body, _ := adminGetTCP(gwEU, "/v1/policy")
-	var info PolicyInfo
-	if err := json.Unmarshal([]byte(body), &info); err != nil {
-		t.Fatal(err)
-	}
-	if info.Signer != "spiffe://test.meshd/operator/admin" || len(info.Nodes) < 5 {
-		t.Errorf("gw-eu /v1/policy: signer %q, %d nodes: %s", info.Signer, len(info.Nodes), body)
-	}
+	// /v1/policy of a gateway lists what each member runs, as their
+	// records say (a gossip round or two behind the policy itself).
+	poll(t, 5*time.Second, "gw-eu's /v1/policy lists its five peers", func() error {
+		_, body, _ := adminGetTCP(gwEU, "/v1/policy")
+		var info PolicyInfo
+		if err := json.Unmarshal([]byte(body), &info); err != nil {
+			return err
+		}
+		if info.Signer != "spiffe://test.meshd/operator/admin" || len(info.Nodes) < 5 {
+			return fmt.Errorf("signer %q, %d nodes: %s", info.Signer, len(info.Nodes), body)
+		}
+		return nil
+	})
 
 	// The split, measured through the edge.
 	counts := map[string]int{}
