@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"reflect"
 	"runtime"
 	"runtime/debug"
@@ -316,6 +317,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	logger.Debug("garbage collector", "role", cfg.Role, "gogc", gc.Percent, "memory_limit", gc.Limit)
 
+	warnCAKey(logger, &cfg)
 	node := &mesh.Node{Config: cfg, Logger: logger}
 	if err := node.Start(ctx); err != nil {
 		return pos.Annotate(err)
@@ -828,4 +830,22 @@ func waitOnce(ctx context.Context, admin, node string, services []string) error 
 		}
 	}
 	return nil
+}
+
+// warnCAKey warns when a sidecar runs with the CA key beside it: one
+// compromised sidecar could then mint any identity of the mesh. The
+// production path gives each node an SVID (meshd ca issue, --cert-file and
+// --key-file) or SPIRE (--spiffe-socket), and keeps ca.key elsewhere;
+// meshd demo, all on one machine, does not warn.
+func warnCAKey(logger *slog.Logger, cfg *mesh.Config) {
+	if cfg.Role != mesh.RoleSidecar || cfg.CertFile != "" || cfg.SPIFFESocket != "" || cfg.CADir == "" {
+		return
+	}
+	if _, err := os.Stat(filepath.Join(cfg.CADir, tlsmgr.CAKeyFile)); err != nil {
+		return
+	}
+	logger.Warn("this sidecar holds the CA key: anyone who takes it over can mint any identity of the mesh; "+
+		"issue it an SVID (meshd ca issue --id spiffe://TD/service/"+cfg.Service+") and run it with --cert-file and --key-file, "+
+		"or --spiffe-socket, with a --ca-dir that has only ca.crt and gossip.key (deploy/README.md)",
+		"ca_dir", cfg.CADir)
 }
