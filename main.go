@@ -49,6 +49,8 @@ Usage:
   meshd status policy [--node NAME | --admin ADDR]
                                                   the policy version every node runs (exit 1 while one is behind)
   meshd check policy FILE                         validate a policy document
+  meshd gossip keyring list|install|use|remove [--key B64 | --key-file F] [--node NAME | --admin A[,B...]]
+                                                  rotate the gossip key without a restart: install, use, remove on every node
   meshd members [--node NAME | --admin ADDR]      gossip members a node sees
   meshd services [--node NAME | --admin ADDR]     services a node sees
   meshd routes [--node NAME | --admin ADDR]       where a node sends each service's requests now
@@ -143,6 +145,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdStatus(ctx, args[1:], stdout, stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
+	case "gossip":
+		return cmdGossip(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "meshd", buildVersion())
 		return nil

@@ -40,6 +40,10 @@ type Cluster struct {
 	// always encrypted and authenticated, and messages without the key are
 	// refused.
 	Key []byte
+	// Keys are further keys the pool accepts messages in beside Key (a
+	// rotation in progress: see InstallKey, UseKey, RemoveKey). Key is the
+	// one messages are sent with. Default: none.
+	Keys [][]byte
 	// Label separates pools that share a key and network, for example
 	// "meshd/region/eu" and "meshd/global"; it is authenticated with every
 	// message, so pools with different labels never exchange messages.
@@ -69,6 +73,8 @@ type Cluster struct {
 	// order; while noteQueue notes wait, further ones are dropped and
 	// counted (DroppedNotes). Default: nil (notes are dropped).
 	OnNote func(from string, data []byte)
+
+	keyring atomic.Pointer[memberlist.Keyring]
 
 	mu      sync.Mutex // guards started and closed
 	started bool
@@ -177,6 +183,11 @@ func (c *Cluster) Validate() error {
 	default:
 		return fmt.Errorf("gossip: Key is %d bytes, want 16, 24 or 32", len(c.Key))
 	}
+	for i, k := range c.Keys {
+		if err := checkKey(k); err != nil {
+			return fmt.Errorf("gossip: Keys[%d]: %w", i, err)
+		}
+	}
 	if c.Label == "" {
 		return errors.New("gossip: Label is required")
 	}
@@ -283,7 +294,12 @@ func (c *Cluster) start() error {
 	cfg.Name = c.Name
 	cfg.Label = c.Label
 	cfg.SkipInboundLabelCheck = false
-	cfg.SecretKey = bytes.Clone(c.Key)
+	kr, err := memberlist.NewKeyring(cloneKeys(append([][]byte{c.Key}, c.Keys...)), bytes.Clone(c.Key))
+	if err != nil {
+		return fmt.Errorf("gossip: keyring: %w", err)
+	}
+	cfg.Keyring = kr
+	c.keyring.Store(kr)
 	// Both default to true; set them anyway so that no future default can
 	// let unencrypted gossip in or out.
 	cfg.GossipVerifyIncoming = true
@@ -703,4 +719,80 @@ func (c *Cluster) notifyLoop(ctx context.Context) {
 			c.OnChange()
 		}
 	}
+}
+
+func checkKey(k []byte) error {
+	switch len(k) {
+	case 16, 24, 32:
+		return nil
+	}
+	return fmt.Errorf("key of %d bytes, want 16, 24 or 32", len(k))
+}
+
+func cloneKeys(ks [][]byte) [][]byte {
+	out := make([][]byte, len(ks))
+	for i, k := range ks {
+		out[i] = bytes.Clone(k)
+	}
+	return out
+}
+
+// Key rotation without a restart, in three steps run on every member of
+// the pool (as Consul's keyring): InstallKey the new key everywhere (each
+// member then accepts it, still sending with the old one), UseKey it
+// everywhere (members send with it; those not yet switched still accept
+// it), RemoveKey the old one everywhere. At no step does a member refuse
+// what another sends, so the pool never splits.
+
+// InstallKey adds k to the keys the pool accepts.
+func (c *Cluster) InstallKey(k []byte) error {
+	if err := checkKey(k); err != nil {
+		return fmt.Errorf("gossip: %w", err)
+	}
+	kr := c.keyring.Load()
+	if kr == nil {
+		return errors.New("gossip: not started")
+	}
+	return kr.AddKey(bytes.Clone(k))
+}
+
+// UseKey makes k, which must be installed, the key messages are sent with.
+func (c *Cluster) UseKey(k []byte) error {
+	kr := c.keyring.Load()
+	if kr == nil {
+		return errors.New("gossip: not started")
+	}
+	for _, have := range kr.GetKeys() {
+		if bytes.Equal(have, k) {
+			return kr.UseKey(k)
+		}
+	}
+	return errors.New("gossip: the key is not installed: install it on every member first")
+}
+
+// RemoveKey stops accepting k. The key in use cannot be removed.
+func (c *Cluster) RemoveKey(k []byte) error {
+	kr := c.keyring.Load()
+	if kr == nil {
+		return errors.New("gossip: not started")
+	}
+	if bytes.Equal(kr.GetPrimaryKey(), k) {
+		return errors.New("gossip: the key is in use: use another one first")
+	}
+	for _, have := range kr.GetKeys() {
+		if bytes.Equal(have, k) {
+			return kr.RemoveKey(k)
+		}
+	}
+	return errors.New("gossip: the key is not installed")
+}
+
+// KeyringKeys returns the key in use and every key accepted (it
+// included), nil before Start.
+func (c *Cluster) KeyringKeys() (primary []byte, all [][]byte) {
+	kr := c.keyring.Load()
+	if kr == nil {
+		return nil, nil
+	}
+	return kr.GetPrimaryKey(), kr.GetKeys()
 }

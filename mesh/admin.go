@@ -98,6 +98,13 @@ func (n *Node) adminHandler() http.Handler {
 		writeJSON(w, n.policyInfo(r.URL.Query().Get("document") != ""))
 	})
 	mux.HandleFunc("POST /v1/policy", n.applyHandler)
+	mux.HandleFunc("GET /v1/gossip/keyring", func(w http.ResponseWriter, r *http.Request) {
+		n.mu.Lock()
+		info := n.keyringInfo()
+		n.mu.Unlock()
+		writeJSON(w, info)
+	})
+	mux.HandleFunc("POST /v1/gossip/keyring", n.keyringHandler)
 	if n.Config.AdminPprof {
 		// Profiles for performance work (go tool pprof http://ADMIN/debug/pprof/profile),
 		// only when asked for: a profile costs CPU and shows memory contents'

@@ -219,9 +219,13 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.rootSum = n.ids.BundleSum()
 	n.callerID = []string{n.ID()}
 	n.loadPolicy()
-	key, err := tlsmgr.ReadGossipKey(c.CADir)
+	caKey, err := tlsmgr.ReadGossipKey(c.CADir)
 	if err != nil {
 		return fmt.Errorf("ca-dir: %w", err)
+	}
+	key, keys, err := n.gossipKeys(caKey)
+	if err != nil {
+		return err
 	}
 
 	// One pool for every handler of the node: each upstream has one
@@ -334,7 +338,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	onChange := n.kickRebuild
 	if c.Role != RoleEdge {
-		n.lan = &gossip.Cluster{Name: c.Name, BindAddr: c.GossipAddr, Profile: gossip.LAN, Key: key,
+		n.lan = &gossip.Cluster{Name: c.Name, BindAddr: c.GossipAddr, Profile: gossip.LAN, Key: key, Keys: keys,
 			Label: "meshd/" + n.td + "/region/" + c.Region, Join: c.Join, Logger: n.Logger, OnChange: onChange,
 			OnNote: n.onPolicyNote(poolRegion)}
 		// The record goes out with the join, so peers never see the node
@@ -357,7 +361,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		n.Logger.Info("listening", "listener", "gossip", "addr", n.lan.Addr())
 	}
 	if c.Role != RoleSidecar {
-		n.wan = &gossip.Cluster{Name: c.Name, BindAddr: c.WANGossipAddr, Profile: gossip.WAN, Key: key,
+		n.wan = &gossip.Cluster{Name: c.Name, BindAddr: c.WANGossipAddr, Profile: gossip.WAN, Key: key, Keys: keys,
 			Label: "meshd/" + n.td + "/global", Join: c.WANJoin, Logger: n.Logger, OnChange: onChange,
 			OnNote: n.onPolicyNote(poolGlobal)}
 		if err := n.wan.Start(bg); err != nil {
