@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -122,7 +123,7 @@ func TestUntrustedNodeRefused(t *testing.T) {
 	}
 	gwEU := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
 	gwUS := m.start(Config{Role: RoleGateway, Name: "gw-us", Region: "us", WANJoin: []string{gwEU.Addrs()["wan-gossip"]}})
-	m.start(Config{Role: RoleSidecar, Name: "web-bad", Region: "eu", Service: "web", Upstream: nameApp(t, "web-bad"),
+	bad := m.start(Config{Role: RoleSidecar, Name: "web-bad", Region: "eu", Service: "web", Upstream: nameApp(t, "web-bad"),
 		Join: []string{gwEU.Addrs()["gossip"]}}, func(n *Node) { n.Config.CADir = other })
 	m.start(Config{Role: RoleSidecar, Name: "web-us", Region: "us", Service: "web", Upstream: nameApp(t, "web-us"),
 		Join: []string{gwUS.Addrs()["gossip"]}})
@@ -143,4 +144,29 @@ func TestUntrustedNodeRefused(t *testing.T) {
 	if len(failed) > 0 || served["web-us"] != 30 {
 		t.Fatalf("with eu's only instance untrusted: served %v, %d failed: %v", served, len(failed), failed[:min(3, len(failed))])
 	}
+	// The node dials the gateway itself: the handshake is refused, counted
+	// and logged with the identity it claimed.
+	// It presents its SVID and, to get that far, takes any server.
+	svid, err := bad.ids.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chain [][]byte
+	for _, c := range svid.Certificates {
+		chain = append(chain, c.Raw)
+	}
+	cfg := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"},
+		Certificates: []tls.Certificate{{Certificate: chain, PrivateKey: svid.PrivateKey}}}
+	if c, err := tls.Dial("tcp", gwEU.Addrs()["mesh"], cfg); err == nil {
+		// TLS 1.3: the client learns of the refusal on its first read.
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
+	}
+	poll(t, 5*time.Second, "gw-eu counts a peer of an unknown root", func() error {
+		if v := metricValue(t, gwEU, "meshd_tls_peers_refused_total", map[string]string{"reason": "unknown_root"}); v < 1 {
+			return fmt.Errorf("unknown_root %v", v)
+		}
+		return nil
+	})
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/meshd/meshd/gossip"
 	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/tlsmgr"
 )
 
 // metrics are the node's Prometheus collectors, served on the admin API's
@@ -38,6 +39,17 @@ func (n *Node) newRegistry() *prometheus.Registry {
 			Help:        "Copies of requests mirrored to a subset by a policy: sent (answered, answer discarded), failed (no answer), dropped (too many in flight, not sent).",
 			ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region, "result": m.result}},
 			func() float64 { return float64(m.n.Load()) }))
+	}
+	for _, reason := range []string{tlsmgr.RefusedUnknownRoot, tlsmgr.RefusedExpired, tlsmgr.RefusedIdentity, tlsmgr.RefusedOther} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_tls_peers_refused_total",
+			Help:        "mTLS handshakes refused because of the peer's certificate, by reason: unknown_root (its chain leads to no root of the bundle), expired, identity (valid but not accepted here), other. Each is logged (tls: refused a peer) with the identity it claimed.",
+			ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region, "reason": reason}},
+			func() float64 {
+				if n.ids == nil {
+					return 0
+				}
+				return float64(n.ids.PeerRefusals()[reason])
+			}))
 	}
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_gossip_records_refused_total",
 		Help: "Gossip records refused: not signed by an SVID of the trust bundle, a bad signature, claims the signer may not make (another service's instances, a gateway's summary), or a record that does not decode.", ConstLabels: labels},

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -86,11 +87,14 @@ type Manager struct {
 	// DefaultSPIFFETimeout (10s).
 	SPIFFETimeout time.Duration
 
-	renewals atomic.Uint64
-	polls    atomic.Uint64 // file mode: completed polls, for tests
-	updates  atomic.Uint64 // Workload API mode: processed updates, for tests
-	cur      atomic.Pointer[identity]
-	resumed  atomic.Uint64 // resumed handshakes re-authorized by verifyResumed
+	renewals    atomic.Uint64
+	polls       atomic.Uint64 // file mode: completed polls, for tests
+	updates     atomic.Uint64 // Workload API mode: processed updates, for tests
+	cur         atomic.Pointer[identity]
+	resumed     atomic.Uint64   // resumed handshakes re-authorized by verifyResumed
+	refusals    refusalCounters // refused handshakes by reason (refusals.go)
+	refusalLog  sync.Map        // reason + claimed identity → last logged
+	refusalLogN atomic.Int64
 
 	bundleSum atomic.Pointer[bundleDigest] // digest of cur's bundle (resume.go)
 	tkeys     atomic.Pointer[ticketKeys]   // session ticket keys (resume.go)
@@ -283,13 +287,16 @@ func (m *Manager) renewLoop(ctx context.Context, ca *CA, bundle *x509bundle.Bund
 		var wait time.Duration
 		if failures == 0 {
 			cur := m.cur.Load()
-			// Half of the requested TTL: the certificate may live up to a
-			// second longer (its expiry is rounded up to whole seconds), or
-			// less when the CA expires first.
+			// Half of the requested TTL, less a random tenth of it: the
+			// certificate may live up to a second longer (its expiry is
+			// rounded up to whole seconds), or less when the CA expires
+			// first. The jitter keeps nodes started together (a fleet
+			// restart, a CA switch) from renewing together forever.
 			life := min(cur.svid.Certificates[0].NotAfter.Sub(cur.issued), m.ttl())
+			at := life/2 - time.Duration(rand.Int64N(int64(life/10)+1))
 			// Never spin: a lifetime cut short by the CA's own expiry still
 			// waits the smallest backoff step between attempts.
-			wait = max(cur.issued.Add(life/2).Sub(m.now()), m.backoff(1))
+			wait = max(cur.issued.Add(at).Sub(m.now()), m.backoff(1))
 		} else {
 			wait = m.backoff(failures)
 		}

@@ -108,6 +108,9 @@ func (m *Manager) verifyPeer(authorize tlsconfig.Authorizer) func([][]byte, [][]
 			certs = append(certs, c)
 		}
 		_, err := m.authorized(certs, m.now(), authorize)
+		if err != nil {
+			m.refused(certs, err)
+		}
 		return err
 	}
 }
@@ -125,6 +128,7 @@ func (m *Manager) verifyResumed(authorize tlsconfig.Authorizer, failed func()) f
 			return nil // VerifyPeerCertificate already ran
 		}
 		if _, err := m.authorized(cs.PeerCertificates, m.now(), authorize); err != nil {
+			m.refused(cs.PeerCertificates, err)
 			if failed != nil {
 				failed()
 			}
