@@ -35,9 +35,12 @@ func TestBalancerSpreadsSequentialRequests(t *testing.T) {
 			t.Fatalf("request %d: %d", i, w.Code)
 		}
 	}
+	// Starving looked like 92/8; on a busy machine (CI, -race) the
+	// latency estimates themselves are noisy and a fair split can land
+	// near 16/84: at least a tenth each.
 	a, b := hits[0].Load(), hits[1].Load()
-	if a < n/5 || b < n/5 {
-		t.Fatalf("%d sequential requests to two equal instances split %d/%d, want each at least %d", n, a, b, n/5)
+	if a < n/10 || b < n/10 {
+		t.Fatalf("%d sequential requests to two equal instances split %d/%d, want each at least %d", n, a, b, n/10)
 	}
 	t.Logf("%d sequential requests split %d/%d", n, a, b)
 }

@@ -179,8 +179,11 @@ services:
 	})
 	got := offer(api.Addrs()["outbound"], "web.mesh", 120, 3*time.Second)
 	t.Logf("120/s for 3 s against a global 60/s over 3 instances, 2 of them reached: %v", got)
-	// 2 instances × 20/s × 3 s, and each one's burst of 2.
-	if ok := got[200]; ok < 100 || ok > 150 {
-		t.Errorf("%d of 360 allowed, want about 124", ok)
+	// Each instance admits its third, 20/s × 3 s and a burst of 2: at
+	// most 124 through the two the caller reaches (a limit counted at
+	// each instance would let all 360 through), at least one instance's
+	// 62 (the caller's balancer may favour one).
+	if ok := got[200]; ok < 55 || ok > 130 {
+		t.Errorf("%d of 360 allowed, want 62 to 124", ok)
 	}
 }
