@@ -276,8 +276,10 @@ func checkLifecycle(t *testing.T, sp *Speaker, obs *observer) {
 	if err := sp.Drain(ctx, DrainPrepend); err != nil {
 		t.Fatal(err)
 	}
-	took = eventually(t, 5*time.Second, "prepended route at the observer", func() bool {
-		return len(obs.routes()[anycast4].asPath) == 4
+	// Both prefixes' updates: the IPv6 one may arrive just after the IPv4.
+	took = eventually(t, 5*time.Second, "prepended routes at the observer", func() bool {
+		r := obs.routes()
+		return len(r[anycast4].asPath) == 4 && len(r[anycast6].asPath) == 4
 	})
 	t.Logf("drain prepend -> observer: %v", took)
 	r = obs.routes()
