@@ -326,6 +326,10 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := node.Start(ctx); err != nil {
 		return pos.Annotate(err)
 	}
+	sd := newNotifier(logger)
+	defer sd.close()
+	sdCtx, sdStop := context.WithCancel(context.Background())
+	go sd.run(sdCtx, node.Ready)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -340,6 +344,8 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		case <-ctx.Done():
 		}
 	}
+	sdStop()
+	sd.send("STOPPING=1\nSTATUS=draining")
 	// Shutdown gets its own bounded context: the signal that ended ctx
 	// must not cut the drain short.
 	limit := cfg.DrainDelay + cfg.ShutdownGrace + 5*time.Second
