@@ -140,7 +140,14 @@ type Config struct {
 	// seed list names nodes not started yet. Default false: such a node
 	// answers 503 on /readyz ("not joined: no seed answered") until a seed
 	// answers. A node without seeds is a first node and is ready alone.
-	AllowAlone bool `yaml:"allow-alone" usage:"ready even while no seed of --join/--wan-join answers (a first node); default: not ready until one does"`
+	// UnsignedRecords is for a rolling upgrade from a meshd that did not
+	// sign its gossip records: the node publishes its records unsigned, as
+	// the old nodes read them, and believes unsigned records of others
+	// (logged once per member), while still verifying every signed one.
+	// Turn it on for the upgrade, then restart every node without it.
+	// Default false: unsigned records are refused.
+	UnsignedRecords bool `yaml:"unsigned-records" usage:"rolling upgrade from a meshd before signed gossip records: publish and accept unsigned records (turn off once every node runs this version)"`
+	AllowAlone      bool `yaml:"allow-alone" usage:"ready even while no seed of --join/--wan-join answers (a first node); default: not ready until one does"`
 
 	// PublicHTTP is the edge's public plain HTTP listener. Required for
 	// edges.

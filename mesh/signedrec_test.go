@@ -144,3 +144,33 @@ func TestForgedRecordDropped(t *testing.T) {
 		t.Errorf("the gateway counts %d healthy web instances, want 1", h)
 	}
 }
+
+// TestUnsignedRecordsForUpgrade: --unsigned-records is the rolling
+// upgrade's window. Nodes with it publish unsigned records, as a meshd
+// before signing does, and believe them; a node without it refuses them.
+func TestUnsignedRecordsForUpgrade(t *testing.T) {
+	m := newTestMesh(t)
+	old := func(n *Node) { n.Config.UnsignedRecords = true }
+	gw := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"}, old)
+	m.start(Config{Role: RoleSidecar, Name: "web-1", Region: "eu", Service: "web", Upstream: nameApp(t, "web"),
+		Join: []string{gw.Addrs()["gossip"]}}, old)
+	edge := m.start(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", WANJoin: []string{gw.Addrs()["wan-gossip"]}}, old)
+	wantBody(t, edge.Addrs()["public-http"], "web.localhost", 200, "web")
+	if raw := gw.lan.Members(); len(raw) == 0 {
+		t.Fatal("no members")
+	} else {
+		for _, mm := range raw {
+			if len(mm.Record) > 0 && mm.Record[0] != '{' {
+				t.Errorf("%s publishes a signed record under --unsigned-records", mm.Name)
+			}
+		}
+	}
+	strict := m.start(Config{Role: RoleSidecar, Name: "api-1", Region: "eu", Service: "api", Upstream: nameApp(t, "api"),
+		Join: []string{gw.Addrs()["gossip"]}})
+	poll(t, 10*time.Second, "a node without the flag refuses the unsigned records", func() error {
+		if v := metricValue(t, strict, "meshd_gossip_records_refused_total", nil); v < 2 {
+			return fmt.Errorf("refused %v", v)
+		}
+		return nil
+	})
+}
