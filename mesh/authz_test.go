@@ -1,14 +1,12 @@
 package mesh
 
 import (
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 )
 
 // TestAuthorizationPolicy: web's policy denies by default, allows api
@@ -59,15 +57,7 @@ services:
         - name: public
           callers: [edge]
 `
-	if code, body := postPolicy(gwEU, signPolicy(t, m.caDir, doc, 1)); code != 200 {
-		t.Fatalf("apply: %d %s", code, body)
-	}
-	poll(t, 5*time.Second, "web-1 runs version 1", func() error {
-		if v, err := policyVersion(web); err != nil || v != 1 {
-			return fmt.Errorf("version %d, %v", v, err)
-		}
-		return nil
-	})
+	applyAndWait(t, m, gwEU, doc, web)
 	call := func(from *Node, path, forged string) (*http.Response, string) {
 		t.Helper()
 		req, _ := http.NewRequest("GET", "http://"+from.Addrs()["outbound"]+path, nil)

@@ -450,7 +450,6 @@ func buildSnapshot(selfRole, selfRegion string, lan, wan []member, mk upstreamMa
 			s.tiers[svc] = tiers
 		}
 	}
-	s.grade(nil)
 
 	for _, in := range infos {
 		sort.Strings(in.Instances)

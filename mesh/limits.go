@@ -34,9 +34,11 @@ func peerID(r *http.Request) string {
 // of the trust domain relayed, else the verified peer.
 func (n *Node) relayedCaller(r *http.Request) string {
 	peer := peerID(r)
-	if v := r.Header[HeaderCaller]; len(v) == 1 && n.peerRole(r) == RoleGateway &&
-		strings.HasPrefix(v[0], "spiffe://"+n.td+"/") && len(v[0]) <= 2048 {
-		return v[0]
+	if v := r.Header[HeaderCaller]; len(v) == 1 && len(v[0]) <= 2048 {
+		prefix := "spiffe://" + n.td + "/"
+		if strings.HasPrefix(peer, prefix+RoleGateway+"/") && strings.HasPrefix(v[0], prefix) {
+			return v[0]
+		}
 	}
 	return peer
 }
@@ -207,25 +209,22 @@ func (n *Node) inboundFront(next http.Handler) http.Handler {
 		} else {
 			delete(r.Header, HeaderCaller)
 		}
-		rr := &reqRoute{service: n.Config.Service}
 		var sp *policy.Service
 		if t := n.table.Load(); t != nil {
-			sp = t.services[rr.service]
+			sp = t.services[n.Config.Service]
 		}
-		if sp != nil && sp.Authz != nil && !n.authorized(w, r, sp, caller) {
+		if sp == nil {
+			next.ServeHTTP(w, r) // no policy for the service: nothing to apply
+			return
+		}
+		if sp.Authz != nil && !n.authorized(w, r, sp, caller) {
 			return
 		}
 		if r.Method == http.MethodConnect {
 			next.ServeHTTP(w, r)
 			return
 		}
-		if sp != nil {
-			rr.route = sp.Resolve(r.Method, r.URL.Path, r.Header)
-		}
-		if rr.route == nil {
-			next.ServeHTTP(w, r)
-			return
-		}
+		rr := &reqRoute{service: n.Config.Service, route: sp.Resolve(r.Method, r.URL.Path, r.Header)}
 		if !n.admitted(w, r, rr, caller, "") {
 			return
 		}

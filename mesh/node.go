@@ -850,9 +850,11 @@ func (n *Node) rebuild() {
 	n.collectPeerPolicies(lan, wan)
 	used := map[string]bool{}
 	s := buildSnapshot(n.Config.Role, n.Config.Region, lan, wan, &trackingMaker{n, used}, n.probe)
+	var op func(string) float64
 	if t := n.table.Load(); t != nil {
-		s.grade(t.overprovisioning)
+		op = t.overprovisioning
 	}
+	s.grade(op)
 	// Forget upstreams (and their pooled connections) nobody routes to.
 	for k := range n.upstreams {
 		if !used[k] {

@@ -44,6 +44,21 @@ func postPolicy(n *Node, signed []byte) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// applyAndWait hands doc, signed as version 1, to at and waits until on
+// runs it.
+func applyAndWait(t *testing.T, m *testMesh, at *Node, doc string, on *Node) {
+	t.Helper()
+	if code, body := postPolicy(at, signPolicy(t, m.caDir, doc, 1)); code != 200 {
+		t.Fatalf("apply: %d %s", code, body)
+	}
+	poll(t, 5*time.Second, on.Config.Name+" runs version 1", func() error {
+		if v, err := policyVersion(on); err != nil || v != 1 {
+			return fmt.Errorf("version %d, %v", v, err)
+		}
+		return nil
+	})
+}
+
 func policyVersion(n *Node) (uint64, error) {
 	code, body, err := adminGetTCP(n, "/v1/policy")
 	if err != nil {

@@ -73,15 +73,7 @@ services:
       - match: {path-prefix: /slow}
         fault: {delay: {percent: 100, duration: 300ms}}
 `
-	if code, body := postPolicy(gw, signPolicy(t, m.caDir, doc, 1)); code != 200 {
-		t.Fatalf("apply: %d %s", code, body)
-	}
-	poll(t, 5*time.Second, "the edge runs version 1", func() error {
-		if v, err := policyVersion(edge); err != nil || v != 1 {
-			return fmt.Errorf("version %d, %v", v, err)
-		}
-		return nil
-	})
+	applyAndWait(t, m, gw, doc, edge)
 	addr := edge.Addrs()["public-http"]
 
 	// Faults.
@@ -203,15 +195,7 @@ func TestConcurrencyHardLimit(t *testing.T) {
 		return nil
 	})
 	const doc = "services:\n  web:\n    concurrency: {hard: 2}\n"
-	if code, body := postPolicy(gw, signPolicy(t, m.caDir, doc, 1)); code != 200 {
-		t.Fatalf("apply: %d %s", code, body)
-	}
-	poll(t, 5*time.Second, "web-1 runs version 1", func() error {
-		if v, err := policyVersion(web1); err != nil || v != 1 {
-			return fmt.Errorf("version %d, %v", v, err)
-		}
-		return nil
-	})
+	applyAndWait(t, m, gw, doc, web1)
 	// Warm every hop's pools and limits: a new upstream is given one
 	// request at a time until it has answered some.
 	for i := 0; i < 50; i++ {
@@ -301,15 +285,7 @@ func TestConcurrencySoftLimit(t *testing.T) {
 		return nil
 	})
 	const doc = "services:\n  web:\n    concurrency: {soft: 1}\n"
-	if code, body := postPolicy(gw, signPolicy(t, m.caDir, doc, 1)); code != 200 {
-		t.Fatalf("apply: %d %s", code, body)
-	}
-	poll(t, 5*time.Second, "the gateway runs version 1", func() error {
-		if v, err := policyVersion(gw); err != nil || v != 1 {
-			return fmt.Errorf("version %d, %v", v, err)
-		}
-		return nil
-	})
+	applyAndWait(t, m, gw, doc, gw)
 	for i := 0; i < 30; i++ { // warm the pools and limits of every hop
 		edgeGet(edge.Addrs()["public-http"], "web.localhost", "/")
 	}

@@ -95,15 +95,7 @@ services:
   web:
     rate-limit: {per-caller: 50/s}
 `
-	if code, body := postPolicy(api, signPolicy(t, m.caDir, doc, 1)); code != 200 {
-		t.Fatalf("apply: %d %s", code, body)
-	}
-	poll(t, 5*time.Second, "web-1 runs version 1", func() error {
-		if v, err := policyVersion(web); err != nil || v != 1 {
-			return fmt.Errorf("version %d, %v", v, err)
-		}
-		return nil
-	})
+	applyAndWait(t, m, api, doc, web)
 
 	var wg sync.WaitGroup
 	results := map[string]map[int]int{}

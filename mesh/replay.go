@@ -117,8 +117,8 @@ type replayWriter struct {
 
 func newReplayWriter(w http.ResponseWriter, canReplay bool) *replayWriter {
 	rw := &replayWriter{w: w, canReplay: canReplay}
-	if canReplay {
-		rw.before = w.Header().Clone()
+	if h := w.Header(); canReplay && len(h) > 0 {
+		rw.before = h.Clone() // usually empty: nothing to copy
 	}
 	return rw
 }

@@ -55,15 +55,7 @@ services:
   web:
     retries: {attempts: 3, on: [connect-failure, 503], budget: 20%, min-per-second: 5}
 `
-	if code, body := postPolicy(gw, signPolicy(t, m.caDir, doc, 1)); code != 200 {
-		t.Fatalf("apply: %d %s", code, body)
-	}
-	poll(t, 5*time.Second, "the edge runs version 1", func() error {
-		if v, err := policyVersion(edge); err != nil || v != 1 {
-			return fmt.Errorf("version %d, %v", v, err)
-		}
-		return nil
-	})
+	applyAndWait(t, m, gw, doc, edge)
 
 	const n = 300
 	attempts.Store(0)
@@ -132,15 +124,7 @@ services:
       - match: {path-prefix: /api}
         timeout: 200ms
 `
-	if code, body := postPolicy(gw, signPolicy(t, m.caDir, doc, 1)); code != 200 {
-		t.Fatalf("apply: %d %s", code, body)
-	}
-	poll(t, 5*time.Second, "the edge runs version 1", func() error {
-		if v, err := policyVersion(edge); err != nil || v != 1 {
-			return fmt.Errorf("version %d, %v", v, err)
-		}
-		return nil
-	})
+	applyAndWait(t, m, gw, doc, edge)
 	start := time.Now()
 	resp, body, err := edgeGet(edge.Addrs()["public-http"], "web.localhost", "/api/x")
 	took := time.Since(start)

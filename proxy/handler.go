@@ -438,6 +438,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	h.forward(w, r, c, o, u, resp, attempts, start, debug)
+}
+
+// forward sends the chosen upstream's response to the client: the end of
+// ServeHTTP and of serveWithPolicy. It releases u's slot in flight.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, c *handlerConfig, o *outgoing, u *Upstream, resp *http.Response, attempts int, start time.Time, debug bool) {
 	defer u.inflight.Add(-1)
 	rc := http.NewResponseController(w)
 	if o.req.Body != nil && r.ProtoMajor == 1 {

@@ -187,22 +187,11 @@ func (h *Handler) serveWithPolicy(w http.ResponseWriter, r *http.Request, c *han
 		return
 	}
 
-	defer u.inflight.Add(-1)
 	if cancelIdle != nil {
 		stop := watchIdle(resp, p.IdleTimeout, cancelIdle)
 		defer stop()
 	}
-	rc := http.NewResponseController(w)
-	if o.req.Body != nil && r.ProtoMajor == 1 {
-		_ = rc.EnableFullDuplex() // see ServeHTTP
-	}
-	status := h.respond(w, r, c, o, rc, resp)
-	if debug {
-		c.logger.Debug("proxy: forwarded",
-			"method", r.Method, "host", r.Host, "path", r.URL.Path,
-			"status", status, "upstream", u.name(), "attempts", attempts,
-			"duration", time.Since(start))
-	}
+	h.forward(w, r, c, o, u, resp, attempts, start, debug)
 }
 
 // retryStatus decides whether an answer is discarded for a retry: its
