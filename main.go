@@ -330,6 +330,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	defer sd.close()
 	sdCtx, sdStop := context.WithCancel(context.Background())
 	go sd.run(sdCtx, node.Ready)
+	go dropStartupPages(sdCtx, logger, node.Ready)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)

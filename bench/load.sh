@@ -226,6 +226,9 @@ rss_all() {
 	for n in "${NODES[@]}"; do echo "$1 $n $(rss_mib "${NODE[$n]}")" >>"$WORK/rss"; done
 }
 : >"$WORK/rss"
+# A node drops the binary's pages its start-up mapped 5 s after it is
+# ready (pages.go); idle memory is read once every node has.
+sleep 6
 rss_all idle
 
 # The CPU each target burns without load (meshd: gossip, health checks,
