@@ -21,30 +21,46 @@ import (
 // other meshd on the host, and what the node runs afterwards faults back
 // in as minor faults (a few hundred, once). Its resident set is then what
 // serving uses. Only segments mapped read-only from the executable are
-// touched: their pages are clean and never written, so dropping the
-// mapping loses nothing; writable data and the heap are left alone.
+// touched, and only those without a page of their own (readOnlyImage):
+// their pages are the file's, so dropping the mapping loses nothing;
+// writable data and the heap are left alone.
 
 // readOnlyImage lists the address ranges of the executable's read-only
-// mappings in a /proc/self/maps listing.
-func readOnlyImage(maps io.Reader, exe string) ([][2]uintptr, error) {
+// private mappings in a /proc/self/smaps listing that hold no anonymous
+// page. A mapping that does was written before it was made read-only (the
+// relocations of a binary linked with libc, as a -race build is, or of a
+// position-independent one): dropping it would bring back the file's bytes
+// in place of the relocated ones, so it is left mapped.
+func readOnlyImage(smaps io.Reader, exe string) ([][2]uintptr, error) {
 	var out [][2]uintptr
-	sc := bufio.NewScanner(maps)
+	var cur [2]uintptr
+	candidate := false
+	sc := bufio.NewScanner(smaps)
 	for sc.Scan() {
-		// 00400000-010f8000 r-xp 00000000 fd:01 1234 /usr/bin/meshd
-		f := strings.Fields(sc.Text())
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "Anonymous:"); ok {
+			if candidate && strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")) == "0" {
+				out = append(out, cur)
+			}
+			candidate = false
+			continue
+		}
+		// A mapping's header: 00400000-010f8000 r-xp 00000000 fd:01 1234 /usr/bin/meshd
+		f := strings.Fields(line)
+		if len(f) < 5 || !strings.Contains(f[0], "-") || len(f[1]) != 4 {
+			continue
+		}
+		candidate = false
 		if len(f) < 6 || f[5] != exe || f[1][1] == 'w' || f[1][3] != 'p' {
 			continue
 		}
-		lo, hi, ok := strings.Cut(f[0], "-")
-		if !ok {
-			return nil, fmt.Errorf("maps: bad range %q", f[0])
-		}
+		lo, hi, _ := strings.Cut(f[0], "-")
 		a, err1 := strconv.ParseUint(lo, 16, 64)
 		b, err2 := strconv.ParseUint(hi, 16, 64)
 		if err1 != nil || err2 != nil || b <= a {
-			return nil, fmt.Errorf("maps: bad range %q", f[0])
+			return nil, fmt.Errorf("smaps: bad range %q", f[0])
 		}
-		out = append(out, [2]uintptr{uintptr(a), uintptr(b)})
+		cur, candidate = [2]uintptr{uintptr(a), uintptr(b)}, true
 	}
 	return out, sc.Err()
 }
@@ -57,7 +73,7 @@ func dropImagePages() (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	f, err := os.Open("/proc/self/maps")
+	f, err := os.Open("/proc/self/smaps")
 	if err != nil {
 		return 0, err
 	}
