@@ -554,6 +554,21 @@ func (l *limiter) closeWindowLocked() {
 			l.lift = 0
 		}
 	}
+	if float64(peak)*2 < lim {
+		// Less than half of the limit was in use: the limit is not what
+		// holds the requests back, so it neither grows (an idle limit
+		// says nothing about capacity) nor shrinks. Latency at such a
+		// concurrency is not a queue the limit could shorten: at a few
+		// requests in flight on a busy machine it is the wait for a core,
+		// and cutting a limit nobody reaches would only make the next
+		// burst of arrivals, after a scheduling stall, meet a limit of
+		// limitMin and refused (mesh tests at 100 req/s on a machine
+		// busy with builds: 10-15% refused). An overload reaches the
+		// limit: its in-flight count grows with its latency.
+		l.cutStreak = 0
+		l.dispatchLocked()
+		return
+	}
 	gradient := min(max((limitTolerance*float64(b+l.lift)+float64(limitSlack))/float64(mean), 0.5), 1)
 	if gradient < 1 {
 		if l.cutStreak == 0 {
@@ -578,11 +593,7 @@ func (l *limiter) closeWindowLocked() {
 	} else {
 		l.cutStreak = 0
 	}
-	next := lim*gradient + math.Sqrt(lim)
-	if gradient == 1 && float64(peak)*2 < lim {
-		next = lim // the limit is not what holds the requests back
-	}
-	next = min(max(next, limitMin), limitMax)
+	next := min(max(lim*gradient+math.Sqrt(lim), limitMin), limitMax)
 	l.est = next
 	l.limit.Store(int64(next))
 	l.dispatchLocked()

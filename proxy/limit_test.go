@@ -110,6 +110,16 @@ func TestAdaptiveLimit(t *testing.T) {
 				t.Errorf("limit %d, want it to stay at %d: the limit was not what held requests back", s.limit(), limitInitial)
 			}
 		}},
+		{"does not shrink while the node uses less than half of it", func(t *testing.T, s *limitSim) {
+			s.run(2, base, 3)
+			// Twenty times slower at three in flight, as on a machine
+			// whose cores are taken by others: cutting the limit would
+			// shorten nothing, and the next burst would be refused.
+			s.run(3, 20*base, 30)
+			if s.limit() != limitInitial {
+				t.Errorf("limit %d, want it to stay at %d: the limit was not what held requests back", s.limit(), limitInitial)
+			}
+		}},
 		{"shrinks to what a queueing upstream serves", func(t *testing.T, s *limitSim) {
 			s.run(2, base, 3)
 			s.run(saturate, base, 10)
