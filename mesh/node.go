@@ -105,8 +105,15 @@ type Node struct {
 	// opened: per pool, the signed records verified, by their bytes;
 	// accepted: per pool and member, the newest record accepted (a
 	// replayed older one is not believed).
-	opened         map[string]map[string]*openedRecord
-	accepted       map[string]map[string]*openedRecord
+	opened   map[string]map[string]*openedRecord
+	accepted map[string]map[string]*openedRecord
+	// answering: per pool, members gossip declared failed that are kept
+	// in the catalog because they still answer requests (answering.go).
+	answering map[string]map[string]*keptMember
+	keeping   atomic.Bool // some member is kept: loop re-checks it
+	// lastGossip: per pool, the gossip address of each member the last
+	// decode listed, for a member kept once gossip no longer lists it.
+	lastGossip     map[string]map[string]string
 	recordsRefused atomic.Int64
 	unsignedSeen   map[string]bool  // members whose unsigned record was believed; under mu
 	purges         []PurgeRecord    // edge: purges accepted here, newest last
@@ -513,6 +520,8 @@ func (n *Node) kickRebuild() {
 // loop rebuilds the snapshot after each gossip change, from one goroutine.
 func (n *Node) loop(ctx context.Context) {
 	defer n.wg.Done()
+	keep := time.NewTicker(answeringRecheck)
+	defer keep.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -520,6 +529,11 @@ func (n *Node) loop(ctx context.Context) {
 		case <-n.kick:
 			n.rebuild()
 			n.publish() // a gateway's global record follows its region
+		case <-keep.C:
+			if n.keeping.Load() {
+				n.rebuild()
+				n.publish()
+			}
 		}
 	}
 }
@@ -785,6 +799,7 @@ func (n *Node) decode(pool string, ms []gossip.Member) []member {
 		accepted[m.Name] = o
 		out = append(out, member{gossipAddr: m.Addr, suspect: m.Suspect, rec: o.rec})
 	}
+	out = n.keepAnswering(pool, out, prevAcc, accepted, now)
 	n.opened[pool], n.accepted[pool] = opened, accepted
 	return out
 }

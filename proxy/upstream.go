@@ -61,6 +61,7 @@ type Upstream struct {
 	ewmaAt     atomic.Int64 // unix nanoseconds of its last update
 	floor      atomic.Int64 // lowest recent time to a response header, ns (see observe)
 	samples    atomic.Int32 // answers measured, up to floorAfter
+	answered   atomic.Int64 // unix nanoseconds of its last answer (observe)
 
 	// Ejection by an OutlierPolicy (see outlierResult).
 	oStreak    atomic.Int32 // consecutive failures under a policy
@@ -120,6 +121,7 @@ func (u *Upstream) observe(d time.Duration, now time.Time) {
 	}
 	u.ewma.Store(next)
 	u.ewmaAt.Store(at)
+	u.answered.Store(at)
 
 	// The floor falls to a faster sample at once and rises by at most an
 	// eighth of itself per slower one: a single spike barely moves it, an
@@ -160,6 +162,11 @@ func (u *Upstream) PassedOver(now time.Time) {
 	u.ewma.Store(e)
 	u.ewmaAt.Store(at)
 }
+
+// AnsweredSince reports whether u answered a request (a response header
+// that was not a hop's failure signal) at or after t: evidence that it is
+// alive whatever gossip's failure detector says of it.
+func (u *Upstream) AnsweredSince(t time.Time) bool { return u.answered.Load() >= t.UnixNano() }
 
 // Latency is the peak-EWMA estimate of the time u takes to answer as of
 // its last update (an answer or a pass-over), 0 before its first answer.
