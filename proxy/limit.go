@@ -144,6 +144,11 @@ const futileCuts = 5
 // latency.
 const standingQueueDivisor = 20
 
+// stallLateness: a queue timer this late was held up by the node not
+// running, not by the upstream (see wait). Go's timers fire within
+// microseconds of their deadline on a node that runs.
+const stallLateness = 2 * time.Millisecond
+
 // errOverloaded is what a client sees when admission control refused its
 // request: 503 with Retry-After: 1 (RFC 9110 §10.2.3) and Proxy-Status
 // error=connection_limit_reached (RFC 9209 §2.3.13).
@@ -213,6 +218,7 @@ type limiter struct {
 	now          func() time.Time // the clock of sampling windows
 	epoch        time.Time        // times are nanoseconds since epoch
 	total        *atomic.Int64    // the pool's count of refused requests; may be nil
+	onStall      func()           // tests: a queued request's wait was extended (see wait)
 
 	limit     atomic.Int64 // requests admitted at once
 	inflight  atomic.Int64 // requests admitted and not released
@@ -379,17 +385,34 @@ func (l *limiter) wait(ctx context.Context) (int64, error) {
 	l.queued++
 	l.mu.Unlock()
 
+	deadline := now + int64(timeout)
 	timer := time.NewTimer(timeout)
 	var err error
-	select {
-	case <-w.ch:
-		timer.Stop()
-		return w.n, nil
-	case <-timer.C:
-		err = errQueueTimeout
-	case <-ctx.Done():
-		timer.Stop()
-		err = ctx.Err()
+	for extended := false; err == nil; {
+		select {
+		case <-w.ch:
+			timer.Stop()
+			return w.n, nil
+		case <-timer.C:
+			// A timer that fires long after its deadline means the
+			// node did not run meanwhile (the CPU taken by others, a
+			// stall): the answers that free slots may be waiting to
+			// be read, and their readers run after the timers. The
+			// wait counts time the node could run, so it is extended
+			// once by that lateness, up to the timeout again.
+			if late := l.clock() - deadline; !extended && late > int64(stallLateness) {
+				extended = true
+				timer.Reset(min(time.Duration(late), timeout))
+				if l.onStall != nil {
+					l.onStall()
+				}
+				continue
+			}
+			err = errQueueTimeout
+		case <-ctx.Done():
+			timer.Stop()
+			err = ctx.Err()
+		}
 	}
 	l.mu.Lock()
 	if w.granted {

@@ -1048,3 +1048,59 @@ func TestRefusalMovesToFreeInstance(t *testing.T) {
 		t.Fatal("the busy instance has a free slot")
 	}
 }
+
+// TestQueueWaitOutlastsAStall: a request queued for a slot while the node
+// does not run (its clock moves on, nothing is scheduled) is not refused
+// the moment its timer fires late: the answer that frees a slot may be
+// waiting to be read. Its wait is extended once, and the slot released
+// meanwhile goes to it.
+func TestQueueWaitOutlastsAStall(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1e9, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	l := newLimiter(1, 50*time.Millisecond, 0, clock, nil)
+	first, err := l.acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stalled := make(chan struct{})
+	l.onStall = func() { close(stalled) }
+	got := make(chan error, 1)
+	go func() {
+		n, err := l.acquire(context.Background())
+		if err == nil {
+			l.release(n, 0, false)
+		}
+		got <- err
+	}()
+	for start := time.Now(); ; time.Sleep(time.Millisecond) {
+		l.mu.Lock()
+		queued := l.queued
+		l.mu.Unlock()
+		if queued == 1 {
+			break
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("the second request was not queued")
+		}
+	}
+	// The node stops for a second: its clock moves, nothing runs, and the
+	// queue timer fires 950 ms late by that clock.
+	mu.Lock()
+	now = now.Add(time.Second)
+	mu.Unlock()
+	select {
+	case <-stalled:
+	case err := <-got:
+		t.Fatalf("the queued request ended (%v) without its wait being extended", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the queue timer never fired")
+	}
+	l.release(first, 0, false)
+	if err := <-got; err != nil {
+		t.Fatalf("the queued request was refused after the stall: %v", err)
+	}
+	if r := l.rejected.Load(); r != 0 {
+		t.Fatalf("%d refused", r)
+	}
+}
