@@ -231,7 +231,7 @@ type Config struct {
 
 	// AccessLog writes one info record per public request at the edge.
 	// Default off.
-	AccessLog bool `yaml:"access-log" usage:"edge: one log record per public request (client, method, host, URI, status, bytes, time, cache verdict)"`
+	AccessLog bool `yaml:"access-log" usage:"edge: one log record per public request (client, method, host, URI, status, bytes, time, cache verdict, trace ID)"`
 
 	// CacheSize bounds the edge's HTTP cache (headers and bodies); 0
 	// turns the cache off. Default "256MiB".

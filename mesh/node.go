@@ -272,7 +272,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		// Both say when a request reached no app (SignalRetry), so the
 		// hop before sends it elsewhere; a gateway's upstreams are mesh
 		// peers, whose signal it trusts, a sidecar's is its app.
-		h := &proxy.Handler{Pool: n.pool, Via: via, Logger: n.Logger, SignalRetry: true, OnUpstream: n.onUpstream()}
+		h := &proxy.Handler{Pool: n.pool, Via: via, Logger: n.Logger, SignalRetry: true, OnUpstream: n.onUpstream(c.Service)}
 		n.handlers = append(n.handlers, namedHandler{"mesh", h})
 		if c.Role == RoleGateway {
 			h.Route = n.gatewayRoute
@@ -318,7 +318,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	if c.Role == RoleSidecar {
 		out := &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Policy: n.outboundPolicy, Logger: n.Logger, TrustRetry: true,
-			OnUpstream: n.onUpstream()}
+			OnUpstream: n.onUpstream("")}
 		n.handlers = append(n.handlers, namedHandler{"outbound", out})
 		// H2C: an app's gRPC client calls in plain text with HTTP/2.
 		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: n.traced(hopOutbound, n.meshFront(out)), Logger: n.Logger, H2C: true}
@@ -429,7 +429,7 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 	// next region at once (TrustRetry: every upstream of the edge is a
 	// gateway with a verified identity).
 	ph := &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Policy: deadlinePolicy, Logger: n.Logger, TrustRetry: true,
-		OnUpstream: n.onUpstream()}
+		OnUpstream: n.onUpstream("")}
 	n.handlers = append(n.handlers, namedHandler{"public", ph})
 	var h http.Handler = n.replay(ph)
 	size, _ := parseSize(c.CacheSize)

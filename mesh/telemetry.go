@@ -187,8 +187,10 @@ func (n *Node) traced(hop string, next http.Handler) http.Handler {
 }
 
 // onUpstream is the forwarding handlers' OnUpstream when tracing is on:
-// the span learns the request's service and the upstream it went to.
-func (n *Node) onUpstream() func(r *http.Request, u *proxy.Upstream) {
+// the span learns the request's service (svc when no route was resolved:
+// a sidecar's inbound requests are for its own service) and the upstream
+// it went to.
+func (n *Node) onUpstream(svc string) func(r *http.Request, u *proxy.Upstream) {
 	if n.tracing == nil {
 		return nil
 	}
@@ -199,6 +201,8 @@ func (n *Node) onUpstream() func(r *http.Request, u *proxy.Upstream) {
 		}
 		if rr := routeFrom(r.Context()); rr != nil {
 			span.SetAttributes(attrService.String(rr.service))
+		} else if svc != "" {
+			span.SetAttributes(attrService.String(svc))
 		}
 		if u == nil {
 			return

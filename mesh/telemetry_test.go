@@ -257,7 +257,7 @@ func BenchmarkTracing(b *testing.B) {
 				defer tr.shutdown(b.Context())
 				n.tracing = tr
 			}
-			ph := &proxy.Handler{Pool: pool, Via: "gw", OnUpstream: n.onUpstream(),
+			ph := &proxy.Handler{Pool: pool, Via: "gw", OnUpstream: n.onUpstream(""),
 				Route: func(*http.Request) ([]*proxy.Upstream, error) { return up, nil }}
 			var h http.Handler = ph
 			if mode != "bare" {

@@ -638,7 +638,11 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig,
 		if u != nil {
 			ps = appendSFString(append(ps, "; next-hop="...), u.name())
 		}
-		ps = appendDetails(ps, se, TraceID(o.req.Header))
+		var details string
+		if se != nil {
+			details = se.Details
+		}
+		ps = appendDetails(ps, details, TraceID(o.req.Header))
 		w.Header()["Proxy-Status"] = []string{string(ps)}
 	}
 	if h.SignalRetry && (code == http.StatusBadGateway || code == http.StatusServiceUnavailable) &&
@@ -707,15 +711,11 @@ func proxyStatusError(code int, err error) string {
 }
 
 // appendDetails appends the Proxy-Status details parameter (RFC 9209
-// §2.1.6: implementation-specific text for debugging): the StatusError's
-// details for the client, then the request's trace ID as "trace=<id>", so
-// that whoever got the error can find its trace, and the spans of every
-// hop, by the ID in the answer. Nothing is appended when both are empty.
-func appendDetails(ps []byte, se *StatusError, trace string) []byte {
-	var details string
-	if se != nil {
-		details = se.Details
-	}
+// §2.1.6: implementation-specific text for debugging): details for the
+// client, then the request's trace ID as "trace=<id>", so that whoever got
+// the error can find its trace, and the spans of every hop, by the ID in
+// the answer. Nothing is appended when both are empty.
+func appendDetails(ps []byte, details, trace string) []byte {
 	if details == "" && trace == "" {
 		return ps
 	}
@@ -728,6 +728,19 @@ func appendDetails(ps []byte, se *StatusError, trace string) []byte {
 		ps = append(append(ps, "trace="...), trace...) // lowercase hex: nothing to escape
 	}
 	return append(ps, '"')
+}
+
+// ProxyStatus is a Proxy-Status field value (RFC 9209) for an answer
+// this node gives instead of the origin: name (an sf-token, see Via),
+// the error type ("" for none), and details with trace, the request's
+// TraceID ("" for none), as Handler's own error answers carry them.
+func ProxyStatus(name, errType, details, trace string) string {
+	ps := make([]byte, 0, 64+len(details)+len(trace))
+	ps = append(ps, proxyStatusToken(name)...)
+	if errType != "" {
+		ps = append(append(ps, "; error="...), errType...)
+	}
+	return string(appendDetails(ps, details, trace))
 }
 
 // sfString renders s as a structured-field string (RFC 8941 §3.3.3):

@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestTraceID: the trace ID of a W3C traceparent (Trace Context §3.2),
@@ -75,5 +77,29 @@ func TestProxyStatusTrace(t *testing.T) {
 			t.Errorf("%s: OnUpstream told %q, want [%s]", c.name, told, c.wantUp)
 		}
 		mu.Unlock()
+	}
+}
+
+// TestProxyStatusValue: the Proxy-Status values meshd writes outside the
+// forwarding handler (refusals by policy, rate limits) carry the trace the
+// same way.
+func TestProxyStatusValue(t *testing.T) {
+	const id = "4bf92f3577b34da6a3ce929d0e0e4736"
+	for _, c := range []struct{ name, errType, details, trace, want string }{
+		{"meshd", "http_request_denied", "rule admin", id, `meshd; error=http_request_denied; details="rule admin; trace=` + id + `"`},
+		{"meshd", "http_request_denied", "rule admin", "", `meshd; error=http_request_denied; details="rule admin"`},
+		{"meshd", "", "fault injected", id, `meshd; details="fault injected; trace=` + id + `"`},
+		{"meshd", "connection_limit_reached", "", id, `meshd; error=connection_limit_reached; details="trace=` + id + `"`},
+		{"meshd", "connection_limit_reached", "", "", `meshd; error=connection_limit_reached`},
+		{"9bad", "", `say "hi"`, "", `meshd; details="say \"hi\""`},
+	} {
+		if got := ProxyStatus(c.name, c.errType, c.details, c.trace); got != c.want {
+			t.Errorf("ProxyStatus(%q, %q, %q, %q) = %q, want %q", c.name, c.errType, c.details, c.trace, got, c.want)
+		}
+	}
+	w := httptest.NewRecorder()
+	WriteRateLimited(w, time.Second, "per caller", id)
+	if got, want := w.Header().Get("Proxy-Status"), `meshd; error=http_request_denied; details="per caller; trace=`+id+`"`; got != want {
+		t.Errorf("WriteRateLimited: Proxy-Status %q, want %q", got, want)
 	}
 }

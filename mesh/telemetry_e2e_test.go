@@ -1,0 +1,261 @@
+package mesh
+
+import (
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshd/meshd/proxy"
+)
+
+// otlpSpan is one span an OTLP/HTTP receiver got, with its resource.
+type otlpSpan struct {
+	span     *tracepb.Span
+	resource map[string]string
+}
+
+func (s otlpSpan) attr(key string) string { return attrString(s.span.Attributes, key) }
+
+func attrString(kvs []*commonpb.KeyValue, key string) string {
+	for _, kv := range kvs {
+		if kv.Key == key {
+			if iv, ok := kv.Value.Value.(*commonpb.AnyValue_IntValue); ok {
+				return fmt.Sprint(iv.IntValue)
+			}
+			return kv.Value.GetStringValue()
+		}
+	}
+	return ""
+}
+
+// otlpReceiver is an OTLP/HTTP trace receiver (OTLP §"OTLP/HTTP"): it
+// decodes each binary protobuf ExportTraceServiceRequest POSTed to
+// /v1/traces and keeps its spans.
+type otlpReceiver struct {
+	mu    sync.Mutex
+	spans []otlpSpan
+	bad   []string // requests that were not a valid export
+}
+
+func newOTLPReceiver(t *testing.T) (*otlpReceiver, string) {
+	rcv := &otlpReceiver{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		var req coltracepb.ExportTraceServiceRequest
+		if err == nil {
+			err = proto.Unmarshal(body, &req)
+		}
+		rcv.mu.Lock()
+		defer rcv.mu.Unlock()
+		if r.Method != "POST" || r.URL.Path != "/v1/traces" || r.Header.Get("Content-Type") != "application/x-protobuf" || err != nil {
+			rcv.bad = append(rcv.bad, fmt.Sprintf("%s %s %q: %v", r.Method, r.URL.Path, r.Header.Get("Content-Type"), err))
+			http.Error(w, "bad export", http.StatusBadRequest)
+			return
+		}
+		for _, rs := range req.ResourceSpans {
+			res := map[string]string{}
+			for _, kv := range rs.Resource.GetAttributes() {
+				res[kv.Key] = kv.Value.GetStringValue()
+			}
+			for _, ss := range rs.ScopeSpans {
+				for _, s := range ss.Spans {
+					rcv.spans = append(rcv.spans, otlpSpan{span: s, resource: res})
+				}
+			}
+		}
+		out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		w.Write(out)
+	}))
+	t.Cleanup(srv.Close)
+	return rcv, srv.URL // no path: meshd posts to /v1/traces
+}
+
+// trace returns the spans of trace id, and the requests that were not
+// valid exports.
+func (r *otlpReceiver) trace(id string) ([]otlpSpan, []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []otlpSpan
+	for _, s := range r.spans {
+		if hex.EncodeToString(s.span.TraceId) == id {
+			out = append(out, s)
+		}
+	}
+	return out, append([]string(nil), r.bad...)
+}
+
+// TestTracingEndToEnd: a public request through edge → gateway → sidecar
+// → app with every node exporting to an OTLP/HTTP receiver is one trace
+// of three spans, each hop's the child of the one before; the trace is
+// the edge's, not the public client's (which is a link); the app gets a
+// traceparent of that trace naming the sidecar's span; the edge's access
+// log and a Proxy-Status error name the trace.
+func TestTracingEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts four nodes: skipped with -short")
+	}
+	rcv, endpoint := newOTLPReceiver(t)
+	var appMu sync.Mutex
+	appSaw := map[string]string{} // path → traceparent
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		appMu.Lock()
+		appSaw[r.URL.Path] = r.Header.Get("Traceparent")
+		appMu.Unlock()
+		w.Header().Set("Cache-Control", "no-store")
+		io.WriteString(w, "web")
+	}))
+	t.Cleanup(app.Close)
+
+	m := newTestMesh(t)
+	tracingOn := func(c Config) Config { c.OTLPEndpoint = endpoint; return c }
+	gw := m.start(tracingOn(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"}))
+	join := []string{gw.Addrs()["gossip"]}
+	web := m.start(tracingOn(Config{Role: RoleSidecar, Name: "web-1", Region: "eu", Service: "web",
+		Upstream: app.Listener.Addr().String(), Join: join}))
+	// down's app is not there: its sidecar reports it unhealthy.
+	m.start(tracingOn(Config{Role: RoleSidecar, Name: "down-1", Region: "eu", Service: "down",
+		Upstream: freePort(t), Join: join}))
+	var edgeLog syncBuffer
+	edge := m.start(tracingOn(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", AccessLog: true,
+		WANJoin: []string{gw.Addrs()["wan-gossip"]}}), func(n *Node) {
+		n.Logger = slog.New(slog.NewTextHandler(&edgeLog, nil))
+	})
+	addr := edge.Addrs()["public-http"]
+	wantBody(t, addr, "web.localhost", 200, "web")
+
+	// The public client sends a traceparent of its own.
+	const publicTrace, publicSpan = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+	req, _ := http.NewRequest("GET", "http://"+addr+"/traced?q=secret", nil)
+	req.Host = "web.localhost"
+	req.Header.Set("Traceparent", "00-"+publicTrace+"-"+publicSpan+"-01")
+	req.Header.Set("Tracestate", "public=1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	appMu.Lock()
+	tp := appSaw["/traced"]
+	appMu.Unlock()
+	traceID := proxy.TraceID(http.Header{"Traceparent": {tp}})
+	if traceID == "" || traceID == publicTrace {
+		t.Fatalf("app got traceparent %q: want a trace the edge started, not the public's %s", tp, publicTrace)
+	}
+
+	for _, n := range []*Node{edge, gw, web} {
+		if err := n.tracing.provider.ForceFlush(t.Context()); err != nil {
+			t.Fatalf("%s: flush: %v", n.Config.Name, err)
+		}
+	}
+	spans, bad := rcv.trace(traceID)
+	if len(bad) > 0 {
+		t.Fatalf("receiver refused exports: %q", bad)
+	}
+	if len(spans) != 3 {
+		t.Fatalf("trace %s has %d spans, want 3 (edge, gateway, sidecar)", traceID, len(spans))
+	}
+	byHop := map[string]otlpSpan{}
+	for _, s := range spans {
+		byHop[s.attr("meshd.hop")] = s
+	}
+	e, g, sc := byHop[hopEdge], byHop[hopGateway], byHop[hopInbound]
+	if e.span == nil || g.span == nil || sc.span == nil {
+		t.Fatalf("hops %v, want edge, gateway and sidecar-inbound", byHop)
+	}
+	if len(e.span.ParentSpanId) != 0 {
+		t.Errorf("edge span has parent %x: it continued a public trace", e.span.ParentSpanId)
+	}
+	if len(e.span.Links) != 1 || hex.EncodeToString(e.span.Links[0].TraceId) != publicTrace ||
+		hex.EncodeToString(e.span.Links[0].SpanId) != publicSpan {
+		t.Errorf("edge span links %v, want one to the public's span", e.span.Links)
+	}
+	for _, c := range []struct {
+		child, parent otlpSpan
+		name          string
+	}{{g, e, "gateway"}, {sc, g, "sidecar"}} {
+		if string(c.child.span.ParentSpanId) != string(c.parent.span.SpanId) {
+			t.Errorf("%s span's parent %x, want the span before it %x", c.name, c.child.span.ParentSpanId, c.parent.span.SpanId)
+		}
+	}
+	if want := "00-" + traceID + "-" + hex.EncodeToString(sc.span.SpanId) + "-01"; tp != want {
+		t.Errorf("app got traceparent %q, want %q (the sidecar's span as parent)", tp, want)
+	}
+	for _, c := range []struct {
+		s                      otlpSpan
+		role, instance, region string
+	}{{e, RoleEdge, "gw-eu", "eu"}, {g, RoleGateway, "web-1", "eu"}, {sc, RoleSidecar, "app", ""}} {
+		if c.s.span.Kind != tracepb.Span_SPAN_KIND_SERVER || c.s.span.Name != "GET" {
+			t.Errorf("%s: span %q kind %v, want a GET server span", c.role, c.s.span.Name, c.s.span.Kind)
+		}
+		for k, v := range map[string]string{"http.request.method": "GET", "url.path": "/traced", "server.address": "web.localhost",
+			"http.response.status_code": "200", "meshd.service": "web", "meshd.upstream.instance": c.instance,
+			"meshd.upstream.region": c.region} {
+			if got := c.s.attr(k); got != v {
+				t.Errorf("%s: %s = %q, want %q", c.role, k, got, v)
+			}
+		}
+		if c.s.resource["meshd.role"] != c.role || c.s.resource["service.name"] != "meshd-"+c.role {
+			t.Errorf("%s: resource %v", c.role, c.s.resource)
+		}
+	}
+
+	// The access log record of that request names the trace.
+	poll(t, 5*time.Second, "the access log names the trace", func() error {
+		if !regexp.MustCompile(`msg=access .*uri="?/traced\?q=secret"? .*`).MatchString(edgeLog.String()) ||
+			!strings.Contains(edgeLog.String(), "trace="+traceID) {
+			return fmt.Errorf("log:\n%s", edgeLog.String())
+		}
+		return nil
+	})
+
+	// An error answer names its trace in Proxy-Status, and its spans
+	// failed.
+	var ps string
+	poll(t, 15*time.Second, "down.localhost answers a Proxy-Status error", func() error {
+		resp, _, err := edgeGet(addr, "down.localhost", "/")
+		if err != nil {
+			return err
+		}
+		ps = resp.Header.Get("Proxy-Status")
+		if resp.StatusCode < 500 || !strings.Contains(ps, "trace=") {
+			return fmt.Errorf("%d, Proxy-Status %q", resp.StatusCode, ps)
+		}
+		return nil
+	})
+	t.Logf("Proxy-Status: %s", ps)
+	m2 := regexp.MustCompile(`trace=([0-9a-f]{32})`).FindStringSubmatch(ps)
+	if m2 == nil {
+		t.Fatalf("Proxy-Status %q names no trace", ps)
+	}
+	edge.tracing.provider.ForceFlush(t.Context())
+	errSpans, _ := rcv.trace(m2[1])
+	if len(errSpans) == 0 {
+		t.Fatalf("Proxy-Status names trace %s, which has no span", m2[1])
+	}
+	for _, s := range errSpans {
+		if s.attr("meshd.hop") == hopEdge && s.span.Status.GetCode() != tracepb.Status_STATUS_CODE_ERROR {
+			t.Errorf("edge span of a %s answer: status %v, want error", s.attr("http.response.status_code"), s.span.Status)
+		}
+	}
+	if !strings.Contains(edgeLog.String(), "trace="+m2[1]) {
+		t.Errorf("the access log does not name the error's trace %s", m2[1])
+	}
+}
