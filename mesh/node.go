@@ -219,7 +219,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}()
 
 	if c.OTLPEndpoint != "" || n.exportSpans != nil {
-		if n.tracing, err = newTracing(c, n.exportSpans); err != nil {
+		if n.tracing, err = newTracing(c, n.exportSpans, n.Logger); err != nil {
 			return err
 		}
 		closers = append(closers, func() { n.tracing.shutdown(context.Background()) })

@@ -2,11 +2,13 @@ package mesh
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -70,11 +72,11 @@ type tracing struct {
 	tracer   trace.Tracer
 }
 
-// newTracing builds the node's tracer. Its spans go to exp, synchronously,
-// when exp is set (tests); otherwise in batches to c.OTLPEndpoint. Spans
-// carry the node's role, region and name as resource attributes, once per
-// batch instead of once per span.
-func newTracing(c *Config, exp sdktrace.SpanExporter) (*tracing, error) {
+// newTracing builds the node's tracer, whose failures go to log. Its spans
+// go to exp, synchronously, when exp is set (tests); otherwise in batches
+// to c.OTLPEndpoint. Spans carry the node's role, region and name as
+// resource attributes, once per batch instead of once per span.
+func newTracing(c *Config, exp sdktrace.SpanExporter, log *slog.Logger) (*tracing, error) {
 	ratio, err := c.SampleRatio()
 	if err != nil {
 		return nil, &FieldError{Field: "otlp-sample-ratio", Err: err}
@@ -108,6 +110,13 @@ func newTracing(c *Config, exp sdktrace.SpanExporter) (*tracing, error) {
 	if c.Role == RoleSidecar && c.Service != "" {
 		attrs = append(attrs, attrService.String(c.Service))
 	}
+	// The SDK reports failed exports through one process-wide handler;
+	// a process runs one node, whose log gets them (rather than Go's
+	// standard log on stderr). The batcher tries once per batch, so a
+	// receiver that is down costs a line every few seconds.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		log.Warn("tracing: spans not exported", "err", err)
+	}))
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithSpanProcessor(proc),
 		sdktrace.WithResource(resource.NewWithAttributes(semconv.SchemaURL, attrs...)),

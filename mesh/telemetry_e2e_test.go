@@ -110,22 +110,46 @@ func TestTracingEndToEnd(t *testing.T) {
 	}
 	rcv, endpoint := newOTLPReceiver(t)
 	var appMu sync.Mutex
-	appSaw := map[string]string{} // path → traceparent
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		appMu.Lock()
-		appSaw[r.URL.Path] = r.Header.Get("Traceparent")
-		appMu.Unlock()
-		w.Header().Set("Cache-Control", "no-store")
-		io.WriteString(w, "web")
-	}))
-	t.Cleanup(app.Close)
+	appSaw := map[string]string{} // service and path → traceparent
+	var webOutbound string        // web's sidecar's outbound listener, once it runs
+	app := func(svc string) string {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			tp := r.Header.Get("Traceparent")
+			appMu.Lock()
+			appSaw[svc+r.URL.Path] = tp
+			out := webOutbound
+			appMu.Unlock()
+			w.Header().Set("Cache-Control", "no-store")
+			if svc == "web" && r.URL.Path == "/traced" {
+				// web calls api through its sidecar, passing its
+				// trace on as an instrumented app would.
+				req, _ := http.NewRequest("GET", "http://"+out+"/inner", nil)
+				req.Host = "api.mesh"
+				req.Header.Set("Traceparent", tp)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil || resp.StatusCode != 200 {
+					http.Error(w, fmt.Sprintf("api: %v %v", resp, err), 502)
+					return
+				}
+				resp.Body.Close()
+			}
+			io.WriteString(w, svc)
+		}))
+		t.Cleanup(srv.Close)
+		return srv.Listener.Addr().String()
+	}
 
 	m := newTestMesh(t)
 	tracingOn := func(c Config) Config { c.OTLPEndpoint = endpoint; return c }
 	gw := m.start(tracingOn(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"}))
 	join := []string{gw.Addrs()["gossip"]}
 	web := m.start(tracingOn(Config{Role: RoleSidecar, Name: "web-1", Region: "eu", Service: "web",
-		Upstream: app.Listener.Addr().String(), Join: join}))
+		Upstream: app("web"), Join: join}))
+	appMu.Lock()
+	webOutbound = web.Addrs()["outbound"]
+	appMu.Unlock()
+	api := m.start(tracingOn(Config{Role: RoleSidecar, Name: "api-1", Region: "eu", Service: "api",
+		Upstream: app("api"), Join: join}))
 	// down's app is not there: its sidecar reports it unhealthy.
 	m.start(tracingOn(Config{Role: RoleSidecar, Name: "down-1", Region: "eu", Service: "down",
 		Upstream: freePort(t), Join: join}))
@@ -136,6 +160,13 @@ func TestTracingEndToEnd(t *testing.T) {
 	})
 	addr := edge.Addrs()["public-http"]
 	wantBody(t, addr, "web.localhost", 200, "web")
+	poll(t, 15*time.Second, "web's sidecar routes api", func() error {
+		resp, body, err := outboundGet(webOutbound, "api.mesh")
+		if err != nil || resp.StatusCode != 200 {
+			return fmt.Errorf("%v %q %v", resp, body, err)
+		}
+		return nil
+	})
 
 	// The public client sends a traceparent of its own.
 	const publicTrace, publicSpan = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
@@ -153,14 +184,14 @@ func TestTracingEndToEnd(t *testing.T) {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
 	appMu.Lock()
-	tp := appSaw["/traced"]
+	tp, apiTP := appSaw["web/traced"], appSaw["api/inner"]
 	appMu.Unlock()
 	traceID := proxy.TraceID(http.Header{"Traceparent": {tp}})
 	if traceID == "" || traceID == publicTrace {
 		t.Fatalf("app got traceparent %q: want a trace the edge started, not the public's %s", tp, publicTrace)
 	}
 
-	for _, n := range []*Node{edge, gw, web} {
+	for _, n := range []*Node{edge, gw, web, api} {
 		if err := n.tracing.provider.ForceFlush(t.Context()); err != nil {
 			t.Fatalf("%s: flush: %v", n.Config.Name, err)
 		}
@@ -169,16 +200,28 @@ func TestTracingEndToEnd(t *testing.T) {
 	if len(bad) > 0 {
 		t.Fatalf("receiver refused exports: %q", bad)
 	}
-	if len(spans) != 3 {
-		t.Fatalf("trace %s has %d spans, want 3 (edge, gateway, sidecar)", traceID, len(spans))
+	// web's sidecar sends to api-1 directly once it knows it healthy,
+	// through the gateway until then: 5 spans, or 6.
+	if len(spans) != 5 && len(spans) != 6 {
+		for _, s := range spans {
+			t.Logf("%s %s %s parent %x span %x", s.resource["service.instance.id"], s.attr("meshd.hop"), s.attr("url.path"), s.span.ParentSpanId, s.span.SpanId)
+		}
+		t.Fatalf("trace %s has %d spans, want edge, gateway, web's sidecar in and out, (gateway,) api's sidecar", traceID, len(spans))
 	}
 	byHop := map[string]otlpSpan{}
 	for _, s := range spans {
-		byHop[s.attr("meshd.hop")] = s
+		byHop[s.resource["service.instance.id"]+" "+s.attr("meshd.hop")+" "+s.attr("url.path")] = s
 	}
-	e, g, sc := byHop[hopEdge], byHop[hopGateway], byHop[hopInbound]
-	if e.span == nil || g.span == nil || sc.span == nil {
-		t.Fatalf("hops %v, want edge, gateway and sidecar-inbound", byHop)
+	e, g, sc := byHop["edge-1 edge /traced"], byHop["gw-eu gateway /traced"], byHop["web-1 sidecar-inbound /traced"]
+	out, g2, in := byHop["web-1 sidecar-outbound /inner"], byHop["gw-eu gateway /inner"], byHop["api-1 sidecar-inbound /inner"]
+	apiVia := "api-1"
+	if len(spans) == 5 {
+		g2 = out // no gateway between web's sidecar and api's
+	} else {
+		apiVia = "gw-eu"
+	}
+	if e.span == nil || g.span == nil || sc.span == nil || out.span == nil || g2.span == nil || in.span == nil {
+		t.Fatalf("hops %v, want edge, gateway, web-1's inbound and outbound, (gateway,) api-1's inbound", byHop)
 	}
 	if len(e.span.ParentSpanId) != 0 {
 		t.Errorf("edge span has parent %x: it continued a public trace", e.span.ParentSpanId)
@@ -190,13 +233,24 @@ func TestTracingEndToEnd(t *testing.T) {
 	for _, c := range []struct {
 		child, parent otlpSpan
 		name          string
-	}{{g, e, "gateway"}, {sc, g, "sidecar"}} {
+	}{{g, e, "gateway"}, {sc, g, "sidecar"}, {out, sc, "web's outbound (its app passed the trace on)"},
+		{g2, out, "gateway of web's call"}, {in, g2, "api's sidecar"}} {
+		if c.child.span == c.parent.span {
+			continue // no gateway on web's call
+		}
 		if string(c.child.span.ParentSpanId) != string(c.parent.span.SpanId) {
 			t.Errorf("%s span's parent %x, want the span before it %x", c.name, c.child.span.ParentSpanId, c.parent.span.SpanId)
 		}
 	}
 	if want := "00-" + traceID + "-" + hex.EncodeToString(sc.span.SpanId) + "-01"; tp != want {
 		t.Errorf("app got traceparent %q, want %q (the sidecar's span as parent)", tp, want)
+	}
+	if want := "00-" + traceID + "-" + hex.EncodeToString(in.span.SpanId) + "-01"; apiTP != want {
+		t.Errorf("api's app got traceparent %q, want %q", apiTP, want)
+	}
+	if out.span.Kind != tracepb.Span_SPAN_KIND_CLIENT || out.attr("meshd.service") != "api" ||
+		out.attr("meshd.upstream.instance") != apiVia || out.attr("server.address") != "api.mesh" {
+		t.Errorf("web's outbound span: kind %v, attributes %v", out.span.Kind, out.span.Attributes)
 	}
 	for _, c := range []struct {
 		s                      otlpSpan

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -24,7 +25,7 @@ func tracedNode(t *testing.T, role string) (*Node, *tracetest.InMemoryExporter) 
 	t.Helper()
 	exp := tracetest.NewInMemoryExporter()
 	n := &Node{Config: Config{Role: role, Name: "n1", Region: "eu", Service: "web"}}
-	tr, err := newTracing(&n.Config, exp)
+	tr, err := newTracing(&n.Config, exp, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +251,7 @@ func BenchmarkTracing(b *testing.B) {
 		b.Run(mode, func(b *testing.B) {
 			n := &Node{Config: Config{Role: RoleGateway, Name: "gw", Region: "eu"}}
 			if mode == "on" {
-				tr, err := newTracing(&n.Config, tracetest.NewNoopExporter())
+				tr, err := newTracing(&n.Config, tracetest.NewNoopExporter(), slog.New(slog.DiscardHandler))
 				if err != nil {
 					b.Fatal(err)
 				}
