@@ -1,11 +1,13 @@
 package mesh
 
 import (
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -273,4 +275,29 @@ func BenchmarkTracing(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestTracingReceiverDown: a receiver that does not answer costs spans,
+// never a request, and the node's log says so.
+func TestTracingReceiverDown(t *testing.T) {
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "50") // ms: the batcher's first export comes at once
+	var logs syncBuffer
+	c := Config{Role: RoleGateway, Name: "gw", Region: "eu", OTLPEndpoint: "http://" + freePort(t)}
+	tr, err := newTracing(&c, nil, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &Node{Config: c, tracing: tr}
+	var got seen
+	w := httptest.NewRecorder()
+	n.traced(hopGateway, recordingApp(&got, 200)).ServeHTTP(w, hopRequest("", ""))
+	if w.Code != 200 || proxy.TraceID(http.Header{"Traceparent": {got.traceparent}}) == "" {
+		t.Fatalf("with the receiver down: %d, next hop got %q", w.Code, got.traceparent)
+	}
+	poll(t, 30*time.Second, "the failed export logged", func() error {
+		if !strings.Contains(logs.String(), "tracing: spans not exported") {
+			return fmt.Errorf("log %q", logs.String())
+		}
+		return nil
+	})
 }

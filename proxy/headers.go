@@ -296,7 +296,7 @@ func isToken[T string | []byte](s T) bool {
 // is the ID of the request's trace wherever the request is.
 func TraceID(h http.Header) string {
 	v := h["Traceparent"]
-	if len(v) != 1 { // several fields: not one trace (§3.2.1: treat as absent)
+	if len(v) != 1 { // several: no one trace they name
 		return ""
 	}
 	tp := v[0]
