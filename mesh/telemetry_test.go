@@ -238,9 +238,10 @@ func TestTracingOffAllocatesNothing(t *testing.T) {
 	}
 }
 
-// BenchmarkTracing: one gateway hop forwarding to a loopback app, with
-// no tracing code (bare), tracing off, and tracing on (every request
-// sampled, spans to an exporter that drops them).
+// BenchmarkTracing: one hop (a gateway's, and the edge's, whose public
+// handler also drops the client's trace context) forwarding to a loopback
+// app, with no tracing code (bare), tracing off, and tracing on (every
+// request sampled, spans to an exporter that drops them).
 //
 //	go test -run '^$' -bench BenchmarkTracing -benchmem ./mesh/
 func BenchmarkTracing(b *testing.B) {
@@ -249,31 +250,37 @@ func BenchmarkTracing(b *testing.B) {
 	pool := &proxy.Pool{}
 	defer pool.CloseIdle()
 	up := []*proxy.Upstream{{Key: "app", Addr: app.Listener.Addr().String(), Name: "app"}}
-	for _, mode := range []string{"bare", "off", "on"} {
-		b.Run(mode, func(b *testing.B) {
-			n := &Node{Config: Config{Role: RoleGateway, Name: "gw", Region: "eu"}}
-			if mode == "on" {
-				tr, err := newTracing(&n.Config, tracetest.NewNoopExporter(), slog.New(slog.DiscardHandler))
-				if err != nil {
-					b.Fatal(err)
+	for _, hop := range []string{hopGateway, hopEdge} {
+		for _, mode := range []string{"bare", "off", "on"} {
+			b.Run(hop+"/"+mode, func(b *testing.B) {
+				n := &Node{Config: Config{Role: RoleGateway, Name: "gw", Region: "eu"}}
+				if mode == "on" {
+					tr, err := newTracing(&n.Config, tracetest.NewNoopExporter(), slog.New(slog.DiscardHandler))
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer tr.shutdown(b.Context())
+					n.tracing = tr
 				}
-				defer tr.shutdown(b.Context())
-				n.tracing = tr
-			}
-			ph := &proxy.Handler{Pool: pool, Via: "gw", OnUpstream: n.onUpstream(""),
-				Route: func(*http.Request) ([]*proxy.Upstream, error) { return up, nil }}
-			var h http.Handler = ph
-			if mode != "bare" {
-				h = n.traced(hopGateway, ph)
-			}
-			r := hopRequest("00-"+callerTrace+"-"+callerSpan+"-01", "")
-			w := &discardWriter{h: http.Header{}}
-			b.ReportAllocs()
-			for b.Loop() {
-				clear(w.h)
-				h.ServeHTTP(w, r)
-			}
-		})
+				ph := &proxy.Handler{Pool: pool, Via: "gw", Public: hop == hopEdge, OnUpstream: n.onUpstream(""),
+					Route: func(*http.Request) ([]*proxy.Upstream, error) { return up, nil }}
+				var h http.Handler = ph
+				if mode != "bare" {
+					h = n.traced(hop, ph)
+				}
+				tp := "00-" + callerTrace + "-" + callerSpan + "-01"
+				r := hopRequest(tp, "")
+				w := &discardWriter{h: http.Header{}}
+				b.ReportAllocs()
+				for b.Loop() {
+					clear(w.h)
+					if hop == hopEdge {
+						r.Header["Traceparent"] = []string{tp} // a client's, each time
+					}
+					h.ServeHTTP(w, r)
+				}
+			})
+		}
 	}
 }
 
