@@ -24,12 +24,12 @@ import (
 // Tracing: W3C Trace Context (traceparent, tracestate) through the mesh,
 // one OpenTelemetry span per hop, exported over OTLP/HTTP.
 //
-// Off (no --otlp-endpoint), the node builds no tracer and wraps no
+// Off (no --otlp-endpoint), the node builds no tracer and wraps no mesh
 // handler: no SDK object is on the request path and a request costs what
-// it cost before (BenchmarkTracingOff). Mesh hops then pass the caller's
-// traceparent and tracestate on untouched, like any other field, so a
-// node without tracing is transparent to a trace that crosses it. The
-// edge drops a public client's traceparent and tracestate whether it
+// it cost before (BenchmarkTracing, TestTracingOffAllocatesNothing). Mesh
+// hops then pass the caller's traceparent and tracestate on untouched,
+// like any other field, so a node without tracing is transparent to a
+// trace that crosses it. The edge drops a public client's traceparent and tracestate whether it
 // traces or not: they are the public's, and a mesh hop behind the edge
 // that traces would otherwise continue a trace whose ID, and whose
 // sampling decision, the public chose.
@@ -42,8 +42,8 @@ import (
 // collide with, and keeps the public's context as a link on its span.
 //
 // The trace ID is in the edge's access log record and in the details of
-// every Proxy-Status error the proxy writes (proxy.TraceID reads it from
-// the traceparent each hop passes on).
+// every Proxy-Status error meshd writes (proxy.TraceID reads it from the
+// traceparent each hop passes on).
 
 // Hops, in spans' meshd.hop attribute.
 const (
@@ -181,9 +181,10 @@ func (n *Node) traced(hop string, next http.Handler) http.Handler {
 		defer func() {
 			code := rw.code(r)
 			span.SetAttributes(semconv.HTTPResponseStatusCode(code))
-			if code >= 500 {
-				// HTTP semantic conventions: a server span fails on
-				// 5xx only (a 4xx is the caller's error).
+			// HTTP semantic conventions: a server span fails on 5xx
+			// only (a 4xx is the caller's error), a client span on 4xx
+			// too (the app's call failed); 499 is a caller that left.
+			if code >= 500 || kind == trace.SpanKindClient && code >= 400 && code != proxy.StatusClientClosedRequest {
 				span.SetAttributes(semconv.ErrorTypeKey.String(strconv.Itoa(code)))
 				span.SetStatus(codes.Error, "")
 			}

@@ -173,25 +173,29 @@ func TestTraceEdgeStartsNewTrace(t *testing.T) {
 	}
 }
 
-// TestTraceHopErrorStatus: a 5xx answer fails the span; a 4xx does not
-// (the caller's error, not the hop's).
+// TestTraceHopErrorStatus: a 5xx answer fails the span; a 4xx fails only
+// the sidecar's outbound span, a client span (HTTP semantic conventions:
+// at a server, a 4xx is the caller's error).
 func TestTraceHopErrorStatus(t *testing.T) {
 	for _, c := range []struct {
+		hop  string
 		code int
 		fail bool
-	}{{503, true}, {502, true}, {404, false}, {499, false}} {
+	}{{hopGateway, 503, true}, {hopGateway, 502, true}, {hopGateway, 404, false}, {hopGateway, 499, false},
+		{hopEdge, 504, true}, {hopEdge, 429, false}, {hopInbound, 403, false},
+		{hopOutbound, 503, true}, {hopOutbound, 404, true}, {hopOutbound, 499, false}, {hopOutbound, 200, false}} {
 		n, exp := tracedNode(t, RoleGateway)
 		var got seen
-		n.traced(hopGateway, recordingApp(&got, c.code)).ServeHTTP(httptest.NewRecorder(), hopRequest("", ""))
+		n.traced(c.hop, recordingApp(&got, c.code)).ServeHTTP(httptest.NewRecorder(), hopRequest("", ""))
 		s := exp.GetSpans()[0]
 		if (s.Status.Code == codes.Error) != c.fail {
-			t.Errorf("%d: span status %v, want error %v", c.code, s.Status.Code, c.fail)
+			t.Errorf("%s %d: span status %v, want error %v", c.hop, c.code, s.Status.Code, c.fail)
 		}
 		if _, ok := attrOf(s.Attributes, "error.type"); ok != c.fail {
-			t.Errorf("%d: error.type present %v, want %v", c.code, ok, c.fail)
+			t.Errorf("%s %d: error.type present %v, want %v", c.hop, c.code, ok, c.fail)
 		}
 		if s.Parent.IsValid() {
-			t.Errorf("%d: a request without traceparent got parent %v, want a new root", c.code, s.Parent)
+			t.Errorf("%s %d: a request without traceparent got parent %v, want a new root", c.hop, c.code, s.Parent)
 		}
 	}
 }
