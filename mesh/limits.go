@@ -237,7 +237,11 @@ func (n *Node) inboundFront(next http.Handler) http.Handler {
 				h := w.Header()
 				h[proxy.HeaderRetry] = []string{"1"}
 				h["Retry-After"] = []string{"1"}
-				h["Proxy-Status"] = []string{proxy.ProxyStatus("meshd", "connection_limit_reached", "concurrency limit", proxy.TraceID(r.Header))}
+				ps := `meshd; error=connection_limit_reached; details="concurrency limit"`
+				if id := proxy.TraceID(r.Header); id != "" { // built only then: refusals come in floods
+					ps = proxy.ProxyStatus("meshd", "connection_limit_reached", "concurrency limit", id)
+				}
+				h["Proxy-Status"] = []string{ps}
 				writeStatusError(w, &proxy.StatusError{Code: http.StatusServiceUnavailable,
 					Msg: fmt.Sprintf("meshd: instance %s of %s has %d requests in flight, its limit", n.Config.Name, rr.service, hard)})
 				return
