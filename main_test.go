@@ -78,3 +78,25 @@ func TestFlagErrorsAreShort(t *testing.T) {
 		t.Errorf("run -h: %v, printed %q; want the flag list", err, stderr.String())
 	}
 }
+
+// TestRunTracingFlags: --otlp-endpoint and --otlp-sample-ratio reach the
+// node's config, and a bad value is refused with the flag named before
+// anything starts.
+func TestRunTracingFlags(t *testing.T) {
+	for _, c := range []struct{ flag, value, want string }{
+		{"--otlp-endpoint", "ftp://collector:4318", "otlp-endpoint: "},
+		{"--otlp-endpoint", "http://user:secret@collector:4318", "otlp-endpoint: "},
+		{"--otlp-sample-ratio", "2", "otlp-sample-ratio: "},
+	} {
+		args := []string{"run", "--role=gateway", "--name=gw", "--region=eu", "--ca-dir", t.TempDir(),
+			"--admin", "", "--listen", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--wan-gossip-addr", "127.0.0.1:0",
+			c.flag, c.value}
+		err := run(context.Background(), args, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s %s: %v, want an error naming %q", c.flag, c.value, err, c.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s %s: the error shows the password: %v", c.flag, c.value, err)
+		}
+	}
+}

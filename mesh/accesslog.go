@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/meshd/meshd/proxy"
 )
 
 // HeaderRequestID identifies a request across every hop and every log.
@@ -28,7 +30,8 @@ func requestID(next http.Handler) http.Handler {
 
 // accessLog writes one record per request to log at info level, after
 // the response ended: who asked, what, the status, the bytes sent, the
-// time taken and the cache's verdict.
+// time taken, the cache's verdict and the trace ID ("" when the edge does
+// not trace).
 func accessLog(log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -37,6 +40,9 @@ func accessLog(log *slog.Logger, next http.Handler) http.Handler {
 		defer func() {
 			log.LogAttrs(r.Context(), slog.LevelInfo, "access",
 				slog.String("id", r.Header.Get(HeaderRequestID)),
+				// The edge's trace, when it traces: its span set the
+				// traceparent the request went on with.
+				slog.String("trace", proxy.TraceID(r.Header)),
 				slog.String("client", r.RemoteAddr),
 				slog.String("proto", r.Proto),
 				slog.String("method", r.Method),

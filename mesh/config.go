@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"reflect"
 	"strconv"
@@ -230,7 +231,7 @@ type Config struct {
 
 	// AccessLog writes one info record per public request at the edge.
 	// Default off.
-	AccessLog bool `yaml:"access-log" usage:"edge: one log record per public request (client, method, host, URI, status, bytes, time, cache verdict)"`
+	AccessLog bool `yaml:"access-log" usage:"edge: one log record per public request (client, method, host, URI, status, bytes, time, cache verdict, trace ID)"`
 
 	// CacheSize bounds the edge's HTTP cache (headers and bodies); 0
 	// turns the cache off. Default "256MiB".
@@ -303,6 +304,19 @@ type Config struct {
 	// limit waits for a slot (or for a connection while dials to the
 	// upstream are bounded). Default 100ms.
 	QueueTimeout time.Duration `yaml:"queue-timeout" usage:"how long a request over an upstream's concurrency limit waits for a slot before 503 (default 100ms)"`
+
+	// OTLPEndpoint turns tracing on (telemetry.go): every hop through the
+	// node is a span, exported to this OTLP/HTTP receiver, e.g.
+	// http://collector:4318 (a URL without a path posts to /v1/traces;
+	// https verifies the receiver with the system's roots). Default "":
+	// tracing off, at no cost per request.
+	OTLPEndpoint string `yaml:"otlp-endpoint" usage:"trace every hop and export the spans to this OTLP/HTTP receiver, e.g. http://127.0.0.1:4318 (default: tracing off)"`
+	// OTLPSampleRatio is the share of new traces the node records, from 0
+	// to 1: traces it starts (public requests at the edge, an app's calls
+	// without a traceparent at its sidecar). A hop that continues a mesh
+	// caller's trace follows the caller's choice, so a trace is whole or
+	// absent. Default 1: every trace.
+	OTLPSampleRatio string `yaml:"otlp-sample-ratio" usage:"share of new traces recorded, 0 to 1; hops continuing a trace follow its sampled flag (default 1)"`
 
 	// LogFormat is text or json. Default text.
 	LogFormat string `yaml:"log-format" usage:"text or json (default text)"`
@@ -470,6 +484,9 @@ func (c *Config) Validate() error {
 	default:
 		return fieldErr("log-level", "%q: want debug, info, warn or error", c.LogLevel)
 	}
+	if err := c.validateTracing(); err != nil {
+		return err
+	}
 	if c.Admin != "" {
 		if err := validAdmin(c.Admin); err != nil {
 			return &FieldError{Field: "admin", Err: err}
@@ -598,6 +615,43 @@ func (c *Config) Validate() error {
 		return fieldErr("subset", "labels a sidecar's instance; a %s has none", c.Role)
 	}
 	return nil
+}
+
+// validateTracing checks otlp-endpoint and otlp-sample-ratio.
+func (c *Config) validateTracing() error {
+	if c.OTLPEndpoint != "" {
+		u, err := url.Parse(c.OTLPEndpoint)
+		switch {
+		case err != nil:
+			return &FieldError{Field: "otlp-endpoint", Err: err}
+		case u.Scheme != "http" && u.Scheme != "https":
+			return fieldErr("otlp-endpoint", "%q: want an http:// or https:// URL, e.g. http://127.0.0.1:4318", c.OTLPEndpoint)
+		case u.Host == "" || u.Port() == "" && strings.HasSuffix(u.Host, ":"):
+			return fieldErr("otlp-endpoint", "%q names no host", c.OTLPEndpoint)
+		case u.User != nil:
+			// A URL's credentials end up in logs; the exporter sends
+			// OTEL_EXPORTER_OTLP_HEADERS instead.
+			return fieldErr("otlp-endpoint", "%q: no credentials in the URL (set OTEL_EXPORTER_OTLP_HEADERS)", u.Redacted())
+		case u.RawQuery != "" || u.Fragment != "":
+			return fieldErr("otlp-endpoint", "%q: no query or fragment", c.OTLPEndpoint)
+		}
+	}
+	if _, err := c.SampleRatio(); err != nil {
+		return &FieldError{Field: "otlp-sample-ratio", Err: err}
+	}
+	return nil
+}
+
+// SampleRatio is OTLPSampleRatio as a number, 1 when it is empty.
+func (c *Config) SampleRatio() (float64, error) {
+	if c.OTLPSampleRatio == "" {
+		return 1, nil
+	}
+	r, err := strconv.ParseFloat(strings.TrimSpace(c.OTLPSampleRatio), 64)
+	if err != nil || !(r >= 0 && r <= 1) { // NaN fails both
+		return 0, fmt.Errorf("%q: want a number from 0 to 1, e.g. 0.1", c.OTLPSampleRatio)
+	}
+	return r, nil
 }
 
 // maxQueueTimeout bounds queue-timeout: a request queued longer has

@@ -91,6 +91,18 @@ func TestConfigValidate(t *testing.T) {
 		{"tcp and udp out on one address", func(c *Config) { c.UDPOut, c.TCPOut = []string{"dns=127.0.0.1:1053"}, []string{"dns=127.0.0.1:1053"} }, ""},
 		{"public udp on a sidecar", func(c *Config) { c.PublicUDP = []string{":53=dns"} }, "public-udp"},
 		{"tcp-out twice", func(c *Config) { c.TCPOut = []string{"db/pg=127.0.0.1:15432", "db/x=127.0.0.1:15432"} }, "tcp-out"},
+		{"otlp endpoint", func(c *Config) { c.OTLPEndpoint, c.OTLPSampleRatio = "https://collector.example:4318/v1/traces", "0.1" }, ""},
+		{"otlp endpoint without path", func(c *Config) { c.OTLPEndpoint = "http://127.0.0.1:4318" }, ""},
+		{"otlp endpoint not a URL", func(c *Config) { c.OTLPEndpoint = "127.0.0.1:4318" }, "otlp-endpoint"},
+		{"otlp endpoint grpc scheme", func(c *Config) { c.OTLPEndpoint = "grpc://127.0.0.1:4317" }, "otlp-endpoint"},
+		{"otlp endpoint no host", func(c *Config) { c.OTLPEndpoint = "http:///v1/traces" }, "otlp-endpoint"},
+		{"otlp endpoint credentials", func(c *Config) { c.OTLPEndpoint = "http://user:secret@collector:4318" }, "otlp-endpoint"},
+		{"otlp endpoint query", func(c *Config) { c.OTLPEndpoint = "http://collector:4318/?token=x" }, "otlp-endpoint"},
+		{"otlp sample ratio 0", func(c *Config) { c.OTLPSampleRatio = "0" }, ""},
+		{"otlp sample ratio above 1", func(c *Config) { c.OTLPSampleRatio = "1.5" }, "otlp-sample-ratio"},
+		{"otlp sample ratio negative", func(c *Config) { c.OTLPSampleRatio = "-0.1" }, "otlp-sample-ratio"},
+		{"otlp sample ratio NaN", func(c *Config) { c.OTLPSampleRatio = "NaN" }, "otlp-sample-ratio"},
+		{"otlp sample ratio percent", func(c *Config) { c.OTLPSampleRatio = "10%" }, "otlp-sample-ratio"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

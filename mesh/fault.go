@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshd/meshd/mesh/policy"
+	"github.com/meshd/meshd/proxy"
 )
 
 // Fault injection and mirroring, for testing an app's resilience and a
@@ -58,7 +59,7 @@ func injectFault(w http.ResponseWriter, r *http.Request, f *policy.Fault) bool {
 		h := w.Header()
 		h.Set("Content-Type", "text/plain; charset=utf-8")
 		h.Set("Cache-Control", "no-store")
-		h.Set("Proxy-Status", `meshd; details="fault injected"`)
+		h["Proxy-Status"] = []string{proxy.ProxyStatus("meshd", "", "fault injected", proxy.TraceID(r.Header))}
 		w.WriteHeader(a.Status)
 		fmt.Fprintf(w, "meshd: fault injected (%d)\n", a.Status)
 		return false

@@ -159,7 +159,7 @@ func (n *Node) admitted(w http.ResponseWriter, r *http.Request, rr *reqRoute, ca
 		}
 		if ok, after := c.lim.Allow(c.key, now); !ok {
 			n.rateLimited.WithLabelValues(rr.service, c.what).Inc()
-			proxy.WriteRateLimited(w, after, "rate limit "+c.what+" of "+l.name)
+			proxy.WriteRateLimited(w, after, "rate limit "+c.what+" of "+l.name, proxy.TraceID(r.Header))
 			return false
 		}
 	}
@@ -237,7 +237,11 @@ func (n *Node) inboundFront(next http.Handler) http.Handler {
 				h := w.Header()
 				h[proxy.HeaderRetry] = []string{"1"}
 				h["Retry-After"] = []string{"1"}
-				h["Proxy-Status"] = []string{`meshd; error=connection_limit_reached; details="concurrency limit"`}
+				ps := `meshd; error=connection_limit_reached; details="concurrency limit"`
+				if id := proxy.TraceID(r.Header); id != "" { // built only then: refusals come in floods
+					ps = proxy.ProxyStatus("meshd", "connection_limit_reached", "concurrency limit", id)
+				}
+				h["Proxy-Status"] = []string{ps}
 				writeStatusError(w, &proxy.StatusError{Code: http.StatusServiceUnavailable,
 					Msg: fmt.Sprintf("meshd: instance %s of %s has %d requests in flight, its limit", n.Config.Name, rr.service, hard)})
 				return
@@ -274,7 +278,7 @@ func (n *Node) authorized(w http.ResponseWriter, r *http.Request, sp *policy.Ser
 	}
 	msg := fmt.Sprintf("service %s does not allow %s to %s (rule %s)", sp.Name, who, what, rule)
 	h := w.Header()
-	h["Proxy-Status"] = []string{`meshd; error=http_request_denied; details="` + strings.ReplaceAll(strings.ReplaceAll(msg, `\`, `\\`), `"`, `\"`) + `"`}
+	h["Proxy-Status"] = []string{proxy.ProxyStatus("meshd", "http_request_denied", msg, proxy.TraceID(r.Header))}
 	writeStatusError(w, &proxy.StatusError{Code: http.StatusForbidden, Msg: "meshd: " + msg})
 	return false
 }

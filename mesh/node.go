@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/meshd/meshd/bgp"
 	"github.com/meshd/meshd/cache"
@@ -82,9 +83,14 @@ type Node struct {
 	healthy   atomic.Bool // sidecar: the app answers its health check
 
 	registry *prometheus.Registry
-	cache    *cache.Store        // edge: the HTTP cache; nil when off
-	certs    *tlsmgr.PublicCerts // edge with public-https
-	probe    *prober             // edges and gateways: reachability of global pool gateways
+	// tracing is the node's tracer (telemetry.go); nil when tracing is
+	// off. exportSpans, when set before Start (tests only), turns it on
+	// and receives every span at its end instead of an OTLP receiver.
+	tracing     *tracing
+	exportSpans sdktrace.SpanExporter
+	cache       *cache.Store        // edge: the HTTP cache; nil when off
+	certs       *tlsmgr.PublicCerts // edge with public-https
+	probe       *prober             // edges and gateways: reachability of global pool gateways
 	// unbindAnycast removes the addresses --anycast-bind added.
 	unbindAnycast func() error
 	speaker       *bgp.Speaker // edge with anycast prefixes
@@ -219,6 +225,13 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}()
 
+	if c.OTLPEndpoint != "" || n.exportSpans != nil {
+		if n.tracing, err = newTracing(c, n.exportSpans, n.Logger); err != nil {
+			return err
+		}
+		closers = append(closers, func() { n.tracing.shutdown(context.Background()) })
+	}
+
 	// Identity first: without it nothing else may talk to the mesh.
 	if err := n.startIdentity(bg); err != nil {
 		return err
@@ -266,7 +279,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		// Both say when a request reached no app (SignalRetry), so the
 		// hop before sends it elsewhere; a gateway's upstreams are mesh
 		// peers, whose signal it trusts, a sidecar's is its app.
-		h := &proxy.Handler{Pool: n.pool, Via: via, Logger: n.Logger, SignalRetry: true}
+		h := &proxy.Handler{Pool: n.pool, Via: via, Logger: n.Logger, SignalRetry: true, OnUpstream: n.onUpstream(c.Service)}
 		n.handlers = append(n.handlers, namedHandler{"mesh", h})
 		if c.Role == RoleGateway {
 			h.Route = n.gatewayRoute
@@ -289,9 +302,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 				return []*proxy.Upstream{app}, nil
 			}
 		}
-		var front http.Handler = n.inboundFront(h)
+		var front http.Handler = n.traced(hopInbound, n.inboundFront(h))
 		if c.Role == RoleGateway {
-			front = n.meshFront(h)
+			front = n.traced(hopGateway, n.meshFront(h))
 		}
 		// HTTP/3 on the same port over UDP, with the same tls.Config:
 		// the same client certificate check and allow-callers, the same
@@ -311,10 +324,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	if c.Role == RoleSidecar {
-		out := &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Policy: n.outboundPolicy, Logger: n.Logger, TrustRetry: true}
+		out := &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Policy: n.outboundPolicy, Logger: n.Logger, TrustRetry: true,
+			OnUpstream: n.onUpstream("")}
 		n.handlers = append(n.handlers, namedHandler{"outbound", out})
 		// H2C: an app's gRPC client calls in plain text with HTTP/2.
-		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: n.meshFront(out), Logger: n.Logger, H2C: true}
+		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: n.traced(hopOutbound, n.meshFront(out)), Logger: n.Logger, H2C: true}
 		if err := startServer("outbound", n.outSrv); err != nil {
 			return err
 		}
@@ -421,7 +435,8 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 	// A gateway that reached no instance says so, and the edge tries the
 	// next region at once (TrustRetry: every upstream of the edge is a
 	// gateway with a verified identity).
-	ph := &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Policy: deadlinePolicy, Logger: n.Logger, TrustRetry: true}
+	ph := &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Policy: deadlinePolicy, Logger: n.Logger, TrustRetry: true,
+		OnUpstream: n.onUpstream("")}
 	n.handlers = append(n.handlers, namedHandler{"public", ph})
 	var h http.Handler = n.replay(ph)
 	size, _ := parseSize(c.CacheSize)
@@ -436,8 +451,10 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 	}
 	inner := h
 	// front comes first on every public listener: the request's ID, then
-	// (optionally) its access log record.
+	// (optionally) its access log record, then its span, which replaces
+	// the public's trace context with the edge's (telemetry.go).
 	front := func(h http.Handler) http.Handler {
+		h = n.traced(hopEdge, h)
 		h = requestID(h)
 		if c.AccessLog {
 			h = accessLog(n.Logger.With("log", "access"), h)
@@ -619,6 +636,15 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	n.pool.CloseIdle()
 	if n.cache != nil {
 		n.cache.Close()
+	}
+	if n.tracing != nil {
+		// The last spans, of the requests the listeners finished; a
+		// receiver that does not take them within the bound loses them.
+		flushCtx, cancelFlush := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		if err := n.tracing.shutdown(flushCtx); err != nil {
+			n.Logger.Warn("tracing: spans not exported at shutdown", "err", err)
+		}
+		cancelFlush()
 	}
 	if n.certs != nil {
 		n.certs.Close()
@@ -937,7 +963,7 @@ func (t *trackingMaker) upstream(r *NodeRecord, id string, http1 bool) *proxy.Up
 		t.n.Logger.Warn("cannot build client TLS", "peer", id, "err", err)
 		return nil
 	}
-	u := &proxy.Upstream{Key: key, Addr: r.MeshAddr, TLS: cfg, Name: r.Name, HTTP1: http1}
+	u := &proxy.Upstream{Key: key, Addr: r.MeshAddr, TLS: cfg, Name: r.Name, Region: r.Region, HTTP1: http1}
 	t.n.upstreams[key] = u
 	return u
 }

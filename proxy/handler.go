@@ -90,6 +90,13 @@ type Handler struct {
 	// at warn level with their details (details never go to the client).
 	// Default slog.Default().
 	Logger *slog.Logger
+	// OnUpstream, when set, is told once per forwarded request which
+	// upstream it went to: the one whose response is forwarded, or the
+	// last one tried (nil when none was) when the request failed. r is
+	// the incoming request, so its context is the caller's (a trace span,
+	// a resolved route). It runs on the request path before the response
+	// is written, and must not block. Default nil: nothing is called.
+	OnUpstream func(r *http.Request, u *Upstream)
 
 	once sync.Once
 	cfg  handlerConfig
@@ -445,6 +452,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // ServeHTTP and of serveWithPolicy. It releases u's slot in flight.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, c *handlerConfig, o *outgoing, u *Upstream, resp *http.Response, attempts int, start time.Time, debug bool) {
 	defer u.inflight.Add(-1)
+	if h.OnUpstream != nil {
+		h.OnUpstream(r, u)
+	}
 	rc := http.NewResponseController(w)
 	if o.req.Body != nil && r.ProtoMajor == 1 {
 		// The upstream may answer while the client is still sending
@@ -580,6 +590,9 @@ func classify(ctx context.Context, err error) (int, string) {
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig, o *outgoing, u *Upstream, attempts int, err error) {
 	code, msg := classify(r.Context(), err)
 	overloaded := isOverloaded(err)
+	if h.OnUpstream != nil {
+		h.OnUpstream(r, u)
+	}
 	// The record's attributes are built only when it is written: under
 	// overload a node refuses more requests than it serves, and each
 	// refusal is a debug record nobody reads.
@@ -620,14 +633,16 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig,
 		// RFC 9209: says this answer is a proxy's, not the origin's, and
 		// why. Hops after this one keep it; a cache in front reads it as
 		// "the origin could not be reached" (RFC 9111 §4.2.4).
-		ps := make([]byte, 0, 96)
+		ps := make([]byte, 0, 160)
 		ps = append(append(append(ps, proxyStatusToken(h.Via)...), "; error="...), t...)
 		if u != nil {
 			ps = appendSFString(append(ps, "; next-hop="...), u.name())
 		}
-		if se != nil && se.Details != "" {
-			ps = appendSFString(append(ps, "; details="...), se.Details)
+		var details string
+		if se != nil {
+			details = se.Details
 		}
+		ps = appendDetails(ps, details, TraceID(o.req.Header))
 		w.Header()["Proxy-Status"] = []string{string(ps)}
 	}
 	if h.SignalRetry && (code == http.StatusBadGateway || code == http.StatusServiceUnavailable) &&
@@ -693,6 +708,39 @@ func proxyStatusError(code int, err error) string {
 		return "connection_terminated"
 	}
 	return "http_protocol_error"
+}
+
+// appendDetails appends the Proxy-Status details parameter (RFC 9209
+// §2.1.6: implementation-specific text for debugging): details for the
+// client, then the request's trace ID as "trace=<id>", so that whoever got
+// the error can find its trace, and the spans of every hop, by the ID in
+// the answer. Nothing is appended when both are empty.
+func appendDetails(ps []byte, details, trace string) []byte {
+	if details == "" && trace == "" {
+		return ps
+	}
+	ps = appendSFString(append(ps, "; details="...), details)
+	ps = ps[:len(ps)-1] // the closing quote comes after the trace
+	if trace != "" {
+		if details != "" {
+			ps = append(ps, "; "...)
+		}
+		ps = append(append(ps, "trace="...), trace...) // lowercase hex: nothing to escape
+	}
+	return append(ps, '"')
+}
+
+// ProxyStatus is a Proxy-Status field value (RFC 9209) for an answer
+// this node gives instead of the origin: name (an sf-token, see Via),
+// the error type ("" for none), and details with trace, the request's
+// TraceID ("" for none), as Handler's own error answers carry them.
+func ProxyStatus(name, errType, details, trace string) string {
+	ps := make([]byte, 0, 64+len(details)+len(trace))
+	ps = append(ps, proxyStatusToken(name)...)
+	if errType != "" {
+		ps = append(append(ps, "; error="...), errType...)
+	}
+	return string(appendDetails(ps, details, trace))
 }
 
 // sfString renders s as a structured-field string (RFC 8941 §3.3.3):

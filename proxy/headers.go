@@ -287,3 +287,35 @@ func isToken[T string | []byte](s T) bool {
 	}
 	return true
 }
+
+// TraceID returns the trace ID of the request's W3C traceparent field
+// (Trace Context §3.2: version-traceid-parentid-flags in lowercase hex),
+// or "" when there is none or it is malformed. It does not allocate: the
+// ID is a substring of the field's value. meshd hops pass the field on as
+// the tracing of each hop leaves it (none: as the caller sent it), so this
+// is the ID of the request's trace wherever the request is.
+func TraceID(h http.Header) string {
+	v := h["Traceparent"]
+	if len(v) != 1 { // several: no one trace they name
+		return ""
+	}
+	tp := v[0]
+	if len(tp) < 55 || tp[2] != '-' || tp[35] != '-' || tp[52] != '-' ||
+		len(tp) > 55 && (tp[:2] == "00" || tp[55] != '-') || tp[:2] == "ff" {
+		return ""
+	}
+	if !isLowerHex(tp[:2]) || !isLowerHex(tp[3:35]) || !isLowerHex(tp[36:52]) || !isLowerHex(tp[53:55]) ||
+		tp[3:35] == "00000000000000000000000000000000" || tp[36:52] == "0000000000000000" {
+		return ""
+	}
+	return tp[3:35]
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}

@@ -329,21 +329,17 @@ var rateLimitedBody = []byte("meshd: rate limit exceeded\n")
 //
 // details, when not empty, goes to the client as the Proxy-Status details:
 // name the limit ("per caller on route /api"), never the key, which may be
-// another caller's identity.
-func WriteRateLimited(w http.ResponseWriter, retryAfter time.Duration, details string) {
+// another caller's identity. trace, the request's TraceID, follows it
+// there when not empty.
+func WriteRateLimited(w http.ResponseWriter, retryAfter time.Duration, details, trace string) {
 	secs := int64(retryAfter / time.Second)
 	if retryAfter%time.Second > 0 {
 		secs++
 	}
 	secs = max(secs, 1)
-	ps := make([]byte, 0, 64+len(details))
-	ps = append(ps, "meshd; error=http_request_denied"...)
-	if details != "" {
-		ps = appendSFString(append(ps, "; details="...), details)
-	}
 	hdr := w.Header()
 	hdr["Retry-After"] = []string{strconv.FormatInt(secs, 10)}
-	hdr["Proxy-Status"] = []string{string(ps)}
+	hdr["Proxy-Status"] = []string{ProxyStatus("meshd", "http_request_denied", details, trace)}
 	hdr["Content-Type"] = errorContentType
 	hdr["X-Content-Type-Options"] = errorNoSniff
 	hdr["Cache-Control"] = errorNoStore

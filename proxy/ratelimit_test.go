@@ -347,7 +347,7 @@ func TestWriteRateLimited(t *testing.T) {
 	}
 	for _, tt := range tests {
 		w := httptest.NewRecorder()
-		WriteRateLimited(w, tt.retryAfter, tt.details)
+		WriteRateLimited(w, tt.retryAfter, tt.details, "")
 		res := w.Result()
 		if res.StatusCode != http.StatusTooManyRequests {
 			t.Errorf("%v: status %d, want 429", tt.retryAfter, res.StatusCode)

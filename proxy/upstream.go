@@ -27,6 +27,9 @@ type Upstream struct {
 	// Name is used in logs only, e.g. the instance or gateway name.
 	// Default: Addr.
 	Name string
+	// Region is where the upstream runs, for observers only (a trace
+	// span's upstream region); the proxy does not read it. Default "".
+	Region string
 	// HTTP1 makes a TLS upstream speak HTTP/1.1 even when Pool.HTTP2 is
 	// set: for nearby upstreams, where a connection per concurrent request
 	// is cheap and HTTP/1.1 costs less CPU per request (see Pool.HTTP2).
