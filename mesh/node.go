@@ -107,6 +107,8 @@ type Node struct {
 	// replayed older one is not believed).
 	opened         map[string]map[string]*openedRecord
 	accepted       map[string]map[string]*openedRecord
+	openedUnder    map[string]string          // per pool: BundleSum opened was verified with
+	refusedRecs    map[string][]RefusedRecord // per pool: members whose record decode refused last
 	recordsRefused atomic.Int64
 	unsignedSeen   map[string]bool  // members whose unsigned record was believed; under mu
 	purges         []PurgeRecord    // edge: purges accepted here, newest last
@@ -489,7 +491,11 @@ func (n *Node) startIdentity(ctx context.Context) error {
 	if id == "" {
 		return fmt.Errorf("name: cannot form a SPIFFE ID for this node in trust domain %q", n.td)
 	}
-	n.ids = &tlsmgr.Manager{CADir: c.CADir, ID: id, TTL: c.SVIDTTL, CertFile: c.CertFile, KeyFile: c.KeyFile, Logger: n.Logger}
+	// A new bundle or SVID changes what the node believes in gossip (a
+	// record whose root left the bundle is refused from now on) and what
+	// it publishes (its roots, its SVID's root): rebuild and publish.
+	n.ids = &tlsmgr.Manager{CADir: c.CADir, ID: id, TTL: c.SVIDTTL, CertFile: c.CertFile, KeyFile: c.KeyFile, Logger: n.Logger,
+		PollInterval: c.CAPoll, RemintJitter: 5 * c.CAPoll, OnChange: n.kickRebuild}
 	if c.SPIFFESocket != "" {
 		n.ids = &tlsmgr.Manager{SPIFFESocket: c.SPIFFESocket, ID: id, Logger: n.Logger}
 		if ca != nil {
@@ -628,6 +634,7 @@ func (n *Node) lanRecord() *NodeRecord {
 	c := &n.Config
 	r := &NodeRecord{Name: c.Name, Role: c.Role, Region: c.Region, MeshAddr: n.advertise, State: n.state(),
 		Policy: n.pol.Load().version()}
+	n.caClaims(r)
 	if c.Role == RoleSidecar {
 		h := 0
 		if n.healthy.Load() {
@@ -648,6 +655,7 @@ func (n *Node) wanRecord() *NodeRecord {
 	c := &n.Config
 	r := &NodeRecord{Name: c.Name, Role: c.Role, Region: c.Region, MeshAddr: n.advertise, State: n.state(),
 		Policy: n.pol.Load().version()}
+	n.caClaims(r)
 	if c.Role == RoleGateway && n.lan != nil {
 		r.Services = summarize(n.decode(poolRegion, n.lan.Members()), c.Region, n.instanceEjectedLocked(time.Now()))
 	}
@@ -751,6 +759,16 @@ func (n *Node) decode(pool string, ms []gossip.Member) []member {
 		n.opened, n.accepted = map[string]map[string]*openedRecord{}, map[string]map[string]*openedRecord{}
 	}
 	prev, prevAcc := n.opened[pool], n.accepted[pool]
+	if sum := n.ids.BundleSum(); sum != n.openedUnder[pool] {
+		// A new trust bundle (a root rotation): what verified against
+		// the old one is verified again.
+		prev = nil
+		if n.openedUnder == nil {
+			n.openedUnder = map[string]string{}
+		}
+		n.openedUnder[pool] = sum
+	}
+	var refused []RefusedRecord
 	opened, accepted := make(map[string]*openedRecord, len(ms)), make(map[string]*openedRecord, len(ms))
 	var roots *x509.CertPool
 	now := time.Now()
@@ -775,6 +793,7 @@ func (n *Node) decode(pool string, ms []gossip.Member) []member {
 				n.recordsRefused.Add(1)
 			}
 			n.logBadRecord(m.Name, string(m.Record), err)
+			refused = append(refused, RefusedRecord{Pool: pool, Name: m.Name, Reason: truncate(err.Error(), 300)})
 			continue
 		}
 		if last := prevAcc[m.Name]; last != nil && last.at > o.at {
@@ -786,6 +805,10 @@ func (n *Node) decode(pool string, ms []gossip.Member) []member {
 		out = append(out, member{gossipAddr: m.Addr, suspect: m.Suspect, rec: o.rec})
 	}
 	n.opened[pool], n.accepted[pool] = opened, accepted
+	if n.refusedRecs == nil {
+		n.refusedRecs = map[string][]RefusedRecord{}
+	}
+	n.refusedRecs[pool] = refused
 	return out
 }
 
