@@ -817,6 +817,7 @@ type openedRecord struct {
 	rec      *NodeRecord
 	at       int64     // signing time
 	notAfter time.Time // the signer's certificate expires: verify again
+	root     string    // fingerprint of the root the signer's chain verified to
 	err      error
 }
 
@@ -836,7 +837,7 @@ func (n *Node) openRecord(raw []byte, roots *x509.CertPool, now time.Time) *open
 	if roots == nil {
 		return &openedRecord{err: errors.New("no trust bundle yet")}
 	}
-	b, at, id, notAfter, err := openRecord(raw, roots, now)
+	b, at, id, notAfter, root, err := openRecordRoot(raw, roots, now)
 	if err != nil {
 		return &openedRecord{err: err}
 	}
@@ -847,7 +848,7 @@ func (n *Node) openRecord(raw []byte, roots *x509.CertPool, now time.Time) *open
 	if err != nil {
 		return &openedRecord{err: err}
 	}
-	return &openedRecord{rec: rec, at: at, notAfter: notAfter}
+	return &openedRecord{rec: rec, at: at, notAfter: notAfter, root: tlsmgr.Fingerprint(root)}
 }
 
 func (n *Node) logBadRecord(name, raw string, err error) {

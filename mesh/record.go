@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // Node states published in records.
@@ -51,6 +52,9 @@ type NodeRecord struct {
 	// rotation has reached (rotation.go).
 	Roots    []string `json:"roots,omitempty"`
 	SVIDRoot string   `json:"svid_root,omitempty"`
+	// PeerRoots are the roots that signed the other members' records the
+	// node believes (peerRootsLocked).
+	PeerRoots []string `json:"peer_roots,omitempty"`
 }
 
 // ServiceRecord is one service in a NodeRecord.
@@ -203,7 +207,10 @@ func DecodeRecord(b []byte) (*NodeRecord, error) {
 	if len(r.Roots) > maxRecordRoots {
 		return nil, fmt.Errorf("record %s: %d roots, over the limit of %d", r.Name, len(r.Roots), maxRecordRoots)
 	}
-	for _, fp := range r.Roots {
+	if len(r.PeerRoots) > maxRecordRoots {
+		return nil, fmt.Errorf("record %s: %d peer roots, over the limit of %d", r.Name, len(r.PeerRoots), maxRecordRoots)
+	}
+	for _, fp := range append(slices.Clip(r.Roots), r.PeerRoots...) {
 		if !validFingerprint(fp) {
 			return nil, fmt.Errorf("record %s: root fingerprint %q is not 16 lowercase hex digits", r.Name, truncate(fp, 64))
 		}

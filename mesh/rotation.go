@@ -33,10 +33,32 @@ func validFingerprint(s string) bool {
 	return true
 }
 
-// caClaims fills what a record says about the node's roots.
+// caClaims fills what a record says about the node's roots. Called
+// under n.mu.
 func (n *Node) caClaims(r *NodeRecord) {
 	r.Roots = n.ids.Roots()
 	r.SVIDRoot = n.ids.SVIDRoot()
+	r.PeerRoots = n.peerRootsLocked()
+}
+
+// peerRootsLocked returns, sorted, the roots that signed the records of
+// other members the node believes now. After `switch` a step is complete
+// only when it is the new root alone everywhere: every node has received
+// every other node's record signed with its new SVID. Were `finish` run
+// before, a node would refuse the old-signed record it still holds of a
+// peer and lose that peer from its catalog until the new one arrives
+// (gossip brings a large record, a gateway's, by request, seconds later).
+func (n *Node) peerRootsLocked() []string {
+	var out []string
+	for _, pool := range n.accepted {
+		for name, o := range pool {
+			if name != n.Config.Name && o.root != "" && !slices.Contains(out, o.root) {
+				out = append(out, o.root)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // RefusedRecord is a member whose gossip record the node refused.
@@ -102,7 +124,7 @@ func CAStatus(views []CAView, target CATarget) (lines []CAStatusLine, refused []
 			}
 			seen[m.Name] = true
 			l := CAStatusLine{Pool: m.Pool, Name: m.Name, Role: m.Role, Region: m.Region, Roots: m.Roots, SVIDRoot: m.SVIDRoot}
-			l.Behind = behind(m.Roots, m.SVIDRoot, target)
+			l.Behind = behind(m.Roots, m.SVIDRoot, m.PeerRoots, target)
 			if l.Behind != "" {
 				ok = false
 			}
@@ -125,7 +147,7 @@ func CAStatus(views []CAView, target CATarget) (lines []CAStatusLine, refused []
 }
 
 // behind says how a node's roots differ from target, or "".
-func behind(roots []string, svidRoot string, target CATarget) string {
+func behind(roots []string, svidRoot string, peerRoots []string, target CATarget) string {
 	if len(roots) == 0 {
 		return "its record names no roots (a meshd from before root rotation?)"
 	}
@@ -145,6 +167,13 @@ func behind(roots []string, svidRoot string, target CATarget) string {
 			why = append(why, "its SVID chains to none of its roots")
 		} else {
 			why = append(why, fmt.Sprintf("SVID from %s, not %s", svidRoot, target.Issuing))
+		}
+	}
+	if target.Issuing != "" {
+		for _, r := range peerRoots {
+			if r != target.Issuing {
+				why = append(why, "holds peers' records signed from "+r)
+			}
 		}
 	}
 	return strings.Join(why, "; ")

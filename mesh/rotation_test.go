@@ -161,7 +161,7 @@ func TestRootRotationThroughMesh(t *testing.T) {
 	}
 	managersAt := func(target CATarget) error {
 		for _, n := range nodes {
-			if got := behind(n.ids.Roots(), n.ids.SVIDRoot(), target); got != "" {
+			if got := behind(n.ids.Roots(), n.ids.SVIDRoot(), nil, target); got != "" {
 				return fmt.Errorf("%s %s", n.Config.Name, got)
 			}
 		}
@@ -313,6 +313,9 @@ func TestCAStatus(t *testing.T) {
 			CATarget{Roots: []string{b}, Issuing: b}, false, map[string]string{"edge": "still trusts " + a}},
 		{"an old meshd", []CAView{{Members: []MemberInfo{member("global", "edge", nil, "")}}},
 			switched, false, map[string]string{"edge": "its record names no roots (a meshd from before root rotation?)"}},
+		{"holds a peer's record signed from the old root", []CAView{{Members: []MemberInfo{
+			{Pool: "region", Name: "web", Roots: []string{a, b}, SVIDRoot: b, PeerRoots: []string{a, b}}}}},
+			switched, false, map[string]string{"web": "holds peers' records signed from " + a}},
 		{"bundle only", []CAView{{Members: []MemberInfo{member("region", "web", []string{a, b}, a)}}},
 			CATarget{Roots: []string{a, b}}, true, nil},
 		{"a member in two views counts once", []CAView{
