@@ -428,3 +428,39 @@ func TestManagerRefusesBadBundleReload(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "the next good bundle taken", func() bool { return len(m.Roots()) == 2 && m.BundleReloads() == 1 })
 }
+
+// TestExpiredRootRefused: a root left to expire instead of being rotated:
+// a handshake after its NotAfter is refused as expired, logged with the
+// peer's identity and counted.
+func TestExpiredRootRefused(t *testing.T) {
+	dir := newCADir(t, testTD)
+	clk := newFakeClock()
+	srvID := "spiffe://" + testTD + "/gateway/eu/gw-1"
+	srv := startClocked(t, dir, srvID, time.Hour, clk)
+	logs := &logBuffer{}
+	cli := &Manager{CADir: dir, ID: "spiffe://" + testTD + "/service/web", TTL: time.Hour, Now: clk.Now,
+		Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	if err := cli.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	cfg, err := cli.ClientTLS(srvID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, c := handshake(t, srv.ServerTLS(nil), cfg); s.err != nil || c.err != nil {
+		t.Fatalf("before expiry: %v %v", s.err, c.err)
+	}
+	clk.Advance(time.Until(bundleOf(t, dir)[0].NotAfter) + time.Hour)
+	cfg, _ = cli.ClientTLS(srvID)
+	_, c := handshake(t, srv.ServerTLS(nil), cfg)
+	if c.err == nil || !strings.Contains(c.err.Error(), "expired") {
+		t.Fatalf("after the root's expiry: %v, want refused as expired", c.err)
+	}
+	if got := cli.PeerRefusals()[RefusedExpired]; got != 1 {
+		t.Errorf("expired refusals %d, want 1", got)
+	}
+	if logs.count(`msg="tls: refused a peer" peer=`+srvID+" reason=expired") != 1 {
+		t.Errorf("no log line naming %s as expired:\n%s", srvID, logs.buf.String())
+	}
+}
