@@ -13,9 +13,9 @@ import (
 )
 
 // cmdCARotate: meshd ca rotate begin|switch|finish --dir DIR.
-func cmdCARotate(args []string, stdout, stderr io.Writer) error {
+func cmdCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("%w: meshd ca rotate begin|switch|finish --dir DIR", errUsage)
+		return fmt.Errorf("%w: meshd ca rotate begin|switch|finish --dir DIR [--admin A[,B...]]", errUsage)
 	}
 	steps := map[string]func(string) (*tlsmgr.Rotation, error){
 		"begin": tlsmgr.RotateBegin, "switch": tlsmgr.RotateSwitch, "finish": tlsmgr.RotateFinish,
@@ -26,11 +26,19 @@ func cmdCARotate(args []string, stdout, stderr io.Writer) error {
 	}
 	fs := newFlagSet("meshd ca rotate "+args[0], stderr)
 	dir := fs.String("dir", "", "the CA directory (with ca.key) whose root to rotate")
+	admin := fs.String("admin", "", "before the step, check with these nodes' admin APIs (A[,B...]) that every node has taken the step before it, as `meshd ca status --dir` does, and refuse if not")
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
 	if *dir == "" {
 		return fmt.Errorf("%w: ca rotate %s needs --dir", errUsage, args[0])
+	}
+	if *admin != "" {
+		var report strings.Builder
+		if err := caStatus(ctx, *dir, *admin, "", &report); err != nil {
+			fmt.Fprint(stdout, report.String())
+			return fmt.Errorf("ca rotate %s: refused, the step before has not reached every node: %w", args[0], err)
+		}
 	}
 	r, err := step(*dir)
 	if err != nil {
@@ -60,9 +68,16 @@ func cmdCAStatus(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	return caStatus(ctx, *dir, *admin, *node, stdout)
+}
+
+// caStatus prints where each node of the admin APIs asked is in the
+// rotation of dir (or, dir empty, of the first node asked) and returns an
+// error unless every node is at that step.
+func caStatus(ctx context.Context, dir, admin, node string, stdout io.Writer) error {
 	var views []mesh.CAView
-	for _, a := range strings.Split(*admin, ",") {
-		target, err := mesh.FindAdmin(strings.TrimSpace(a), *node)
+	for _, a := range strings.Split(admin, ",") {
+		target, err := mesh.FindAdmin(strings.TrimSpace(a), node)
 		if err != nil {
 			return err
 		}
@@ -76,12 +91,12 @@ func cmdCAStatus(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		views = append(views, v)
 	}
 	target := mesh.CATarget{Roots: views[0].Self.Roots, Issuing: views[0].Self.SVIDRoot, From: "node " + views[0].Self.Name}
-	if *dir != "" {
-		ca, err := tlsmgr.LoadCA(*dir)
+	if dir != "" {
+		ca, err := tlsmgr.LoadCA(dir)
 		if err != nil {
 			return fmt.Errorf("ca status: %w", err)
 		}
-		target = mesh.CATarget{Roots: tlsmgr.Fingerprints(ca.Roots), From: *dir}
+		target = mesh.CATarget{Roots: tlsmgr.Fingerprints(ca.Roots), From: dir}
 		if ca.Key != nil {
 			target.Issuing = tlsmgr.Fingerprint(ca.Cert)
 		}

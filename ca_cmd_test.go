@@ -113,6 +113,22 @@ func TestCAStatusCommand(t *testing.T) {
 		t.Errorf("a refused record: %v\n%s", err, out)
 	}
 
+	// ca rotate switch --admin refuses while a node is behind, and runs
+	// once every node has taken begin.
+	view.Refused = nil
+	view.Members[1].Roots = []string{oldFP}
+	out, err = runCmd(t, "ca", "rotate", "switch", "--dir", dir, "--admin", admin)
+	if err == nil || !strings.Contains(err.Error(), "refused, the step before has not reached every node") || !strings.Contains(out, "web-1") {
+		t.Fatalf("switch with a node behind: %v\n%s", err, out)
+	}
+	if r, err := tlsmgr.ReadRotation(dir); err != nil || r.Step != tlsmgr.StepBegun {
+		t.Fatalf("a refused switch changed the directory: %v %v", r, err)
+	}
+	view.Members[1].Roots = both
+	if out, err := runCmd(t, "ca", "rotate", "switch", "--dir", dir, "--admin", admin); err != nil {
+		t.Fatalf("switch with every node at begin: %v\n%s", err, out)
+	}
+
 	// Without --dir the asked node's own state is the target.
 	view.Refused = nil
 	view.Self.SVIDRoot = newFP

@@ -44,7 +44,8 @@ Usage:
   meshd ca issue --dir DIR --id SPIFFE-ID --cert F --key F [--ttl D]
                                                   issue an SVID for a node without the CA key
   meshd ca operator --dir DIR [--name N]          add an operator key (signs policies) to a CA directory
-  meshd ca rotate begin|switch|finish --dir DIR   replace the root CA in three steps without an outage
+  meshd ca rotate begin|switch|finish --dir DIR [--admin A[,B...]]
+                                                  replace the root CA in three steps without an outage
   meshd ca status [--dir DIR] [--node NAME | --admin A[,B...]]
                                                   which roots each node trusts and issues from (exit 1 while one is behind)
   meshd apply -f FILE --ca-dir DIR | --key F [--node NAME | --admin ADDR]
@@ -469,7 +470,7 @@ func cmdCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdCAIssue(args[1:], stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "rotate" {
-		return cmdCARotate(args[1:], stdout, stderr)
+		return cmdCARotate(ctx, args[1:], stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "status" {
 		return cmdCAStatus(ctx, args[1:], stdout, stderr)
