@@ -55,7 +55,7 @@ type Node struct {
 	polBad        map[string]string // pool/member → last refusal logged
 	polKick       chan struct{}
 	polPeers      []peerPolicy // guarded by mu
-	rootSum       string       // names the policy file of this mesh
+	rootSum       string       // names the policy file of this mesh before per-root files (policysync.go)
 	policyDelay   prometheus.Histogram
 	policyRefused prometheus.Counter
 	rateLimited   *prometheus.CounterVec

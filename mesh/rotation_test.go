@@ -196,19 +196,44 @@ func TestRootRotationThroughMesh(t *testing.T) {
 	if err := gossipAt(caTarget(t, m.caDir)); err != nil {
 		poll2("records before the rotation", func() error { return gossipAt(caTarget(t, m.caDir)) })
 	}
+	// A policy signed by the operator of the old root, running everywhere.
+	const doc = "services:\n  web:\n    timeout: 10s\n"
+	applyAndWait(t, m, gw, doc, web1)
+
 	renewals := web1.ids.Renewals()
 	step("begin", tlsmgr.RotateBegin)
 	if web1.ids.Renewals() != renewals {
 		t.Error("begin made web-1 re-mint its SVID")
 	}
 	step("switch", tlsmgr.RotateSwitch)
+	// Re-applied as the README says: signed with operator.crt, which switch
+	// re-issued from the new root.
+	if code, body := postPolicy(gw, signPolicy(t, m.caDir, doc, 2)); code != 200 {
+		t.Fatalf("re-apply: %d %s", code, body)
+	}
+	poll2("web-1 runs the re-applied policy", func() error {
+		if v, err := policyVersion(web1); err != nil || v != 2 {
+			return fmt.Errorf("version %d, %v", v, err)
+		}
+		return nil
+	})
 	step("finish", tlsmgr.RotateFinish)
+	for _, n := range nodes {
+		if v, err := policyVersion(n); err != nil || v != 2 {
+			t.Errorf("%s after finish: policy version %d, %v; want 2 still running", n.Config.Name, v, err)
+		}
+	}
 
 	// A sidecar started after finish, on the new root, gets traffic: the
 	// gateway's new upstream connection to it verifies against the new
 	// bundle.
-	m.start(Config{Role: RoleSidecar, Name: "web-2", Region: "eu", Service: "web", CAPoll: caPoll,
+	// It shares web-1's --data-dir, as nodes of one host do, and starts
+	// with the policy web-1 kept there while it trusted both roots.
+	web2 := m.start(Config{Role: RoleSidecar, Name: "web-2", Region: "eu", Service: "web", CAPoll: caPoll, DataDir: web1.Config.DataDir,
 		Upstream: app("web-2").Listener.Addr().String(), Join: []string{gw.Addrs()["gossip"]}})
+	if st := web2.pol.Load(); st == nil || st.version() != 2 || st.source != "disk" {
+		t.Errorf("web-2 started with policy %+v, want version 2 from disk", st)
+	}
 	poll2("web-2 serving through the edge", func() error {
 		seenMu.Lock()
 		defer seenMu.Unlock()
