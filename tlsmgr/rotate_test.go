@@ -464,3 +464,40 @@ func TestExpiredRootRefused(t *testing.T) {
 		t.Errorf("no log line naming %s as expired:\n%s", srvID, logs.buf.String())
 	}
 }
+
+// TestManagerMintsAtOnceWhenItsRootLeaves: a node that has not re-minted
+// yet when the old root leaves the bundle (its random delay is long, or it
+// missed the switch) mints from the issuing root at once instead of
+// serving an SVID its peers refuse.
+func TestManagerMintsAtOnceWhenItsRootLeaves(t *testing.T) {
+	dir := newCADir(t, testTD)
+	logs := &logBuffer{}
+	m := &Manager{CADir: dir, ID: "spiffe://" + testTD + "/service/web", TTL: time.Hour, PollInterval: 20 * time.Millisecond,
+		RemintJitter: time.Hour, Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	old := Fingerprint(bundleOf(t, dir)[0])
+	r, err := RotateBegin(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := Fingerprint(r.Next)
+	if _, err := RotateSwitch(dir); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the switch seen", func() bool { return logs.count("a new root issues") == 1 })
+	if m.SVIDRoot() != old {
+		t.Fatalf("SVID from %s right after switch, want still %s (a delay of up to an hour)", m.SVIDRoot(), old)
+	}
+	if _, err := RotateFinish(dir); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "an SVID from the new root", func() bool {
+		return m.SVIDRoot() == next && slices.Equal(m.Roots(), []string{next})
+	})
+	if logs.count("the svid's root is no longer in it: minting from the issuing root now") != 1 {
+		t.Errorf("no log line saying why it minted at once:\n%s", logs.buf.String())
+	}
+}
