@@ -44,6 +44,10 @@ Usage:
   meshd ca issue --dir DIR --id SPIFFE-ID --cert F --key F [--ttl D]
                                                   issue an SVID for a node without the CA key
   meshd ca operator --dir DIR [--name N]          add an operator key (signs policies) to a CA directory
+  meshd ca rotate begin|switch|finish --dir DIR [--admin A[,B...]]
+                                                  replace the root CA in three steps without an outage
+  meshd ca status [--dir DIR] [--node NAME | --admin A[,B...]]
+                                                  which roots each node trusts and issues from (exit 1 while one is behind)
   meshd apply -f FILE --ca-dir DIR | --key F [--node NAME | --admin ADDR]
                                                   sign a traffic policy and hand it to a node; gossip spreads it
   meshd status policy [--node NAME | --admin ADDR]
@@ -124,7 +128,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "demo":
 		return cmdDemo(ctx, args[1:], stdout, stderr)
 	case "ca":
-		return cmdCA(args[1:], stdout, stderr)
+		return cmdCA(ctx, args[1:], stdout, stderr)
 	case "members":
 		return cmdTable(ctx, "members", args[1:], stdout, stderr)
 	case "services":
@@ -462,9 +466,15 @@ func newLogger(w io.Writer, format, level string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func cmdCA(args []string, stdout, stderr io.Writer) error {
+func cmdCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "issue" {
 		return cmdCAIssue(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "rotate" {
+		return cmdCARotate(ctx, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "status" {
+		return cmdCAStatus(ctx, args[1:], stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "root" {
 		fs := newFlagSet("meshd ca root", stderr)
@@ -498,7 +508,7 @@ func cmdCA(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	if len(args) == 0 || args[0] != "init" {
-		return fmt.Errorf("%w: meshd ca init|issue|operator|root (meshd ca init -h)", errUsage)
+		return fmt.Errorf("%w: meshd ca init|issue|operator|root|rotate|status (meshd ca init -h)", errUsage)
 	}
 	fs := newFlagSet("meshd ca init", stderr)
 	td := fs.String("trust-domain", "", "SPIFFE trust domain of the mesh, e.g. mesh.example")

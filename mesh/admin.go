@@ -93,6 +93,7 @@ func (n *Node) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, nonNil(n.snap.Load().Members))
 	})
+	mux.HandleFunc("GET /v1/ca", n.caHandler)
 	mux.HandleFunc("POST /v1/cache/purge", n.purgeHandler)
 	mux.HandleFunc("GET /v1/policy", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, n.policyInfo(r.URL.Query().Get("document") != ""))

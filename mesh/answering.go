@@ -3,6 +3,8 @@ package mesh
 import (
 	"strings"
 	"time"
+
+	"github.com/meshd/meshd/gossip"
 )
 
 // A member that gossip declares failed while it still answers requests.
@@ -36,18 +38,30 @@ type keptMember struct {
 	since time.Time
 }
 
-// keepAnswering adds to out, the members gossip lists in pool, those that
-// left it without draining and still answer (see above); prev are the
-// records accepted at the previous decode, accepted the ones of this one
-// (kept members are added to it). Called under n.mu.
-func (n *Node) keepAnswering(pool string, out []member, prev, accepted map[string]*openedRecord, now time.Time) []member {
+// keepAnswering adds to out, the members of ms (gossip's list of pool)
+// whose records were accepted, those that left the list without draining
+// and still answer (see above); prev are the records accepted at the
+// previous decode, accepted the ones of this one (kept members are added
+// to it). A member gossip still lists, whose record was refused (its root
+// left the bundle, a forgery), is never kept. Called under n.mu.
+func (n *Node) keepAnswering(pool string, ms []gossip.Member, out []member, prev, accepted map[string]*openedRecord, now time.Time) []member {
 	if n.answering == nil {
 		n.answering = map[string]map[string]*keptMember{}
 	}
 	kept := n.answering[pool]
 	next := map[string]*keptMember{}
+	var listed map[string]bool
 	for name, o := range prev {
 		if accepted[name] != nil || o.rec == nil || o.rec.State == StateDraining {
+			continue
+		}
+		if listed == nil {
+			listed = make(map[string]bool, len(ms))
+			for _, m := range ms {
+				listed[m.Name] = true
+			}
+		}
+		if listed[name] {
 			continue
 		}
 		k := kept[name]

@@ -76,6 +76,10 @@ type MemberInfo struct {
 	State    string          `json:"state"`
 	Suspect  bool            `json:"suspect,omitempty"`
 	Services []ServiceRecord `json:"services,omitempty"`
+	Roots    []string        `json:"roots,omitempty"`     // fingerprints of the roots it trusts
+	SVIDRoot string          `json:"svid_root,omitempty"` // the root its SVID chains to
+	// PeerRoots: the roots that signed the other records it believes.
+	PeerRoots []string `json:"peer_roots,omitempty"`
 }
 
 // ServiceInfo is one service in one region as the node sees it.
@@ -476,7 +480,8 @@ func memberInfo(pool string, m member) MemberInfo {
 	return MemberInfo{
 		Pool: pool, Name: m.rec.Name, Role: m.rec.Role, Region: m.rec.Region,
 		Gossip: m.gossipAddr, MeshAddr: m.rec.MeshAddr, State: m.rec.State,
-		Suspect: m.suspect, Services: m.rec.Services,
+		Suspect: m.suspect, Services: m.rec.Services, Roots: m.rec.Roots, SVIDRoot: m.rec.SVIDRoot,
+		PeerRoots: m.rec.PeerRoots,
 	}
 }
 

@@ -53,6 +53,12 @@ type Config struct {
 	// SVIDTTL is the lifetime of the node's own SVID; it is renewed at
 	// half-life. Default 1h.
 	SVIDTTL time.Duration `yaml:"svid-ttl" usage:"lifetime of the node's SVID, renewed at half-life (default 1h)"`
+	// CAPoll is how often the node looks at CADir (ca.crt, ca.key; in
+	// file mode also cert-file and key-file) for a new trust bundle or
+	// issuing root from `meshd ca rotate`, at a random 75-125% of it; a
+	// node that finds a new issuing root mints its SVID from it after a
+	// random delay of up to 5 CAPoll. Default 2s.
+	CAPoll time.Duration `yaml:"ca-poll" usage:"how often to look at ca-dir for a rotated root (default 2s)"`
 
 	// CertFile and KeyFile, when set, hold the node's SVID issued by
 	// `meshd ca issue`; the node reloads them when they change and needs no
@@ -356,6 +362,9 @@ func (c *Config) SetDefaults() {
 	if c.SVIDTTL == 0 {
 		c.SVIDTTL = time.Hour
 	}
+	if c.CAPoll == 0 {
+		c.CAPoll = 2 * time.Second
+	}
 	if c.Listen == "" {
 		c.Listen = ":8443"
 	}
@@ -450,6 +459,9 @@ func (c *Config) Validate() error {
 	if c.SVIDTTL < time.Second {
 		// Shorter lifetimes would spend more time renewing than serving.
 		return fieldErr("svid-ttl", "%v is too short: at least 1s", c.SVIDTTL)
+	}
+	if c.CAPoll < 10*time.Millisecond {
+		return fieldErr("ca-poll", "%v is too short: at least 10ms", c.CAPoll)
 	}
 	if c.DrainDelay < 0 {
 		return fieldErr("drain-delay", "must not be negative")

@@ -30,6 +30,7 @@ func TestConfigValidate(t *testing.T) {
 		{"no region", func(c *Config) { c.Region = "" }, "region"},
 		{"no ca", func(c *Config) { c.CADir = "" }, "ca-dir"},
 		{"tiny ttl", func(c *Config) { c.SVIDTTL = time.Millisecond }, "svid-ttl"},
+		{"tiny ca poll", func(c *Config) { c.CAPoll = time.Millisecond }, "ca-poll"},
 		{"no upstream", func(c *Config) { c.Upstream = "" }, "upstream"},
 		{"bad upstream", func(c *Config) { c.Upstream = "localhost" }, "upstream"},
 		{"h2c upstream", func(c *Config) { c.UpstreamProtocol = UpstreamH2C }, ""},

@@ -56,7 +56,7 @@ type Node struct {
 	polBad        map[string]string // pool/member → last refusal logged
 	polKick       chan struct{}
 	polPeers      []peerPolicy // guarded by mu
-	rootSum       string       // names the policy file of this mesh
+	rootSum       string       // names the policy file of this mesh before per-root files (policysync.go)
 	policyDelay   prometheus.Histogram
 	policyRefused prometheus.Counter
 	rateLimited   *prometheus.CounterVec
@@ -111,8 +111,10 @@ type Node struct {
 	// opened: per pool, the signed records verified, by their bytes;
 	// accepted: per pool and member, the newest record accepted (a
 	// replayed older one is not believed).
-	opened   map[string]map[string]*openedRecord
-	accepted map[string]map[string]*openedRecord
+	opened      map[string]map[string]*openedRecord
+	accepted    map[string]map[string]*openedRecord
+	openedUnder map[string]string          // per pool: BundleSum opened was verified with
+	refusedRecs map[string][]RefusedRecord // per pool: members whose record decode refused last
 	// answering: per pool, members gossip declared failed that are kept
 	// in the catalog because they still answer requests (answering.go).
 	answering map[string]map[string]*keptMember
@@ -513,7 +515,11 @@ func (n *Node) startIdentity(ctx context.Context) error {
 	if id == "" {
 		return fmt.Errorf("name: cannot form a SPIFFE ID for this node in trust domain %q", n.td)
 	}
-	n.ids = &tlsmgr.Manager{CADir: c.CADir, ID: id, TTL: c.SVIDTTL, CertFile: c.CertFile, KeyFile: c.KeyFile, Logger: n.Logger}
+	// A new bundle or SVID changes what the node believes in gossip (a
+	// record whose root left the bundle is refused from now on) and what
+	// it publishes (its roots, its SVID's root): rebuild and publish.
+	n.ids = &tlsmgr.Manager{CADir: c.CADir, ID: id, TTL: c.SVIDTTL, CertFile: c.CertFile, KeyFile: c.KeyFile, Logger: n.Logger,
+		PollInterval: c.CAPoll, RemintJitter: 5 * c.CAPoll, OnChange: n.kickRebuild}
 	if c.SPIFFESocket != "" {
 		n.ids = &tlsmgr.Manager{SPIFFESocket: c.SPIFFESocket, ID: id, Logger: n.Logger}
 		if ca != nil {
@@ -668,6 +674,7 @@ func (n *Node) lanRecord() *NodeRecord {
 	c := &n.Config
 	r := &NodeRecord{Name: c.Name, Role: c.Role, Region: c.Region, MeshAddr: n.advertise, State: n.state(),
 		Policy: n.pol.Load().version()}
+	n.caClaims(r)
 	if c.Role == RoleSidecar {
 		h := 0
 		if n.healthy.Load() {
@@ -688,6 +695,7 @@ func (n *Node) wanRecord() *NodeRecord {
 	c := &n.Config
 	r := &NodeRecord{Name: c.Name, Role: c.Role, Region: c.Region, MeshAddr: n.advertise, State: n.state(),
 		Policy: n.pol.Load().version()}
+	n.caClaims(r)
 	if c.Role == RoleGateway && n.lan != nil {
 		r.Services = summarize(n.decode(poolRegion, n.lan.Members()), c.Region, n.instanceEjectedLocked(time.Now()))
 	}
@@ -791,6 +799,16 @@ func (n *Node) decode(pool string, ms []gossip.Member) []member {
 		n.opened, n.accepted = map[string]map[string]*openedRecord{}, map[string]map[string]*openedRecord{}
 	}
 	prev, prevAcc := n.opened[pool], n.accepted[pool]
+	if sum := n.ids.BundleSum(); sum != n.openedUnder[pool] {
+		// A new trust bundle (a root rotation): what verified against
+		// the old one is verified again.
+		prev = nil
+		if n.openedUnder == nil {
+			n.openedUnder = map[string]string{}
+		}
+		n.openedUnder[pool] = sum
+	}
+	var refused []RefusedRecord
 	opened, accepted := make(map[string]*openedRecord, len(ms)), make(map[string]*openedRecord, len(ms))
 	var roots *x509.CertPool
 	now := time.Now()
@@ -815,6 +833,7 @@ func (n *Node) decode(pool string, ms []gossip.Member) []member {
 				n.recordsRefused.Add(1)
 			}
 			n.logBadRecord(m.Name, string(m.Record), err)
+			refused = append(refused, RefusedRecord{Pool: pool, Name: m.Name, Reason: truncate(err.Error(), 300)})
 			continue
 		}
 		if last := prevAcc[m.Name]; last != nil && last.at > o.at {
@@ -825,8 +844,12 @@ func (n *Node) decode(pool string, ms []gossip.Member) []member {
 		accepted[m.Name] = o
 		out = append(out, member{gossipAddr: m.Addr, suspect: m.Suspect, rec: o.rec})
 	}
-	out = n.keepAnswering(pool, out, prevAcc, accepted, now)
+	out = n.keepAnswering(pool, ms, out, prevAcc, accepted, now)
 	n.opened[pool], n.accepted[pool] = opened, accepted
+	if n.refusedRecs == nil {
+		n.refusedRecs = map[string][]RefusedRecord{}
+	}
+	n.refusedRecs[pool] = refused
 	return out
 }
 
@@ -835,6 +858,7 @@ type openedRecord struct {
 	rec      *NodeRecord
 	at       int64     // signing time
 	notAfter time.Time // the signer's certificate expires: verify again
+	root     string    // fingerprint of the root the signer's chain verified to
 	err      error
 }
 
@@ -854,7 +878,7 @@ func (n *Node) openRecord(raw []byte, roots *x509.CertPool, now time.Time) *open
 	if roots == nil {
 		return &openedRecord{err: errors.New("no trust bundle yet")}
 	}
-	b, at, id, notAfter, err := openRecord(raw, roots, now)
+	b, at, id, notAfter, root, err := openRecordRoot(raw, roots, now)
 	if err != nil {
 		return &openedRecord{err: err}
 	}
@@ -865,7 +889,7 @@ func (n *Node) openRecord(raw []byte, roots *x509.CertPool, now time.Time) *open
 	if err != nil {
 		return &openedRecord{err: err}
 	}
-	return &openedRecord{rec: rec, at: at, notAfter: notAfter}
+	return &openedRecord{rec: rec, at: at, notAfter: notAfter, root: tlsmgr.Fingerprint(root)}
 }
 
 func (n *Node) logBadRecord(name, raw string, err error) {

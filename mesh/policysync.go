@@ -134,39 +134,50 @@ func (n *Node) onPolicyNote(pool string) func(from string, data []byte) {
 	}
 }
 
-// policyFile is where the node keeps the policy it runs: one file per mesh
-// (named by its root) under --data-dir, shared by the nodes of one host.
-func (n *Node) policyFile() string {
-	if n.Config.DataDir == "" || n.rootSum == "" {
-		return ""
+// policyFiles are where the node keeps the policy it runs, under
+// --data-dir, shared by the nodes of one host: one file per root of the
+// node's trust bundle, named by its fingerprint, so that the nodes of
+// another mesh on the host keep theirs apart, and a node restarted after a
+// root rotation (`meshd ca rotate`) still finds a policy it saved while it
+// trusted the new root beside the old one. A policy read back is verified
+// again, like one from gossip.
+func (n *Node) policyFiles() []string {
+	if n.Config.DataDir == "" {
+		return nil
 	}
-	return filepath.Join(n.Config.DataDir, "policy", n.rootSum+".json")
+	var out []string
+	for _, fp := range n.ids.Roots() {
+		out = append(out, filepath.Join(n.Config.DataDir, "policy", fp+".json"))
+	}
+	return out
 }
 
 func (n *Node) savePolicy(st *policyState) {
-	p := n.policyFile()
-	if p == "" {
-		return
-	}
-	if err := writeFileAtomic(p, st.raw); err != nil {
-		n.Logger.Warn("policy: cannot keep the policy on disk; it runs, but a restart of every node would lose it", "file", p, "err", err)
+	for _, p := range n.policyFiles() {
+		if err := writeFileAtomic(p, st.raw); err != nil {
+			n.Logger.Warn("policy: cannot keep the policy on disk; it runs, but a restart of every node would lose it", "file", p, "err", err)
+		}
 	}
 }
 
 func (n *Node) loadPolicy() {
-	p := n.policyFile()
-	if p == "" {
-		return
+	files := n.policyFiles()
+	if len(files) > 0 && n.rootSum != "" {
+		// Where meshd kept it before bundles had several roots: named by
+		// the digest of the whole bundle.
+		files = append(files, filepath.Join(n.Config.DataDir, "policy", n.rootSum+".json"))
 	}
-	raw, err := os.ReadFile(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return
-	}
-	if err == nil {
-		_, err = n.adoptPolicy(raw, "disk")
-	}
-	if err != nil && !errors.Is(err, errPolicyOld) {
-		n.Logger.Warn("policy: ignored the policy kept on disk", "file", p, "err", err)
+	for _, p := range files {
+		raw, err := os.ReadFile(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err == nil {
+			_, err = n.adoptPolicy(raw, "disk")
+		}
+		if err != nil && !errors.Is(err, errPolicyOld) {
+			n.Logger.Warn("policy: ignored the policy kept on disk", "file", p, "err", err)
+		}
 	}
 }
 

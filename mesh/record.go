@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // Node states published in records.
@@ -45,6 +46,15 @@ type NodeRecord struct {
 	// globally, so that the region's sidecars, which see only their
 	// region, can take their share of the limit (limits.go).
 	Global map[string]int `json:"global,omitempty"`
+	// Roots are the fingerprints (tlsmgr.Fingerprint) of the roots the
+	// node trusts, and SVIDRoot that of the root its SVID chains to, so
+	// that `meshd ca status` can tell from any node how far a root
+	// rotation has reached (rotation.go).
+	Roots    []string `json:"roots,omitempty"`
+	SVIDRoot string   `json:"svid_root,omitempty"`
+	// PeerRoots are the roots that signed the other members' records the
+	// node believes (peerRootsLocked).
+	PeerRoots []string `json:"peer_roots,omitempty"`
 }
 
 // ServiceRecord is one service in a NodeRecord.
@@ -193,6 +203,20 @@ func DecodeRecord(b []byte) (*NodeRecord, error) {
 	}
 	if len(r.Purges) > 2*maxPurges {
 		return nil, fmt.Errorf("record %s: %d purges, over the limit", r.Name, len(r.Purges))
+	}
+	if len(r.Roots) > maxRecordRoots {
+		return nil, fmt.Errorf("record %s: %d roots, over the limit of %d", r.Name, len(r.Roots), maxRecordRoots)
+	}
+	if len(r.PeerRoots) > maxRecordRoots {
+		return nil, fmt.Errorf("record %s: %d peer roots, over the limit of %d", r.Name, len(r.PeerRoots), maxRecordRoots)
+	}
+	for _, fp := range append(slices.Clip(r.Roots), r.PeerRoots...) {
+		if !validFingerprint(fp) {
+			return nil, fmt.Errorf("record %s: root fingerprint %q is not 16 lowercase hex digits", r.Name, truncate(fp, 64))
+		}
+	}
+	if r.SVIDRoot != "" && !validFingerprint(r.SVIDRoot) {
+		return nil, fmt.Errorf("record %s: svid_root %q is not 16 lowercase hex digits", r.Name, truncate(r.SVIDRoot, 64))
 	}
 	if r.Load < 0 || r.Load != r.Load {
 		return nil, fmt.Errorf("record %s: bad load", r.Name)

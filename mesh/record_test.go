@@ -7,7 +7,8 @@ import (
 
 func TestRecordRoundTrip(t *testing.T) {
 	r := &NodeRecord{Name: "web-1", Role: RoleSidecar, Region: "eu", MeshAddr: "127.0.0.1:8443", State: StateReady,
-		Services: []ServiceRecord{{Name: "web", Domains: []string{"www.example.com"}, Healthy: 1}}}
+		Services: []ServiceRecord{{Name: "web", Domains: []string{"www.example.com"}, Healthy: 1}},
+		Roots:    []string{"3f1e7a87b9bc1b61", "fe45c7b0e1a37f26"}, SVIDRoot: "fe45c7b0e1a37f26"}
 	b, err := r.Encode()
 	if err != nil {
 		t.Fatal(err)
@@ -16,7 +17,8 @@ func TestRecordRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Name != "web-1" || got.V != recordVersion || got.Services[0].Domains[0] != "www.example.com" || got.MeshAddr != r.MeshAddr {
+	if got.Name != "web-1" || got.V != recordVersion || got.Services[0].Domains[0] != "www.example.com" || got.MeshAddr != r.MeshAddr ||
+		len(got.Roots) != 2 || got.Roots[1] != "fe45c7b0e1a37f26" || got.SVIDRoot != r.SVIDRoot {
 		t.Fatalf("round trip = %+v", got)
 	}
 }
@@ -43,6 +45,10 @@ func TestDecodeRecordRefuses(t *testing.T) {
 		{"bad domain", `{` + ok + `,"services":[{"name":"a","domains":["x..y"]}]}`, "domain"},
 		{"bad prefix", `{` + ok + `,"prefixes":["1.2.3.4"]}`, "prefix"},
 		{"huge", `{"name":"` + strings.Repeat("a", maxRecordBytes) + `"}`, "limit"},
+		{"bad root", `{` + ok + `,"roots":["3f1e7a87b9bc1b6"]}`, `root fingerprint "3f1e7a87b9bc1b6" is not 16 lowercase hex digits`},
+		{"upper-case root", `{` + ok + `,"roots":["3F1E7A87B9BC1B61"]}`, "root fingerprint"},
+		{"too many roots", `{` + ok + `,"roots":["` + strings.Repeat(`3f1e7a87b9bc1b61","`, 8) + `3f1e7a87b9bc1b61"]}`, "9 roots, over the limit of 8"},
+		{"bad svid root", `{` + ok + `,"roots":["3f1e7a87b9bc1b61"],"svid_root":"x"}`, `svid_root "x"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -151,18 +151,25 @@ const maxRecordChain = 4
 // openRecord verifies a signed record against roots at now and returns the
 // record's JSON, its signing time and the signer's SPIFFE ID.
 func openRecord(raw []byte, roots *x509.CertPool, now time.Time) (rec []byte, at int64, id string, notAfter time.Time, err error) {
+	rec, at, id, notAfter, _, err = openRecordRoot(raw, roots, now)
+	return rec, at, id, notAfter, err
+}
+
+// openRecordRoot is openRecord that also returns the root of roots the
+// signer's chain verified to.
+func openRecordRoot(raw []byte, roots *x509.CertPool, now time.Time) (rec []byte, at int64, id string, notAfter time.Time, root *x509.Certificate, err error) {
 	rec, at, sig, chain, err := parseEnvelope(raw)
 	if err != nil {
-		return nil, 0, "", time.Time{}, err
+		return nil, 0, "", time.Time{}, nil, err
 	}
 	if t := time.Unix(0, at); t.After(now.Add(5 * time.Minute)) {
-		return nil, 0, "", time.Time{}, fmt.Errorf("signed at %s, in the future", t.UTC().Format(time.RFC3339))
+		return nil, 0, "", time.Time{}, nil, fmt.Errorf("signed at %s, in the future", t.UTC().Format(time.RFC3339))
 	}
 	certs := make([]*x509.Certificate, 0, len(chain))
 	for _, der := range chain {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
-			return nil, 0, "", time.Time{}, fmt.Errorf("chain: %w", err)
+			return nil, 0, "", time.Time{}, nil, fmt.Errorf("chain: %w", err)
 		}
 		certs = append(certs, c)
 	}
@@ -171,13 +178,14 @@ func openRecord(raw []byte, roots *x509.CertPool, now time.Time) (rec []byte, at
 		inter.AddCert(c)
 	}
 	leaf := certs[0]
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		return nil, 0, "", time.Time{}, fmt.Errorf("chain not to the bundle: %w", err)
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		return nil, 0, "", time.Time{}, nil, fmt.Errorf("chain not to the bundle: %w", err)
 	}
 	svid, err := x509svid.IDFromCert(leaf)
 	if err != nil {
-		return nil, 0, "", time.Time{}, fmt.Errorf("not an SVID: %w", err)
+		return nil, 0, "", time.Time{}, nil, fmt.Errorf("not an SVID: %w", err)
 	}
 	msg := recordMessage(rec, at)
 	ok := false
@@ -192,9 +200,10 @@ func openRecord(raw []byte, roots *x509.CertPool, now time.Time) (rec []byte, at
 		ok = rsa.VerifyPKCS1v15(pub, crypto.SHA256, h[:], sig) == nil
 	}
 	if !ok {
-		return nil, 0, "", time.Time{}, errors.New("bad signature")
+		return nil, 0, "", time.Time{}, nil, errors.New("bad signature")
 	}
-	return rec, at, svid.String(), leaf.NotAfter, nil
+	chain0 := chains[0]
+	return rec, at, svid.String(), leaf.NotAfter, chain0[len(chain0)-1], nil
 }
 
 // claimsFit reports whether what r claims may come from identity id of

@@ -48,8 +48,12 @@ const (
 // CA is meshd's built-in certificate authority: a self-signed root whose
 // certificate carries the trust domain as its only URI SAN (spiffe://<td>).
 type CA struct {
-	// Cert is the root certificate; it is the whole trust bundle of the mesh.
+	// Cert is the issuing root: the root of Roots that Key belongs to, or
+	// Roots[0] when there is no Key.
 	Cert *x509.Certificate
+	// Roots is the trust bundle of the mesh, every root of ca.crt in file
+	// order: one, or two while a rotation (rotate.go) is under way.
+	Roots []*x509.Certificate
 	// Key signs leaf SVIDs; nil when the directory holds no ca.key (a node
 	// that only verifies peers or loads a certificate issued elsewhere).
 	Key crypto.Signer
@@ -89,7 +93,7 @@ func initCA(dir, trustDomain string, now time.Time) error {
 	}
 
 	// Build everything in memory first so that a failure writes nothing.
-	certPEM, keyPEM, err := newRoot(td, now)
+	certPEM, keyPEM, err := newRoot(td, now, "")
 	if err != nil {
 		return err
 	}
@@ -142,7 +146,9 @@ func writeExclusive(p string, data []byte, mode fs.FileMode) error {
 	return nil
 }
 
-func newRoot(td spiffeid.TrustDomain, now time.Time) (certPEM, keyPEM []byte, err error) {
+// newRoot makes a root for td; suffix ends its common name, so that the
+// roots of a rotation can be told apart in a certificate dump.
+func newRoot(td spiffeid.TrustDomain, now time.Time, suffix string) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("generate ca key: %w", err)
@@ -155,7 +161,7 @@ func newRoot(td spiffeid.TrustDomain, now time.Time) (certPEM, keyPEM []byte, er
 		SerialNumber: serial,
 		Subject: pkix.Name{
 			Organization: []string{"meshd"},
-			CommonName:   "meshd root CA " + td.Name(),
+			CommonName:   "meshd root CA " + td.Name() + suffix,
 		},
 		// SPIFFE Trust Domain and Bundle §4: a root of the trust domain may
 		// carry the trust domain's ID; LoadCA reads the trust domain from it.
@@ -249,51 +255,112 @@ func readSmallFile(p string) ([]byte, error) {
 	return data, nil
 }
 
-// LoadCA reads dir/ca.crt (required) and dir/ca.key (optional: CA.Key is
-// nil when the file does not exist). Errors name the file.
+// LoadCA reads dir/ca.crt (required: the trust bundle, one or more root
+// certificates) and dir/ca.key (optional: CA.Key is nil when the file does
+// not exist). Errors name the file.
 func LoadCA(dir string) (*CA, error) {
-	certPath := filepath.Join(dir, CACertFile)
-	data, err := readSmallFile(certPath)
+	certPath, keyPath := filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile)
+	certPEM, err := readSmallFile(certPath)
 	if err != nil {
 		return nil, err
 	}
-	cert, td, err := parseCACert(data)
+	keyPEM, err := readSmallFile(keyPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		keyPEM, err = nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return parseCA(dir, certPEM, keyPEM)
+}
+
+// parseCA is LoadCA on bytes already read from dir (keyPEM nil: no key),
+// so that a Manager watching the directory parses exactly the bytes it
+// took the version of.
+func parseCA(dir string, certPEM, keyPEM []byte) (*CA, error) {
+	certPath, keyPath := filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile)
+	roots, td, err := parseBundle(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("ca certificate %s: %w", certPath, err)
 	}
-	ca := &CA{Cert: cert, TrustDomain: td.Name()}
-
-	keyPath := filepath.Join(dir, CAKeyFile)
-	data, err = readSmallFile(keyPath)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	ca := &CA{Cert: roots[0], Roots: roots, TrustDomain: td.Name()}
+	if keyPEM == nil {
 		return ca, nil
-	case err != nil:
-		return nil, err
 	}
-	key, err := parsePrivateKey(data)
+	key, err := parsePrivateKey(keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("ca key %s: %w", keyPath, err)
 	}
-	if !publicKeysEqual(key.Public(), cert.PublicKey) {
-		return nil, fmt.Errorf("ca key %s: does not match the certificate in %s", keyPath, certPath)
+	ca.Cert = nil
+	for _, c := range roots {
+		if publicKeysEqual(key.Public(), c.PublicKey) {
+			ca.Cert = c
+		}
+	}
+	if ca.Cert == nil {
+		if len(roots) == 1 {
+			return nil, fmt.Errorf("ca key %s: does not match the certificate in %s", keyPath, certPath)
+		}
+		return nil, fmt.Errorf("ca key %s: does not match any of the %d certificates in %s", keyPath, len(roots), certPath)
 	}
 	ca.Key = key
 	return ca, nil
 }
 
-// parseCACert parses exactly one PEM CERTIFICATE that is a CA and names a
-// trust domain in its URI SAN.
-func parseCACert(data []byte) (*x509.Certificate, spiffeid.TrustDomain, error) {
-	block, rest := pem.Decode(data)
-	if block == nil {
-		return nil, spiffeid.TrustDomain{}, errors.New("no PEM block found")
-	}
-	if block.Type != "CERTIFICATE" {
-		return nil, spiffeid.TrustDomain{}, fmt.Errorf("PEM block is %q, want CERTIFICATE", block.Type)
+// maxRoots bounds the roots of one trust bundle: a rotation needs two at a
+// time; more is a file that is not a bundle.
+const maxRoots = 8
+
+// parseBundle parses a trust bundle: one or more PEM CERTIFICATE blocks,
+// each a CA naming the same trust domain in its URI SAN (see parseCACert),
+// none twice. An error names the block (counted from 1) and what is wrong
+// with it, so a bad paste into ca.crt is found without a PEM decoder.
+func parseBundle(data []byte) ([]*x509.Certificate, spiffeid.TrustDomain, error) {
+	var (
+		roots []*x509.Certificate
+		td    spiffeid.TrustDomain
+	)
+	rest := data
+	for i := 1; ; i++ {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if len(roots) == maxRoots {
+			return nil, spiffeid.TrustDomain{}, fmt.Errorf("more than %d certificates: not a trust bundle", maxRoots)
+		}
+		cert, btd, err := parseCACert(block)
+		if err != nil {
+			return nil, spiffeid.TrustDomain{}, fmt.Errorf("PEM block %d: %w", i, err)
+		}
+		if len(roots) > 0 && btd != td {
+			return nil, spiffeid.TrustDomain{}, fmt.Errorf("PEM block %d: trust domain %q, but block 1 is for %q: a bundle holds one trust domain", i, btd.Name(), td.Name())
+		}
+		for j, r := range roots {
+			if r.Equal(cert) {
+				return nil, spiffeid.TrustDomain{}, fmt.Errorf("PEM block %d: the same certificate as block %d", i, j+1)
+			}
+		}
+		roots, td = append(roots, cert), btd
 	}
 	if len(bytes.TrimSpace(rest)) != 0 {
-		return nil, spiffeid.TrustDomain{}, errors.New("more than one PEM block: want exactly one root certificate")
+		if len(roots) == 0 {
+			return nil, spiffeid.TrustDomain{}, errors.New("no PEM block found")
+		}
+		return nil, spiffeid.TrustDomain{}, fmt.Errorf("after PEM block %d: %d bytes that are not PEM", len(roots), len(bytes.TrimSpace(rest)))
+	}
+	if len(roots) == 0 {
+		return nil, spiffeid.TrustDomain{}, errors.New("no PEM block found")
+	}
+	return roots, td, nil
+}
+
+// parseCACert parses one PEM block that must be a CERTIFICATE of a CA
+// naming a trust domain in its URI SAN.
+func parseCACert(block *pem.Block) (*x509.Certificate, spiffeid.TrustDomain, error) {
+	if block.Type != "CERTIFICATE" {
+		return nil, spiffeid.TrustDomain{}, fmt.Errorf("PEM block is %q, want CERTIFICATE", block.Type)
 	}
 	cert, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {

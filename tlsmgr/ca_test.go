@@ -149,6 +149,7 @@ func TestInitCABadTrustDomain(t *testing.T) {
 func TestLoadCAErrors(t *testing.T) {
 	good := newCADir(t, testTD)
 	other := newCADir(t, testTD)
+	foreign := newCADir(t, "other.test")
 	read := func(dir, name string) []byte {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
@@ -175,7 +176,11 @@ func TestLoadCAErrors(t *testing.T) {
 		{"missing cert", nil, read(good, CAKeyFile), CACertFile, "no such file"},
 		{"garbage cert", []byte("not pem"), nil, CACertFile, "no PEM block"},
 		{"key in cert file", read(good, CAKeyFile), nil, CACertFile, "want CERTIFICATE"},
-		{"two certs", append(read(good, CACertFile), read(other, CACertFile)...), nil, CACertFile, "more than one"},
+		{"two trust domains", append(read(good, CACertFile), read(foreign, CACertFile)...), nil, CACertFile, "PEM block 2: trust domain \"other.test\""},
+		{"same root twice", append(read(good, CACertFile), read(good, CACertFile)...), nil, CACertFile, "PEM block 2: the same certificate as block 1"},
+		{"leaf in bundle", append(read(good, CACertFile), leafPEM...), nil, CACertFile, "PEM block 2: certificate is not a CA"},
+		{"junk after bundle", append(read(good, CACertFile), "junk"...), nil, CACertFile, "after PEM block 1: 4 bytes that are not PEM"},
+		{"key of neither root", append(read(good, CACertFile), read(other, CACertFile)...), read(newCADir(t, testTD), CAKeyFile), CAKeyFile, "does not match any of the 2 certificates"},
 		{"leaf as ca", leafPEM, nil, CACertFile, "not a CA"},
 		{"corrupt der", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{1, 2, 3}}), nil, CACertFile, "parse certificate"},
 		{"garbage key", read(good, CACertFile), []byte("junk"), CAKeyFile, "no PEM block"},
@@ -304,9 +309,14 @@ func FuzzParseCAFiles(f *testing.F) {
 	f.Add([]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
 	f.Add([]byte("-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if cert, td, err := parseCACert(data); err == nil {
-			if !cert.IsCA || td.IsZero() {
-				t.Fatalf("accepted a certificate that is not a CA of a trust domain")
+		if roots, td, err := parseBundle(data); err == nil {
+			if len(roots) == 0 || td.IsZero() {
+				t.Fatalf("accepted an empty bundle or one without a trust domain")
+			}
+			for _, c := range roots {
+				if !c.IsCA {
+					t.Fatalf("accepted a certificate that is not a CA")
+				}
 			}
 		}
 		if key, err := parsePrivateKey(data); err == nil && key == nil {

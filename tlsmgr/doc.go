@@ -16,6 +16,11 @@
 //     leaves are X.509-SVIDs as the SPIFFE X509-SVID standard §4 and §5
 //     require: one SPIFFE URI SAN with a non-root path, digitalSignature,
 //     not a CA.
+//     ca.crt is a trust bundle of one or more roots; ca.key belongs to the
+//     one that issues.
+//   - RotateBegin / RotateSwitch / RotateFinish / ReadRotation: the staged
+//     root rotation behind `meshd ca rotate` (rotate.go); a minting Manager
+//     watches ca.crt and ca.key and follows each step.
 //   - EdgeID / GatewayID / ServiceID: the SPIFFE IDs of meshd's roles.
 //   - Manager: a node's identity. It implements go-spiffe's x509svid.Source
 //     and x509bundle.Source; either it holds the CA key and mints its own

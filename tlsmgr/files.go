@@ -3,7 +3,6 @@ package tlsmgr
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -134,7 +133,7 @@ func (m *Manager) loadFiles(want spiffeid.TrustDomain) (*identity, fileVersion, 
 // configured, any ID of want's trust domain; want is zero at Start).
 func (m *Manager) parseFiles(data [][]byte, want spiffeid.TrustDomain) (*identity, error) {
 	caPath := filepath.Join(m.CADir, CACertFile)
-	caCert, caTD, err := parseCACert(data[0])
+	roots, caTD, err := parseBundle(data[0])
 	if err != nil {
 		return nil, fmt.Errorf("ca certificate %s: %w", caPath, err)
 	}
@@ -152,7 +151,7 @@ func (m *Manager) parseFiles(data [][]byte, want spiffeid.TrustDomain) (*identit
 	if m.ID != "" && svid.ID.String() != m.ID {
 		return nil, fmt.Errorf("%s holds %q, want %q", m.CertFile, svid.ID, m.ID)
 	}
-	bundle := x509bundle.FromX509Authorities(svid.ID.TrustDomain(), []*x509.Certificate{caCert})
+	bundle := x509bundle.FromX509Authorities(svid.ID.TrustDomain(), roots)
 	// Serving an SVID that peers will refuse helps no one: check it the way
 	// they will, with go-spiffe against the bundle, at the current time.
 	if _, _, err := x509svid.Verify(svid.Certificates, bundle, x509svid.WithTime(m.now())); err != nil {
@@ -211,6 +210,7 @@ func (m *Manager) pollLoop(ctx context.Context, good fileVersion) {
 			}
 			good, failed = v, fileVersion{}
 			m.cur.Store(next)
+			m.changed()
 			warnedExpiry = false
 			n := m.renewals.Add(1)
 			leaf := next.svid.Certificates[0]

@@ -2,11 +2,12 @@ package tlsmgr
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,8 @@ const (
 	// DefaultPollInterval is how often file mode looks for new files when
 	// Manager.PollInterval is zero.
 	DefaultPollInterval = 2 * time.Second
+	// DefaultRemintJitter is Manager.RemintJitter when it is zero.
+	DefaultRemintJitter = 10 * time.Second
 	// DefaultSPIFFETimeout bounds the wait for the first SVID from the
 	// Workload API when Manager.SPIFFETimeout is zero.
 	DefaultSPIFFETimeout = 10 * time.Second
@@ -68,9 +71,24 @@ type Manager struct {
 	// or neither. Default "" (mint with the CA key).
 	CertFile string
 	KeyFile  string
-	// PollInterval is how often file mode checks CertFile, KeyFile and
-	// ca.crt for changes. Default DefaultPollInterval (2s).
+	// PollInterval is how often the Manager checks its files for changes:
+	// ca.crt and ca.key when minting (a new trust bundle or issuing root
+	// from `meshd ca rotate`, see rotate.go), CertFile, KeyFile and ca.crt
+	// in file mode. Minting nodes poll at a random 75-125% of it, so that
+	// nodes started together do not read together. Default
+	// DefaultPollInterval (2s).
 	PollInterval time.Duration
+	// RemintJitter bounds the random delay after which a minting node,
+	// having found that ca.key now belongs to another root of the bundle
+	// (`meshd ca rotate switch`), mints its SVID from it: the old SVID
+	// stays valid and trusted meanwhile, and the mesh's nodes do not all
+	// re-mint and re-sign their gossip records in the same second. Default
+	// DefaultRemintJitter (10s).
+	RemintJitter time.Duration
+	// OnChange, when set, is called after the SVID or the trust bundle
+	// changed (a renewal, a reload, a rotation step); it must not block.
+	// Default nil.
+	OnChange func()
 
 	// SPIFFESocket switches the Manager to the SPIFFE Workload API of a
 	// SPIRE agent ("unix:///run/spire/agent.sock", or "tcp://ip:port"):
@@ -88,8 +106,10 @@ type Manager struct {
 	SPIFFETimeout time.Duration
 
 	renewals    atomic.Uint64
-	polls       atomic.Uint64 // file mode: completed polls, for tests
-	updates     atomic.Uint64 // Workload API mode: processed updates, for tests
+	reloads     atomic.Uint64                // trust bundles taken from CADir after the first
+	rootsInfo   atomic.Pointer[rootsSummary] // fingerprints of cur (rotate.go)
+	polls       atomic.Uint64                // file mode: completed polls, for tests
+	updates     atomic.Uint64                // Workload API mode: processed updates, for tests
 	cur         atomic.Pointer[identity]
 	resumed     atomic.Uint64   // resumed handshakes re-authorized by verifyResumed
 	refusals    refusalCounters // refused handshakes by reason (refusals.go)
@@ -180,6 +200,9 @@ func (m *Manager) Validate() error {
 	if m.PollInterval < 0 {
 		errs = append(errs, fmt.Errorf("PollInterval %v: must not be negative", m.PollInterval))
 	}
+	if m.RemintJitter < 0 {
+		errs = append(errs, fmt.Errorf("RemintJitter %v: must not be negative", m.RemintJitter))
+	}
 	return errors.Join(errs...)
 }
 
@@ -248,24 +271,50 @@ func (m *Manager) source() string {
 }
 
 func (m *Manager) prepareMint() (*identity, func(context.Context), error) {
-	ca, err := LoadCA(m.CADir)
+	v, data, err := readVersioned(m.caFiles()...)
+	if err != nil {
+		if _, statErr := os.Stat(filepath.Join(m.CADir, CAKeyFile)); errors.Is(statErr, fs.ErrNotExist) {
+			if _, err := LoadCA(m.CADir); err != nil {
+				return nil, nil, err // ca.crt is wrong too: say that first
+			}
+			return nil, nil, fmt.Errorf("%s not found in %s: a node needs the CA key to mint its SVID", CAKeyFile, m.CADir)
+		}
+		return nil, nil, err
+	}
+	ca, err := m.parseMintCA(data, "")
 	if err != nil {
 		return nil, nil, err
 	}
-	if ca.Key == nil {
-		return nil, nil, fmt.Errorf("%s not found in %s: a node needs the CA key to mint its SVID", CAKeyFile, m.CADir)
-	}
-	id := spiffeid.RequireFromString(m.ID) // checked by Validate
-	if id.TrustDomain().Name() != ca.TrustDomain {
-		return nil, nil, fmt.Errorf("wrong trust domain: ID %q is not in trust domain %q of %s",
-			m.ID, ca.TrustDomain, filepath.Join(m.CADir, CACertFile))
-	}
-	bundle := x509bundle.FromX509Authorities(id.TrustDomain(), []*x509.Certificate{ca.Cert})
+	bundle := x509bundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString(ca.TrustDomain), ca.Roots)
 	first, err := m.mint(ca, bundle)
 	if err != nil {
 		return nil, nil, err
 	}
-	return first, func(ctx context.Context) { m.renewLoop(ctx, ca, bundle) }, nil
+	return first, func(ctx context.Context) { m.renewLoop(ctx, ca, bundle, v) }, nil
+}
+
+// caFiles are the files a minting Manager reads and watches.
+func (m *Manager) caFiles() []string {
+	return []string{filepath.Join(m.CADir, CACertFile), filepath.Join(m.CADir, CAKeyFile)}
+}
+
+// parseMintCA parses ca.crt and ca.key as read from caFiles and checks that
+// they can mint m.ID; td, when not empty, is the trust domain the Manager
+// runs in, which a reload may not change.
+func (m *Manager) parseMintCA(data [][]byte, td string) (*CA, error) {
+	ca, err := parseCA(m.CADir, data[0], data[1])
+	if err != nil {
+		return nil, err
+	}
+	id := spiffeid.RequireFromString(m.ID) // checked by Validate
+	if id.TrustDomain().Name() != ca.TrustDomain {
+		return nil, fmt.Errorf("wrong trust domain: ID %q is not in trust domain %q of %s",
+			m.ID, ca.TrustDomain, filepath.Join(m.CADir, CACertFile))
+	}
+	if td != "" && ca.TrustDomain != td {
+		return nil, fmt.Errorf("%s changed trust domain from %q to %q: restart the node", filepath.Join(m.CADir, CACertFile), td, ca.TrustDomain)
+	}
+	return ca, nil
 }
 
 func (m *Manager) mint(ca *CA, bundle *x509bundle.Bundle) (*identity, error) {
@@ -278,11 +327,16 @@ func (m *Manager) mint(ca *CA, bundle *x509bundle.Bundle) (*identity, error) {
 }
 
 // renewLoop renews the SVID at half of its lifetime, as SPIRE agents do: the
-// other half leaves room for retries before the SVID expires.
-func (m *Manager) renewLoop(ctx context.Context, ca *CA, bundle *x509bundle.Bundle) {
+// other half leaves room for retries before the SVID expires. Between
+// renewals it watches ca.crt and ca.key (v is the version of the bytes ca
+// came from) and follows a root rotation (watchCA).
+func (m *Manager) renewLoop(ctx context.Context, ca *CA, bundle *x509bundle.Bundle, v fileVersion) {
 	failures := 0
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	poll := time.NewTimer(m.pollWait())
+	defer poll.Stop()
+	w := &caWatch{ca: ca, bundle: bundle, version: v}
 	for {
 		var wait time.Duration
 		if failures == 0 {
@@ -300,25 +354,42 @@ func (m *Manager) renewLoop(ctx context.Context, ca *CA, bundle *x509bundle.Bund
 		} else {
 			wait = m.backoff(failures)
 		}
+		if !w.remintAt.IsZero() {
+			wait = min(wait, w.remintAt.Sub(m.now()))
+		}
 		timer.Reset(max(wait, 0))
 		select {
 		case <-ctx.Done():
 			return
+		case <-poll.C:
+			poll.Reset(m.pollWait())
+			m.watchCA(w)
+			continue
 		case <-timer.C:
 		}
-		next, err := m.mint(ca, bundle)
+		next, err := m.mint(w.ca, w.bundle)
 		if err != nil {
 			failures++
+			if !w.remintAt.IsZero() {
+				w.remintAt = m.now().Add(m.backoff(failures))
+			}
 			m.logger().Error("svid renewal failed", "id", m.ID, "attempt", failures,
 				"retry_in", m.backoff(failures), "not_after", m.NotAfter(), "err", err)
 			continue
 		}
 		failures = 0
 		m.cur.Store(next)
+		m.changed()
 		n := m.renewals.Add(1)
+		leaf := next.svid.Certificates[0]
+		if !w.remintAt.IsZero() {
+			w.remintAt = time.Time{}
+			m.logger().Info("svid minted from the new issuing root", "id", m.ID, "root", Fingerprint(w.ca.Cert),
+				"serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter)
+			continue
+		}
 		m.logger().Debug("svid renewed", "id", m.ID, "renewals", n,
-			"serial", next.svid.Certificates[0].SerialNumber.Text(16),
-			"not_after", next.svid.Certificates[0].NotAfter)
+			"serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter)
 	}
 }
 

@@ -2,6 +2,7 @@ package tlsmgr
 
 import (
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"strings"
 	"sync/atomic"
@@ -56,8 +57,17 @@ func classifyRefusal(err error) int {
 func (m *Manager) refused(certs []*x509.Certificate, err error) {
 	i := classifyRefusal(err)
 	m.refusals[i].Add(1)
-	peer := "(no certificate)"
+	peer, issuer := "(no certificate)", ""
 	if len(certs) > 0 {
+		// The issuer's name and key ID tell which root the peer is on
+		// (a node left on a rotated-out root, another mesh's CA).
+		issuer = certs[0].Issuer.String()
+		if len(certs[0].AuthorityKeyId) > 0 {
+			issuer += " keyid " + hex.EncodeToString(certs[0].AuthorityKeyId)
+		}
+		if len(issuer) > 256 {
+			issuer = issuer[:256]
+		}
 		peer = certs[0].Subject.String()
 		if len(certs[0].URIs) > 0 {
 			peer = certs[0].URIs[0].String()
@@ -76,5 +86,5 @@ func (m *Manager) refused(certs []*x509.Certificate, err error) {
 		m.refusalLog.Clear()
 		m.refusalLogN.Store(0)
 	}
-	m.logger().Warn("tls: refused a peer", "peer", peer, "reason", refusalReasons[i], "err", err)
+	m.logger().Warn("tls: refused a peer", "peer", peer, "reason", refusalReasons[i], "issuer", issuer, "err", err)
 }
