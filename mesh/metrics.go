@@ -31,6 +31,8 @@ func (n *Node) newRegistry() *prometheus.Registry {
 		ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}}, []string{"service", "rule"})
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	labels := prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}
+	n.reqs = newReqMetrics(labels)
+	reg.MustRegister(n.reqs.collectors()...)
 	for _, m := range []struct {
 		result string
 		n      *atomic.Int64

@@ -90,6 +90,16 @@ type Handler struct {
 	// at warn level with their details (details never go to the client).
 	// Default slog.Default().
 	Logger *slog.Logger
+	// Observe, when set, learns how each request ended here: w and r are
+	// what ServeHTTP got (a caller's middleware in front may find its own
+	// writer in w, through Unwrap), u the upstream
+	// that answered, or the last one tried (nil when none was), attempts
+	// how many upstreams it was sent to, and bodyBytes how much of its
+	// body was read from the client and sent on. It is called once per
+	// request (tunnels included) on the request's goroutine, after the
+	// response was written or the failure answered, and must not block:
+	// meshd's metrics read the upstream's Region from it. Default nil.
+	Observe func(w http.ResponseWriter, r *http.Request, u *Upstream, attempts int, bodyBytes int64)
 
 	once sync.Once
 	cfg  handlerConfig
@@ -222,8 +232,9 @@ type outgoing struct {
 // incoming body itself when ServeHTTP returns.
 type trackedBody struct {
 	rc   io.ReadCloser
-	read atomic.Bool // some of the body was read
-	eof  atomic.Bool // the incoming body reported EOF
+	read atomic.Bool  // some of the body was read
+	eof  atomic.Bool  // the incoming body reported EOF
+	n    atomic.Int64 // bytes read, for Handler.Observe
 }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
@@ -240,6 +251,9 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 		b.read.Store(true)
 	}
 	n, err := b.rc.Read(p)
+	if n > 0 {
+		b.n.Add(int64(n))
+	}
 	if err == io.EOF {
 		b.eof.Store(true)
 	} else if err != nil {
@@ -263,6 +277,10 @@ func (b *trackedBody) Close() error {
 	}
 	return nil
 }
+
+// bodyRead is how many bytes of the client's body were read: streamed
+// through body, or read whole for replay (retry.go).
+func (o *outgoing) bodyRead() int64 { return o.body.n.Load() + int64(len(o.replay)) }
 
 // errBodyRead is what getBody reports once the body cannot be replayed.
 var errBodyRead = errors.New("proxy: request body already sent, cannot replay")
@@ -454,6 +472,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, c *handlerConf
 		_ = rc.EnableFullDuplex()
 	}
 	status := h.respond(w, r, c, o, rc, resp)
+	if h.Observe != nil {
+		h.Observe(w, r, u, attempts, o.bodyRead())
+	}
 	if debug {
 		c.logger.Debug("proxy: forwarded",
 			"method", r.Method, "host", r.Host, "path", r.URL.Path,
@@ -578,6 +599,9 @@ func classify(ctx context.Context, err error) (int, string) {
 // fail answers a request that could not be forwarded. u is the last
 // upstream tried, nil when none was.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig, o *outgoing, u *Upstream, attempts int, err error) {
+	if h.Observe != nil {
+		defer h.Observe(w, r, u, attempts, o.bodyRead())
+	}
 	code, msg := classify(r.Context(), err)
 	overloaded := isOverloaded(err)
 	// The record's attributes are built only when it is written: under
