@@ -232,7 +232,44 @@ func TestGoldenSignalMetrics(t *testing.T) {
 	if fams["meshd_request_duration_seconds"].GetType() != dto.MetricType_HISTOGRAM {
 		t.Errorf("meshd_request_duration_seconds is a %v, want a histogram", fams["meshd_request_duration_seconds"].GetType())
 	}
+
+	// The rest of a hop's health: gossip pools, upstreams, identity.
+	now := float64(time.Now().Unix())
+	for _, c := range []struct {
+		n      *Node
+		metric string
+		labels map[string]string
+		ok     func(float64) bool
+		want   string
+	}{
+		{g.gw, "meshd_gossip_members_by_state", map[string]string{"pool": "region", "state": "alive"}, eq(2), "2 (gw-eu, web-1)"},
+		{g.gw, "meshd_gossip_members_by_state", map[string]string{"pool": "global", "state": "alive"}, eq(2), "2 (gw-eu, edge-1)"},
+		{g.gw, "meshd_gossip_members_by_state", map[string]string{"pool": "region", "state": "suspect"}, eq(0), "0"},
+		{g.gw, "meshd_gossip_packets_total", map[string]string{"pool": "region", "direction": "received"}, above(0), "> 0"},
+		{g.gw, "meshd_gossip_packet_bytes_total", map[string]string{"pool": "global", "direction": "sent"}, above(0), "> 0"},
+		{g.web, "meshd_gossip_streams_total", map[string]string{"pool": "region"}, above(0), "> 0 (its join)"},
+		{g.edge, "meshd_gossip_health_score", map[string]string{"pool": "global"}, eq(0), "0"},
+		{g.gw, "meshd_upstream_ejected", map[string]string{"upstream_region": "eu"}, eq(0), "0: web-1 answers"},
+		{g.edge, "meshd_upstream_ejections_total", map[string]string{"upstream_region": "eu"}, eq(0), "0"},
+		{g.web, "meshd_trust_bundle_roots", nil, eq(1), "1"},
+		{g.web, "meshd_trust_bundle_expiry_seconds", nil, above(now + 86400), "more than a day ahead"},
+		{g.web, "meshd_svid_expiry_seconds", nil, above(now), "ahead"},
+		{g.edge, "meshd_retries_total", map[string]string{"listener": "public"}, eq(0), "0"},
+		{g.gw, "meshd_retry_budget_exhausted_total", map[string]string{"listener": "mesh"}, eq(0), "0"},
+	} {
+		fams := scrape(t, c.n)
+		if fams[c.metric] == nil {
+			t.Errorf("%s: no %s", c.n.Config.Name, c.metric)
+			continue
+		}
+		if v := sample(fams, c.metric, c.labels); !c.ok(v) {
+			t.Errorf("%s: %s%v = %v, want %s", c.n.Config.Name, c.metric, c.labels, v, c.want)
+		}
+	}
 }
+
+func eq(want float64) func(float64) bool   { return func(v float64) bool { return v == want } }
+func above(min float64) func(float64) bool { return func(v float64) bool { return v > min } }
 
 func TestProxyStatusReason(t *testing.T) {
 	for _, c := range []struct{ in, want string }{
