@@ -97,10 +97,9 @@ type TimelinePoint struct {
 }
 
 // points returns the timeline's buckets of the last 15 minutes up to now,
-// oldest first, and the latency histogram they add up to.
-func (t *timeline) points(now time.Time) ([]TimelinePoint, [tlLatBuckets]int64) {
+// oldest first.
+func (t *timeline) points(now time.Time) []TimelinePoint {
 	out := make([]TimelinePoint, 0, tlSlots)
-	var all [tlLatBuckets]int64
 	last := tlEpoch(now)
 	for e := last - tlSlots + 1; e <= last; e++ {
 		p := TimelinePoint{Start: (e - 1) * int64(tlStep/time.Second)}
@@ -116,13 +115,25 @@ func (t *timeline) points(now time.Time) ([]TimelinePoint, [tlLatBuckets]int64) 
 			}
 			for i := range s.lat {
 				lat[i] = int64(s.lat[i].Load())
-				all[i] += lat[i]
 			}
 			p.P50, p.P99 = quantileMillis(lat[:], 0.5), quantileMillis(lat[:], 0.99)
 		}
 		out = append(out, p)
 	}
-	return out, all
+	return out
+}
+
+// latency adds to lat the latency histogram of the i-th of the buckets
+// points(now) returns, when it is still held.
+func (t *timeline) latency(now time.Time, i int, lat *[tlLatBuckets]int64) {
+	e := tlEpoch(now) - tlSlots + 1 + int64(i)
+	s := &t.slots[e%tlSlots]
+	if s.epoch.Load() != e {
+		return
+	}
+	for j := range s.lat {
+		lat[j] += int64(s.lat[j].Load())
+	}
 }
 
 // quantileMillis is the q-quantile of a latency histogram in
