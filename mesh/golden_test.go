@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -233,6 +235,8 @@ func TestGoldenSignalMetrics(t *testing.T) {
 		t.Errorf("meshd_request_duration_seconds is a %v, want a histogram", fams["meshd_request_duration_seconds"].GetType())
 	}
 
+	checkREADMEMetrics(t, g.edge, g.gw, g.web)
+
 	// The rest of a hop's health: gossip pools, upstreams, identity.
 	now := float64(time.Now().Unix())
 	for _, c := range []struct {
@@ -264,6 +268,46 @@ func TestGoldenSignalMetrics(t *testing.T) {
 		}
 		if v := sample(fams, c.metric, c.labels); !c.ok(v) {
 			t.Errorf("%s: %s%v = %v, want %s", c.n.Config.Name, c.metric, c.labels, v, c.want)
+		}
+	}
+}
+
+// checkREADMEMetrics: every metric README.md's section on metrics names is
+// served by one of nodes, but for those only an anycast edge has, or only
+// a rate limit creates.
+func checkREADMEMetrics(t *testing.T, nodes ...*Node) {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	i := strings.Index(s, "\n## Metrics and the dashboard\n")
+	if i < 0 {
+		t.Fatal("README.md has no section Metrics and the dashboard")
+	}
+	s = s[i+1:]
+	if j := strings.Index(s, "\n## "); j > 0 {
+		s = s[:j]
+	}
+	served := map[string]bool{}
+	for _, n := range nodes {
+		for name := range scrape(t, n) {
+			served[name] = true
+		}
+	}
+	elsewhere := map[string]string{
+		"meshd_bgp_peer_up": "anycast", "meshd_bgp_peer_session_state": "anycast", "meshd_bgp_peer_flaps_total": "anycast",
+		"meshd_bgp_announced_prefixes": "anycast", "meshd_rate_limited_total": "a rate limit",
+	}
+	names := regexp.MustCompile("`(meshd_[a-z0-9_]+)`").FindAllStringSubmatch(s, -1)
+	if len(names) < 30 {
+		t.Fatalf("README's metric table names only %d metrics", len(names))
+	}
+	for _, m := range names {
+		name := m[1]
+		if !served[name] && elsewhere[name] == "" {
+			t.Errorf("README.md names %s; no node of the test serves it", name)
 		}
 	}
 }
