@@ -236,6 +236,7 @@ func TestGoldenSignalMetrics(t *testing.T) {
 	}
 
 	checkREADMEMetrics(t, g.edge, g.gw, g.web)
+	checkNativeHistogram(t, g.edge)
 
 	// The rest of a hop's health: gossip pools, upstreams, identity.
 	now := float64(time.Now().Unix())
@@ -269,6 +270,42 @@ func TestGoldenSignalMetrics(t *testing.T) {
 		if v := sample(fams, c.metric, c.labels); !c.ok(v) {
 			t.Errorf("%s: %s%v = %v, want %s", c.n.Config.Name, c.metric, c.labels, v, c.want)
 		}
+	}
+}
+
+// checkNativeHistogram scrapes n in Prometheus' protobuf format, the one
+// that carries native histograms, and checks the latency histogram is one
+// (a schema and sparse buckets) besides its classic buckets.
+func checkNativeHistogram(t *testing.T, n *Node) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+n.Addrs()["admin"]+"/metrics", nil)
+	req.Header.Set("Accept", string(expfmt.NewFormat(expfmt.TypeProtoDelim)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	dec := expfmt.NewDecoder(resp.Body, expfmt.ResponseFormat(resp.Header))
+	for {
+		var f dto.MetricFamily
+		if err := dec.Decode(&f); err != nil {
+			t.Fatalf("no meshd_request_duration_seconds in the protobuf scrape (%v)", err)
+		}
+		if f.GetName() != "meshd_request_duration_seconds" {
+			continue
+		}
+		for _, m := range f.Metric {
+			h := m.GetHistogram()
+			if h.GetSampleCount() == 0 {
+				continue
+			}
+			if h.Schema == nil || len(h.PositiveSpan) == 0 || len(h.Bucket) == 0 {
+				t.Errorf("meshd_request_duration_seconds%v: schema %v, %d spans, %d classic buckets: want a native histogram with classic buckets",
+					m.Label, h.Schema, len(h.PositiveSpan), len(h.Bucket))
+			}
+			return
+		}
+		t.Fatal("meshd_request_duration_seconds has no observations in the protobuf scrape")
 	}
 }
 
