@@ -96,9 +96,10 @@ type Handler struct {
 	// that answered, or the last one tried (nil when none was), attempts
 	// how many upstreams it was sent to, and bodyBytes how much of its
 	// body was read from the client and sent on. It is called once per
-	// request (tunnels included) on the request's goroutine, after the
-	// response was written or the failure answered, and must not block:
-	// meshd's metrics read the upstream's Region from it. Default nil.
+	// request on the request's goroutine, after the response was written
+	// or the failure answered (for a tunnel, only when it could not be
+	// opened), and must not block: meshd's metrics read the upstream's
+	// Region from it. Default nil.
 	Observe func(w http.ResponseWriter, r *http.Request, u *Upstream, attempts int, bodyBytes int64)
 
 	once sync.Once
