@@ -32,8 +32,13 @@ import (
 const upstreamNone = "none"
 
 // maxSeries bounds the label combinations one node tracks; beyond it new
-// combinations are counted without service, route and region.
-const maxSeries = 4096
+// combinations are counted without service, route and region. maxLines
+// bounds the dashboard's timelines likewise (about 2.8 MiB of them);
+// beyond it a listener's further services share one, under service "".
+const (
+	maxSeries = 4096
+	maxLines  = 256
+)
 
 var codeClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
 
@@ -123,6 +128,7 @@ type reqMetrics struct {
 	series                                         cowMap[seriesKey, *series]
 	errs                                           cowMap[errKey, prometheus.Counter]
 	lines                                          cowMap[lineKey, *timeline]
+	maxSeries, maxLines                            int
 }
 
 func newReqMetrics(labels prometheus.Labels) *reqMetrics {
@@ -141,6 +147,7 @@ func newReqMetrics(labels prometheus.Labels) *reqMetrics {
 		reqBytes:  counter("meshd_request_body_bytes_total", "Request body bytes read from clients and forwarded, per listener and service.", svc),
 		respBytes: counter("meshd_response_body_bytes_total", "Response body bytes written to clients, per listener and service.", svc),
 		retries:   counter("meshd_request_retries_total", "Attempts beyond the first that requests were sent on (another upstream, another region), per listener and service.", svc),
+		maxSeries: maxSeries, maxLines: maxLines,
 	}
 }
 
@@ -158,7 +165,7 @@ func (m *reqMetrics) get(k seriesKey) *series {
 
 func (m *reqMetrics) resolve(k seriesKey) *series {
 	s := m.newSeries(k)
-	if s, ok := m.series.store(k, s, maxSeries); ok {
+	if s, ok := m.series.store(k, s, m.maxSeries); ok {
 		return s
 	}
 	// Full: the combination counts without its service, route and region.
@@ -166,7 +173,7 @@ func (m *reqMetrics) resolve(k seriesKey) *series {
 	if s, ok := m.series.load(k); ok {
 		return s
 	}
-	s, _ = m.series.store(k, m.newSeries(k), maxSeries+len(codeClasses)*4)
+	s, _ = m.series.store(k, m.newSeries(k), m.maxSeries+len(codeClasses)*4)
 	return s
 }
 
@@ -187,7 +194,14 @@ func (m *reqMetrics) timeline(k lineKey) *timeline {
 	if t, ok := m.lines.load(k); ok {
 		return t
 	}
-	t, _ := m.lines.store(k, newTimeline(), 1<<30) // bounded by the series
+	if t, ok := m.lines.store(k, newTimeline(), m.maxLines); ok {
+		return t
+	}
+	k.service = ""
+	if t, ok := m.lines.load(k); ok {
+		return t
+	}
+	t, _ := m.lines.store(k, newTimeline(), m.maxLines+4)
 	return t
 }
 

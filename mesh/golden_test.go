@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -378,5 +379,38 @@ func TestCodeClass(t *testing.T) {
 		if got := codeClasses[codeClass(code)]; got != want {
 			t.Errorf("codeClass(%d) = %s, want %s", code, got, want)
 		}
+	}
+}
+
+// TestSeriesBound: past maxSeries label combinations, new ones count
+// without service, route and region instead of growing the registry, and
+// past maxLines services share one timeline.
+func TestSeriesBound(t *testing.T) {
+	m := newReqMetrics(nil)
+	m.maxSeries, m.maxLines = 64, 16
+	now := time.Now()
+	for i := range m.maxSeries {
+		m.record(&outcome{key: seriesKey{listener: "mesh", service: fmt.Sprint("svc", i), route: "default", region: "eu", class: 1}, end: now})
+	}
+	m.record(&outcome{key: seriesKey{listener: "mesh", service: "one-too-many", route: "default", region: "eu", class: 1}, end: now})
+	m.record(&outcome{key: seriesKey{listener: "mesh", service: "another", route: "r", region: "us", class: 1}, end: now})
+	if n := len(m.series.snapshot()); n != m.maxSeries+1 {
+		t.Fatalf("%d series, want %d and the overflow", n, m.maxSeries)
+	}
+	lines := m.lines.snapshot()
+	if len(lines) != m.maxLines+1 || lines[lineKey{"mesh", ""}] == nil {
+		t.Fatalf("%d timelines, want %d and a shared one", len(lines), m.maxLines)
+	}
+	if got := lines[lineKey{"mesh", ""}].total[1].Load(); got != int64(m.maxSeries-m.maxLines+2) {
+		t.Errorf("the shared timeline counted %d requests, want %d", got, m.maxSeries-m.maxLines+2)
+	}
+	overflow := m.series.snapshot()[seriesKey{listener: "mesh", region: upstreamNone, class: 1}]
+	if overflow == nil {
+		t.Fatal("no overflow series")
+	}
+	var d dto.Metric
+	overflow.requests.(prometheus.Metric).Write(&d)
+	if d.Counter.GetValue() != 2 {
+		t.Errorf("overflow series counted %v requests, want 2", d.Counter.GetValue())
 	}
 }

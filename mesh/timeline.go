@@ -61,6 +61,9 @@ func latUpper(i int) float64 { return tlLatBase * math.Pow(math.Sqrt2, float64(i
 func (t *timeline) add(now time.Time, class uint8, secs float64) {
 	t.total[class].Add(1)
 	e := tlEpoch(now)
+	if e <= 0 {
+		return // before 1970: a clock nobody should trust
+	}
 	s := &t.slots[e%tlSlots]
 	if s.epoch.Load() != e {
 		t.mu.Lock()
