@@ -17,6 +17,7 @@ func TestImports(t *testing.T) {
 	forbidden := []string{
 		"github.com/meshd/meshd/",
 		"github.com/hashicorp/memberlist",
+		"github.com/hashicorp/go-metrics", // gossip: memberlist reports through it
 		"github.com/dgraph-io/ristretto",
 		"github.com/spiffe/go-spiffe",
 		"github.com/quic-go/",

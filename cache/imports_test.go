@@ -15,7 +15,7 @@ func TestImports(t *testing.T) {
 		t.Fatalf("go list: %v", err)
 	}
 	forbidden := []string{
-		"github.com/hashicorp/memberlist", "github.com/osrg/gobgp", "github.com/quic-go",
+		"github.com/hashicorp/memberlist", "github.com/hashicorp/go-metrics", "github.com/osrg/gobgp", "github.com/quic-go",
 		"github.com/spiffe", "github.com/caddyserver", "go.yaml.in/yaml",
 	}
 	dec := json.NewDecoder(strings.NewReader(string(out)))

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	metrics "github.com/hashicorp/go-metrics"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -110,6 +111,8 @@ type Cluster struct {
 	bad       atomic.Uint64 // see BadPackets
 	notes     chan note     // to the OnNote goroutine
 	noteDrops atomic.Uint64 // see DroppedNotes
+	counters  *poolCounters // memberlist's reports (metrics.go)
+	poolID    string        // routes them here
 
 	// conflictAt is when a peer last reported an older address for our
 	// name (unix nanoseconds), see hooks.NotifyMerge.
@@ -314,9 +317,11 @@ func (c *Cluster) start() error {
 	cfg.DelegateProtocolMax = 1
 	mlLog := newMemberlistLogger(c.log, c.markSuspect, &c.bad)
 	cfg.Logger = mlLog
+	cfg.MetricLabels = c.registerCounters()
 
-	nt, err := bindTransport(bind, mlLog)
+	nt, err := bindTransport(bind, mlLog, cfg.MetricLabels)
 	if err != nil {
+		c.unregisterCounters()
 		return fmt.Errorf("gossip: bind %s: %w", c.BindAddr, err)
 	}
 	cfg.Transport = nt
@@ -365,6 +370,7 @@ func (c *Cluster) start() error {
 	ml, err := memberlist.Create(cfg)
 	if err != nil {
 		_ = nt.Shutdown()
+		c.unregisterCounters()
 		return fmt.Errorf("gossip: start memberlist: %w", err)
 	}
 	c.ml = ml
@@ -411,7 +417,7 @@ func (c *Cluster) seedList(self string) []string {
 // bindTransport binds UDP and TCP on one port. With port 0 the kernel picks
 // the TCP port and the UDP bind of the same number can race with another
 // process, so that case is retried a few times, as memberlist itself does.
-func bindTransport(bind netip.AddrPort, l *log.Logger) (*memberlist.NetTransport, error) {
+func bindTransport(bind netip.AddrPort, l *log.Logger, labels []metrics.Label) (*memberlist.NetTransport, error) {
 	tries := 1
 	if bind.Port() == 0 {
 		tries = 10
@@ -420,9 +426,10 @@ func bindTransport(bind netip.AddrPort, l *log.Logger) (*memberlist.NetTransport
 	for range tries {
 		var nt *memberlist.NetTransport
 		nt, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{
-			BindAddrs: []string{bind.Addr().String()},
-			BindPort:  int(bind.Port()),
-			Logger:    l,
+			BindAddrs:    []string{bind.Addr().String()},
+			BindPort:     int(bind.Port()),
+			Logger:       l,
+			MetricLabels: labels,
 		})
 		if err == nil {
 			return nt, nil
@@ -606,6 +613,7 @@ func (c *Cluster) shutdownLocked() error {
 	c.cancel()
 	err := c.ml.Shutdown()
 	<-c.loopDone
+	c.unregisterCounters()
 	if err != nil {
 		return fmt.Errorf("gossip: shutdown: %w", err)
 	}

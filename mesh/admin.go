@@ -31,8 +31,11 @@ type Self struct {
 	SVIDRenewals uint64    `json:"svid_renewals"`
 }
 
-// dashboardHTML is the admin listener's page at /: this node's routes,
-// services and members, read from the JSON endpoints every 2 s.
+// dashboardHTML is the admin listener's page at /: this node's golden
+// signals per service and hop with their last 15 minutes (/v1/signals),
+// the region map, the policy version of each node it knows, its routes,
+// services and members, read from the JSON endpoints every 2 s; no script
+// or style from anywhere else (the Content-Security-Policy says so).
 //
 //go:embed dashboard/index.html
 var dashboardHTML []byte
@@ -121,6 +124,9 @@ func (n *Node) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, nonNil(n.snap.Load().Services))
+	})
+	mux.HandleFunc("GET /v1/signals", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, n.signals(time.Now()))
 	})
 	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, nonNil(n.routes(time.Now())))

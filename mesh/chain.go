@@ -175,6 +175,7 @@ func (n *Node) edgeFront(next http.Handler) http.Handler {
 		// here, before it.
 		delete(r.Header, HeaderSubset)
 		rr := n.resolve(svc, r)
+		noteRoute(w, rr)
 		if rr.route != nil && (!n.admitted(w, r, rr, "", remoteIP(r)) || !injectFault(w, r, rr.route.Fault)) {
 			return
 		}
@@ -212,6 +213,7 @@ func (n *Node) meshFront(next http.Handler) http.Handler {
 			}
 		}
 		rr := n.resolve(svc, r)
+		noteRoute(w, rr)
 		if n.Config.Role == RoleSidecar && rr.route != nil && !injectFault(w, r, rr.route.Fault) {
 			return // the app's call, at its first hop
 		}

@@ -37,12 +37,18 @@ func grpcurlPath(t *testing.T) string {
 			return p
 		}
 	}
-	msg := "grpcurl not installed: go install github.com/fullstorydev/grpcurl/cmd/grpcurl@latest"
+	missingTool(t, "grpcurl not installed: go install github.com/fullstorydev/grpcurl/cmd/grpcurl@latest")
+	return ""
+}
+
+// missingTool skips a test whose tool is not installed, or fails it under
+// CI=true, where .ci/run installs every tool.
+func missingTool(t *testing.T, msg string) {
+	t.Helper()
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg)
 	}
 	t.Skip(msg)
-	return ""
 }
 
 // interopApp serves grpc-go's interop test service (and reflection, which

@@ -225,6 +225,7 @@ func (n *Node) inboundFront(next http.Handler) http.Handler {
 			return
 		}
 		rr := &reqRoute{service: n.Config.Service, route: sp.Resolve(r.Method, r.URL.Path, r.Header)}
+		noteRoute(w, rr)
 		if !n.admitted(w, r, rr, caller, "") {
 			return
 		}

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -31,6 +32,8 @@ func (n *Node) newRegistry() *prometheus.Registry {
 		ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}}, []string{"service", "rule"})
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	labels := prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}
+	n.reqs = newReqMetrics(labels)
+	reg.MustRegister(n.reqs.collectors()...)
 	for _, m := range []struct {
 		result string
 		n      *atomic.Int64
@@ -64,10 +67,15 @@ func (n *Node) newRegistry() *prometheus.Registry {
 			func() float64 { return float64(n.ids.NotAfter().Unix()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_svid_renewals_total", Help: "SVIDs minted or reloaded after the first.", ConstLabels: labels},
 			func() float64 { return float64(n.ids.Renewals()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshd_trust_bundle_expiry_seconds", Help: "Unix time the first root CA of the node's trust bundle expires.", ConstLabels: labels},
+			func() float64 { t, _ := n.ids.RootExpiry(); return float64(t.Unix()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshd_trust_bundle_roots", Help: "Root CAs in the node's trust bundle (two while a root rotates).", ConstLabels: labels},
+			func() float64 { _, n := n.ids.RootExpiry(); return float64(n) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_tls_resumed_total", Help: "mTLS handshakes, as server or client, that resumed a session and re-authorized the peer.", ConstLabels: labels},
 			func() float64 { return float64(n.ids.Resumed()) }),
 		&memberCollector{n: n, desc: prometheus.NewDesc("meshd_gossip_members", "Members of each gossip pool the node sees.", []string{"pool"}, labels)},
-		&badPacketCollector{n: n, desc: prometheus.NewDesc("meshd_gossip_bad_packets_total", "Packets and streams that gossip refused from the network (not authenticated, not decrypted or not decoded), per pool; their log lines are rate-limited.", []string{"pool"}, labels)},
+		newGossipCollector(n, labels),
+		newUpstreamCollector(n, labels),
 		&serviceCollector{n: n, desc: prometheus.NewDesc("meshd_service_healthy_instances", "Healthy instances of each service per region, as the node sees them.", []string{"service", "service_region"}, labels)},
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshd_admission_rejected_total", Help: "Requests refused with 503 by admission control (concurrency limit, queue, dials) without being sent.", ConstLabels: labels},
 			func() float64 {
@@ -91,7 +99,7 @@ func (n *Node) newRegistry() *prometheus.Registry {
 type tunnelCollector struct {
 	n                                    *Node
 	opened, open, bytes, dgrams, dropped *prometheus.Desc
-	byTransport                          *prometheus.Desc
+	byTransport, retries, budgeted       *prometheus.Desc
 }
 
 func newTunnelCollector(n *Node, labels prometheus.Labels) *tunnelCollector {
@@ -102,11 +110,13 @@ func newTunnelCollector(n *Node, labels prometheus.Labels) *tunnelCollector {
 		dgrams:      prometheus.NewDesc("meshd_udp_datagrams_total", "Datagrams carried by each UDP socket (--udp-out, --public-udp) and by a sidecar's relays to its app (listener relay); up is client to service.", []string{"listener", "direction"}, labels),
 		dropped:     prometheus.NewDesc("meshd_udp_dropped_total", "Datagrams each UDP socket dropped, by reason (too_big: over 65,527 bytes; too_large: over what one QUIC datagram of an HTTP/3 hop holds, about 1,410 bytes).", []string{"listener", "reason"}, labels),
 		byTransport: prometheus.NewDesc("meshd_udp_datagrams_by_transport_total", "meshd_udp_datagrams_total split by how the next hop carried them: h3 (HTTP/3 datagrams) or capsule (DATAGRAM capsules on an HTTP/2 stream).", []string{"listener", "direction", "transport"}, labels),
+		retries:     prometheus.NewDesc("meshd_retries_total", "Attempts beyond the first of requests and tunnels, per listener (meshd_request_retries_total splits requests' by service).", []string{"listener"}, labels),
+		budgeted:    prometheus.NewDesc("meshd_retry_budget_exhausted_total", "Retries a policy allowed that its retry budget refused, per listener: the last answer or error was forwarded instead.", []string{"listener"}, labels),
 	}
 }
 
 func (c *tunnelCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.opened, c.open, c.bytes, c.dgrams, c.dropped, c.byTransport} {
+	for _, d := range []*prometheus.Desc{c.opened, c.open, c.bytes, c.dgrams, c.dropped, c.byTransport, c.retries, c.budgeted} {
 		ch <- d
 	}
 }
@@ -118,6 +128,8 @@ func (c *tunnelCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.open, prometheus.GaugeValue, float64(st.TunnelsOpen), nh.listener)
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(st.TunnelBytesUp), nh.listener, "up")
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(st.TunnelBytesDown), nh.listener, "down")
+		ch <- prometheus.MustNewConstMetric(c.retries, prometheus.CounterValue, float64(st.Retries), nh.listener)
+		ch <- prometheus.MustNewConstMetric(c.budgeted, prometheus.CounterValue, float64(st.RetriesBudgeted), nh.listener)
 	}
 	if c.n.pool != nil && len(c.n.Config.UDP) > 0 {
 		// The sidecar's relays to its app's UDP ports.
@@ -265,21 +277,95 @@ func (c *serviceCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-type badPacketCollector struct {
-	n    *Node
-	desc *prometheus.Desc
+// gossipCollector reports each gossip pool's members by state, the
+// failure detector's messages and the pool's traffic (gossip.Stats), at
+// scrape time.
+type gossipCollector struct {
+	n                                                            *Node
+	bad, states, messages, packets, packetBytes, streams, sBytes *prometheus.Desc
+	health                                                       *prometheus.Desc
 }
 
-func (c *badPacketCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func newGossipCollector(n *Node, labels prometheus.Labels) *gossipCollector {
+	pool := []string{"pool"}
+	return &gossipCollector{n: n,
+		bad:         prometheus.NewDesc("meshd_gossip_bad_packets_total", "Packets and streams that gossip refused from the network (not authenticated, not decrypted or not decoded), per pool; their log lines are rate-limited.", pool, labels),
+		states:      prometheus.NewDesc("meshd_gossip_members_by_state", "Members of each gossip pool by the failure detector's state (alive, suspect), this node included; dead and departed members are forgotten.", []string{"pool", "state"}, labels),
+		messages:    prometheus.NewDesc("meshd_gossip_member_messages_total", "Failure-detector messages this node processed per pool, by kind: suspect (a suspicion, its own or gossiped), alive (a refutation or a join), dead.", []string{"pool", "kind"}, labels),
+		packets:     prometheus.NewDesc("meshd_gossip_packets_total", "Gossip packets (UDP) per pool and direction (sent, received).", []string{"pool", "direction"}, labels),
+		packetBytes: prometheus.NewDesc("meshd_gossip_packet_bytes_total", "Bytes of gossip packets per pool and direction.", []string{"pool", "direction"}, labels),
+		streams:     prometheus.NewDesc("meshd_gossip_streams_total", "Gossip streams (TCP: joins, push/pull, large records) per pool, opened by this node or accepted.", []string{"pool", "direction"}, labels),
+		sBytes:      prometheus.NewDesc("meshd_gossip_stream_bytes_sent_total", "Bytes this node sent on gossip streams, per pool.", pool, labels),
+		health:      prometheus.NewDesc("meshd_gossip_health_score", "The failure detector's view of this node's own health per pool: 0 healthy; each point stretches its probe timeouts because its own answers were late.", pool, labels),
+	}
+}
 
-func (c *badPacketCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *gossipCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.bad, c.states, c.messages, c.packets, c.packetBytes, c.streams, c.sBytes, c.health} {
+		ch <- d
+	}
+}
+
+func (c *gossipCollector) Collect(ch chan<- prometheus.Metric) {
 	// The pools are set during Start, before the node turns ready.
 	if !c.n.ready.Load() && !c.n.draining.Load() {
 		return
 	}
-	for pool, g := range map[string]*gossip.Cluster{"region": c.n.lan, "global": c.n.wan} {
-		if g != nil {
-			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(g.BadPackets()), pool)
+	counter := func(d *prometheus.Desc, v uint64, lv ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), lv...)
+	}
+	for pool, g := range map[string]*gossip.Cluster{poolRegion: c.n.lan, poolGlobal: c.n.wan} {
+		if g == nil {
+			continue
 		}
+		st := g.Stats()
+		counter(c.bad, g.BadPackets(), pool)
+		ch <- prometheus.MustNewConstMetric(c.states, prometheus.GaugeValue, float64(st.Alive), pool, "alive")
+		ch <- prometheus.MustNewConstMetric(c.states, prometheus.GaugeValue, float64(st.Suspect), pool, "suspect")
+		counter(c.messages, st.SuspectMsgs, pool, "suspect")
+		counter(c.messages, st.AliveMsgs, pool, "alive")
+		counter(c.messages, st.DeadMsgs, pool, "dead")
+		counter(c.packets, st.PacketsSent, pool, "sent")
+		counter(c.packets, st.PacketsReceived, pool, "received")
+		counter(c.packetBytes, st.PacketBytesSent, pool, "sent")
+		counter(c.packetBytes, st.PacketBytesReceived, pool, "received")
+		counter(c.streams, st.StreamsOpened, pool, "opened")
+		counter(c.streams, st.StreamsAccepted, pool, "accepted")
+		counter(c.sBytes, st.StreamBytesSent, pool)
+		ch <- prometheus.MustNewConstMetric(c.health, prometheus.GaugeValue, float64(st.HealthScore), pool)
+	}
+}
+
+// upstreamCollector reports the health of each mesh upstream the node
+// keeps (instances, gateways), at scrape time.
+type upstreamCollector struct {
+	n                  *Node
+	ejected, ejections *prometheus.Desc
+}
+
+func newUpstreamCollector(n *Node, labels prometheus.Labels) *upstreamCollector {
+	l := []string{"upstream", "upstream_region"}
+	return &upstreamCollector{n: n,
+		ejected:   prometheus.NewDesc("meshd_upstream_ejected", "1 while the node keeps an upstream out of its balancing (it could not be reached several times in a row, or a policy's outlier detection ejected it), else 0.", l, labels),
+		ejections: prometheus.NewDesc("meshd_upstream_ejections_total", "Times each upstream was ejected.", l, labels),
+	}
+}
+
+func (c *upstreamCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.ejected
+	ch <- c.ejections
+}
+
+func (c *upstreamCollector) Collect(ch chan<- prometheus.Metric) {
+	now := time.Now()
+	c.n.mu.Lock()
+	ups := make([]*proxy.Upstream, 0, len(c.n.upstreams))
+	for _, u := range c.n.upstreams {
+		ups = append(ups, u)
+	}
+	c.n.mu.Unlock()
+	for _, u := range ups {
+		ch <- prometheus.MustNewConstMetric(c.ejected, prometheus.GaugeValue, b2f(u.Ejected(now)), u.Key, u.Region)
+		ch <- prometheus.MustNewConstMetric(c.ejections, prometheus.CounterValue, float64(u.EjectionsTotal()), u.Key, u.Region)
 	}
 }

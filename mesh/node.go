@@ -88,6 +88,7 @@ type Node struct {
 	// and receives every span at its end instead of an OTLP receiver.
 	tracing     *tracing
 	exportSpans sdktrace.SpanExporter
+	reqs        *reqMetrics         // the golden signals of requests (golden.go)
 	cache       *cache.Store        // edge: the HTTP cache; nil when off
 	certs       *tlsmgr.PublicCerts // edge with public-https
 	probe       *prober             // edges and gateways: reachability of global pool gateways
@@ -281,14 +282,14 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		// Both say when a request reached no app (SignalRetry), so the
 		// hop before sends it elsewhere; a gateway's upstreams are mesh
 		// peers, whose signal it trusts, a sidecar's is its app.
-		h := &proxy.Handler{Pool: n.pool, Via: via, Logger: n.Logger, SignalRetry: true, OnUpstream: n.onUpstream(c.Service)}
+		h := &proxy.Handler{Pool: n.pool, Via: via, Logger: n.Logger, SignalRetry: true, OnUpstream: n.onUpstream(c.Service), Observe: observed}
 		n.handlers = append(n.handlers, namedHandler{"mesh", h})
 		if c.Role == RoleGateway {
 			h.Route = n.gatewayRoute
 			h.Policy = instancePolicy
 			h.TrustRetry = true
 		} else {
-			app := &proxy.Upstream{Key: "app|" + c.Upstream, Addr: c.Upstream, Name: "app",
+			app := &proxy.Upstream{Key: "app|" + c.Upstream, Addr: c.Upstream, Name: "app", Region: c.Region,
 				H2C: c.UpstreamProtocol == UpstreamH2C}
 			ports := newAppPorts(c.AppPorts())
 			h.Route = func(out *http.Request) ([]*proxy.Upstream, error) {
@@ -308,6 +309,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		if c.Role == RoleGateway {
 			front = n.traced(hopGateway, n.meshFront(h))
 		}
+		front = n.observe("mesh", nil, front)
 		// HTTP/3 on the same port over UDP, with the same tls.Config:
 		// the same client certificate check and allow-callers, the same
 		// handler, for peers' UDP flows (CONNECT-UDP with datagrams).
@@ -327,10 +329,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	if c.Role == RoleSidecar {
 		out := &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Policy: n.outboundPolicy, Logger: n.Logger, TrustRetry: true,
-			OnUpstream: n.onUpstream("")}
+			OnUpstream: n.onUpstream(""), Observe: observed}
 		n.handlers = append(n.handlers, namedHandler{"outbound", out})
 		// H2C: an app's gRPC client calls in plain text with HTTP/2.
-		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: n.traced(hopOutbound, n.meshFront(out)), Logger: n.Logger, H2C: true}
+		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: n.observe("outbound", nil, n.traced(hopOutbound, n.meshFront(out))), Logger: n.Logger, H2C: true}
 		if err := startServer("outbound", n.outSrv); err != nil {
 			return err
 		}
@@ -438,7 +440,7 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 	// next region at once (TrustRetry: every upstream of the edge is a
 	// gateway with a verified identity).
 	ph := &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Policy: deadlinePolicy, Logger: n.Logger, TrustRetry: true,
-		OnUpstream: n.onUpstream("")}
+		OnUpstream: n.onUpstream(""), Observe: observed}
 	n.handlers = append(n.handlers, namedHandler{"public", ph})
 	var h http.Handler = n.replay(ph)
 	size, _ := parseSize(c.CacheSize)
@@ -452,16 +454,16 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 		h = n.cache.Middleware(h)
 	}
 	inner := h
-	// front comes first on every public listener: the request's ID, then
-	// (optionally) its access log record, then its span, which replaces
-	// the public's trace context with the edge's (telemetry.go).
+	// front comes first on every public listener: the request's metrics
+	// and (optionally) its access log record, then its ID, then its span,
+	// which replaces the public's trace context with the edge's
+	// (telemetry.go).
+	var access *slog.Logger
+	if c.AccessLog {
+		access = n.Logger.With("log", "access")
+	}
 	front := func(h http.Handler) http.Handler {
-		h = n.traced(hopEdge, h)
-		h = requestID(h)
-		if c.AccessLog {
-			h = accessLog(n.Logger.With("log", "access"), h)
-		}
-		return h
+		return n.observe("public", access, requestID(n.traced(hopEdge, h)))
 	}
 	gated := front(n.edgeFront(inner))
 	httpHandler := gated

@@ -56,15 +56,7 @@ func TestMeshReplay(t *testing.T) {
 	})
 	wantBody(t, edge.Addrs()["public-http"], "web.localhost", 200, "eu GET")
 	post := func(path, body string) (*http.Response, string) {
-		req, _ := http.NewRequest("POST", "http://"+edge.Addrs()["public-http"]+path, strings.NewReader(body))
-		req.Host = "web.localhost"
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return resp, string(b)
+		return request(t, "POST", edge.Addrs()["public-http"], "web.localhost", path, body)
 	}
 	resp, body := post("/write", "hello")
 	if resp.StatusCode != 200 || body != "us POST hello replayed=1" || resp.Header.Get(HeaderReplay) != "" {

@@ -256,7 +256,7 @@ func TestTracingEndToEnd(t *testing.T) {
 	for _, c := range []struct {
 		s                      otlpSpan
 		role, instance, region string
-	}{{e, RoleEdge, "gw-eu", "eu"}, {g, RoleGateway, "web-1", "eu"}, {sc, RoleSidecar, "app", ""}} {
+	}{{e, RoleEdge, "gw-eu", "eu"}, {g, RoleGateway, "web-1", "eu"}, {sc, RoleSidecar, "app", "eu"}} { // a sidecar's app is in its own region
 		if c.s.span.Kind != tracepb.Span_SPAN_KIND_SERVER || c.s.span.Name != "GET" {
 			t.Errorf("%s: span %q kind %v, want a GET server span", c.role, c.s.span.Name, c.s.span.Kind)
 		}

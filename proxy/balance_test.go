@@ -214,3 +214,22 @@ func TestHandlerMeasuresLatency(t *testing.T) {
 		t.Fatalf("latency estimate %v after a 20 ms answer", l)
 	}
 }
+
+// TestEjectionsTotal: each run of EjectAfter failures to reach an
+// upstream is one ejection, however long the run.
+func TestEjectionsTotal(t *testing.T) {
+	u := &Upstream{Key: "k", Addr: "127.0.0.1:1"}
+	for range 2 * EjectAfter {
+		u.reached(false)
+	}
+	if got := u.EjectionsTotal(); got != 1 {
+		t.Fatalf("after one long run of failures: %d ejections, want 1", got)
+	}
+	u.reached(true)
+	for range EjectAfter {
+		u.reached(false)
+	}
+	if got := u.EjectionsTotal(); got != 2 {
+		t.Fatalf("after a success and another run: %d ejections, want 2", got)
+	}
+}

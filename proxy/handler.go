@@ -97,6 +97,17 @@ type Handler struct {
 	// a resolved route). It runs on the request path before the response
 	// is written, and must not block. Default nil: nothing is called.
 	OnUpstream func(r *http.Request, u *Upstream)
+	// Observe, when set, learns how each request ended here: w and r are
+	// what ServeHTTP got (a caller's middleware in front may find its own
+	// writer in w, through Unwrap), u the upstream
+	// that answered, or the last one tried (nil when none was), attempts
+	// how many upstreams it was sent to, and bodyBytes how much of its
+	// body was read from the client and sent on. It is called once per
+	// request on the request's goroutine, after the response was written
+	// or the failure answered (for a tunnel, only when it could not be
+	// opened), and must not block: meshd's metrics read the upstream's
+	// Region from it. Default nil.
+	Observe func(w http.ResponseWriter, r *http.Request, u *Upstream, attempts int, bodyBytes int64)
 
 	once sync.Once
 	cfg  handlerConfig
@@ -229,8 +240,9 @@ type outgoing struct {
 // incoming body itself when ServeHTTP returns.
 type trackedBody struct {
 	rc   io.ReadCloser
-	read atomic.Bool // some of the body was read
-	eof  atomic.Bool // the incoming body reported EOF
+	read atomic.Bool  // some of the body was read
+	eof  atomic.Bool  // the incoming body reported EOF
+	n    atomic.Int64 // bytes read, for Handler.Observe
 }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
@@ -247,6 +259,9 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 		b.read.Store(true)
 	}
 	n, err := b.rc.Read(p)
+	if n > 0 {
+		b.n.Add(int64(n))
+	}
 	if err == io.EOF {
 		b.eof.Store(true)
 	} else if err != nil {
@@ -270,6 +285,10 @@ func (b *trackedBody) Close() error {
 	}
 	return nil
 }
+
+// bodyRead is how many bytes of the client's body were read: streamed
+// through body, or read whole for replay (retry.go).
+func (o *outgoing) bodyRead() int64 { return o.body.n.Load() + int64(len(o.replay)) }
 
 // errBodyRead is what getBody reports once the body cannot be replayed.
 var errBodyRead = errors.New("proxy: request body already sent, cannot replay")
@@ -464,6 +483,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, c *handlerConf
 		_ = rc.EnableFullDuplex()
 	}
 	status := h.respond(w, r, c, o, rc, resp)
+	if h.Observe != nil {
+		h.Observe(w, r, u, attempts, o.bodyRead())
+	}
 	if debug {
 		c.logger.Debug("proxy: forwarded",
 			"method", r.Method, "host", r.Host, "path", r.URL.Path,
@@ -588,6 +610,9 @@ func classify(ctx context.Context, err error) (int, string) {
 // fail answers a request that could not be forwarded. u is the last
 // upstream tried, nil when none was.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig, o *outgoing, u *Upstream, attempts int, err error) {
+	if h.Observe != nil {
+		defer h.Observe(w, r, u, attempts, o.bodyRead())
+	}
 	code, msg := classify(r.Context(), err)
 	overloaded := isOverloaded(err)
 	if h.OnUpstream != nil {

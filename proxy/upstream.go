@@ -28,7 +28,8 @@ type Upstream struct {
 	// Default: Addr.
 	Name string
 	// Region is where the upstream runs, for observers only (a trace
-	// span's upstream region); the proxy does not read it. Default "".
+	// span's upstream region, Handler.Observe's metrics); the proxy does
+	// not read it. Default "".
 	Region string
 	// HTTP1 makes a TLS upstream speak HTTP/1.1 even when Pool.HTTP2 is
 	// set: for nearby upstreams, where a connection per concurrent request
@@ -70,6 +71,7 @@ type Upstream struct {
 	oStreak    atomic.Int32 // consecutive failures under a policy
 	ejections  atomic.Int32 // times ejected since the last probation passed
 	ejectUntil atomic.Int64 // unix nanoseconds the current ejection ends
+	ejected    atomic.Int64 // ejections of either kind, for EjectionsTotal
 }
 
 // LatencyDecay is the time constant of the latency estimate: a sample
@@ -216,6 +218,10 @@ func (u *Upstream) Ejected(now time.Time) bool {
 		t < u.ejectUntil.Load()
 }
 
+// EjectionsTotal counts the times u was ejected since it was created: by
+// EjectAfter failures to reach it in a row, or by an OutlierPolicy.
+func (u *Upstream) EjectionsTotal() int64 { return u.ejected.Load() }
+
 // Ejections is how many times in a row an OutlierPolicy ejected u: 0
 // once a request after its last ejection succeeded.
 func (u *Upstream) Ejections() int { return int(u.ejections.Load()) }
@@ -253,6 +259,7 @@ func (u *Upstream) outlierResult(ok bool, o *OutlierPolicy, set []*Upstream, now
 		return
 	}
 	times := u.ejections.Add(1)
+	u.ejected.Add(1)
 	u.ejectUntil.Store(t + int64(o.ejection(times)))
 	u.oStreak.Store(0)
 }
@@ -266,7 +273,9 @@ func (u *Upstream) reached(ok bool) {
 		return
 	}
 	u.lastFail.Store(time.Now().UnixNano())
-	u.failStreak.Add(1)
+	if u.failStreak.Add(1) == EjectAfter {
+		u.ejected.Add(1)
+	}
 }
 
 func (u *Upstream) name() string {

@@ -22,6 +22,7 @@ func TestImports(t *testing.T) {
 		"github.com/meshd/meshd/", // sibling packages
 		"github.com/osrg/gobgp",   // bgp
 		"github.com/hashicorp/memberlist",
+		"github.com/hashicorp/go-metrics", // gossip: memberlist reports through it
 		"github.com/dgraph-io/ristretto",
 		"github.com/quic-go/",
 	}

@@ -461,6 +461,23 @@ func (m *Manager) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bun
 // that changed the SVID or the bundle and were accepted.
 func (m *Manager) Renewals() uint64 { return m.renewals.Load() }
 
+// RootExpiry returns when the first root of the trust bundle expires and
+// how many roots it holds (more than one while a root rotates); the zero
+// time and 0 before Start.
+func (m *Manager) RootExpiry() (soonest time.Time, roots int) {
+	cur := m.cur.Load()
+	if cur == nil {
+		return time.Time{}, 0
+	}
+	for _, c := range cur.bundle.X509Authorities() {
+		if roots == 0 || c.NotAfter.Before(soonest) {
+			soonest = c.NotAfter
+		}
+		roots++
+	}
+	return soonest, roots
+}
+
 // NotAfter returns the expiry of the current SVID, or the zero time before
 // Start.
 func (m *Manager) NotAfter() time.Time {
