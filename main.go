@@ -778,6 +778,7 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer cancel()
 	label := cmp.Or(*node, *admin, "the node")
 	var last error
+	said := ""
 	for {
 		if last = waitOnce(ctx, *admin, *node, services); last == nil {
 			what := "ready"
@@ -786,6 +787,12 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 			fmt.Fprintf(stdout, "%s: %s\n", label, what)
 			return nil
+		}
+		// Each new reason once (no SVID yet, no catalog yet, ...): a
+		// script's log shows what the start waited for.
+		if why := last.Error(); why != said {
+			fmt.Fprintf(stderr, "%s: waiting: %s\n", label, why)
+			said = why
 		}
 		select {
 		case <-ctx.Done():

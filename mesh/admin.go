@@ -51,7 +51,7 @@ func (n *Node) startAdmin() error {
 			n.Logger.Warn("the admin API is reachable from the network and has no authentication: anybody who reaches it can purge the cache (keep it on loopback or a unix socket)", "addr", n.adminAddr)
 		}
 	}
-	n.adminSrv = &http.Server{Handler: n.adminHandler(), ReadHeaderTimeout: 10 * time.Second,
+	n.adminSrv = &http.Server{Handler: n.adminGate(n.adminHandler()), ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(n.Logger.Handler(), slog.LevelDebug)}
 	go n.adminSrv.Serve(ln)
 	n.Logger.Info("listening", "listener", "admin", "addr", n.adminAddr)

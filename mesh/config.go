@@ -52,6 +52,11 @@ type Config struct {
 	// SVIDTTL is the lifetime of the node's own SVID; it is renewed at
 	// half-life. Default 1h.
 	SVIDTTL time.Duration `yaml:"svid-ttl" usage:"lifetime of the node's SVID, renewed at half-life (default 1h)"`
+	// SVIDWait is how long a starting node waits for its first SVID: a
+	// SPIRE agent that does not answer yet, SVID files (or ca.crt) not
+	// written yet. Meanwhile its admin API answers /readyz with 503 "no
+	// SVID yet" and it opens no other listener. Default 10s.
+	SVIDWait time.Duration `yaml:"svid-wait" usage:"how long a starting node waits for its SVID (SPIRE agent, cert files not there yet); /readyz says no SVID yet meanwhile (default 10s)"`
 
 	// CertFile and KeyFile, when set, hold the node's SVID issued by
 	// `meshd ca issue`; the node reloads them when they change and needs no
@@ -342,6 +347,9 @@ func (c *Config) SetDefaults() {
 	if c.SVIDTTL == 0 {
 		c.SVIDTTL = time.Hour
 	}
+	if c.SVIDWait == 0 {
+		c.SVIDWait = 10 * time.Second
+	}
 	if c.Listen == "" {
 		c.Listen = ":8443"
 	}
@@ -436,6 +444,9 @@ func (c *Config) Validate() error {
 	if c.SVIDTTL < time.Second {
 		// Shorter lifetimes would spend more time renewing than serving.
 		return fieldErr("svid-ttl", "%v is too short: at least 1s", c.SVIDTTL)
+	}
+	if c.SVIDWait < 0 {
+		return fieldErr("svid-wait", "must not be negative")
 	}
 	if c.DrainDelay < 0 {
 		return fieldErr("drain-delay", "must not be negative")

@@ -73,8 +73,14 @@ type Node struct {
 	mirrors                               chan struct{}
 	mirrored, mirrorFailed, mirrorDropped atomic.Int64
 	ready                                 atomic.Bool // started and not draining
-	draining                              atomic.Bool
-	leaving                               atomic.Bool // gossip leave has begun: the records are final
+	// Start-up ordering (startup.go): the SVID, then a first catalog,
+	// then the sidecar's listeners accept (serve is their Server.Hold);
+	// the admin API answers only /healthz and /readyz until Start is done.
+	svidUp, catalogUp, adminOpen atomic.Bool
+	catalogMembers               atomic.Int64 // other members seen while waiting for the catalog
+	serve                        chan struct{}
+	draining                     atomic.Bool
+	leaving                      atomic.Bool // gossip leave has begun: the records are final
 	// wholeMesh marks a node whose whole mesh stops with it (the demo):
 	// nobody is left to tell, so it does not wait for its gossip leave
 	// to be passed on, which would take each node its leave timeout.
@@ -198,6 +204,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.since = n.now().UnixMilli()
 	n.snap.Store(&Snapshot{})
 	n.registry = n.newRegistry()
+	n.serve = make(chan struct{})
+	n.catalogUp.Store(c.Role != RoleSidecar)
 
 	bg, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
@@ -212,10 +220,18 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}()
 
-	// Identity first: without it nothing else may talk to the mesh.
-	if err := n.startIdentity(bg); err != nil {
+	// The admin API first, so that /readyz can say what a start waits
+	// for; identity next: without it nothing else may talk to the mesh.
+	if c.Admin != "" {
+		if err := n.startAdmin(); err != nil {
+			return err
+		}
+		closers = append(closers, func() { n.adminSrv.Close() })
+	}
+	if err := n.startIdentity(ctx, bg); err != nil {
 		return err
 	}
+	n.svidUp.Store(true)
 	closers = append(closers, func() { n.ids.Close() })
 	n.rootSum = n.ids.BundleSum()
 	n.callerID = []string{n.ID()}
@@ -290,7 +306,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		// the same client certificate check and allow-callers, the same
 		// handler, for peers' UDP flows (CONNECT-UDP with datagrams).
 		n.meshSrv = &proxy.Server{Addr: c.Listen, TLS: n.ids.ServerTLS(n.allowCaller()), Handler: front, Logger: n.Logger,
-			HTTP3: !c.NoMeshHTTP3, HTTP3Datagrams: !c.NoMeshHTTP3}
+			HTTP3: !c.NoMeshHTTP3, HTTP3Datagrams: !c.NoMeshHTTP3, Hold: n.hold()}
 		if err := startServer("listen", n.meshSrv); err != nil {
 			return err
 		}
@@ -307,7 +323,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		out := &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Policy: n.outboundPolicy, Logger: n.Logger, TrustRetry: true}
 		n.handlers = append(n.handlers, namedHandler{"outbound", out})
 		// H2C: an app's gRPC client calls in plain text with HTTP/2.
-		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: n.meshFront(out), Logger: n.Logger, H2C: true}
+		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: n.meshFront(out), Logger: n.Logger, H2C: true, Hold: n.hold()}
 		if err := startServer("outbound", n.outSrv); err != nil {
 			return err
 		}
@@ -324,12 +340,6 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			return err
 		}
 		closers = append(closers, n.outPorts.close)
-	}
-	if c.Admin != "" {
-		if err := n.startAdmin(); err != nil {
-			return err
-		}
-		closers = append(closers, func() { n.adminSrv.Close() })
 	}
 
 	// Gossip last among the listeners: peers learn of the node only once
@@ -377,6 +387,12 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.ready.Store(true)
 	n.publish()
 	n.rebuild()
+	if c.Role == RoleSidecar {
+		if err := n.awaitCatalog(ctx); err != nil {
+			return err
+		}
+	}
+	close(n.serve)
 
 	n.wg.Add(2)
 	go n.loop(bg)
@@ -400,6 +416,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		n.wg.Add(1)
 		go n.summaryLoop(bg)
 	}
+	n.adminOpen.Store(true)
 	n.Logger.Info("node started", "id", n.ID(), "mesh", n.advertise)
 	return nil
 }
@@ -468,7 +485,7 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 // startIdentity learns the trust domain and starts the node's SVID source:
 // minted with the CA key, loaded from `meshd ca issue` files, or read from
 // a SPIRE agent.
-func (n *Node) startIdentity(ctx context.Context) error {
+func (n *Node) tryIdentity(ctx context.Context) error {
 	c := &n.Config
 	ca, err := tlsmgr.LoadCA(c.CADir)
 	switch {
@@ -491,7 +508,7 @@ func (n *Node) startIdentity(ctx context.Context) error {
 	}
 	n.ids = &tlsmgr.Manager{CADir: c.CADir, ID: id, TTL: c.SVIDTTL, CertFile: c.CertFile, KeyFile: c.KeyFile, Logger: n.Logger}
 	if c.SPIFFESocket != "" {
-		n.ids = &tlsmgr.Manager{SPIFFESocket: c.SPIFFESocket, ID: id, Logger: n.Logger}
+		n.ids = &tlsmgr.Manager{SPIFFESocket: c.SPIFFESocket, ID: id, Logger: n.Logger, SPIFFETimeout: c.SVIDWait}
 		if ca != nil {
 			n.ids.CADir = c.CADir
 		}
@@ -1085,10 +1102,17 @@ func (n *Node) Ready() bool { return n.notReady() == "" }
 
 // notReady says why the node is not ready, "" when it is.
 func (n *Node) notReady() string {
+	if n.draining.Load() {
+		return "draining"
+	}
+	if !n.svidUp.Load() {
+		return "no SVID yet"
+	}
+	if !n.catalogUp.Load() {
+		return fmt.Sprintf("no catalog yet: %d members", n.catalogMembers.Load())
+	}
+	// The pools are read only once ready says Start has set them.
 	if !n.ready.Load() {
-		if n.draining.Load() {
-			return "draining"
-		}
 		return "starting"
 	}
 	if !n.Config.AllowAlone {

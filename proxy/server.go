@@ -80,6 +80,14 @@ type Server struct {
 	TLS *tls.Config
 	// Handler serves every request. Required.
 	Handler http.Handler
+	// Hold, when set, makes the TCP listener accept connections only once
+	// Hold is closed: Start still binds the port (a port in use is an
+	// error at once, and the address is known), but a client's connection
+	// waits in the kernel's backlog, unanswered, until then, instead of
+	// reaching a handler that cannot serve it yet (a sidecar before its
+	// first catalog). HTTP/3, when on, is not held. Default nil: accept
+	// from Start.
+	Hold <-chan struct{}
 	// Logger receives listener errors; TLS handshake failures (scanners,
 	// clients that give up) at debug level, others at warn.
 	// Default slog.Default().
@@ -311,6 +319,9 @@ func (s *Server) Start(ctx context.Context) error {
 		lim = newIPLimiter(n, logger, bound)
 		ln = &limitListener{Listener: ln, lim: lim}
 	}
+	if s.Hold != nil {
+		ln = &holdListener{Listener: ln, hold: s.Hold, closed: make(chan struct{})}
+	}
 	g := &guard{h: s.Handler, n: &s.inflight, lim: s.limits()}
 	var h3 *h3Server
 	if s.HTTP3 {
@@ -415,6 +426,29 @@ func (s *Server) Start(ctx context.Context) error {
 		close(s.done)
 	}()
 	return nil
+}
+
+// holdListener accepts nothing until hold is closed (Server.Hold); Close
+// ends a wait.
+type holdListener struct {
+	net.Listener
+	hold      <-chan struct{}
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func (l *holdListener) Accept() (net.Conn, error) {
+	select {
+	case <-l.hold:
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+	return l.Listener.Accept()
+}
+
+func (l *holdListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return l.Listener.Close()
 }
 
 // acceptLoop accepts connections until ln is closed. Each gets its own
