@@ -51,6 +51,7 @@ Usage:
   meshd check policy FILE                         validate a policy document
   meshd gossip keyring list|install|use|remove [--key B64 | --key-file F] [--node NAME | --admin A[,B...]]
                                                   rotate the gossip key without a restart: install, use, remove on every node
+  meshd reload [--node NAME | --admin ADDR]       re-read a node's config file and certificates (as SIGHUP does)
   meshd members [--node NAME | --admin ADDR]      gossip members a node sees
   meshd services [--node NAME | --admin ADDR]     services a node sees
   meshd routes [--node NAME | --admin ADDR]       where a node sends each service's requests now
@@ -147,6 +148,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "gossip":
 		return cmdGossip(ctx, args[1:], stdout, stderr)
+	case "reload":
+		return cmdReload(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "meshd %s (%s, %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return nil
@@ -279,20 +282,23 @@ func configPath(args []string) string {
 	return ""
 }
 
-func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+// loadRunConfig is the configuration of `meshd run ARGS`: the config file,
+// then the flags over it, defaults, validated; errors name the field and
+// the file position. A reload calls it again with the same arguments.
+func loadRunConfig(args []string, stderr io.Writer) (mesh.Config, *mesh.Positions, error) {
 	var cfg mesh.Config
 	var pos *mesh.Positions
 	if path := configPath(args); path != "" {
 		var err error
 		if pos, err = mesh.LoadFile(path, &cfg); err != nil {
-			return err
+			return cfg, pos, err
 		}
 	}
 	fs := newFlagSet("meshd run", stderr)
 	fs.String("config", "", "YAML file with any of these flags as keys; flags override it")
 	bindConfigFlags(fs.FlagSet, &cfg)
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return cfg, pos, err
 	}
 	cfg.SetDefaults()
 	// The admin API is on by default for `meshd run`, on the node's own
@@ -305,9 +311,18 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		cfg.Admin = mesh.AdminSocket(cfg.Name)
 	}
 	if err := cfg.Validate(); err != nil {
-		return pos.Annotate(err)
+		return cfg, pos, pos.Annotate(err)
 	}
-	logger := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	return cfg, pos, nil
+}
+
+func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg, pos, err := loadRunConfig(args, stderr)
+	if err != nil {
+		return err
+	}
+	level := new(slog.LevelVar)
+	logger := newLogger(stderr, cfg.LogFormat, cfg.LogLevel, level)
 	slog.SetDefault(logger)
 	gc, err := tuneGC(os.Getenv, cfg.Role, cfg.CacheBytes())
 	if err != nil {
@@ -322,7 +337,16 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	logger.Debug("garbage collector", "role", cfg.Role, "gogc", gc.Percent, "memory_limit", gc.Limit)
 
 	warnCAKey(logger, &cfg)
-	node := &mesh.Node{Config: cfg, Logger: logger}
+	node := &mesh.Node{Config: cfg, Logger: logger, LogLevel: level,
+		LoadConfig: func() (mesh.Config, error) {
+			c, _, err := loadRunConfig(args, io.Discard)
+			return c, err
+		}}
+	// SIGHUP is taken before the start, so that one sent as soon as the
+	// node says it started never kills it (the default action).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if err := node.Start(ctx); err != nil {
 		return pos.Annotate(err)
 	}
@@ -330,16 +354,12 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	defer sd.close()
 	sdCtx, sdStop := context.WithCancel(context.Background())
 	go sd.run(sdCtx, node.Ready)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for ctx.Err() == nil {
 		select {
 		case <-hup:
-			if err := node.Reload(); err != nil {
+			// Reload logs what it applied and what needs a restart.
+			if _, err := node.Reload(); err != nil {
 				logger.Error("reload refused; still serving the previous configuration", "err", err)
-			} else {
-				logger.Info("reloaded")
 			}
 		case <-ctx.Done():
 		}
@@ -451,9 +471,11 @@ func bindConfigFlags(fs *flag.FlagSet, cfg *mesh.Config) {
 	}
 }
 
-func newLogger(w io.Writer, format, level string) *slog.Logger {
-	var lv slog.Level
-	_ = lv.UnmarshalText([]byte(level))
+// newLogger logs at level into lv, which a reload may change.
+func newLogger(w io.Writer, format, level string, lv *slog.LevelVar) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	lv.Set(l)
 	opts := &slog.HandlerOptions{Level: lv}
 	if format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
@@ -865,4 +887,26 @@ func warnCAKey(logger *slog.Logger, cfg *mesh.Config) {
 		"issue it an SVID (meshd ca issue --id spiffe://TD/service/"+cfg.Service+") and run it with --cert-file and --key-file, "+
 		"or --spiffe-socket, with a --ca-dir that has only ca.crt and gossip.key (deploy/README.md)",
 		"ca_dir", cfg.CADir)
+}
+
+// cmdReload asks a running node to read its configuration again (as
+// SIGHUP does) and prints what it applied and what needs a restart.
+func cmdReload(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("meshd reload", stderr)
+	admin, node := adminFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	target, err := mesh.FindAdmin(*admin, *node)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var res mesh.ReloadResult
+	if err := adminPostJSON(ctx, target, "/v1/reload", nil, "reload", &res); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: reloaded\n%s", target.Label, res.String())
+	return nil
 }

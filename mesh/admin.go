@@ -105,6 +105,7 @@ func (n *Node) adminHandler() http.Handler {
 		writeJSON(w, info)
 	})
 	mux.HandleFunc("POST /v1/gossip/keyring", n.keyringHandler)
+	mux.HandleFunc("POST /v1/reload", n.reloadHandler)
 	if n.Config.AdminPprof {
 		// Profiles for performance work (go tool pprof http://ADMIN/debug/pprof/profile),
 		// only when asked for: a profile costs CPU and shows memory contents'

@@ -33,6 +33,18 @@ type Node struct {
 	Config Config
 	// Logger receives the node's logs. Default slog.Default().
 	Logger *slog.Logger
+	// LoadConfig reads the node's configuration again for Reload; its
+	// error names the field (and the file position) of a bad one.
+	// meshd run reads the config file and applies the same flags. Default
+	// nil: Reload re-reads the certificates and the policy only.
+	LoadConfig func() (Config, error)
+	// LogLevel, when set, is the level of Logger's handler, which Reload
+	// changes. Default nil: a changed log-level needs a restart.
+	LogLevel *slog.LevelVar
+
+	cur      atomic.Pointer[Config]         // the running configuration (reload.go)
+	reloadMu sync.Mutex                     // one reload at a time
+	app      atomic.Pointer[proxy.Upstream] // sidecar: its app's HTTP address
 
 	ids      *tlsmgr.Manager
 	td       string
@@ -282,8 +294,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			h.Policy = instancePolicy
 			h.TrustRetry = true
 		} else {
-			app := &proxy.Upstream{Key: "app|" + c.Upstream, Addr: c.Upstream, Name: "app",
-				H2C: c.UpstreamProtocol == UpstreamH2C}
+			n.app.Store(appUpstream(c))
 			ports := newAppPorts(c.AppPorts())
 			h.Route = func(out *http.Request) ([]*proxy.Upstream, error) {
 				out.Header.Del(HeaderService)
@@ -291,7 +302,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 				if out.Method == http.MethodConnect {
 					return ports.route(c.Service, out) // a TCP port of the app
 				}
-				if c.Upstream == "" {
+				app := n.app.Load()
+				if app == nil {
 					return nil, &proxy.StatusError{Code: http.StatusNotFound,
 						Msg: "meshd: service " + c.Service + " serves no HTTP, only TCP ports"}
 				}
@@ -650,7 +662,7 @@ func (n *Node) lanRecord() *NodeRecord {
 		if n.healthy.Load() {
 			h = 1
 		}
-		r.Services = []ServiceRecord{{Name: c.Service, Domains: c.Domains, Healthy: h, Since: n.since,
+		r.Services = []ServiceRecord{{Name: c.Service, Domains: n.running().Domains, Healthy: h, Since: n.since,
 			Subset: c.Subset, Ports: portRecords(c.AppPorts())}}
 	}
 	if c.Role == RoleGateway {
@@ -945,15 +957,16 @@ func (t *trackingMaker) upstream(r *NodeRecord, id string, http1 bool) *proxy.Up
 }
 
 // allowCaller is the mesh listener's authorization beyond the trust domain
-// (--allow-callers), or nil when every identity of the trust domain may
+// (--allow-callers, as the node runs it now: a reload changes it for the
+// next handshake); with none, every identity of the trust domain may
 // connect. A refused caller fails the TLS handshake and is logged.
 func (n *Node) allowCaller() func(peerID string) error {
-	patterns := n.Config.AllowCallers
-	if len(patterns) == 0 {
-		return nil
-	}
 	prefix := "spiffe://" + n.td + "/"
 	return func(peerID string) error {
+		patterns := n.running().AllowCallers
+		if len(patterns) == 0 {
+			return nil
+		}
 		if path, ok := strings.CutPrefix(peerID, prefix); ok && callerAllowed(patterns, path) {
 			return nil
 		}

@@ -198,6 +198,7 @@ type Server struct {
 	started bool
 	srv     *http.Server // HTTP/2; nil without TLS
 	h1      *h1srv
+	guard   *guard
 	ln      net.Listener
 	h3      *h3Server     // nil without HTTP3
 	lim     *ipLimiter    // nil without a per-IP limit
@@ -410,7 +411,7 @@ func (s *Server) Start(ctx context.Context) error {
 			srv.HTTP2.MaxReadFrameSize = publicMaxReadFrameSize
 		}
 	}
-	s.srv, s.h1, s.ln, s.h3, s.lim, s.started = srv, h1, ln, h3, lim, true
+	s.srv, s.h1, s.ln, s.h3, s.lim, s.guard, s.started = srv, h1, ln, h3, lim, g, true
 	s.done = make(chan struct{})
 	var wg sync.WaitGroup
 	if srv != nil {
@@ -552,6 +553,22 @@ func (l *handoffListener) Close() error {
 }
 
 func (l *handoffListener) Addr() net.Addr { return l.addr }
+
+// SetBodyLimits changes MaxBodyBytes and MinBodyRate (0 their defaults
+// on a Public server, negative no limit, as the fields) of a running
+// server, for requests that start from now on: requests under way, and
+// open connections otherwise, keep going (`meshd reload`). Before Start it
+// does nothing; set the fields instead.
+func (s *Server) SetBodyLimits(maxBody, minRate int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.guard == nil {
+		return
+	}
+	s.MaxBodyBytes, s.MinBodyRate = maxBody, minRate
+	l := s.limits()
+	s.guard.live.Store(&l)
+}
 
 // BoundAddr returns the address the listener is bound to (with the port
 // chosen for port 0), or "" before Start. (A method named Addr cannot exist
