@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -52,6 +53,8 @@ Usage:
   meshd gossip keyring list|install|use|remove [--key B64 | --key-file F] [--node NAME | --admin A[,B...]]
                                                   rotate the gossip key without a restart: install, use, remove on every node
   meshd reload [--node NAME | --admin ADDR]       re-read a node's config file and certificates (as SIGHUP does)
+  meshd explain URL [--from SERVICE] [--method M] [--node NAME | --admin ADDR] [--json]
+                                                  why a node sends a request where it does, or refuses it
   meshd members [--node NAME | --admin ADDR]      gossip members a node sees
   meshd services [--node NAME | --admin ADDR]     services a node sees
   meshd routes [--node NAME | --admin ADDR]       where a node sends each service's requests now
@@ -150,6 +153,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdGossip(ctx, args[1:], stdout, stderr)
 	case "reload":
 		return cmdReload(ctx, args[1:], stdout, stderr)
+	case "explain":
+		return cmdExplain(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "meshd %s (%s, %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return nil
@@ -909,4 +914,51 @@ func cmdReload(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "%s: reloaded\n%s", target.Label, res.String())
 	return nil
+}
+
+// cmdExplain asks a node why a request for a URL goes where it goes.
+func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("meshd explain", stderr)
+	admin, node := adminFlags(fs)
+	from := fs.String("from", "", "explain the request as this service calls it (default: the node's own identity: the public at an edge, the app at a sidecar)")
+	method := fs.String("method", "GET", "the request's method")
+	asJSON := fs.Bool("json", false, "print the explanation as JSON")
+	// The URL may come before or after the flags.
+	var rawURL string
+	rest := args
+	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+		rawURL, rest = rest[0], rest[1:]
+	}
+	if err := fs.Parse(rest); err != nil {
+		return flagError(fs, err)
+	}
+	if fs.NArg() == 1 && rawURL == "" {
+		rawURL = fs.Arg(0)
+	} else if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	if rawURL == "" {
+		return fmt.Errorf("%w: meshd explain URL (e.g. https://web.example/ at an edge, http://api.mesh/ at a sidecar)", errUsage)
+	}
+	target, err := mesh.FindAdmin(*admin, *node)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	q := url.Values{"url": {rawURL}, "method": {*method}}
+	if *from != "" {
+		q.Set("from", *from)
+	}
+	var e mesh.Explanation
+	if err := adminGetJSON(ctx, target, "/v1/explain?"+q.Encode(), &e); err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(&e)
+	}
+	_, err = io.WriteString(stdout, e.String())
+	return err
 }

@@ -106,6 +106,7 @@ func (n *Node) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("POST /v1/gossip/keyring", n.keyringHandler)
 	mux.HandleFunc("POST /v1/reload", n.reloadHandler)
+	mux.HandleFunc("GET /v1/explain", n.explainHandler)
 	if n.Config.AdminPprof {
 		// Profiles for performance work (go tool pprof http://ADMIN/debug/pprof/profile),
 		// only when asked for: a profile costs CPU and shows memory contents'
