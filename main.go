@@ -17,7 +17,6 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"reflect"
 	"runtime"
 	"runtime/debug"
@@ -50,6 +49,7 @@ Usage:
   meshd status policy [--node NAME | --admin ADDR]
                                                   the policy version every node runs (exit 1 while one is behind)
   meshd check policy FILE                         validate a policy document
+  meshd check [--config FILE | flags of run]      preflight of a node: config, certificates, CA key, ports, seeds, clock, BGP peers
   meshd gossip keyring list|install|use|remove [--key B64 | --key-file F] [--node NAME | --admin A[,B...]]
                                                   rotate the gossip key without a restart: install, use, remove on every node
   meshd reload [--node NAME | --admin ADDR]       re-read a node's config file and certificates (as SIGHUP does)
@@ -148,7 +148,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "status":
 		return cmdStatus(ctx, args[1:], stdout, stderr)
 	case "check":
-		return cmdCheck(args[1:], stdout, stderr)
+		return cmdCheck(ctx, args[1:], stdout, stderr)
 	case "gossip":
 		return cmdGossip(ctx, args[1:], stdout, stderr)
 	case "reload":
@@ -876,22 +876,12 @@ func waitOnce(ctx context.Context, admin, node string, services []string) error 
 	return nil
 }
 
-// warnCAKey warns when a sidecar runs with the CA key beside it: one
-// compromised sidecar could then mint any identity of the mesh. The
-// production path gives each node an SVID (meshd ca issue, --cert-file and
-// --key-file) or SPIRE (--spiffe-socket), and keeps ca.key elsewhere;
-// meshd demo, all on one machine, does not warn.
+// warnCAKey warns when a sidecar runs with the CA key beside it (see
+// mesh.CAKeyWarning); meshd demo, all on one machine, does not warn.
 func warnCAKey(logger *slog.Logger, cfg *mesh.Config) {
-	if cfg.Role != mesh.RoleSidecar || cfg.CertFile != "" || cfg.SPIFFESocket != "" || cfg.CADir == "" {
-		return
+	if msg := mesh.CAKeyWarning(cfg); msg != "" {
+		logger.Warn(msg, "ca_dir", cfg.CADir)
 	}
-	if _, err := os.Stat(filepath.Join(cfg.CADir, tlsmgr.CAKeyFile)); err != nil {
-		return
-	}
-	logger.Warn("this sidecar holds the CA key: anyone who takes it over can mint any identity of the mesh; "+
-		"issue it an SVID (meshd ca issue --id spiffe://TD/service/"+cfg.Service+") and run it with --cert-file and --key-file, "+
-		"or --spiffe-socket, with a --ca-dir that has only ca.crt and gossip.key (deploy/README.md)",
-		"ca_dir", cfg.CADir)
 }
 
 // cmdReload asks a running node to read its configuration again (as
