@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -68,19 +69,49 @@ func (r *reloadable) set(edit func(*Config)) {
 
 // TestReloadLive: a reload moves a sidecar's route to another app and
 // lowers the edge's body limit; both take effect for new requests while a
-// stream opened before both reloads keeps flowing through them; a changed
+// stream opened before both reloads keeps flowing through them, and so
+// does a TCP tunnel to the sidecar's unchanged port; a changed
 // listen address is reported as needing a restart and not applied.
 func TestReloadLive(t *testing.T) {
 	appA, appB := lineApp(t, "a"), lineApp(t, "b")
 	m := newTestMesh(t)
 	gw := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
 	var webCfg, edgeCfg reloadable
+	echo := serveTCP(t, func(c net.Conn) { io.Copy(c, c) })
 	web := m.start(Config{Role: RoleSidecar, Name: "web-1", Region: "eu", Service: "web", Upstream: appA,
-		Join: []string{gw.Addrs()["gossip"]}}, webCfg.attach)
+		TCP: []string{"echo=" + echo}, Join: []string{gw.Addrs()["gossip"]}}, webCfg.attach)
+	api := m.start(Config{Role: RoleSidecar, Name: "api-1", Region: "eu", Service: "api", Upstream: appA,
+		TCPOut: []string{"web/echo=127.0.0.1:0"}, Join: []string{gw.Addrs()["gossip"]}})
 	edge := m.start(Config{Role: RoleEdge, Name: "edge-1", Region: "eu", WANJoin: []string{gw.Addrs()["wan-gossip"]},
 		MaxBody: "1MiB"}, edgeCfg.attach)
 	pub := edge.Addrs()["public-http"]
 	wantBody(t, pub, "web.localhost", 200, "a")
+
+	// A tunnel (a WebSocket's or a database's connection) from api to
+	// web's echo port, open across both reloads.
+	var tunnel net.Conn
+	poll(t, 10*time.Second, "a tunnel to web's echo port", func() error {
+		if got, err := tcpCall(api.Addrs()["tcp-out web/echo"], "ping"); got != "ping" {
+			return fmt.Errorf("%q %v", got, err)
+		}
+		var err error
+		tunnel, err = net.Dial("tcp", api.Addrs()["tcp-out web/echo"])
+		return err
+	})
+	defer tunnel.Close()
+	echoes := func(when string) {
+		t.Helper()
+		tunnel.SetDeadline(time.Now().Add(5 * time.Second))
+		msg := "still here " + when + "\n"
+		if _, err := io.WriteString(tunnel, msg); err != nil {
+			t.Fatalf("tunnel %s: %v", when, err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(tunnel, got); err != nil || string(got) != msg {
+			t.Fatalf("tunnel %s: %q %v", when, got, err)
+		}
+	}
+	echoes("before the reloads")
 
 	req, _ := http.NewRequest("GET", "http://"+pub+"/stream", nil)
 	req.Host = "web.localhost"
@@ -114,6 +145,7 @@ func TestReloadLive(t *testing.T) {
 		t.Errorf("the mesh listener moved to %s on reload", got)
 	}
 	readLines("after the route changed", 5)
+	echoes("after the route changed")
 
 	edgeCfg.set(func(c *Config) { c.MaxBody = "16" })
 	if res, err = edge.Reload(); err != nil {
@@ -133,6 +165,7 @@ func TestReloadLive(t *testing.T) {
 		t.Errorf("100-byte body after max-body 16: %d, want 413", pr.StatusCode)
 	}
 	readLines("after the limit changed", 5)
+	echoes("after the limit changed")
 
 	// Nothing changed: nothing applied, nothing to restart (the listen
 	// edit stays reported until it is undone or the node restarts).
