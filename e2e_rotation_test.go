@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -172,7 +173,7 @@ func TestRootRotationKeysOff(t *testing.T) {
 	// A client still on the old root: its SVID and bundle from before
 	// begin.
 	legacy := &tlsmgr.Manager{CADir: staleDir, CertFile: filepath.Join(staleDir, "legacy.crt"), KeyFile: filepath.Join(staleDir, "legacy.key"),
-		Logger: newLogger(io.Discard, "text", "info")}
+		Logger: newLogger(io.Discard, "text", "info", new(slog.LevelVar))}
 	if err := legacy.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -14,9 +14,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"reflect"
 	"runtime"
 	"runtime/debug"
@@ -53,8 +53,12 @@ Usage:
   meshd status policy [--node NAME | --admin ADDR]
                                                   the policy version every node runs (exit 1 while one is behind)
   meshd check policy FILE                         validate a policy document
+  meshd check [--config FILE | flags of run]      preflight of a node: config, certificates, CA key, ports, seeds, clock, BGP peers
   meshd gossip keyring list|install|use|remove [--key B64 | --key-file F] [--node NAME | --admin A[,B...]]
                                                   rotate the gossip key without a restart: install, use, remove on every node
+  meshd reload [--node NAME | --admin ADDR]       re-read a node's config file and certificates (as SIGHUP does)
+  meshd explain URL [--from SERVICE] [--method M] [--node NAME | --admin ADDR] [--json]
+                                                  why a node sends a request where it does, or refuses it
   meshd members [--node NAME | --admin ADDR]      gossip members a node sees
   meshd services [--node NAME | --admin ADDR]     services a node sees
   meshd routes [--node NAME | --admin ADDR]       where a node sends each service's requests now
@@ -148,9 +152,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "status":
 		return cmdStatus(ctx, args[1:], stdout, stderr)
 	case "check":
-		return cmdCheck(args[1:], stdout, stderr)
+		return cmdCheck(ctx, args[1:], stdout, stderr)
 	case "gossip":
 		return cmdGossip(ctx, args[1:], stdout, stderr)
+	case "reload":
+		return cmdReload(ctx, args[1:], stdout, stderr)
+	case "explain":
+		return cmdExplain(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "meshd %s (%s, %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return nil
@@ -283,20 +291,23 @@ func configPath(args []string) string {
 	return ""
 }
 
-func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+// loadRunConfig is the configuration of `meshd run ARGS`: the config file,
+// then the flags over it, defaults, validated; errors name the field and
+// the file position. A reload calls it again with the same arguments.
+func loadRunConfig(args []string, stderr io.Writer) (mesh.Config, *mesh.Positions, error) {
 	var cfg mesh.Config
 	var pos *mesh.Positions
 	if path := configPath(args); path != "" {
 		var err error
 		if pos, err = mesh.LoadFile(path, &cfg); err != nil {
-			return err
+			return cfg, pos, err
 		}
 	}
 	fs := newFlagSet("meshd run", stderr)
 	fs.String("config", "", "YAML file with any of these flags as keys; flags override it")
 	bindConfigFlags(fs.FlagSet, &cfg)
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return cfg, pos, err
 	}
 	cfg.SetDefaults()
 	// The admin API is on by default for `meshd run`, on the node's own
@@ -309,9 +320,18 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		cfg.Admin = mesh.AdminSocket(cfg.Name)
 	}
 	if err := cfg.Validate(); err != nil {
-		return pos.Annotate(err)
+		return cfg, pos, pos.Annotate(err)
 	}
-	logger := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	return cfg, pos, nil
+}
+
+func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg, pos, err := loadRunConfig(args, stderr)
+	if err != nil {
+		return err
+	}
+	level := new(slog.LevelVar)
+	logger := newLogger(stderr, cfg.LogFormat, cfg.LogLevel, level)
 	slog.SetDefault(logger)
 	gc, err := tuneGC(os.Getenv, cfg.Role, cfg.CacheBytes())
 	if err != nil {
@@ -326,7 +346,16 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	logger.Debug("garbage collector", "role", cfg.Role, "gogc", gc.Percent, "memory_limit", gc.Limit)
 
 	warnCAKey(logger, &cfg)
-	node := &mesh.Node{Config: cfg, Logger: logger}
+	node := &mesh.Node{Config: cfg, Logger: logger, LogLevel: level,
+		LoadConfig: func() (mesh.Config, error) {
+			c, _, err := loadRunConfig(args, io.Discard)
+			return c, err
+		}}
+	// SIGHUP is taken before the start, so that one sent as soon as the
+	// node says it started never kills it (the default action).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if err := node.Start(ctx); err != nil {
 		return pos.Annotate(err)
 	}
@@ -335,16 +364,12 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	sdCtx, sdStop := context.WithCancel(context.Background())
 	go sd.run(sdCtx, node.Ready)
 	go dropStartupPages(sdCtx, logger, node.Ready)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for ctx.Err() == nil {
 		select {
 		case <-hup:
-			if err := node.Reload(); err != nil {
+			// Reload logs what it applied and what needs a restart.
+			if _, err := node.Reload(); err != nil {
 				logger.Error("reload refused; still serving the previous configuration", "err", err)
-			} else {
-				logger.Info("reloaded")
 			}
 		case <-ctx.Done():
 		}
@@ -456,9 +481,11 @@ func bindConfigFlags(fs *flag.FlagSet, cfg *mesh.Config) {
 	}
 }
 
-func newLogger(w io.Writer, format, level string) *slog.Logger {
-	var lv slog.Level
-	_ = lv.UnmarshalText([]byte(level))
+// newLogger logs at level into lv, which a reload may change.
+func newLogger(w io.Writer, format, level string, lv *slog.LevelVar) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	lv.Set(l)
 	opts := &slog.HandlerOptions{Level: lv}
 	if format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
@@ -789,6 +816,7 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer cancel()
 	label := cmp.Or(*node, *admin, "the node")
 	var last error
+	said := ""
 	for {
 		if last = waitOnce(ctx, *admin, *node, services); last == nil {
 			what := "ready"
@@ -797,6 +825,12 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 			fmt.Fprintf(stdout, "%s: %s\n", label, what)
 			return nil
+		}
+		// Each new reason once (no SVID yet, no catalog yet, ...): a
+		// script's log shows what the start waited for.
+		if why := last.Error(); why != said {
+			fmt.Fprintf(stderr, "%s: waiting: %s\n", label, why)
+			said = why
 		}
 		select {
 		case <-ctx.Done():
@@ -853,20 +887,79 @@ func waitOnce(ctx context.Context, admin, node string, services []string) error 
 	return nil
 }
 
-// warnCAKey warns when a sidecar runs with the CA key beside it: one
-// compromised sidecar could then mint any identity of the mesh. The
-// production path gives each node an SVID (meshd ca issue, --cert-file and
-// --key-file) or SPIRE (--spiffe-socket), and keeps ca.key elsewhere;
-// meshd demo, all on one machine, does not warn.
+// warnCAKey warns when a sidecar runs with the CA key beside it (see
+// mesh.CAKeyWarning); meshd demo, all on one machine, does not warn.
 func warnCAKey(logger *slog.Logger, cfg *mesh.Config) {
-	if cfg.Role != mesh.RoleSidecar || cfg.CertFile != "" || cfg.SPIFFESocket != "" || cfg.CADir == "" {
-		return
+	if msg := mesh.CAKeyWarning(cfg); msg != "" {
+		logger.Warn(msg, "ca_dir", cfg.CADir)
 	}
-	if _, err := os.Stat(filepath.Join(cfg.CADir, tlsmgr.CAKeyFile)); err != nil {
-		return
+}
+
+// cmdReload asks a running node to read its configuration again (as
+// SIGHUP does) and prints what it applied and what needs a restart.
+func cmdReload(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("meshd reload", stderr)
+	admin, node := adminFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
-	logger.Warn("this sidecar holds the CA key: anyone who takes it over can mint any identity of the mesh; "+
-		"issue it an SVID (meshd ca issue --id spiffe://TD/service/"+cfg.Service+") and run it with --cert-file and --key-file, "+
-		"or --spiffe-socket, with a --ca-dir that has only ca.crt and gossip.key (deploy/README.md)",
-		"ca_dir", cfg.CADir)
+	target, err := mesh.FindAdmin(*admin, *node)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var res mesh.ReloadResult
+	if err := adminPostJSON(ctx, target, "/v1/reload", nil, "reload", &res); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: reloaded\n%s", target.Label, res.String())
+	return nil
+}
+
+// cmdExplain asks a node why a request for a URL goes where it goes.
+func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("meshd explain", stderr)
+	admin, node := adminFlags(fs)
+	from := fs.String("from", "", "explain the request as this service calls it (default: the node's own identity: the public at an edge, the app at a sidecar)")
+	method := fs.String("method", "GET", "the request's method")
+	asJSON := fs.Bool("json", false, "print the explanation as JSON")
+	// The URL may come before or after the flags.
+	var rawURL string
+	rest := args
+	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+		rawURL, rest = rest[0], rest[1:]
+	}
+	if err := fs.Parse(rest); err != nil {
+		return flagError(fs, err)
+	}
+	if fs.NArg() == 1 && rawURL == "" {
+		rawURL = fs.Arg(0)
+	} else if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	if rawURL == "" {
+		return fmt.Errorf("%w: meshd explain URL (e.g. https://web.example/ at an edge, http://api.mesh/ at a sidecar)", errUsage)
+	}
+	target, err := mesh.FindAdmin(*admin, *node)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	q := url.Values{"url": {rawURL}, "method": {*method}}
+	if *from != "" {
+		q.Set("from", *from)
+	}
+	var e mesh.Explanation
+	if err := adminGetJSON(ctx, target, "/v1/explain?"+q.Encode(), &e); err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(&e)
+	}
+	_, err = io.WriteString(stdout, e.String())
+	return err
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -199,8 +201,11 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 // cmdCheck: meshd check policy FILE.
-func cmdCheck(args []string, stdout, stderr io.Writer) error {
-	if len(args) != 2 || args[0] != "policy" {
+func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "policy" {
+		return cmdPreflight(ctx, args, stdout, stderr)
+	}
+	if len(args) != 2 {
 		return fmt.Errorf("%w: meshd check policy FILE", errUsage)
 	}
 	doc, name, err := readPolicyFile(args[1])
@@ -212,5 +217,35 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: valid, %d services, %d public domains\n", name, len(d.Services), len(d.Domains))
+	return nil
+}
+
+// errCheckFailed is what `meshd check` returns after a fail line: the
+// lines say why, so main only sets the exit status.
+var errCheckFailed = errors.New("check failed")
+
+// cmdPreflight is `meshd check [--config FILE | flags of run]`: one line
+// per finding, exit status 1 when any is a fail.
+func cmdPreflight(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, _, err := loadRunConfig(args, stderr)
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errUsage) {
+		return err
+	}
+	var fs []mesh.Finding
+	if err != nil {
+		fs = []mesh.Finding{{Level: mesh.CheckFail, Check: "config", Detail: err.Error()}}
+	} else {
+		fs = mesh.Check(ctx, cfg, mesh.CheckOptions{})
+	}
+	failed := 0
+	for _, f := range fs {
+		fmt.Fprintln(stdout, f)
+		if f.Level == mesh.CheckFail {
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%w: %d of %d", errCheckFailed, failed, len(fs))
+	}
 	return nil
 }

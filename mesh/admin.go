@@ -54,7 +54,7 @@ func (n *Node) startAdmin() error {
 			n.Logger.Warn("the admin API is reachable from the network and has no authentication: anybody who reaches it can purge the cache (keep it on loopback or a unix socket)", "addr", n.adminAddr)
 		}
 	}
-	n.adminSrv = &http.Server{Handler: n.adminHandler(), ReadHeaderTimeout: 10 * time.Second,
+	n.adminSrv = &http.Server{Handler: n.adminGate(n.adminHandler()), ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(n.Logger.Handler(), slog.LevelDebug)}
 	go n.adminSrv.Serve(ln)
 	n.Logger.Info("listening", "listener", "admin", "addr", n.adminAddr)
@@ -109,6 +109,8 @@ func (n *Node) adminHandler() http.Handler {
 		writeJSON(w, info)
 	})
 	mux.HandleFunc("POST /v1/gossip/keyring", n.keyringHandler)
+	mux.HandleFunc("POST /v1/reload", n.reloadHandler)
+	mux.HandleFunc("GET /v1/explain", n.explainHandler)
 	if n.Config.AdminPprof {
 		// Profiles for performance work (go tool pprof http://ADMIN/debug/pprof/profile),
 		// only when asked for: a profile costs CPU and shows memory contents'

@@ -59,6 +59,11 @@ type Config struct {
 	// node that finds a new issuing root mints its SVID from it after a
 	// random delay of up to 5 CAPoll. Default 2s.
 	CAPoll time.Duration `yaml:"ca-poll" usage:"how often to look at ca-dir for a rotated root (default 2s)"`
+	// SVIDWait is how long a starting node waits for its first SVID: a
+	// SPIRE agent that does not answer yet, SVID files (or ca.crt) not
+	// written yet. Meanwhile its admin API answers /readyz with 503 "no
+	// SVID yet" and it opens no other listener. Default 10s.
+	SVIDWait time.Duration `yaml:"svid-wait" usage:"how long a starting node waits for its SVID (SPIRE agent, cert files not there yet); /readyz says no SVID yet meanwhile (default 10s)"`
 
 	// CertFile and KeyFile, when set, hold the node's SVID issued by
 	// `meshd ca issue`; the node reloads them when they change and needs no
@@ -365,6 +370,9 @@ func (c *Config) SetDefaults() {
 	if c.CAPoll == 0 {
 		c.CAPoll = 2 * time.Second
 	}
+	if c.SVIDWait == 0 {
+		c.SVIDWait = 10 * time.Second
+	}
 	if c.Listen == "" {
 		c.Listen = ":8443"
 	}
@@ -462,6 +470,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CAPoll < 10*time.Millisecond {
 		return fieldErr("ca-poll", "%v is too short: at least 10ms", c.CAPoll)
+	}
+	if c.SVIDWait < 0 {
+		return fieldErr("svid-wait", "must not be negative")
 	}
 	if c.DrainDelay < 0 {
 		return fieldErr("drain-delay", "must not be negative")

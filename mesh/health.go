@@ -36,7 +36,7 @@ func h2cOnly() *http.Protocols {
 // the app's HTTP address, or for an app without one (TCP ports only) to its
 // first TCP port; an app with UDP ports only is not checked.
 func (n *Node) checkApp(ctx context.Context) bool {
-	c := &n.Config
+	c := n.running()
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if c.HealthPath == "" || c.Upstream == "" {
@@ -96,7 +96,7 @@ func (n *Node) healthLoop(ctx context.Context) {
 		ok := n.checkApp(ctx)
 		if ok != n.healthy.Load() {
 			n.healthy.Store(ok)
-			n.Logger.Info("app health changed", "healthy", ok, "upstream", n.Config.Upstream)
+			n.Logger.Info("app health changed", "healthy", ok, "upstream", n.running().Upstream)
 			n.publish()
 		}
 	}

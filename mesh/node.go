@@ -34,6 +34,18 @@ type Node struct {
 	Config Config
 	// Logger receives the node's logs. Default slog.Default().
 	Logger *slog.Logger
+	// LoadConfig reads the node's configuration again for Reload; its
+	// error names the field (and the file position) of a bad one.
+	// meshd run reads the config file and applies the same flags. Default
+	// nil: Reload re-reads the certificates and the policy only.
+	LoadConfig func() (Config, error)
+	// LogLevel, when set, is the level of Logger's handler, which Reload
+	// changes. Default nil: a changed log-level needs a restart.
+	LogLevel *slog.LevelVar
+
+	cur      atomic.Pointer[Config]         // the running configuration (reload.go)
+	reloadMu sync.Mutex                     // one reload at a time
+	app      atomic.Pointer[proxy.Upstream] // sidecar: its app's HTTP address
 
 	ids      *tlsmgr.Manager
 	td       string
@@ -74,8 +86,14 @@ type Node struct {
 	mirrors                               chan struct{}
 	mirrored, mirrorFailed, mirrorDropped atomic.Int64
 	ready                                 atomic.Bool // started and not draining
-	draining                              atomic.Bool
-	leaving                               atomic.Bool // gossip leave has begun: the records are final
+	// Start-up ordering (startup.go): the SVID, then a first catalog,
+	// then the sidecar's listeners accept (serve is their Server.Hold);
+	// the admin API answers only /healthz and /readyz until Start is done.
+	svidUp, catalogUp, adminOpen atomic.Bool
+	catalogMembers               atomic.Int64 // other members seen while waiting for the catalog
+	serve                        chan struct{}
+	draining                     atomic.Bool
+	leaving                      atomic.Bool // gossip leave has begun: the records are final
 	// wholeMesh marks a node whose whole mesh stops with it (the demo):
 	// nobody is left to tell, so it does not wait for its gossip leave
 	// to be passed on, which would take each node its leave timeout.
@@ -214,6 +232,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.since = n.now().UnixMilli()
 	n.snap.Store(&Snapshot{})
 	n.registry = n.newRegistry()
+	n.serve = make(chan struct{})
+	n.catalogUp.Store(c.Role != RoleSidecar)
 
 	bg, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
@@ -235,10 +255,18 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		closers = append(closers, func() { n.tracing.shutdown(context.Background()) })
 	}
 
-	// Identity first: without it nothing else may talk to the mesh.
-	if err := n.startIdentity(bg); err != nil {
+	// The admin API first, so that /readyz can say what a start waits
+	// for; identity next: without it nothing else may talk to the mesh.
+	if c.Admin != "" {
+		if err := n.startAdmin(); err != nil {
+			return err
+		}
+		closers = append(closers, func() { n.adminSrv.Close() })
+	}
+	if err := n.startIdentity(ctx, bg); err != nil {
 		return err
 	}
+	n.svidUp.Store(true)
 	closers = append(closers, func() { n.ids.Close() })
 	n.rootSum = n.ids.BundleSum()
 	n.callerID = []string{n.ID()}
@@ -289,8 +317,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			h.Policy = instancePolicy
 			h.TrustRetry = true
 		} else {
-			app := &proxy.Upstream{Key: "app|" + c.Upstream, Addr: c.Upstream, Name: "app", Region: c.Region,
-				H2C: c.UpstreamProtocol == UpstreamH2C}
+			n.app.Store(appUpstream(c))
 			ports := newAppPorts(c.AppPorts())
 			h.Route = func(out *http.Request) ([]*proxy.Upstream, error) {
 				out.Header.Del(HeaderService)
@@ -298,7 +325,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 				if out.Method == http.MethodConnect {
 					return ports.route(c.Service, out) // a TCP port of the app
 				}
-				if c.Upstream == "" {
+				app := n.app.Load()
+				if app == nil {
 					return nil, &proxy.StatusError{Code: http.StatusNotFound,
 						Msg: "meshd: service " + c.Service + " serves no HTTP, only TCP ports"}
 				}
@@ -314,7 +342,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		// the same client certificate check and allow-callers, the same
 		// handler, for peers' UDP flows (CONNECT-UDP with datagrams).
 		n.meshSrv = &proxy.Server{Addr: c.Listen, TLS: n.ids.ServerTLS(n.allowCaller()), Handler: front, Logger: n.Logger,
-			HTTP3: !c.NoMeshHTTP3, HTTP3Datagrams: !c.NoMeshHTTP3}
+			HTTP3: !c.NoMeshHTTP3, HTTP3Datagrams: !c.NoMeshHTTP3, Hold: n.hold()}
 		if err := startServer("listen", n.meshSrv); err != nil {
 			return err
 		}
@@ -332,7 +360,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			OnUpstream: n.onUpstream(""), Observe: observed}
 		n.handlers = append(n.handlers, namedHandler{"outbound", out})
 		// H2C: an app's gRPC client calls in plain text with HTTP/2.
-		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: n.observe("outbound", nil, n.traced(hopOutbound, n.meshFront(out))), Logger: n.Logger, H2C: true}
+		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: n.observe("outbound", nil, n.traced(hopOutbound, n.meshFront(out))), Logger: n.Logger, H2C: true, Hold: n.hold()}
 		if err := startServer("outbound", n.outSrv); err != nil {
 			return err
 		}
@@ -349,12 +377,6 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			return err
 		}
 		closers = append(closers, n.outPorts.close)
-	}
-	if c.Admin != "" {
-		if err := n.startAdmin(); err != nil {
-			return err
-		}
-		closers = append(closers, func() { n.adminSrv.Close() })
 	}
 
 	// Gossip last among the listeners: peers learn of the node only once
@@ -402,6 +424,12 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.ready.Store(true)
 	n.publish()
 	n.rebuild()
+	if c.Role == RoleSidecar {
+		if err := n.awaitCatalog(ctx); err != nil {
+			return err
+		}
+	}
+	close(n.serve)
 
 	n.wg.Add(2)
 	go n.loop(bg)
@@ -425,6 +453,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		n.wg.Add(1)
 		go n.summaryLoop(bg)
 	}
+	n.adminOpen.Store(true)
 	n.Logger.Info("node started", "id", n.ID(), "mesh", n.advertise)
 	return nil
 }
@@ -496,7 +525,7 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 // startIdentity learns the trust domain and starts the node's SVID source:
 // minted with the CA key, loaded from `meshd ca issue` files, or read from
 // a SPIRE agent.
-func (n *Node) startIdentity(ctx context.Context) error {
+func (n *Node) tryIdentity(ctx context.Context) error {
 	c := &n.Config
 	ca, err := tlsmgr.LoadCA(c.CADir)
 	switch {
@@ -523,7 +552,7 @@ func (n *Node) startIdentity(ctx context.Context) error {
 	n.ids = &tlsmgr.Manager{CADir: c.CADir, ID: id, TTL: c.SVIDTTL, CertFile: c.CertFile, KeyFile: c.KeyFile, Logger: n.Logger,
 		PollInterval: c.CAPoll, RemintJitter: 5 * c.CAPoll, OnChange: n.kickRebuild}
 	if c.SPIFFESocket != "" {
-		n.ids = &tlsmgr.Manager{SPIFFESocket: c.SPIFFESocket, ID: id, Logger: n.Logger}
+		n.ids = &tlsmgr.Manager{SPIFFESocket: c.SPIFFESocket, ID: id, Logger: n.Logger, SPIFFETimeout: c.SVIDWait}
 		if ca != nil {
 			n.ids.CADir = c.CADir
 		}
@@ -682,7 +711,7 @@ func (n *Node) lanRecord() *NodeRecord {
 		if n.healthy.Load() {
 			h = 1
 		}
-		r.Services = []ServiceRecord{{Name: c.Service, Domains: c.Domains, Healthy: h, Since: n.since,
+		r.Services = []ServiceRecord{{Name: c.Service, Domains: n.running().Domains, Healthy: h, Since: n.since,
 			Subset: c.Subset, Ports: portRecords(c.AppPorts())}}
 	}
 	if c.Role == RoleGateway {
@@ -995,15 +1024,16 @@ func (t *trackingMaker) upstream(r *NodeRecord, id string, http1 bool) *proxy.Up
 }
 
 // allowCaller is the mesh listener's authorization beyond the trust domain
-// (--allow-callers), or nil when every identity of the trust domain may
+// (--allow-callers, as the node runs it now: a reload changes it for the
+// next handshake); with none, every identity of the trust domain may
 // connect. A refused caller fails the TLS handshake and is logged.
 func (n *Node) allowCaller() func(peerID string) error {
-	patterns := n.Config.AllowCallers
-	if len(patterns) == 0 {
-		return nil
-	}
 	prefix := "spiffe://" + n.td + "/"
 	return func(peerID string) error {
+		patterns := n.running().AllowCallers
+		if len(patterns) == 0 {
+			return nil
+		}
 		if path, ok := strings.CutPrefix(peerID, prefix); ok && callerAllowed(patterns, path) {
 			return nil
 		}
@@ -1152,10 +1182,17 @@ func (n *Node) Ready() bool { return n.notReady() == "" }
 
 // notReady says why the node is not ready, "" when it is.
 func (n *Node) notReady() string {
+	if n.draining.Load() {
+		return "draining"
+	}
+	if !n.svidUp.Load() {
+		return "no SVID yet"
+	}
+	if !n.catalogUp.Load() {
+		return fmt.Sprintf("no catalog yet: %d members", n.catalogMembers.Load())
+	}
+	// The pools are read only once ready says Start has set them.
 	if !n.ready.Load() {
-		if n.draining.Load() {
-			return "draining"
-		}
 		return "starting"
 	}
 	if !n.Config.AllowAlone {

@@ -79,13 +79,13 @@ func (n *Node) publicCerts() *tlsmgr.PublicCerts {
 	return p
 }
 
-// Reload re-reads what can change without a restart (SIGHUP): today the
-// public certificate files.
-func (n *Node) Reload() error {
-	if n.certs == nil {
-		return nil
+// sizeFlag reads a validated size field where -1 means no limit.
+func sizeFlag(s string) int64 {
+	if s == "-1" {
+		return -1
 	}
-	return n.certs.Reload()
+	v, _ := parseSize(s)
+	return v
 }
 
 // plainHTTPAllowed exempts --public-http-allow hosts from the redirect to
@@ -102,13 +102,7 @@ func (n *Node) plainHTTPAllowed() func(*http.Request) bool {
 // settings; tlsConf nil means plain HTTP.
 func (n *Node) publicServer(addr string, tlsConf *tls.Config, h http.Handler) *proxy.Server {
 	c := &n.Config
-	size := func(s string) int64 {
-		if s == "-1" {
-			return -1
-		}
-		v, _ := parseSize(s)
-		return v
-	}
+	size := sizeFlag
 	return &proxy.Server{
 		Addr: addr, TLS: tlsConf, Handler: h, Logger: n.Logger, Public: true,
 		HTTP3: tlsConf != nil && !c.NoHTTP3, Allow0RTT: tlsConf != nil && c.Allow0RTT,

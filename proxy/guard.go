@@ -33,10 +33,21 @@ func (l *limits) minBytes() int64 {
 // requests in flight and applies the per-request rules (see Server.Public,
 // MaxBodyBytes, MinBodyRate, Allow0RTT) before the Handler sees anything.
 type guard struct {
-	h      http.Handler
-	n      *atomic.Int64
-	lim    limits
+	h   http.Handler
+	n   *atomic.Int64
+	lim limits
+	// live, once set (Server.SetBodyLimits), replaces lim for requests
+	// that start from then on.
+	live   atomic.Pointer[limits]
 	altSvc func() []string // the edge's own Alt-Svc for TCP responses; nil without HTTP/3
+}
+
+// limits are the limits of a request that starts now.
+func (g *guard) limits() *limits {
+	if l := g.live.Load(); l != nil {
+		return l
+	}
+	return &g.lim
 }
 
 // ServeHTTP serves r, keeping the rapid-reset account of its HTTP/2
@@ -76,7 +87,8 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (g *guard) serve(w http.ResponseWriter, r *http.Request) {
 	g.n.Add(1)
 	defer g.n.Add(-1)
-	if r.ProtoMajor == 2 && h2HeaderListSize(r) > h2MaxHeaderListSize(g.lim.maxHeader) {
+	lim := g.limits()
+	if r.ProtoMajor == 2 && h2HeaderListSize(r) > h2MaxHeaderListSize(lim.maxHeader) {
 		// RFC 9113 §10.5.1: a header list larger than the server will
 		// handle may get 431; the stream ends, the connection stays.
 		rejectRequest(w, r, http.StatusRequestHeaderFieldsTooLarge, "meshd: request header fields too large")
@@ -89,7 +101,7 @@ func (g *guard) serve(w http.ResponseWriter, r *http.Request) {
 			w.Header()["Alt-Svc"] = v
 		}
 	}
-	if _, ok := r.Header["Early-Data"]; ok && g.lim.public {
+	if _, ok := r.Header["Early-Data"]; ok && lim.public {
 		// Only this hop may say a request came in early data.
 		delete(r.Header, "Early-Data")
 	}
@@ -99,30 +111,30 @@ func (g *guard) serve(w http.ResponseWriter, r *http.Request) {
 		// (RFC 8446 §8). RFC 8470 §5.2: answer 425 unless the request is
 		// safe to replay; a forwarded one carries "Early-Data: 1" so the
 		// upstream can decide too (§5.1).
-		if !g.lim.allow0RTT || !isSafeMethod(r.Method) {
+		if !lim.allow0RTT || !isSafeMethod(r.Method) {
 			rejectRequest(w, r, http.StatusTooEarly, "meshd: too early, retry after the handshake")
 			return
 		}
 		r.Header["Early-Data"] = []string{"1"}
 	}
-	if g.lim.public {
+	if lim.public {
 		if msg := checkTarget(r); msg != "" {
 			rejectRequest(w, r, http.StatusBadRequest, msg)
 			return
 		}
 	}
-	if !hasBody(r) || (g.lim.maxBody == 0 && g.lim.minRate == 0) {
+	if !hasBody(r) || (lim.maxBody == 0 && lim.minRate == 0) {
 		g.h.ServeHTTP(w, r)
 		return
 	}
-	if g.lim.maxBody > 0 && r.ContentLength > g.lim.maxBody {
+	if lim.maxBody > 0 && r.ContentLength > lim.maxBody {
 		// Declared too large: refuse before reading a byte, and (HTTP/1)
 		// close the connection rather than read the body to keep it.
 		rejectRequest(w, r, http.StatusRequestEntityTooLarge, "meshd: request body too large")
 		return
 	}
 	gb := &guardedRequest{}
-	gb.body = guardBody{rc: r.Body, lim: &g.lim, rc2: http.NewResponseController(w)}
+	gb.body = guardBody{rc: r.Body, lim: lim, rc2: http.NewResponseController(w)}
 	gb.w = guardWriter{ResponseWriter: w, body: &gb.body, r: r}
 	body := r.Body
 	r.Body = &gb.body

@@ -205,6 +205,24 @@ func (l *RateLimiter) Allow(key string, now time.Time) (ok bool, retryAfter time
 	return true, 0
 }
 
+// Peek reports what Allow would answer for key at now without taking a
+// token or adding a key: `meshd explain` asks whether a request would be
+// limited and must not be one.
+func (l *RateLimiter) Peek(key string, now time.Time) (ok bool, retryAfter time.Duration) {
+	if l == nil {
+		return true, 0
+	}
+	t := int64(now.Sub(l.epoch))
+	s := &l.shards[maphash.String(l.seed, key)&l.mask]
+	s.mu.Lock()
+	tat := max(s.tat[key], t)
+	s.mu.Unlock()
+	if over := tat + l.interval - t - l.tolerance; over > 0 {
+		return false, time.Duration(over)
+	}
+	return true, 0
+}
+
 // evictLocked frees at least a sixteenth of a full shard at t: the full
 // buckets, then those that owe least. s.mu is held.
 func (s *rateLimitShard) evictLocked(t int64) {

@@ -439,3 +439,31 @@ func TestRateLimitNthSmallest(t *testing.T) {
 		}
 	}
 }
+
+// Peek answers what Allow would, and takes nothing: a key peeked at any
+// number of times keeps its whole burst, and a spent one is refused with
+// the same Retry-After Allow gives.
+func TestRateLimitPeek(t *testing.T) {
+	l := NewRateLimiter(10, 2, 0)
+	for range 100 {
+		if ok, _ := l.Peek("a", rlAt(0)); !ok {
+			t.Fatal("peek of a fresh key refused")
+		}
+	}
+	if st := l.Stats(); st.Keys != 0 || st.Allowed != 0 {
+		t.Fatalf("peeking changed the limiter: %+v", st)
+	}
+	for i := range 2 {
+		if ok, _ := l.Allow("a", rlAt(0)); !ok {
+			t.Fatalf("burst request %d refused after peeks", i)
+		}
+	}
+	pok, pafter := l.Peek("a", rlAt(0))
+	aok, aafter := l.Allow("a", rlAt(0))
+	if pok || aok || pafter != aafter || pafter <= 0 {
+		t.Fatalf("spent key: Peek %v %v, Allow %v %v", pok, pafter, aok, aafter)
+	}
+	if ok, _ := l.Peek("b", rlAt(0)); !ok {
+		t.Fatal("another key refused")
+	}
+}

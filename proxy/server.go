@@ -80,6 +80,14 @@ type Server struct {
 	TLS *tls.Config
 	// Handler serves every request. Required.
 	Handler http.Handler
+	// Hold, when set, makes the TCP listener accept connections only once
+	// Hold is closed: Start still binds the port (a port in use is an
+	// error at once, and the address is known), but a client's connection
+	// waits in the kernel's backlog, unanswered, until then, instead of
+	// reaching a handler that cannot serve it yet (a sidecar before its
+	// first catalog). HTTP/3, when on, is not held. Default nil: accept
+	// from Start.
+	Hold <-chan struct{}
 	// Logger receives listener errors; TLS handshake failures (scanners,
 	// clients that give up) at debug level, others at warn.
 	// Default slog.Default().
@@ -190,6 +198,7 @@ type Server struct {
 	started bool
 	srv     *http.Server // HTTP/2; nil without TLS
 	h1      *h1srv
+	guard   *guard
 	ln      net.Listener
 	h3      *h3Server     // nil without HTTP3
 	lim     *ipLimiter    // nil without a per-IP limit
@@ -311,6 +320,9 @@ func (s *Server) Start(ctx context.Context) error {
 		lim = newIPLimiter(n, logger, bound)
 		ln = &limitListener{Listener: ln, lim: lim}
 	}
+	if s.Hold != nil {
+		ln = &holdListener{Listener: ln, hold: s.Hold, closed: make(chan struct{})}
+	}
 	g := &guard{h: s.Handler, n: &s.inflight, lim: s.limits()}
 	var h3 *h3Server
 	if s.HTTP3 {
@@ -399,7 +411,7 @@ func (s *Server) Start(ctx context.Context) error {
 			srv.HTTP2.MaxReadFrameSize = publicMaxReadFrameSize
 		}
 	}
-	s.srv, s.h1, s.ln, s.h3, s.lim, s.started = srv, h1, ln, h3, lim, true
+	s.srv, s.h1, s.ln, s.h3, s.lim, s.guard, s.started = srv, h1, ln, h3, lim, g, true
 	s.done = make(chan struct{})
 	var wg sync.WaitGroup
 	if srv != nil {
@@ -415,6 +427,29 @@ func (s *Server) Start(ctx context.Context) error {
 		close(s.done)
 	}()
 	return nil
+}
+
+// holdListener accepts nothing until hold is closed (Server.Hold); Close
+// ends a wait.
+type holdListener struct {
+	net.Listener
+	hold      <-chan struct{}
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func (l *holdListener) Accept() (net.Conn, error) {
+	select {
+	case <-l.hold:
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+	return l.Listener.Accept()
+}
+
+func (l *holdListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return l.Listener.Close()
 }
 
 // acceptLoop accepts connections until ln is closed. Each gets its own
@@ -518,6 +553,22 @@ func (l *handoffListener) Close() error {
 }
 
 func (l *handoffListener) Addr() net.Addr { return l.addr }
+
+// SetBodyLimits changes MaxBodyBytes and MinBodyRate (0 their defaults
+// on a Public server, negative no limit, as the fields) of a running
+// server, for requests that start from now on: requests under way, and
+// open connections otherwise, keep going (`meshd reload`). Before Start it
+// does nothing; set the fields instead.
+func (s *Server) SetBodyLimits(maxBody, minRate int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.guard == nil {
+		return
+	}
+	s.MaxBodyBytes, s.MinBodyRate = maxBody, minRate
+	l := s.limits()
+	s.guard.live.Store(&l)
+}
 
 // BoundAddr returns the address the listener is bound to (with the port
 // chosen for port 0), or "" before Start. (A method named Addr cannot exist
