@@ -609,6 +609,14 @@ func TestSPIRE(t *testing.T) {
 		})
 		t.Logf("SVIDs of SPIRE's next CA %v after the server started (ca_ttl %v, waited %v)",
 			time.Since(started).Round(time.Second), caTTL, took.Round(time.Second))
+		// Each node saw the new root arrive as what it is: a bundle
+		// update, not an SVID rotation.
+		for _, p := range []*proc{edge, gw, web} {
+			if !strings.Contains(p.logs(), `"msg":"trust bundle updated","node":"`+p.name+`","role":`) ||
+				!strings.Contains(p.logs(), `"roots":2,"added":1,"removed":0`) {
+				t.Errorf("%s logged no bundle update adding SPIRE's next root", p.name)
+			}
+		}
 		// A new sidecar, whose first SVID is from the new CA, serves: the
 		// gateway's full handshakes with it verify on both sides.
 		web2 := sidecar("web-2", startSPIREStreamApp(t, "web", "web-2", "eu"))

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/logger"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -176,24 +177,34 @@ func (m *Manager) watchLoop(ctx context.Context, w *workloadSource) {
 		switch {
 		case err != nil:
 			m.logger().Warn("svid update refused; keeping the current svid", "err", err, "not_after", m.NotAfter())
-		case sameIdentity(cur, next):
+		case sameChain(cur, next) && cur.bundle.Equal(next.bundle):
 			// The agent resends everything when anything changes (a
 			// federated bundle, another SVID of the workload).
 		default:
 			m.cur.Store(next)
-			n := m.renewals.Add(1)
-			leaf := next.svid.Certificates[0]
-			m.logger().Info("svid rotated", "id", next.svid.ID.String(), "renewals", n,
-				"serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter, "source", m.source())
+			// SPIRE sends its next CA's root in the bundle long before
+			// any SVID chains to it (at half of its ca_ttl): that update
+			// changes what the node trusts, not its SVID, so it is not a
+			// renewal, and says what changed.
+			if added, removed := rootsDiff(cur.bundle, next.bundle); added+removed > 0 {
+				m.logger().Info("trust bundle updated", "trust_domain", next.bundle.TrustDomain().Name(),
+					"roots", len(next.bundle.X509Authorities()), "added", added, "removed", removed, "source", m.source())
+			}
+			if !sameChain(cur, next) {
+				n := m.renewals.Add(1)
+				leaf := next.svid.Certificates[0]
+				m.logger().Info("svid rotated", "id", next.svid.ID.String(), "renewals", n,
+					"serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter, "source", m.source())
+			}
 		}
 		m.updates.Add(1)
 	}
 }
 
-// sameIdentity reports whether a and b serve the same certificates and
-// bundle; the Workload API client parses every update into new values, so
-// pointers always differ.
-func sameIdentity(a, b *identity) bool {
+// sameChain reports whether a and b serve the same certificates; the
+// Workload API client parses every update into new values, so pointers
+// always differ.
+func sameChain(a, b *identity) bool {
 	ac, bc := a.svid.Certificates, b.svid.Certificates
 	if len(ac) != len(bc) {
 		return false
@@ -203,7 +214,23 @@ func sameIdentity(a, b *identity) bool {
 			return false
 		}
 	}
-	return a.bundle.Equal(b.bundle)
+	return true
+}
+
+// rootsDiff counts the roots of b that a lacks (added) and of a that b
+// lacks (removed).
+func rootsDiff(a, b *x509bundle.Bundle) (added, removed int) {
+	for _, r := range b.X509Authorities() {
+		if !a.HasX509Authority(r) {
+			added++
+		}
+	}
+	for _, r := range a.X509Authorities() {
+		if !b.HasX509Authority(r) {
+			removed++
+		}
+	}
+	return added, removed
 }
 
 // spiffeLogger passes go-spiffe's log lines to slog and remembers the last

@@ -1,0 +1,74 @@
+package tlsmgr
+
+import (
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
+)
+
+// TestSPIFFEBundleUpdateIsNotARenewal follows SPIRE's CA rotation as the
+// real agent sends it (TestSPIRE): first the next CA's root joins the
+// bundle with the SVID unchanged, which the Manager trusts at once and
+// logs as a bundle update, not as a renewal; then an SVID of the new CA,
+// which is one; then the old root leaves the bundle.
+func TestSPIFFEBundleUpdateIsNotARenewal(t *testing.T) {
+	_, oldCA := testCA(t, testTD)
+	_, newCA := testCA(t, testTD)
+	both := append(append([]byte{}, oldCA.Cert.Raw...), newCA.Cert.Raw...)
+	first := svidEntry(t, oldCA, spWeb)
+	agent, addr := startFakeWorkloadAPI(t, x509Response(first))
+	logs := &logBuffer{}
+	web := startSPIFFE(t, &Manager{SPIFFESocket: addr, ID: spWeb,
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	td := spiffeid.RequireTrustDomainFromString(testTD)
+	roots := func() int {
+		t.Helper()
+		b, err := web.GetX509BundleForTrustDomain(td)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(b.X509Authorities())
+	}
+
+	// The next CA is prepared: same SVID, a second root.
+	prepared := proto.Clone(first).(*workload.X509SVID)
+	prepared.Bundle = both
+	before := web.updates.Load()
+	agent.set(x509Response(prepared))
+	waitFor(t, 5*time.Second, "the bundle update", func() bool { return web.updates.Load() > before })
+	if roots() != 2 {
+		t.Fatalf("trusts %d roots after the bundle update, want 2", roots())
+	}
+	if web.Renewals() != 0 || currentSerial(t, web) != leafOf(t, first).SerialNumber.Text(16) {
+		t.Errorf("bundle update: %d renewals, serial %s; want 0 and the first SVID kept", web.Renewals(), currentSerial(t, web))
+	}
+	if logs.count("trust bundle updated") != 1 || logs.count("added=1 removed=0") != 1 || logs.count("svid rotated") != 0 {
+		t.Errorf("bundle update logged as:\n%s", logs.buf.String())
+	}
+
+	// The next CA is active: an SVID chaining to the new root.
+	activated := svidEntry(t, newCA, spWeb)
+	activated.Bundle = both
+	agent.set(x509Response(activated))
+	waitFor(t, 5*time.Second, "the rotation to the new CA", func() bool { return web.Renewals() == 1 })
+	if got, want := currentSerial(t, web), leafOf(t, activated).SerialNumber.Text(16); got != want {
+		t.Errorf("serial %s after the rotation, want %s", got, want)
+	}
+	if logs.count("svid rotated") != 1 || logs.count("trust bundle updated") != 1 {
+		t.Errorf("rotation logged as:\n%s", logs.buf.String())
+	}
+
+	// The old root is pruned.
+	pruned := proto.Clone(activated).(*workload.X509SVID)
+	pruned.Bundle = newCA.Cert.Raw
+	before = web.updates.Load()
+	agent.set(x509Response(pruned))
+	waitFor(t, 5*time.Second, "the pruned bundle", func() bool { return web.updates.Load() > before })
+	if roots() != 1 || web.Renewals() != 1 || logs.count("added=0 removed=1") != 1 {
+		t.Errorf("pruned bundle: %d roots, %d renewals; want 1 and 1; logged:\n%s", roots(), web.Renewals(), logs.buf.String())
+	}
+}
