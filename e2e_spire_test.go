@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -228,18 +229,31 @@ func (s *spireServer) rootOf(leaf *x509.Certificate) (*x509.Certificate, error) 
 	return nil, fmt.Errorf("%v (serial %s) is signed by no root of SPIRE's bundle", leaf.URIs, leaf.SerialNumber.Text(16))
 }
 
-// startSPIREAgent attests the agent with a join token and serves the
-// Workload API on a socket in dir, with the unix workload attestor
-// reporting each workload's binary path; it returns the agent's address
-// as --spiffe-socket takes it once the agent holds the SVIDs of all
-// entries (the agent is healthy a sync, about 5s, before it has them).
-func startSPIREAgent(t *testing.T, binDir, dir string, s *spireServer, token string, entries int) string {
+// spireAgent is a spire-agent attested with a join token, serving the
+// Workload API on a socket, with the unix workload attestor reporting
+// each workload's binary path. It keeps its keys and its own SVID on disk,
+// so that it comes back from a restart without attesting again (a join
+// token is good once).
+type spireAgent struct {
+	t       *testing.T
+	bin     string
+	conf    string
+	sock    string
+	entries int // SVIDs the agent must hold before it counts as started
+	server  *spireServer
+	proc    *spireProc
+}
+
+// startSPIREAgent starts the agent and returns it once it holds the SVIDs
+// of all entries.
+func startSPIREAgent(t *testing.T, binDir, dir string, s *spireServer, token string, entries int) *spireAgent {
 	t.Helper()
 	bundle := filepath.Join(dir, "bootstrap-bundle.pem")
 	writeFile(t, bundle, s.mustCLI("bundle show"))
-	sock := filepath.Join(dir, "agent.sock")
-	conf := filepath.Join(dir, "agent.conf")
-	writeFile(t, conf, fmt.Sprintf(`agent {
+	a := &spireAgent{t: t, bin: filepath.Join(binDir, "spire-agent"), conf: filepath.Join(dir, "agent.conf"),
+		sock: filepath.Join(dir, "agent.sock"), entries: entries, server: s}
+	data := filepath.Join(dir, "agent-data")
+	writeFile(t, a.conf, fmt.Sprintf(`agent {
   data_dir = %q
   log_level = "INFO"
   server_address = "127.0.0.1"
@@ -253,8 +267,10 @@ plugins {
   NodeAttestor "join_token" {
     plugin_data {}
   }
-  KeyManager "memory" {
-    plugin_data {}
+  KeyManager "disk" {
+    plugin_data {
+      directory = %q
+    }
   }
   WorkloadAttestor "unix" {
     plugin_data {
@@ -262,39 +278,56 @@ plugins {
     }
   }
 }
-`, filepath.Join(dir, "agent-data"), s.port, sock, bundle, s.td, token))
-	bin := filepath.Join(binDir, "spire-agent")
-	p, err := startSPIREProc(t, bin, "run", "-config", conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = p.waitHealthy("spire-agent", func() error {
-		out, err := exec.Command(bin, "healthcheck", "-socketPath", sock).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = p.waitHealthy("spire-agent", func() error {
-		if n := strings.Count(p.out.String(), `msg="Creating X509-SVID"`); n < entries {
-			return fmt.Errorf("%d of %d SVIDs created", n, entries)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+`, data, s.port, a.sock, bundle, s.td, token, data))
+	a.start()
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("spire-agent:\n%s", lastLines(p.out.String(), 40))
+			t.Logf("spire-agent:\n%s", lastLines(a.proc.out.String(), 40))
 			t.Logf("spire-server:\n%s", lastLines(s.proc.out.String(), 40))
 		}
 	})
-	return "unix://" + sock
+	return a
 }
+
+// start runs the agent and waits until it is healthy and holds every
+// entry's SVID (it is healthy a sync, about 5s, before it has them).
+func (a *spireAgent) start() {
+	a.t.Helper()
+	p, err := startSPIREProc(a.t, a.bin, "run", "-config", a.conf)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	a.proc = p
+	err = p.waitHealthy("spire-agent", func() error {
+		out, err := exec.Command(a.bin, "healthcheck", "-socketPath", a.sock).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		if n := strings.Count(p.out.String(), `msg="Creating X509-SVID"`); n < a.entries {
+			return fmt.Errorf("%d of %d SVIDs created", n, a.entries)
+		}
+		return nil
+	})
+	if err != nil {
+		a.t.Fatal(err)
+	}
+}
+
+// restart stops the agent with SIGTERM, as an upgrade would, and starts it
+// again on the same socket.
+func (a *spireAgent) restart() {
+	a.t.Helper()
+	a.proc.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.proc.done:
+	case <-time.After(10 * time.Second):
+		a.t.Fatal("spire-agent did not stop within 10s of SIGTERM")
+	}
+	a.start()
+}
+
+// addr is the agent's Workload API as --spiffe-socket takes it.
+func (a *spireAgent) addr() string { return "unix://" + a.sock }
 
 func writeFile(t *testing.T, path, content string) {
 	t.Helper()
@@ -383,7 +416,7 @@ func TestSPIRE(t *testing.T) {
 	}
 	binDir := needSPIRE(t)
 	const td = "spire.meshd"
-	const caTTL, svidTTL = 2 * time.Minute, 20 * time.Second
+	const caTTL, svidTTL = 150 * time.Second, 20 * time.Second
 	dir := t.TempDir()
 	srv := startSPIREServer(t, binDir, dir, td, caTTL, svidTTL)
 	started := time.Now()
@@ -422,7 +455,7 @@ func TestSPIRE(t *testing.T) {
 			"-selector", "unix:uid:"+uid, "-selector", "unix:path:"+bins[name],
 			"-x509SVIDTTL", strconv.Itoa(int(svidTTL/time.Second)))
 	}
-	sock := startSPIREAgent(t, binDir, dir, srv, token, len(ids))
+	agent := startSPIREAgent(t, binDir, dir, srv, token, len(ids))
 
 	// The nodes hold only the gossip key: SPIRE is their CA.
 	caDir, nodeDir := filepath.Join(dir, "ca"), filepath.Join(dir, "node")
@@ -437,7 +470,7 @@ func TestSPIRE(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeFile(t, filepath.Join(nodeDir, tlsmgr.GossipKeyFile), string(key))
-	common := []string{"--ca-dir", nodeDir, "--trust-domain", td, "--spiffe-socket", sock,
+	common := []string{"--ca-dir", nodeDir, "--trust-domain", td, "--spiffe-socket", agent.addr(),
 		"--listen", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--wan-gossip-addr", "127.0.0.1:0"}
 	node := func(name string, args ...string) *proc {
 		t.Helper()
@@ -584,6 +617,27 @@ func TestSPIRE(t *testing.T) {
 			t.Fatalf("stream ended with %q after %d chunks, want \"end %d\"", last, n, n)
 		}
 		t.Logf("a %d-chunk stream (%.1fs) completed across SVID rotations of every node", n, float64(n)*0.2)
+	})
+
+	// An agent restart (an upgrade) leaves the nodes on their current
+	// SVIDs; they reconnect and follow the new agent's rotations.
+	t.Run("nodes follow the SPIRE agent through a restart", func(t *testing.T) {
+		agent.restart()
+		// The old agent is gone: what the nodes get from now on comes
+		// from the new one.
+		before := map[string]uint64{}
+		for name, a := range admins {
+			before[name] = selfInfo(t, a).SVIDRenewals
+		}
+		took := eventually(t, 40*time.Second, "every node takes an SVID from the restarted agent", func() error {
+			for name, a := range admins {
+				if s := selfInfo(t, a); s.SVIDRenewals <= before[name] {
+					return fmt.Errorf("%s: %d renewals, as before the restart", name, s.SVIDRenewals)
+				}
+			}
+			return nil
+		})
+		t.Logf("every node on an SVID of the restarted agent %v after it was up again", took.Round(100*time.Millisecond))
 	})
 
 	// SPIRE prepares its next CA at half of ca_ttl (its root joins the
