@@ -638,6 +638,12 @@ func TestSPIRE(t *testing.T) {
 			return nil
 		})
 		t.Logf("every node on an SVID of the restarted agent %v after it was up again", took.Round(100*time.Millisecond))
+		for _, p := range []*proc{edge, gw, web} {
+			if logs := p.logs(); !strings.Contains(logs, `"msg":"spiffe workload api is back"`) ||
+				!strings.Contains(logs, `"level":"WARN","msg":"Failed to watch the Workload API`) {
+				t.Errorf("%s: no warning about the lost agent, or nothing says it is back:\n%s", p.name, lastLines(logs, 20))
+			}
+		}
 	})
 
 	// SPIRE prepares its next CA at half of ca_ttl (its root joins the

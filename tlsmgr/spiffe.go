@@ -47,6 +47,7 @@ type workloadSource struct {
 	offered atomic.Pointer[[]string]
 	// pin is the trust domain of CADir's ca.crt, or zero without CADir.
 	pin spiffeid.TrustDomain
+	log *spiffeLogger
 }
 
 func (w *workloadSource) offeredIDs() string {
@@ -69,6 +70,7 @@ func (m *Manager) prepareSPIFFE(ctx context.Context) (*identity, func(context.Co
 		w.pin = spiffeid.RequireTrustDomainFromString(ca.TrustDomain) // parsed by LoadCA
 	}
 	lg := &spiffeLogger{l: m.logger().With("spiffe_socket", m.SPIFFESocket)}
+	w.log = lg
 	opts := []workloadapi.X509SourceOption{
 		// Always an explicit address: an empty one would make go-spiffe fall
 		// back to $SPIFFE_ENDPOINT_SOCKET, which SPIFFESocket documents as
@@ -119,6 +121,9 @@ func (m *Manager) prepareSPIFFE(ctx context.Context) (*identity, func(context.Co
 		src.Close()
 		return nil, nil, err
 	}
+	// What went wrong before the first SVID (an agent still starting) is
+	// over: only later errors make the next update a reconnection.
+	lg.failed.Store(0)
 	return first, func(ctx context.Context) { m.watchLoop(ctx, w) }, nil
 }
 
@@ -171,6 +176,11 @@ func (m *Manager) watchLoop(ctx context.Context, w *workloadSource) {
 		case <-ctx.Done():
 			return
 		case <-w.src.Updated():
+		}
+		// An update after watch errors is the agent back (restarted,
+		// upgraded): the node kept its SVID meanwhile, and says so.
+		if n := w.log.failed.Swap(0); n > 0 {
+			m.logger().Info("spiffe workload api is back", "socket", m.SPIFFESocket, "errors", n, "not_after", m.NotAfter())
 		}
 		cur := m.cur.Load()
 		next, err := m.refresh(w, cur.svid.ID.TrustDomain())
@@ -235,10 +245,15 @@ func rootsDiff(a, b *x509bundle.Bundle) (added, removed int) {
 
 // spiffeLogger passes go-spiffe's log lines to slog and remembers the last
 // error, so a Start that times out can say why (the source itself only
-// reports the deadline).
+// reports the deadline). go-spiffe reports a lost agent as an error on
+// every retry; meshd logs them as warnings: while the agent is away (a
+// restart, an upgrade, one still starting) the node keeps its SVID until it
+// expires, and a Start that gives up returns the error itself.
 type spiffeLogger struct {
 	l    *slog.Logger
 	last atomic.Pointer[string]
+	// failed counts the errors since the last update (watchLoop resets it).
+	failed atomic.Int64
 }
 
 var _ logger.Logger = (*spiffeLogger)(nil)
@@ -250,7 +265,8 @@ func (s *spiffeLogger) Warnf(format string, args ...any)  { s.l.Warn(fmt.Sprintf
 func (s *spiffeLogger) Errorf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	s.last.Store(&msg)
-	s.l.Error(msg)
+	s.failed.Add(1)
+	s.l.Warn(msg)
 }
 
 func (s *spiffeLogger) lastError() string {

@@ -2,6 +2,7 @@ package tlsmgr
 
 import (
 	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -70,5 +71,41 @@ func TestSPIFFEBundleUpdateIsNotARenewal(t *testing.T) {
 	waitFor(t, 5*time.Second, "the pruned bundle", func() bool { return web.updates.Load() > before })
 	if roots() != 1 || web.Renewals() != 1 || logs.count("added=0 removed=1") != 1 {
 		t.Errorf("pruned bundle: %d roots, %d renewals; want 1 and 1; logged:\n%s", roots(), web.Renewals(), logs.buf.String())
+	}
+}
+
+// TestSPIFFEAgentRestart: a SPIRE agent that restarts (TestSPIRE's) ends
+// the Workload API stream. The Manager keeps its SVID, warns (no error:
+// nothing failed yet), and once the agent is back says so and follows its
+// updates again.
+func TestSPIFFEAgentRestart(t *testing.T) {
+	_, ca := testCA(t, testTD)
+	first := svidEntry(t, ca, spWeb)
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	_, stop := startFakeWorkloadAPIAt(t, path, x509Response(first))
+	logs := &logBuffer{}
+	web := startSPIFFE(t, &Manager{SPIFFESocket: "unix://" + path, ID: spWeb,
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+
+	stop()
+	waitFor(t, 5*time.Second, "the lost agent to be logged", func() bool { return logs.count("Failed to watch the Workload API") > 0 })
+	if _, err := web.GetX509SVID(); err != nil || currentSerial(t, web) != leafOf(t, first).SerialNumber.Text(16) {
+		t.Fatalf("without the agent: %v, want the first SVID kept", err)
+	}
+
+	// The agent comes back with a new SVID, as a restarted SPIRE agent
+	// does (it mints its workloads' SVIDs anew).
+	second := svidEntry(t, ca, spWeb)
+	startFakeWorkloadAPIAt(t, path, x509Response(second))
+	// go-spiffe retries after 1s, 2s, ...: well within 10s.
+	waitFor(t, 10*time.Second, "the SVID of the agent that came back", func() bool { return web.Renewals() == 1 })
+	if got, want := currentSerial(t, web), leafOf(t, second).SerialNumber.Text(16); got != want {
+		t.Errorf("serial %s, want %s", got, want)
+	}
+	if logs.count("level=ERROR") != 0 || logs.count("level=WARN msg=\"Failed to watch the Workload API") == 0 {
+		t.Errorf("the agent's restart logged as:\n%s", logs.buf.String())
+	}
+	if logs.count("spiffe workload api is back") != 1 {
+		t.Errorf("nothing says the agent is back:\n%s", logs.buf.String())
 	}
 }
