@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -455,7 +456,12 @@ func TestSPIRE(t *testing.T) {
 			"-selector", "unix:uid:"+uid, "-selector", "unix:path:"+bins[name],
 			"-x509SVIDTTL", strconv.Itoa(int(svidTTL/time.Second)))
 	}
-	agent := startSPIREAgent(t, binDir, dir, srv, token, len(ids))
+	// The operator who signs policies is a workload too: `spire-agent api
+	// fetch` writes its SVID for meshd apply.
+	operator := "spiffe://" + td + "/operator/alice"
+	srv.mustCLI("entry create", "-parentID", agentID, "-spiffeID", operator,
+		"-selector", "unix:uid:"+uid, "-selector", "unix:path:"+filepath.Join(binDir, "spire-agent"))
+	agent := startSPIREAgent(t, binDir, dir, srv, token, len(ids)+1)
 
 	// The nodes hold only the gossip key: SPIRE is their CA.
 	caDir, nodeDir := filepath.Join(dir, "ca"), filepath.Join(dir, "node")
@@ -580,9 +586,13 @@ func TestSPIRE(t *testing.T) {
 		}()
 		// Every node's SVID rotates while the stream runs: SPIRE hands
 		// it a new certificate (a later expiry; a new serial on the mTLS
-		// listeners), and the node counts the renewal.
+		// listeners), and the node counts the renewal. The stream goes
+		// on until the SVIDs its connections were made with have expired.
 		eventually(t, 60*time.Second, "SPIRE rotates every node's SVID", func() error {
 			for name, a := range admins {
+				if time.Now().Before(before[name].SVIDNotAfter) {
+					return fmt.Errorf("%s's SVID of the stream's start expires at %v", name, before[name].SVIDNotAfter)
+				}
 				s := selfInfo(t, a)
 				if s.SVIDRenewals <= before[name].SVIDRenewals || !s.SVIDNotAfter.After(before[name].SVIDNotAfter) {
 					return fmt.Errorf("%s: %d renewals, svid expires %v (before the stream: %d, %v)", name,
@@ -616,7 +626,7 @@ func TestSPIRE(t *testing.T) {
 		if last != fmt.Sprintf("end %d", n) {
 			t.Fatalf("stream ended with %q after %d chunks, want \"end %d\"", last, n, n)
 		}
-		t.Logf("a %d-chunk stream (%.1fs) completed across SVID rotations of every node", n, float64(n)*0.2)
+		t.Logf("a %d-chunk stream (%.1fs) completed across SVID rotations of every node, outliving the SVIDs it started on", n, float64(n)*0.2)
 	})
 
 	// An agent restart (an upgrade) leaves the nodes on their current
@@ -644,6 +654,32 @@ func TestSPIRE(t *testing.T) {
 				t.Errorf("%s: no warning about the lost agent, or nothing says it is back:\n%s", p.name, lastLines(logs, 20))
 			}
 		}
+	})
+
+	// Policies are signed by an operator whose SVID SPIRE issued.
+	t.Run("meshd apply with an operator SVID from SPIRE", func(t *testing.T) {
+		opDir := filepath.Join(dir, "operator")
+		if err := os.MkdirAll(opDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(agent.bin, "api", "fetch", "x509", "-socketPath", agent.sock, "-write", opDir).CombinedOutput(); err != nil {
+			t.Fatalf("spire-agent api fetch x509: %v\n%s", err, out)
+		}
+		policy := filepath.Join(dir, "policy.yaml")
+		writeFile(t, policy, "services:\n  web:\n    timeout: 7s\n")
+		out, err := exec.Command(meshdBin, "apply", "-f", policy, "--key", filepath.Join(opDir, "svid.0.key"),
+			"--cert", filepath.Join(opDir, "svid.0.pem"), "--admin", gw.addr("admin")).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "signed by "+operator) {
+			t.Fatalf("meshd apply: %v\n%s", err, out)
+		}
+		eventually(t, 10*time.Second, "the policy on every node", func() error {
+			for _, p := range []*proc{edge, gw, web} {
+				if info, err := policyOf(p.addr("admin")); err != nil || info.Version != 1 {
+					return fmt.Errorf("%s runs version %d (%v)", p.name, info.Version, err)
+				}
+			}
+			return nil
+		})
 	})
 
 	// SPIRE prepares its next CA at half of ca_ttl (its root joins the
@@ -677,23 +713,36 @@ func TestSPIRE(t *testing.T) {
 				t.Errorf("%s logged no bundle update adding SPIRE's next root", p.name)
 			}
 		}
-		// A new sidecar, whose first SVID is from the new CA, serves: the
-		// gateway's full handshakes with it verify on both sides.
+		// A sidecar started now serves: its first handshakes with the
+		// gateway, full ones, verify the gateway's SVID of the new CA,
+		// and its own SVID moves to the new CA too.
 		web2 := sidecar("web-2", startSPIREStreamApp(t, "web", "web-2", "eu"))
-		leaf, err := peerLeaf(web2.addr("listen"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		root, err := srv.rootOf(leaf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range firstRoots {
-			if r.Equal(root) {
-				t.Fatal("web-2 started on SPIRE's first CA")
-			}
-		}
 		servedBy(t, public, "web.localhost", "web-2")
+		eventually(t, 30*time.Second, "web-2 on an SVID of SPIRE's next CA", func() error {
+			leaf, err := peerLeaf(web2.addr("listen"))
+			if err != nil {
+				return err
+			}
+			root, err := srv.rootOf(leaf)
+			if err != nil {
+				return err
+			}
+			for _, r := range firstRoots {
+				if r.Equal(root) {
+					return errors.New("web-2 presents an SVID of SPIRE's first CA")
+				}
+			}
+			return nil
+		})
+		// The policy signed on the previous CA's operator SVID reaches
+		// web-2 by gossip and verifies there: SPIRE keeps the old root in
+		// the bundle.
+		eventually(t, 10*time.Second, "web-2 runs the policy", func() error {
+			if info, err := policyOf(web2.addr("admin")); err != nil || info.Version != 1 {
+				return fmt.Errorf("web-2 runs version %d (%v)", info.Version, err)
+			}
+			return nil
+		})
 	})
 	endLoop()
 	failMu.Lock()
