@@ -496,6 +496,15 @@ func TestSPIRE(t *testing.T) {
 		t.Fatalf("the edge's binary started as gateway gw-x: want it refused, naming the SVID it was offered; got %v", err)
 	}
 
+	// SPIRE's trust domain is the mesh's: a node told another one is
+	// refused, and told which two differ.
+	_, err = tryStartNodeBin(t, bins["gw-eu"], "gw-eu", nil, "--ca-dir", nodeDir, "--trust-domain", "other.meshd",
+		"--spiffe-socket", agent.addr(), "--role", "gateway", "--region", "eu", "--listen", "127.0.0.1:0",
+		"--gossip-addr", "127.0.0.1:0", "--wan-gossip-addr", "127.0.0.1:0")
+	if want := `the agent issues SVIDs of trust domain "` + td + `", this node is in "other.meshd"`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("a gateway of trust domain other.meshd on SPIRE of %s: want it refused with %q; got %v", td, want, err)
+	}
+
 	gw := node("gw-eu", "--role", "gateway", "--region", "eu")
 	app := startSPIREStreamApp(t, "web", "web-1", "eu")
 	sidecar := func(name string, a *spireStreamApp) *proc {

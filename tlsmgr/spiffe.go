@@ -58,6 +58,32 @@ func (w *workloadSource) offeredIDs() string {
 	return fmt.Sprintf("%q", *p)
 }
 
+// otherTrustDomain explains an ID missing from the offer because the
+// agent serves another trust domain (SPIRE's trust_domain is not the
+// node's), or returns "".
+func (w *workloadSource) otherTrustDomain(id string) string {
+	want := spiffeid.RequireFromString(id) // checked by Validate
+	p := w.offered.Load()
+	if p == nil {
+		return ""
+	}
+	other := ""
+	for _, s := range *p {
+		got, err := spiffeid.FromString(s)
+		if err != nil {
+			continue
+		}
+		if got.TrustDomain() == want.TrustDomain() {
+			return ""
+		}
+		other = got.TrustDomain().Name()
+	}
+	if other == "" {
+		return ""
+	}
+	return fmt.Sprintf(": the agent issues SVIDs of trust domain %q, this node is in %q", other, want.TrustDomain().Name())
+}
+
 // prepareSPIFFE opens the Workload API and takes the first identity from it.
 // On any failure it closes what it opened.
 func (m *Manager) prepareSPIFFE(ctx context.Context) (*identity, func(context.Context), error) {
@@ -135,7 +161,7 @@ func (m *Manager) refresh(w *workloadSource, want spiffeid.TrustDomain) (*identi
 	svid, err := w.src.GetX509SVID()
 	if err != nil {
 		if m.ID != "" {
-			return nil, fmt.Errorf("spiffe workload api at %s offers no svid for %q (offered: %s)", m.SPIFFESocket, m.ID, w.offeredIDs())
+			return nil, fmt.Errorf("spiffe workload api at %s offers no svid for %q (offered: %s)%s", m.SPIFFESocket, m.ID, w.offeredIDs(), w.otherTrustDomain(m.ID))
 		}
 		return nil, fmt.Errorf("spiffe workload api at %s: %w", m.SPIFFESocket, err)
 	}

@@ -1,8 +1,13 @@
 package tlsmgr
 
+// Behaviours of the Workload API client that a real SPIRE agent showed
+// (TestSPIRE in the root package), each against the fake agent.
+
 import (
+	"context"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,5 +112,33 @@ func TestSPIFFEAgentRestart(t *testing.T) {
 	}
 	if logs.count("spiffe workload api is back") != 1 {
 		t.Errorf("nothing says the agent is back:\n%s", logs.buf.String())
+	}
+}
+
+// TestSPIFFEOtherTrustDomain: an agent of another trust domain (SPIRE's
+// trust_domain is not the node's) offers the right path in the wrong
+// trust domain; the error says which trust domains differ.
+func TestSPIFFEOtherTrustDomain(t *testing.T) {
+	_, other := testCA(t, "other.test")
+	_, addr := startFakeWorkloadAPI(t, x509Response(svidEntry(t, other, "spiffe://other.test/service/web")))
+	m := &Manager{SPIFFESocket: addr, ID: spWeb, Logger: testLogger(t), SPIFFETimeout: 2 * time.Second}
+	err := m.Start(context.Background())
+	if err == nil {
+		m.Close()
+		t.Fatal("Start succeeded")
+	}
+	want := `the agent issues SVIDs of trust domain "other.test", this node is in "` + testTD + `"`
+	if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), `offers no svid for "`+spWeb+`"`) {
+		t.Errorf("error %q, want it to contain %q", err, want)
+	}
+
+	// An offer that has the node's trust domain, only not its ID, is not
+	// about trust domains.
+	_, ca := testCA(t, testTD)
+	_, addr = startFakeWorkloadAPI(t, x509Response(svidEntry(t, other, "spiffe://other.test/service/web"), svidEntry(t, ca, spAPI)))
+	m = &Manager{SPIFFESocket: addr, ID: spWeb, Logger: testLogger(t), SPIFFETimeout: 2 * time.Second}
+	if err := m.Start(context.Background()); err == nil || strings.Contains(err.Error(), "trust domain") {
+		m.Close()
+		t.Errorf("Start: %v, want an error that does not blame the trust domain", err)
 	}
 }
