@@ -4,7 +4,9 @@
 # machine: e2e_spire_test.go finds them there. SPIRE's main module only
 # installs through a module of our own (go get -tool, then go install), so the
 # build runs in a throwaway module in a temp dir, never in meshd's go.mod.
-# Prints the directory holding both binaries on its last line.
+# Prints the directory holding both binaries on its last line. Without
+# root: MESHD_SPIRE_CACHE=$HOME/.cache/meshd-spire .ci/spire.sh, then run the
+# test with MESHD_SPIRE_DIR set to the directory it printed.
 set -euo pipefail
 version="${SPIRE_VERSION:-v1.13.3}"
 dir="${MESHD_SPIRE_CACHE:-/var/cache/meshd-spire}/$version"
