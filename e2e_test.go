@@ -104,10 +104,18 @@ func tryStartNode(t *testing.T, name string, args ...string) (*proc, error) {
 // process's environment.
 func tryStartNodeEnv(t *testing.T, name string, env []string, args ...string) (*proc, error) {
 	t.Helper()
+	return tryStartNodeBin(t, meshdBin, name, env, args...)
+}
+
+// tryStartNodeBin is tryStartNodeEnv running the meshd binary at bin: a
+// copy of meshdBin at a path of its own is how a SPIRE agent's unix
+// workload attestor tells the test's nodes apart (they share a uid).
+func tryStartNodeBin(t *testing.T, bin, name string, env []string, args ...string) (*proc, error) {
+	t.Helper()
 	args = append([]string{"run", "--name", name, "--log-format", "json", "--log-level", "info",
 		"--admin", "127.0.0.1:0", "--drain-delay", "300ms"}, args...)
 	p := &proc{t: t, name: name, addrs: map[string]string{}, done: make(chan struct{})}
-	p.cmd = exec.Command(meshdBin, args...)
+	p.cmd = exec.Command(bin, args...)
 	if env != nil {
 		p.cmd.Env = append(os.Environ(), env...)
 	}

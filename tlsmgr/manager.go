@@ -458,7 +458,8 @@ func (m *Manager) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bun
 
 // Renewals returns how many SVIDs were minted (or, in file mode, loaded)
 // after the first. With SPIFFESocket it counts the Workload API updates
-// that changed the SVID or the bundle and were accepted.
+// that changed the SVID and were accepted (an update of the trust bundle
+// alone is logged, not counted).
 func (m *Manager) Renewals() uint64 { return m.renewals.Load() }
 
 // RootExpiry returns when the first root of the trust bundle expires and

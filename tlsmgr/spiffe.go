@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/logger"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -46,6 +47,7 @@ type workloadSource struct {
 	offered atomic.Pointer[[]string]
 	// pin is the trust domain of CADir's ca.crt, or zero without CADir.
 	pin spiffeid.TrustDomain
+	log *spiffeLogger
 }
 
 func (w *workloadSource) offeredIDs() string {
@@ -54,6 +56,32 @@ func (w *workloadSource) offeredIDs() string {
 		return "none"
 	}
 	return fmt.Sprintf("%q", *p)
+}
+
+// otherTrustDomain explains an ID missing from the offer because the
+// agent serves another trust domain (SPIRE's trust_domain is not the
+// node's), or returns "".
+func (w *workloadSource) otherTrustDomain(id string) string {
+	want := spiffeid.RequireFromString(id) // checked by Validate
+	p := w.offered.Load()
+	if p == nil {
+		return ""
+	}
+	other := ""
+	for _, s := range *p {
+		got, err := spiffeid.FromString(s)
+		if err != nil {
+			continue
+		}
+		if got.TrustDomain() == want.TrustDomain() {
+			return ""
+		}
+		other = got.TrustDomain().Name()
+	}
+	if other == "" {
+		return ""
+	}
+	return fmt.Sprintf(": the agent issues SVIDs of trust domain %q, this node is in %q", other, want.TrustDomain().Name())
 }
 
 // prepareSPIFFE opens the Workload API and takes the first identity from it.
@@ -68,6 +96,7 @@ func (m *Manager) prepareSPIFFE(ctx context.Context) (*identity, func(context.Co
 		w.pin = spiffeid.RequireTrustDomainFromString(ca.TrustDomain) // parsed by LoadCA
 	}
 	lg := &spiffeLogger{l: m.logger().With("spiffe_socket", m.SPIFFESocket)}
+	w.log = lg
 	opts := []workloadapi.X509SourceOption{
 		// Always an explicit address: an empty one would make go-spiffe fall
 		// back to $SPIFFE_ENDPOINT_SOCKET, which SPIFFESocket documents as
@@ -118,6 +147,9 @@ func (m *Manager) prepareSPIFFE(ctx context.Context) (*identity, func(context.Co
 		src.Close()
 		return nil, nil, err
 	}
+	// What went wrong before the first SVID (an agent still starting) is
+	// over: only later errors make the next update a reconnection.
+	lg.failed.Store(0)
 	return first, func(ctx context.Context) { m.watchLoop(ctx, w) }, nil
 }
 
@@ -129,7 +161,7 @@ func (m *Manager) refresh(w *workloadSource, want spiffeid.TrustDomain) (*identi
 	svid, err := w.src.GetX509SVID()
 	if err != nil {
 		if m.ID != "" {
-			return nil, fmt.Errorf("spiffe workload api at %s offers no svid for %q (offered: %s)", m.SPIFFESocket, m.ID, w.offeredIDs())
+			return nil, fmt.Errorf("spiffe workload api at %s offers no svid for %q (offered: %s)%s", m.SPIFFESocket, m.ID, w.offeredIDs(), w.otherTrustDomain(m.ID))
 		}
 		return nil, fmt.Errorf("spiffe workload api at %s: %w", m.SPIFFESocket, err)
 	}
@@ -171,29 +203,44 @@ func (m *Manager) watchLoop(ctx context.Context, w *workloadSource) {
 			return
 		case <-w.src.Updated():
 		}
+		// An update after watch errors is the agent back (restarted,
+		// upgraded): the node kept its SVID meanwhile, and says so.
+		if n := w.log.failed.Swap(0); n > 0 {
+			m.logger().Info("spiffe workload api is back", "socket", m.SPIFFESocket, "errors", n, "not_after", m.NotAfter())
+		}
 		cur := m.cur.Load()
 		next, err := m.refresh(w, cur.svid.ID.TrustDomain())
 		switch {
 		case err != nil:
 			m.logger().Warn("svid update refused; keeping the current svid", "err", err, "not_after", m.NotAfter())
-		case sameIdentity(cur, next):
+		case sameChain(cur, next) && cur.bundle.Equal(next.bundle):
 			// The agent resends everything when anything changes (a
 			// federated bundle, another SVID of the workload).
 		default:
 			m.cur.Store(next)
-			n := m.renewals.Add(1)
-			leaf := next.svid.Certificates[0]
-			m.logger().Info("svid rotated", "id", next.svid.ID.String(), "renewals", n,
-				"serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter, "source", m.source())
+			// SPIRE sends its next CA's root in the bundle long before
+			// any SVID chains to it (at half of its ca_ttl): that update
+			// changes what the node trusts, not its SVID, so it is not a
+			// renewal, and says what changed.
+			if added, removed := rootsDiff(cur.bundle, next.bundle); added+removed > 0 {
+				m.logger().Info("trust bundle updated", "trust_domain", next.bundle.TrustDomain().Name(),
+					"roots", len(next.bundle.X509Authorities()), "added", added, "removed", removed, "source", m.source())
+			}
+			if !sameChain(cur, next) {
+				n := m.renewals.Add(1)
+				leaf := next.svid.Certificates[0]
+				m.logger().Info("svid rotated", "id", next.svid.ID.String(), "renewals", n,
+					"serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter, "source", m.source())
+			}
 		}
 		m.updates.Add(1)
 	}
 }
 
-// sameIdentity reports whether a and b serve the same certificates and
-// bundle; the Workload API client parses every update into new values, so
-// pointers always differ.
-func sameIdentity(a, b *identity) bool {
+// sameChain reports whether a and b serve the same certificates; the
+// Workload API client parses every update into new values, so pointers
+// always differ.
+func sameChain(a, b *identity) bool {
 	ac, bc := a.svid.Certificates, b.svid.Certificates
 	if len(ac) != len(bc) {
 		return false
@@ -203,15 +250,36 @@ func sameIdentity(a, b *identity) bool {
 			return false
 		}
 	}
-	return a.bundle.Equal(b.bundle)
+	return true
+}
+
+// rootsDiff counts the roots of b that a lacks (added) and of a that b
+// lacks (removed).
+func rootsDiff(a, b *x509bundle.Bundle) (added, removed int) {
+	for _, r := range b.X509Authorities() {
+		if !a.HasX509Authority(r) {
+			added++
+		}
+	}
+	for _, r := range a.X509Authorities() {
+		if !b.HasX509Authority(r) {
+			removed++
+		}
+	}
+	return added, removed
 }
 
 // spiffeLogger passes go-spiffe's log lines to slog and remembers the last
 // error, so a Start that times out can say why (the source itself only
-// reports the deadline).
+// reports the deadline). go-spiffe reports a lost agent as an error on
+// every retry; meshd logs them as warnings: while the agent is away (a
+// restart, an upgrade, one still starting) the node keeps its SVID until it
+// expires, and a Start that gives up returns the error itself.
 type spiffeLogger struct {
 	l    *slog.Logger
 	last atomic.Pointer[string]
+	// failed counts the errors since the last update (watchLoop resets it).
+	failed atomic.Int64
 }
 
 var _ logger.Logger = (*spiffeLogger)(nil)
@@ -223,7 +291,8 @@ func (s *spiffeLogger) Warnf(format string, args ...any)  { s.l.Warn(fmt.Sprintf
 func (s *spiffeLogger) Errorf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	s.last.Store(&msg)
-	s.l.Error(msg)
+	s.failed.Add(1)
+	s.l.Warn(msg)
 }
 
 func (s *spiffeLogger) lastError() string {

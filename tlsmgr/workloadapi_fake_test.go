@@ -38,8 +38,16 @@ type fakeWorkloadAPI struct {
 // and returns the socket's address as SPIFFESocket takes it.
 func startFakeWorkloadAPI(t *testing.T, resp *workload.X509SVIDResponse) (*fakeWorkloadAPI, string) {
 	t.Helper()
-	f := &fakeWorkloadAPI{resp: resp, changed: make(chan struct{})}
 	path := filepath.Join(t.TempDir(), "agent.sock")
+	f, _ := startFakeWorkloadAPIAt(t, path, resp)
+	return f, "unix://" + path
+}
+
+// startFakeWorkloadAPIAt serves a fake on the unix socket path; stop ends
+// it, its open streams and its socket, as an agent that exits does.
+func startFakeWorkloadAPIAt(t *testing.T, path string, resp *workload.X509SVIDResponse) (f *fakeWorkloadAPI, stop func()) {
+	t.Helper()
+	f = &fakeWorkloadAPI{resp: resp, changed: make(chan struct{})}
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +56,7 @@ func startFakeWorkloadAPI(t *testing.T, resp *workload.X509SVIDResponse) (*fakeW
 	workload.RegisterSpiffeWorkloadAPIServer(srv, f)
 	go srv.Serve(ln)
 	t.Cleanup(srv.Stop)
-	return f, "unix://" + path
+	return f, srv.Stop
 }
 
 // set makes resp the current response and pushes it to every open stream.
