@@ -12,6 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${1:-$(git describe --tags --always --dirty 2>/dev/null || echo devel)}
 version=${version#v}
+# A Debian version starts with a digit: an untagged tree (git describe gives
+# a commit, "d0280d7-dirty") becomes 0~git.d0280d7-dirty, below any release.
+debversion=$version
+[[ $debversion =~ ^[0-9] ]] || debversion="0~git.$debversion"
 dist=${DIST:-dist}
 archs=${ARCHS:-amd64 arm64}
 budget=${SIZE_BUDGET_MIB:-36}
@@ -42,7 +46,7 @@ for arch in $archs; do
     mkdir -p "$root/DEBIAN"
     cat > "$root/DEBIAN/control" <<CONTROL
 Package: meshd
-Version: $version
+Version: $debversion
 Architecture: $arch
 Maintainer: meshd maintainers <maintainers@meshd.invalid>
 Section: net
