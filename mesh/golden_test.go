@@ -414,3 +414,18 @@ func TestSeriesBound(t *testing.T) {
 		t.Errorf("overflow series counted %v requests, want 2", d.Counter.GetValue())
 	}
 }
+
+// TestSchedulerLatencyMetric: a node exports how long its goroutines wait
+// to run (go_sched_latencies_seconds), the saturation of the node itself
+// that no upstream's latency shows.
+func TestSchedulerLatencyMetric(t *testing.T) {
+	m := newTestMesh(t)
+	gw := m.start(Config{Role: RoleGateway, Name: "gw-eu", Region: "eu"})
+	fam := scrape(t, gw)["go_sched_latencies_seconds"]
+	if fam == nil || fam.GetType() != dto.MetricType_HISTOGRAM || len(fam.GetMetric()) != 1 {
+		t.Fatalf("go_sched_latencies_seconds: %v, want one histogram", fam)
+	}
+	if h := fam.GetMetric()[0].GetHistogram(); h.GetSampleCount() == 0 || len(h.GetBucket()) == 0 {
+		t.Fatalf("go_sched_latencies_seconds has no samples or buckets: %v", h)
+	}
+}

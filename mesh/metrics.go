@@ -30,7 +30,11 @@ func (n *Node) newRegistry() *prometheus.Registry {
 	n.authzDenied = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshd_authz_denied_total",
 		Help:        "Requests a destination sidecar refused with 403 by its service's authorization (the policy), per service and deciding rule.",
 		ConstLabels: prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}}, []string{"service", "rule"})
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The scheduler's metrics beside the defaults: go_sched_latencies_seconds
+	// (how long goroutines wait to run) is a node's own saturation, which
+	// no upstream latency shows: past capacity the edge's requests wait
+	// for its CPU before anything is sent (README, Performance).
+	reg.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsScheduler)), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	labels := prometheus.Labels{"role": n.Config.Role, "region": n.Config.Region}
 	n.reqs = newReqMetrics(labels)
 	reg.MustRegister(n.reqs.collectors()...)
