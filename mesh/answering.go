@@ -68,7 +68,7 @@ func (n *Node) keepAnswering(pool string, ms []gossip.Member, out []member, prev
 		if k == nil {
 			// Gone since the previous decode: its address comes from the
 			// members that decode listed.
-			k = &keptMember{m: member{gossipAddr: n.lastGossip[pool][name], suspect: true, rec: o.rec}, o: o, since: now}
+			k = &keptMember{m: member{gossipAddr: lastGossipAddr(n.lastMembers[pool], name), suspect: true, rec: o.rec}, o: o, since: now}
 		}
 		switch {
 		case now.Sub(k.since) > maxKeepAnswering:
@@ -89,16 +89,10 @@ func (n *Node) keepAnswering(pool string, ms []gossip.Member, out []member, prev
 		accepted[name] = o
 		out = append(out, k.m)
 	}
-	if n.lastGossip == nil {
-		n.lastGossip = map[string]map[string]string{}
+	if n.lastMembers == nil {
+		n.lastMembers = map[string][]member{}
 	}
-	addrs := make(map[string]string, len(out))
-	for _, m := range out {
-		if m.rec != nil {
-			addrs[m.rec.Name] = m.gossipAddr
-		}
-	}
-	n.lastGossip[pool] = addrs
+	n.lastMembers[pool] = out
 	n.answering[pool] = next
 	keeping := false
 	for _, k := range n.answering {
@@ -121,4 +115,15 @@ func (n *Node) answersSince(rec *NodeRecord, t time.Time) bool {
 		}
 	}
 	return false
+}
+
+// lastGossipAddr is the gossip address of member name in ms, the members
+// a decode listed, "" when it is not among them.
+func lastGossipAddr(ms []member, name string) string {
+	for _, m := range ms {
+		if m.rec != nil && m.rec.Name == name {
+			return m.gossipAddr
+		}
+	}
+	return ""
 }

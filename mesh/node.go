@@ -138,9 +138,9 @@ type Node struct {
 	// in the catalog because they still answer requests (answering.go).
 	answering map[string]map[string]*keptMember
 	keeping   atomic.Bool // some member is kept: loop re-checks it
-	// lastGossip: per pool, the gossip address of each member the last
-	// decode listed, for a member kept once gossip no longer lists it.
-	lastGossip     map[string]map[string]string
+	// lastMembers: per pool, the members the last decode listed, for the
+	// gossip address of a member kept once gossip no longer lists it.
+	lastMembers    map[string][]member
 	recordsRefused atomic.Int64
 	unsignedSeen   map[string]bool  // members whose unsigned record was believed; under mu
 	purges         []PurgeRecord    // edge: purges accepted here, newest last
@@ -310,7 +310,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		// Both say when a request reached no app (SignalRetry), so the
 		// hop before sends it elsewhere; a gateway's upstreams are mesh
 		// peers, whose signal it trusts, a sidecar's is its app.
-		h := &proxy.Handler{Pool: n.pool, Via: via, Logger: n.Logger, SignalRetry: true, OnUpstream: n.onUpstream(c.Service), Observe: observed}
+		h := &proxy.Handler{Pool: n.pool, Via: via, Logger: n.Logger, SignalRetry: true, Observe: n.handlerObserve(c.Service)}
 		n.handlers = append(n.handlers, namedHandler{"mesh", h})
 		if c.Role == RoleGateway {
 			h.Route = n.gatewayRoute
@@ -357,7 +357,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	if c.Role == RoleSidecar {
 		out := &proxy.Handler{Pool: n.pool, Via: via, Route: n.outboundRoute, Policy: n.outboundPolicy, Logger: n.Logger, TrustRetry: true,
-			OnUpstream: n.onUpstream(""), Observe: observed}
+			Observe: n.handlerObserve("")}
 		n.handlers = append(n.handlers, namedHandler{"outbound", out})
 		// H2C: an app's gRPC client calls in plain text with HTTP/2.
 		n.outSrv = &proxy.Server{Addr: c.Outbound, Handler: n.observe("outbound", nil, n.traced(hopOutbound, n.meshFront(out))), Logger: n.Logger, H2C: true, Hold: n.hold()}
@@ -469,7 +469,7 @@ func (n *Node) startEdge(bg context.Context, startServer func(string, *proxy.Ser
 	// next region at once (TrustRetry: every upstream of the edge is a
 	// gateway with a verified identity).
 	ph := &proxy.Handler{Pool: n.pool, Via: c.Name, Public: true, Route: n.edgeRoute, Policy: deadlinePolicy, Logger: n.Logger, TrustRetry: true,
-		OnUpstream: n.onUpstream(""), Observe: observed}
+		Observe: n.handlerObserve("")}
 	n.handlers = append(n.handlers, namedHandler{"public", ph})
 	var h http.Handler = n.replay(ph)
 	size, _ := parseSize(c.CacheSize)

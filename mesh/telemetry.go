@@ -196,31 +196,39 @@ func (n *Node) traced(hop string, next http.Handler) http.Handler {
 	})
 }
 
-// onUpstream is the forwarding handlers' OnUpstream when tracing is on:
-// the span learns the request's service (svc when no route was resolved:
-// a sidecar's inbound requests are for its own service) and the upstream
-// it went to.
-func (n *Node) onUpstream(svc string) func(r *http.Request, u *proxy.Upstream) {
+// handlerObserve is a forwarding handler's Observe: the request's
+// recorder learns the upstream (observed, golden.go) and, when tracing is
+// on, so does its span. svc is the service of requests no front resolved
+// a route for: a sidecar's own on its inbound listener.
+func (n *Node) handlerObserve(svc string) func(http.ResponseWriter, *http.Request, *proxy.Upstream, int, int64) {
 	if n.tracing == nil {
-		return nil
+		return observed
 	}
-	return func(r *http.Request, u *proxy.Upstream) {
-		span := trace.SpanFromContext(r.Context())
-		if !span.IsRecording() {
-			return
-		}
-		if rr := routeFrom(r.Context()); rr != nil {
-			span.SetAttributes(attrService.String(rr.service))
-		} else if svc != "" {
-			span.SetAttributes(attrService.String(svc))
-		}
-		if u == nil {
-			return
-		}
-		span.SetAttributes(attrUpstream.String(u.Name))
-		if u.Region != "" {
-			span.SetAttributes(attrUpstreamRegion.String(u.Region))
-		}
+	return func(w http.ResponseWriter, r *http.Request, u *proxy.Upstream, attempts int, bodyBytes int64) {
+		observed(w, r, u, attempts, bodyBytes)
+		spanUpstream(r, u, svc)
+	}
+}
+
+// spanUpstream names the request's service and the upstream it went to
+// (the last one tried when it failed) on the hop's span; the span ends
+// after the handler returns.
+func spanUpstream(r *http.Request, u *proxy.Upstream, svc string) {
+	span := trace.SpanFromContext(r.Context())
+	if !span.IsRecording() {
+		return
+	}
+	if rr := routeFrom(r.Context()); rr != nil {
+		span.SetAttributes(attrService.String(rr.service))
+	} else if svc != "" {
+		span.SetAttributes(attrService.String(svc))
+	}
+	if u == nil {
+		return
+	}
+	span.SetAttributes(attrUpstream.String(u.Name))
+	if u.Region != "" {
+		span.SetAttributes(attrUpstreamRegion.String(u.Region))
 	}
 }
 

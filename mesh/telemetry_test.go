@@ -266,7 +266,7 @@ func BenchmarkTracing(b *testing.B) {
 					defer tr.shutdown(b.Context())
 					n.tracing = tr
 				}
-				ph := &proxy.Handler{Pool: pool, Via: "gw", Public: hop == hopEdge, OnUpstream: n.onUpstream(""),
+				ph := &proxy.Handler{Pool: pool, Via: "gw", Public: hop == hopEdge, Observe: n.handlerObserve(""),
 					Route: func(*http.Request) ([]*proxy.Upstream, error) { return up, nil }}
 				var h http.Handler = ph
 				if mode != "bare" {

@@ -90,13 +90,6 @@ type Handler struct {
 	// at warn level with their details (details never go to the client).
 	// Default slog.Default().
 	Logger *slog.Logger
-	// OnUpstream, when set, is told once per forwarded request which
-	// upstream it went to: the one whose response is forwarded, or the
-	// last one tried (nil when none was) when the request failed. r is
-	// the incoming request, so its context is the caller's (a trace span,
-	// a resolved route). It runs on the request path before the response
-	// is written, and must not block. Default nil: nothing is called.
-	OnUpstream func(r *http.Request, u *Upstream)
 	// Observe, when set, learns how each request ended here: w and r are
 	// what ServeHTTP got (a caller's middleware in front may find its own
 	// writer in w, through Unwrap), u the upstream
@@ -471,9 +464,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // ServeHTTP and of serveWithPolicy. It releases u's slot in flight.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, c *handlerConfig, o *outgoing, u *Upstream, resp *http.Response, attempts int, start time.Time, debug bool) {
 	defer u.inflight.Add(-1)
-	if h.OnUpstream != nil {
-		h.OnUpstream(r, u)
-	}
 	rc := http.NewResponseController(w)
 	if o.req.Body != nil && r.ProtoMajor == 1 {
 		// The upstream may answer while the client is still sending
@@ -615,9 +605,6 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *handlerConfig,
 	}
 	code, msg := classify(r.Context(), err)
 	overloaded := isOverloaded(err)
-	if h.OnUpstream != nil {
-		h.OnUpstream(r, u)
-	}
 	// The record's attributes are built only when it is written: under
 	// overload a node refuses more requests than it serves, and each
 	// refusal is a debug record nobody reads.

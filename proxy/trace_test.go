@@ -38,13 +38,13 @@ func TestTraceID(t *testing.T) {
 
 // TestProxyStatusTrace: a Proxy-Status error names the request's trace in
 // its details (RFC 9209 §2.1.6), after the error's own details, and the
-// OnUpstream hook is told of the upstream the request failed on.
+// Observe hook is told of the upstream the request failed on.
 func TestProxyStatusTrace(t *testing.T) {
 	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 	refused := refusedAddr(t)
 	var mu sync.Mutex
 	var told []string
-	onUp := func(r *http.Request, u *Upstream) {
+	onUp := func(_ http.ResponseWriter, _ *http.Request, u *Upstream, _ int, _ int64) {
 		mu.Lock()
 		defer mu.Unlock()
 		name := "<nil>"
@@ -67,14 +67,14 @@ func TestProxyStatusTrace(t *testing.T) {
 			`meshd-test; error=connection_refused; next-hop="web-1"`, "web-1"},
 	} {
 		told = nil
-		addr := startProxy(t, &Handler{Route: c.route, Via: "meshd-test", MaxAttempts: 1, OnUpstream: onUp})
+		addr := startProxy(t, &Handler{Route: c.route, Via: "meshd-test", MaxAttempts: 1, Observe: onUp})
 		resp, _ := rawExchange(t, addr, "GET / HTTP/1.1\r\nHost: x\r\nTraceparent: "+c.traceparent+"\r\n\r\n")
 		if got := resp.Header.Get("Proxy-Status"); got != c.want {
 			t.Errorf("%s: Proxy-Status %q, want %q", c.name, got, c.want)
 		}
 		mu.Lock()
 		if len(told) != 1 || told[0] != c.wantUp {
-			t.Errorf("%s: OnUpstream told %q, want [%s]", c.name, told, c.wantUp)
+			t.Errorf("%s: Observe told %q, want [%s]", c.name, told, c.wantUp)
 		}
 		mu.Unlock()
 	}
