@@ -667,16 +667,25 @@ func (c *Cluster) Send(name string, data []byte) error {
 	if name == c.Name {
 		return errors.New("gossip: a note to this node itself")
 	}
-	m := c.ml
-	if m == nil {
+	// The member's address comes from this node's own snapshot: the
+	// nodes memberlist's Members returns are its live records, which its
+	// packet handler rewrites in place when a member comes back at a new
+	// address.
+	v := c.view.Load()
+	if v == nil || c.ml == nil {
 		return errors.New("gossip: not started")
 	}
-	for _, n := range m.Members() {
-		if n.Name == name {
-			c.noteJobs.add(job{kind: jobNote, to: target{name: n.Name, ip: n.Addr, port: n.Port},
-				data: bytes.Clone(data)})
-			return nil
+	for _, m := range v.members {
+		if m.Name != name {
+			continue
 		}
+		ap, err := netip.ParseAddrPort(m.Addr)
+		if err != nil {
+			return fmt.Errorf("gossip: member %q at %q: %w", name, m.Addr, err)
+		}
+		c.noteJobs.add(job{kind: jobNote, to: target{name: m.Name, ip: net.IP(ap.Addr().AsSlice()), port: ap.Port()},
+			data: bytes.Clone(data)})
+		return nil
 	}
 	return fmt.Errorf("gossip: no member %q", name)
 }
